@@ -1,0 +1,41 @@
+"""KVCache: the attention keys and values of every layer, preallocated at a static size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from phijax.config import Phi3Config
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class KVCache:
+    """k, v ``[layers, batch, max_seq, kv_heads, head_dim]``; lengths int32 ``[batch]``
+    (how many positions of each row are filled). Donated to every step so XLA
+    updates it in place; rows of different lengths share the batch."""
+
+    k: jax.Array
+    v: jax.Array
+    lengths: jax.Array
+
+    @classmethod
+    def create(cls, config: Phi3Config, batch: int, max_seq: int, dtype=jnp.float32) -> KVCache:
+        shape = (config.num_layers, batch, max_seq, config.num_kv_heads, config.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_seq(self) -> int:
+        return self.k.shape[2]
+
+    @staticmethod
+    def bytes_for(config: Phi3Config, batch: int, max_seq: int, dtype=jnp.float32) -> int:
+        """Memory a cache of this size takes, for planning before allocation."""
+        per = config.num_layers * batch * max_seq * config.num_kv_heads * config.head_dim
+        return 2 * per * jnp.dtype(dtype).itemsize

@@ -1,0 +1,231 @@
+"""Tokenizer: a GGUF file's own vocabulary (or a ``tokenizer.json``) behind one small API.
+
+Built on Hugging Face ``tokenizers`` (Rust); see :mod:`phijax.tokenizer.gguf_vocab`
+for how GGUF vocabularies become one. Adds what a generation engine needs on
+top: BOS handling as the file specifies, stop ids (eos plus end-of-turn
+tokens), sandboxed chat templates, and a streaming decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from functools import cached_property, partial
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+
+from phijax.errors import TokenizerError
+from phijax.tokenizer import chat, gguf_vocab
+from phijax.tokenizer.stream import StreamDecoder
+
+# Texts that end a turn or a document in the families we run; a vocabulary
+# containing one makes it a stop token.
+END_OF_TURN_TOKENS = (
+    "<|end|>",
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+)
+_BOS_NAMES = ("<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>")
+_EOS_NAMES = ("</s>", "<eos>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>")
+
+__all__ = ["StreamDecoder", "Tokenizer"]
+
+
+class Tokenizer:
+    """Text ⇄ token ids for one model, plus its chat template and stop tokens."""
+
+    def __init__(
+        self,
+        hf: tokenizers.Tokenizer,
+        *,
+        bos_id: int | None,
+        eos_id: int | None,
+        add_bos: bool,
+        chat_template: str | None = None,
+        extra_stop_ids: Sequence[int] = (),
+        name: str = "tokenizer",
+    ):
+        self.hf = hf
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.add_bos = add_bos
+        self.chat_template = chat_template
+        self.name = name
+        stops = [eos_id, *extra_stop_ids]
+        stops += [hf.token_to_id(t) for t in END_OF_TURN_TOKENS]
+        self.stop_ids: tuple[int, ...] = tuple(sorted({t for t in stops if t is not None}))
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def from_gguf(cls, source: str | os.PathLike | Any) -> Tokenizer:
+        """The vocabulary embedded in a GGUF file (a path or a :class:`~phijax.gguf.GGUFFile`)."""
+        from phijax.gguf import GGUFFile
+
+        f = source if isinstance(source, GGUFFile) else GGUFFile(source)
+        vocab = gguf_vocab.GGUFVocab.from_metadata(f.metadata, str(f.path))
+        template = f.metadata.get("tokenizer.chat_template")
+        if not isinstance(template, str):
+            template = chat.PHI3_TEMPLATE if f.architecture == "phi3" else None
+        ids = vocab.special_ids
+        return cls(
+            gguf_vocab.build(vocab),
+            bos_id=ids.get("bos"),
+            eos_id=ids.get("eos"),
+            add_bos=vocab.add_bos,
+            chat_template=template,
+            extra_stop_ids=[ids[k] for k in ("eot", "eom") if k in ids],
+            name=str(f.path),
+        )
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        chat_template: str | None = None,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        add_bos: bool | None = None,
+    ) -> Tokenizer:
+        """A ``tokenizer.json``. A ``tokenizer_config.json`` beside it supplies the
+        bos/eos tokens and chat template (HF convention); arguments override it."""
+        path = Path(path)
+        try:
+            hf = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception for bad files
+            raise TokenizerError(f"{path}: not a valid tokenizer.json ({e}).") from None
+        cfg = _read_tokenizer_config(path.with_name("tokenizer_config.json"))
+        bos = _token_text(bos_token or cfg.get("bos_token")) or _first_present(hf, _BOS_NAMES)
+        eos = _token_text(eos_token or cfg.get("eos_token")) or _first_present(hf, _EOS_NAMES)
+        bos_id = hf.token_to_id(bos) if bos else None
+        if add_bos is None:
+            add_bos = cfg.get("add_bos_token")
+        if add_bos is None:  # what the file's own post-processor does
+            add_bos = bos_id is not None and hf.encode("", add_special_tokens=True).ids[:1] == [
+                bos_id
+            ]
+        return cls(
+            hf,
+            bos_id=bos_id,
+            eos_id=hf.token_to_id(eos) if eos else None,
+            add_bos=bool(add_bos),
+            chat_template=chat_template or cfg.get("chat_template"),
+            name=str(path),
+        )
+
+    # -- text <-> ids -------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.hf.id_to_token(token_id)
+
+    def encode(
+        self, text: str, *, add_bos: bool | None = None, parse_special: bool = True
+    ) -> list[int]:
+        """Token ids of ``text``. ``add_bos=None`` follows the file; ``parse_special=False``
+        reads control-token text such as ``<|end|>`` as plain characters."""
+        return self.encode_batch([text], add_bos=add_bos, parse_special=parse_special)[0]
+
+    def encode_batch(
+        self, texts: Sequence[str], *, add_bos: bool | None = None, parse_special: bool = True
+    ) -> list[list[int]]:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TokenizerError("encode_batch takes a list of strings.")
+        self.hf.encode_special_tokens = not parse_special
+        try:
+            encodings = self.hf.encode_batch(list(texts), add_special_tokens=False)
+        finally:
+            self.hf.encode_special_tokens = False
+        prefix = (
+            [self.bos_id]
+            if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None
+            else []
+        )
+        return [prefix + e.ids for e in encodings]
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
+        """Text of ``ids``; ``skip_special`` drops control tokens (bos, eos, turn markers)."""
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def decode_batch(
+        self, batch: Sequence[Sequence[int]], *, skip_special: bool = False
+    ) -> list[str]:
+        return self.hf.decode_batch(
+            [[int(i) for i in ids] for ids in batch], skip_special_tokens=skip_special
+        )
+
+    def stream(self, *, skip_special: bool = False) -> StreamDecoder:
+        """A :class:`StreamDecoder` emitting only complete new text as ids arrive."""
+        return StreamDecoder(partial(self.decode, skip_special=skip_special), self._byte_ids)
+
+    @cached_property
+    def _byte_ids(self) -> frozenset[int]:
+        """Ids of byte-fallback tokens (``<0xXX>``)."""
+        pattern = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+        return frozenset(i for t, i in self.hf.get_vocab().items() if pattern.fullmatch(t))
+
+    # -- chat ---------------------------------------------------------------
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        template: str | None = None,
+    ) -> str:
+        """The prompt text for ``messages``, rendered by the file's template in a sandbox."""
+        source = template or self.chat_template
+        if source is None:
+            raise TokenizerError(
+                f"{self.name} has no chat template; pass template=... (a Jinja string) "
+                "or use raw prompts (chat=False)."
+            )
+        return chat.render(
+            source,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self._text_of(self.bos_id),
+            eos_token=self._text_of(self.eos_id),
+        )
+
+    def _text_of(self, token_id: int | None) -> str:
+        return "" if token_id is None else self.hf.id_to_token(token_id) or ""
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, vocab={self.vocab_size}, bos={self.bos_id}, stop={list(self.stop_ids)})"
+
+
+def _read_tokenizer_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"{path}: cannot read ({e}).") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _token_text(token: Any) -> str | None:
+    """HF configs give special tokens as strings or as {"content": ...} dicts."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return token if isinstance(token, str) and token else None
+
+
+def _first_present(hf: tokenizers.Tokenizer, names: Sequence[str]) -> str | None:
+    return next((n for n in names if hf.token_to_id(n) is not None), None)

@@ -1,0 +1,219 @@
+"""Build a Hugging Face ``tokenizers.Tokenizer`` from the vocabulary a GGUF file carries.
+
+Two GGUF tokenizer models (``tokenizer.ggml.model``), built to behave like
+llama.cpp's tokenizer on the same file:
+
+- ``llama``, SentencePiece-style: tokens with scores, byte-fallback
+  ``<0xXX>`` tokens, spaces escaped to U+2581 and optionally a space prefix.
+  llama.cpp merges the adjacent pair whose concatenation is the
+  highest-scoring vocabulary token; that is BPE whose merge ranks follow the
+  merged token's score, which is what we build.
+- ``gpt2``, byte-level BPE: explicit merges, and a pre-tokenizer regex chosen
+  by ``tokenizer.ggml.pre`` (the same regex lists llama.cpp uses).
+
+Control and user-defined tokens become added tokens (control ones "special",
+so ``parse_special=False`` treats their text as plain text, as llama.cpp does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from phijax.errors import TokenizerError
+
+# gguf.TokenType values
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# tokenizer.ggml.pre -> (regexes applied in turn, ignore_merges)
+PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "default": ((_GPT2,), False),
+    "gpt2": ((_GPT2,), False),
+    "gpt-2": ((_GPT2,), False),
+    "phi-2": ((_GPT2,), False),
+    "llama-bpe": ((_LLAMA3,), True),
+    "llama3": ((_LLAMA3,), True),
+    "dbrx": ((_LLAMA3,), False),
+    "smollm": ((r"\p{N}", _GPT2), False),
+    "qwen2": ((_QWEN2,), False),
+    "gpt-4o": ((_GPT4O,), False),
+}
+
+
+@dataclass(frozen=True)
+class GGUFVocab:
+    """What the GGUF metadata says about the vocabulary, validated."""
+
+    model: str
+    pre: str | None
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None
+    merges: list[str] | None
+    add_space_prefix: bool
+    special_ids: dict[str, int]
+    add_bos: bool
+    add_eos: bool
+    model_name: str = ""
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], where: str) -> GGUFVocab:
+        model = meta.get("tokenizer.ggml.model")
+        if model not in ("llama", "gpt2"):
+            raise TokenizerError(
+                f"{where}: tokenizer.ggml.model = {model!r} is not supported "
+                "(supported: 'llama' SentencePiece-style, 'gpt2' byte-level BPE)."
+            )
+        tokens = meta.get("tokenizer.ggml.tokens")
+        if not isinstance(tokens, list) or not tokens:
+            raise TokenizerError(f"{where}: tokenizer.ggml.tokens is missing or empty.")
+        n = len(tokens)
+        types = (
+            _int_list(meta.get("tokenizer.ggml.token_type"), n, "token_type", where) or [NORMAL] * n
+        )
+        scores = meta.get("tokenizer.ggml.scores")
+        if scores is not None:
+            if len(scores) != n:
+                raise TokenizerError(
+                    f"{where}: tokenizer.ggml.scores has {len(scores)} entries for {n} tokens."
+                )
+            scores = [float(s) for s in scores]
+        merges = meta.get("tokenizer.ggml.merges")
+        if model == "gpt2" and not isinstance(merges, list):
+            raise TokenizerError(f"{where}: a gpt2 tokenizer needs tokenizer.ggml.merges.")
+        pre = meta.get("tokenizer.ggml.pre")
+        if model == "gpt2" and (pre or "default") not in PRE_TOKENIZERS:
+            raise TokenizerError(
+                f"{where}: tokenizer.ggml.pre = {pre!r} is not supported; "
+                f"known: {', '.join(sorted(PRE_TOKENIZERS))}."
+            )
+        special_ids = {}
+        for kind in ("bos", "eos", "eot", "eom", "unknown", "padding"):
+            tid = meta.get(f"tokenizer.ggml.{kind}_token_id")
+            if tid is None:
+                continue
+            if not isinstance(tid, int) or isinstance(tid, bool) or not 0 <= tid < n:
+                raise TokenizerError(
+                    f"{where}: tokenizer.ggml.{kind}_token_id = {tid!r} is not a token id (0..{n - 1})."
+                )
+            special_ids[kind] = tid
+        return cls(
+            model=model,
+            pre=pre,
+            tokens=tokens,
+            types=types,
+            scores=scores,
+            merges=merges,
+            add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", model == "llama")),
+            special_ids=special_ids,
+            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", model == "llama")),
+            add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+            model_name=str(meta.get("general.name", "")),
+        )
+
+    def rstrip_tokens(self) -> set[str]:
+        """Added tokens that swallow the whitespace after them.
+
+        GGUF stores no such flag; llama.cpp sets it by model name, as Phi-3's
+        tokenizer.json does: every control token plus ``</s>``, except
+        ``<unk>``, ``<s>`` and ``<|endoftext|>``.
+        """
+        name = self.model_name.lower()
+        if "phi-3" not in name and "phi3" not in name:
+            return set()
+        control = {t for t, kind in zip(self.tokens, self.types, strict=True) if kind == CONTROL}
+        return (control | {"</s>"}) - {"<unk>", "<s>", "<|endoftext|>"}
+
+
+def _int_list(value: Any, n: int, key: str, where: str) -> list[int] | None:
+    if value is None:
+        return None
+    if len(value) != n:
+        raise TokenizerError(
+            f"{where}: tokenizer.ggml.{key} has {len(value)} entries for {n} tokens."
+        )
+    return [int(v) for v in value]
+
+
+def _vocab_dict(tokens: list[str]) -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        vocab.setdefault(tok, i)
+    return vocab
+
+
+def spm_merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
+    """Merges for SentencePiece-style BPE: every split of a token into two tokens,
+    ranked by the merged token's score (highest first), ties by the parts' ids."""
+    ranked = []
+    for piece, pid in vocab.items():
+        for i in range(1, len(piece)):
+            left, right = piece[:i], piece[i:]
+            lid, rid = vocab.get(left), vocab.get(right)
+            if lid is not None and rid is not None:
+                ranked.append((-scores[pid], lid, rid, left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+def build(vocab: GGUFVocab) -> Tokenizer:
+    """The ``tokenizers.Tokenizer`` equivalent of llama.cpp's tokenizer for ``vocab``."""
+    ids = _vocab_dict(vocab.tokens)
+    if vocab.model == "llama":
+        scores = vocab.scores or [-float(i) for i in range(len(vocab.tokens))]
+        unk = vocab.special_ids.get("unknown")
+        tk = Tokenizer(
+            models.BPE(
+                vocab=ids,
+                merges=spm_merges(ids, scores),
+                unk_token=vocab.tokens[unk] if unk is not None else None,
+                fuse_unk=True,
+                byte_fallback=True,
+            )
+        )
+        escape = [normalizers.Replace(" ", "▁")]
+        if vocab.add_space_prefix:
+            escape.insert(0, normalizers.Prepend("▁"))
+        tk.normalizer = normalizers.Sequence(escape)
+        unescape = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        if vocab.add_space_prefix:
+            unescape.append(decoders.Strip(" ", 1, 0))
+        tk.decoder = decoders.Sequence(unescape)
+    else:
+        regexes, ignore_merges = PRE_TOKENIZERS[vocab.pre or "default"]
+        merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
+        if any(len(m) != 2 for m in merges):
+            raise TokenizerError(
+                "tokenizer.ggml.merges has an entry without a space separating its two parts."
+            )
+        tk = Tokenizer(models.BPE(vocab=ids, merges=merges, ignore_merges=ignore_merges))
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        tk.decoder = decoders.ByteLevel()
+    rstrip = vocab.rstrip_tokens()
+    added = [
+        AddedToken(tok, special=kind != USER_DEFINED, normalized=False, rstrip=tok in rstrip)
+        for tok, kind in zip(vocab.tokens, vocab.types, strict=True)
+        if kind in (CONTROL, USER_DEFINED, UNKNOWN) and tok
+    ]
+    tk.add_tokens(added)
+    return tk

@@ -1,0 +1,53 @@
+"""The phijax command: inspect output, JSON, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from phijax.cli import main
+
+
+def test_inspect_smollm2(smollm2_gguf, capsys):
+    assert main(["inspect", str(smollm2_gguf)]) == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "architecture    llama",
+        "parameters      134.5 M",
+        "phijax runs it  yes",
+        "9 q / 3 kv, head_dim 64",
+        "Q4_1         210",
+        "gpt2 (pre 'smollm')",
+        "bos 1 '<|im_start|>'",
+        "chat template     yes",
+    ):
+        assert expected in out, expected
+
+
+def test_inspect_gemma3_explains_why_it_does_not_run(gemma3_gguf, capsys):
+    assert main(["inspect", str(gemma3_gguf)]) == 0
+    out = capsys.readouterr().out
+    assert "phijax runs it  no (gemma3 is not a Phi-3-family architecture" in out
+    assert "Q4_K" in out and "Q6_K" in out and "262144 tokens" in out
+
+
+def test_inspect_json_and_tensor_list(tiny_phi3_gguf, capsys):
+    assert main(["inspect", "--json", str(tiny_phi3_gguf)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["config"]["num_layers"] == 2 and summary["model"]["phijax_runs_it"]
+    assert summary["tensor_types"]["Q8_0"]["tensors"] == 10  # embedding, 4 per layer x 2, output
+    assert main(["inspect", "--tensors", str(tiny_phi3_gguf)]) == 0
+    assert "blk.1.ffn_down.weight" in capsys.readouterr().out
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\xff" * 30)
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phijax: error: ") and err.count("\n") == 1 and str(bad) in err
+
+
+def test_console_script_is_installed():
+    proc = subprocess.run(["phijax", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "inspect" in proc.stdout
