@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +120,13 @@ class Model:
             )
         return min(bucket(needed, 128), limit)
 
-    def _rope(self, cache_len: int) -> tuple[jax.Array, float]:
+    @cached_property
+    def _rope(self) -> tuple[jax.Array, float]:
+        """Rope frequencies and cos/sin scale. LongRoPE's short or long factors are chosen once,
+        from the model's sequence limit (``max_seq_len``, else the context), so a loaded model
+        gives a prompt the same logits whatever the request's length."""
         inv_freq, scale = inverse_frequencies(
-            self.config, cache_len, self._rope_factors.get("long"), self._rope_factors.get("short")
+            self.config, self._limit(), self._rope_factors.get("long"), self._rope_factors.get("short")
         )
         return jnp.asarray(inv_freq), scale
 
@@ -185,7 +189,7 @@ class Model:
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = p
         cache = KVCache.create(self.config, b, cache_len, self.dtype)
-        inv_freq, scale = self._rope(cache_len)
+        inv_freq, scale = self._rope
         outputs = []
         for start in range(0, width, chunk):
             positions = np.broadcast_to(np.arange(start, start + chunk, dtype=np.int32), (b, chunk))
@@ -257,7 +261,7 @@ class Model:
         done = np.array([first[i] in self.tokenizer.stop_ids for i in range(n)] + [True] * (b - n))
         streams = [self.tokenizer.stream(skip_special=True) for _ in range(n)] if stream else []
         self._emit(streams, stream, tokens, done)
-        inv_freq, scale = self._rope(cache_len)
+        inv_freq, scale = self._rope
         last = jnp.asarray(np.concatenate([first, np.zeros(b - n, np.int32)]))
         done_dev = jnp.asarray(done)
         while not done[:n].all() and min(len(t) for t, d in zip(tokens, done, strict=False) if not d) < max_new_tokens:

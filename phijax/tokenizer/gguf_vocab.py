@@ -13,6 +13,9 @@ llama.cpp's tokenizer on the same file:
 
 Control and user-defined tokens become added tokens (control ones "special",
 so ``parse_special=False`` treats their text as plain text, as llama.cpp does).
+Like llama.cpp, a token spelled as an end-of-generation marker (``</s>``,
+``<|im_end|>``, ...) counts as a control token whatever type the file gives it;
+HF tokenizers would keep a user-defined ``</s>`` (Gemma-3) matchable as text.
 """
 
 from __future__ import annotations
@@ -41,6 +44,16 @@ _GPT4O = (
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+# Spellings llama.cpp's vocabulary loader turns into control (end-of-generation)
+# tokens whatever their declared type (llama-vocab.cpp, as in llama-cpp-python 0.3.36).
+EOG_SPELLINGS = frozenset(
+    {
+        "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>",
+        "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>",
+        "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>",
+    }
+)  # fmt: skip
 
 # tokenizer.ggml.pre -> (regexes applied in turn, ignore_merges)
 PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -210,9 +223,10 @@ def build(vocab: GGUFVocab) -> Tokenizer:
         )
         tk.decoder = decoders.ByteLevel()
     rstrip = vocab.rstrip_tokens()
+    kinds = [CONTROL if tok in EOG_SPELLINGS else kind for tok, kind in zip(vocab.tokens, vocab.types, strict=True)]
     added = [
         AddedToken(tok, special=kind != USER_DEFINED, normalized=False, rstrip=tok in rstrip)
-        for tok, kind in zip(vocab.tokens, vocab.types, strict=True)
+        for tok, kind in zip(vocab.tokens, kinds, strict=True)
         if kind in (CONTROL, USER_DEFINED, UNKNOWN) and tok
     ]
     tk.add_tokens(added)

@@ -42,7 +42,8 @@ def _sha256(path: Path) -> str:
     [
         ("plain", {"add_bos": False, "parse_special": False}),
         ("special", {"add_bos": False, "parse_special": True}),
-        ("bos", {"add_bos": True, "parse_special": False}),
+        # llama.cpp's add_special: BOS exactly where the file's add_bos_token says.
+        ("bos", {"add_bos": None, "parse_special": False}),
     ],
 )
 def test_encode_matches_llamacpp(case, mode, kwargs):
@@ -58,10 +59,11 @@ def test_encode_matches_llamacpp(case, mode, kwargs):
     assert not mismatches, f"{len(mismatches)} of {len(texts)} differ; first: {mismatches[0]!r}"
 
 
-def test_default_bos_follows_the_file(case):
+def test_explicit_add_bos_overrides_the_file(case):
     tok, fixture = case
     for c in fixture["cases"][:20]:
-        assert tok.encode(c["text"], parse_special=False) == c["bos" if tok.add_bos else "plain"]
+        assert tok.encode(c["text"], add_bos=True, parse_special=False) == [tok.bos_id, *c["plain"]]
+        assert tok.encode(c["text"], add_bos=False, parse_special=False) == c["plain"]
 
 
 def test_decode_matches_llamacpp(case):
