@@ -97,6 +97,7 @@ class Model:
         self.max_seq_len = max_seq_len
         self.sliding_window = sliding_window
         self._rope_factors = rope_factors
+        self.prefill_chunk = PREFILL_CHUNK
         self._graphdef, self._state = nnx.split(module)
 
     @property
@@ -183,8 +184,9 @@ class Model:
         b = bucket(n, 1)
         lengths = np.array([len(p) for p in prompts] + [1] * (b - n), np.int32)
         longest = int(lengths.max())
-        width = bucket(longest) if longest <= PREFILL_CHUNK else -(-longest // PREFILL_CHUNK) * PREFILL_CHUNK
-        chunk = min(width, PREFILL_CHUNK)
+        limit = self.prefill_chunk
+        width = bucket(longest) if longest <= limit else -(-longest // limit) * limit
+        chunk = min(width, limit)
         tokens = np.zeros((b, width), np.int32)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = p
@@ -262,7 +264,7 @@ class Model:
         streams = [self.tokenizer.stream(skip_special=True) for _ in range(n)] if stream else []
         self._emit(streams, stream, tokens, done)
         inv_freq, scale = self._rope
-        last = jnp.asarray(np.concatenate([first, np.zeros(b - n, np.int32)]))
+        last = jnp.asarray(first)  # [b]: padding rows are done and ignored
         done_dev = jnp.asarray(done)
         while not done[:n].all() and min(len(t) for t, d in zip(tokens, done, strict=False) if not d) < max_new_tokens:
             attend = min(bucket(int(np.asarray(cache.lengths).max()) + DECODE_STEPS, 128), cache_len)

@@ -83,3 +83,11 @@ def llama2_tokenizer_json() -> Path:
             partial.write_bytes(data)
             partial.replace(target)
     return target
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(smollm2_gguf):
+    """SmolLM2 loaded once for the whole session (f32 on CPU)."""
+    import phijax
+
+    return phijax.load(smollm2_gguf, progress=False)

@@ -10,6 +10,7 @@ well-formed blocks.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import gguf
@@ -29,6 +30,9 @@ _QUANTIZABLE = {
     GGMLQuantizationType.Q5_1,
     GGMLQuantizationType.Q8_0,
 }
+
+# Matrix kinds write_phi3's ``qtypes`` can set: tensor names without ``blk.N.`` and ``.weight``.
+MATRIX_KINDS = ("token_embd", "attn_qkv", "attn_output", "ffn_up", "ffn_down", "output")
 
 
 @dataclass(frozen=True)
@@ -100,19 +104,35 @@ def write_phi3(
     config: Phi3Config,
     *,
     qtype: GGMLQuantizationType = GGMLQuantizationType.F32,
+    qtypes: Mapping[str, GGMLQuantizationType] | None = None,
     seed: int = 0,
     chat_template: str | None = None,
+    name: str = "phijax synthetic phi3",
 ) -> None:
     """Write a ``phi3`` GGUF with ``config``'s shapes and random weights.
 
-    Matrices use ``qtype`` (norms stay F32, as converters do); LongRoPE
-    configs get random short/long factor tensors. The vocabulary is
-    :class:`SyntheticVocab` (``config.vocab_size`` tokens).
+    Matrices use ``qtype`` (norms stay F32, as converters do), except those
+    whose kind is a key of ``qtypes``: the tensor name without ``blk.N.`` and
+    ``.weight`` (``token_embd``, ``attn_qkv``, ``attn_output``, ``ffn_up``,
+    ``ffn_down``, ``output``), e.g. ``{"ffn_down": Q6_K, "output": Q6_K}`` for
+    a Q4_K_M-like layout. LongRoPE configs get random short/long factor
+    tensors. The vocabulary is :class:`SyntheticVocab` (``config.vocab_size``
+    tokens). Encoded tensors are held until written, so memory peaks at about
+    the file's size. ``name`` is ``general.name``; llama.cpp applies Phi-3
+    vocabulary fixes to names containing "phi3" or "phi-3", which need tokens
+    such as ``<|endoftext|>`` that this vocabulary lacks, so files meant for
+    llama.cpp need a name without them.
     """
+    qtypes = dict(qtypes or {})
+    unknown = sorted(set(qtypes) - set(MATRIX_KINDS))
+    if unknown:
+        raise ConfigError(
+            f"qtypes keys {unknown} are not matrix kinds; use some of {', '.join(MATRIX_KINDS)}."
+        )
     rng = np.random.default_rng(seed)
     c = config
     w = gguf.GGUFWriter(os.fspath(path), "phi3")
-    w.add_name("phijax synthetic phi3")
+    w.add_name(name)
     w.add_context_length(c.context_length)
     w.add_embedding_length(c.hidden_size)
     w.add_feed_forward_length(c.intermediate_size)
@@ -144,6 +164,8 @@ def write_phi3(
     def add(
         name: str, shape: tuple[int, ...], tensor_type: GGMLQuantizationType, scale: float = 0.05
     ):
+        kind = name.split(".")[2] if name.startswith("blk.") else name.split(".")[0]
+        tensor_type = qtypes.get(kind, tensor_type)
         data = encode_tensor(rng, shape, tensor_type, scale)
         raw_dtype = tensor_type if data.dtype == np.uint8 else None
         w.add_tensor(name, data, raw_dtype=raw_dtype)

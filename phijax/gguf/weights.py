@@ -85,7 +85,7 @@ def load_weights(f: GGUFFile, module: Phi3, *, progress: bool = True) -> dict[st
     bar = tqdm(total=total, desc="loading weights", unit="tensor", disable=not progress, leave=False)
 
     def put(param, value):
-        param.value = value.astype(param.value.dtype)
+        param.set_value(value.astype(param.get_value().dtype))
         bar.update()
 
     put(module.embed, _load(f, "token_embd.weight", (c.vocab_size, c.hidden_size), module.dtype))
@@ -97,7 +97,7 @@ def load_weights(f: GGUFFile, module: Phi3, *, progress: bool = True) -> dict[st
             stack = getattr(module, param_name)
             pieces = []
             for name, transform in parts:
-                w = _load(f, name, shapes[param_name] if len(parts) == 1 else None, stack.value.dtype)
+                w = _load(f, name, shapes[param_name] if len(parts) == 1 else None, stack.get_value().dtype)
                 pieces.append(transform(w) if transform else w)
             value = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
             if value.shape != shapes[param_name]:
@@ -105,7 +105,7 @@ def load_weights(f: GGUFFile, module: Phi3, *, progress: bool = True) -> dict[st
                     f"{f.path}: layer {i} {param_name} assembles to {list(value.shape)}, expected "
                     f"{list(shapes[param_name])}."
                 )
-            stack.value = _set_layer(stack.value, jnp.int32(i), value)
+            stack.set_value(_set_layer(stack.get_value(), jnp.int32(i), value))
             bar.update()
     bar.close()
     return {

@@ -77,7 +77,7 @@ class Phi3(nnx.Module):
         b, s = tokens.shape
         chex.assert_shape(positions, (b, s))
         chex.assert_shape(kv_len, (b,))
-        x = jnp.take(self.embed.value, tokens, axis=0)
+        x = jnp.take(self.embed[...], tokens, axis=0)
         cos, sin = rope_angles(positions, *rope)
         rows = jnp.arange(b)[:, None]
         q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -106,12 +106,12 @@ class Phi3(nnx.Module):
             x = x + jnp.einsum("bsf,df->bsd", ff, p["down"], preferred_element_type=jnp.float32).astype(x.dtype)
             return (x, k_all, v_all), None
 
-        params = {name: getattr(self, name).value for name in LAYER_PARAMS}
+        params = {name: getattr(self, name)[...] for name in LAYER_PARAMS}
         layers = (params, jnp.arange(c.num_layers))
         (x, k_all, v_all), _ = jax.lax.scan(layer, (x, cache.k, cache.v), layers)
         if logit_index is not None:
             x = jnp.take_along_axis(x, logit_index[:, :, None], axis=1)
-        x = rms_norm(x, self.final_norm.value, c.rms_norm_eps)
-        head = self.embed.value if self.lm_head is None else self.lm_head.value
+        x = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
+        head = self.embed[...] if self.lm_head is None else self.lm_head[...]
         logits = jnp.einsum("bsd,vd->bsv", x, head, preferred_element_type=jnp.float32)
         return logits, KVCache(k_all, v_all, kv_len)

@@ -1,0 +1,184 @@
+"""The engine: batching, chunked prefill, compile reuse, generation and its errors."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import jax.monitoring
+import numpy as np
+import pytest
+
+import phijax
+from phijax import engine
+from phijax.errors import ConfigError, ContextLengthError, ResourceError
+
+MODEL_FIXTURES = Path(__file__).parent / "fixtures" / "model"
+
+_traces: list[str] = []
+_counting = False
+
+
+def _on_event(name: str, _secs: float, **_kw) -> None:
+    if _counting and name == "/jax/core/compile/jaxpr_trace_duration":
+        _traces.append(name)
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+@contextlib.contextmanager
+def count_traces():
+    """Counts every jit trace (hence every compilation) inside the block."""
+    global _counting
+    _traces.clear()
+    _counting = True
+    try:
+        yield _traces
+    finally:
+        _counting = False
+
+
+@pytest.fixture(scope="module")
+def sliding():
+    """Tiny phi3 with GQA and a sliding window of 8 (a fixture file, made with HF references)."""
+    return phijax.load(MODEL_FIXTURES / "sliding_window.gguf", progress=False)
+
+
+def _prompts(model, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, model.config.vocab_size, n).tolist() for n in lengths]
+
+
+def test_bucket():
+    assert [engine.bucket(n) for n in (1, 16, 17, 100, 256)] == [16, 16, 32, 128, 256]
+    assert engine.bucket(3, 1) == 4
+
+
+def test_batch_rows_match_solo_runs(smollm2_model):
+    prompts = _prompts(smollm2_model, (5, 23, 61))
+    together = smollm2_model.logits(prompts)
+    for p, got in zip(prompts, together, strict=True):
+        np.testing.assert_allclose(got, smollm2_model.logits(p), atol=1e-4, rtol=0)
+
+
+def test_batched_greedy_generation_matches_solo(smollm2_model):
+    prompts = ["The capital of France is", "def add(a, b):", "1, 2, 3, 4,"]
+    together = smollm2_model.generate(prompts, max_new_tokens=20)
+    for i, p in enumerate(prompts):
+        solo = smollm2_model.generate(p, max_new_tokens=20)
+        assert solo.tokens[0] == together.tokens[i]
+        assert solo.texts[0] == together.texts[i]
+        np.testing.assert_allclose(solo.logprobs[0], together.logprobs[i], atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [8, 16])
+def test_chunked_prefill_matches_one_pass(sliding, chunk):
+    prompts = _prompts(sliding, (40, 13))
+    whole = sliding.logits(prompts)
+    sliding.prefill_chunk = chunk
+    try:
+        chunked = sliding.logits(prompts)
+        gen_chunked = sliding.generate(prompts, max_new_tokens=10)
+    finally:
+        sliding.prefill_chunk = engine.PREFILL_CHUNK
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+    assert gen_chunked.tokens == sliding.generate(prompts, max_new_tokens=10).tokens
+
+
+def test_no_recompilation_after_warm_up(smollm2_model):
+    smollm2_model.generate("Tell me a story about a cat.", max_new_tokens=20)
+    smollm2_model.logits(smollm2_model.tokenizer.encode("Tell me a story about a cat."))
+    with count_traces() as traces:
+        # new prompts of the same bucket (<= 16 tokens), new generation lengths
+        smollm2_model.generate("Why is the sky blue?", max_new_tokens=7)
+        smollm2_model.generate("Name three rivers in Europe.", max_new_tokens=33)
+        smollm2_model.logits(smollm2_model.tokenizer.encode("A different prompt here."))
+    assert traces == []
+
+
+def test_decode_attends_to_a_bucket_of_the_filled_cache(sliding, monkeypatch):
+    """Decode reads attention over a power-of-two bucket of the filled cache, not the whole cache."""
+    seen = []
+    decode = engine.Model._decode
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["attend_len"], args[1].max_seq))
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Model, "_decode", spy)
+    sliding.generate([7] * 10, max_new_tokens=200)
+    assert seen[0] == (128, 256)  # at most 10 + 16 tokens present: attends to 128 of 256 slots
+    assert all(attend <= cache for attend, cache in seen)
+
+
+def test_generate_streams_text_and_reports_finish(smollm2_model):
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    g = smollm2_model.generate(
+        ["<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n", "Once upon a time"],
+        max_new_tokens=60,
+        stream=lambda row, text: pieces[row].append(text),
+    )
+    assert ["".join(pieces[i]) for i in (0, 1)] == g.texts
+    assert g.finish_reasons[0] == "stop" and g.finish_reasons[1] == "length"
+    assert len(g.tokens[1]) == 60 and len(g.logprobs[1]) == 60
+    assert all(lp <= 0 for lp in g.logprobs[0] + g.logprobs[1])
+    assert g.timings["decode_tok_s"] > 0
+
+
+def test_chat_applies_the_template(smollm2_model):
+    g = smollm2_model.generate("Say hi", chat=True, max_new_tokens=30)
+    assert g.prompt_tokens[0][:2] == smollm2_model.tokenizer.encode("<|im_start|>system")
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(sliding):
+    too_long = [5] * (sliding.config.context_length + 1)
+    with pytest.raises(ContextLengthError, match=r"257 tokens .* context of 256"):
+        sliding.logits(too_long)
+    with pytest.raises(ContextLengthError, match="lower max_new_tokens"):
+        sliding.generate([5] * 200, max_new_tokens=100)
+
+
+def test_max_seq_len_caps_requests(tmp_path):
+    m = phijax.load(MODEL_FIXTURES / "plain.gguf", progress=False, max_seq_len=32)
+    with pytest.raises(ContextLengthError, match="max_seq_len of 32"):
+        m.generate([5] * 30, max_new_tokens=5)
+    assert len(m.generate([5] * 30, max_new_tokens=2).tokens[0]) <= 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sliding_window": "maybe"}, "sliding_window"),
+        ({"max_seq_len": 0}, "max_seq_len"),
+        ({"sliding_window": "on"}, "has no sliding window"),
+    ],
+)
+def test_bad_load_options(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        phijax.load(MODEL_FIXTURES / "plain.gguf", progress=False, **kwargs)
+
+
+def test_bad_generate_arguments(sliding):
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        sliding.generate([5, 6], max_new_tokens=0)
+    with pytest.raises(ConfigError, match="outside the vocabulary"):
+        sliding.logits([5, sliding.config.vocab_size])
+    with pytest.raises(ConfigError, match="at least one prompt"):
+        sliding.generate([])
+
+
+def test_sliding_window_switch_changes_long_range_attention():
+    on = phijax.load(MODEL_FIXTURES / "sliding_window.gguf", progress=False)
+    off = phijax.load(MODEL_FIXTURES / "sliding_window.gguf", progress=False, sliding_window="off")
+    ids = _prompts(on, (30,))[0]
+    a, b = on.logits(ids), off.logits(ids)
+    np.testing.assert_allclose(a[:8], b[:8], atol=1e-5)  # within the window: identical
+    assert np.abs(a[8:] - b[8:]).max() > 1e-2
+
+
+def test_load_refuses_what_cannot_fit(monkeypatch):
+    monkeypatch.setattr(engine, "_available_memory", lambda: 10_000)
+    with pytest.raises(ResourceError, match=r"plain.gguf: the weights need .* but 0.0 GB are free"):
+        phijax.load(MODEL_FIXTURES / "plain.gguf", progress=False)
