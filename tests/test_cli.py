@@ -51,3 +51,19 @@ def test_errors_are_one_line(tmp_path, capsys):
 def test_console_script_is_installed():
     proc = subprocess.run(["phijax", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "inspect" in proc.stdout
+
+
+def test_generate_streams_the_greedy_continuation(smollm2_gguf, smollm2_model, capsys):
+    argv = ["generate", "--model", str(smollm2_gguf), "--chat", "--max-new-tokens", "12", "Say hi"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    expected = smollm2_model.generate("Say hi", chat=True, max_new_tokens=12).texts[0]
+    assert out == expected + "\n"
+    assert "prompt tokens" in err and "new tokens" in err
+
+
+def test_generate_context_error_is_one_line(smollm2_gguf, capsys):
+    argv = ["generate", "--model", str(smollm2_gguf), "--max-seq-len", "8", "--max-new-tokens", "50", "Hi"]
+    assert main(argv) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("phijax: error: ") and "max_seq_len of 8" in last

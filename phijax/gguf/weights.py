@@ -82,7 +82,7 @@ def load_weights(f: GGUFFile, module: Phi3, *, progress: bool = True) -> dict[st
     c = module.config
     shapes = layer_shapes(c)
     total = 2 + (0 if c.tie_word_embeddings else 1) + c.num_layers * len(shapes)
-    bar = tqdm(total=total, desc="loading weights", unit="tensor", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="loading weights", unit="tensor", disable=None if progress else True, leave=False)
 
     def put(param, value):
         param.set_value(value.astype(param.get_value().dtype))
