@@ -28,6 +28,16 @@ def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
     return (weight * normed.astype(x.dtype)).astype(x.dtype)
 
 
+def linear(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+    """``x [..., in] @ w.T`` for a weight in numpy layout ``w [out, in]``, accumulated in f32.
+
+    Spelled as a matmul with the transpose, not an einsum: inside the layer scan,
+    XLA:CPU then runs batch-1 decode 1.9x faster (measured on SmolLM2 shapes; same
+    speed at batch 8, 32 and in prefill).
+    """
+    return jnp.matmul(x, w.T, preferred_element_type=jnp.float32)
+
+
 def layer_shapes(c: Phi3Config) -> dict[str, tuple[int, ...]]:
     """Per-layer parameter shapes (numpy layout), without the leading layer axis."""
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -86,7 +96,7 @@ class Phi3(nnx.Module):
             x, k_all, v_all = carry
             p, i = xs
             h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
-            qkv = jnp.einsum("bsd,od->bso", h, p["qkv"], preferred_element_type=jnp.float32).astype(x.dtype)
+            qkv = linear(h, p["qkv"]).astype(x.dtype)
             q = qkv[..., :q_size].reshape(b, s, c.num_heads, c.head_dim)
             k = qkv[..., q_size : q_size + kv_size].reshape(b, s, c.num_kv_heads, c.head_dim)
             v = qkv[..., q_size + kv_size :].reshape(b, s, c.num_kv_heads, c.head_dim)
@@ -96,14 +106,12 @@ class Phi3(nnx.Module):
             keys = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)[:, :attend_len]
             values = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)[:, :attend_len]
             attn = attention(q, keys.astype(x.dtype), values.astype(x.dtype), positions, kv_len, window)
-            x = x + jnp.einsum(
-                "bsq,dq->bsd", attn.reshape(b, s, q_size), p["o_proj"], preferred_element_type=jnp.float32
-            ).astype(x.dtype)
+            x = x + linear(attn.reshape(b, s, q_size), p["o_proj"]).astype(x.dtype)
             h = rms_norm(x, p["ffn_norm"], c.rms_norm_eps)
-            gu = jnp.einsum("bsd,fd->bsf", h, p["gate_up"], preferred_element_type=jnp.float32)
+            gu = linear(h, p["gate_up"])
             gate, up = gu[..., : c.intermediate_size], gu[..., c.intermediate_size :]
             ff = (jax.nn.silu(gate) * up).astype(x.dtype)
-            x = x + jnp.einsum("bsf,df->bsd", ff, p["down"], preferred_element_type=jnp.float32).astype(x.dtype)
+            x = x + linear(ff, p["down"]).astype(x.dtype)
             return (x, k_all, v_all), None
 
         params = {name: getattr(self, name)[...] for name in LAYER_PARAMS}
@@ -113,5 +121,5 @@ class Phi3(nnx.Module):
             x = jnp.take_along_axis(x, logit_index[:, :, None], axis=1)
         x = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
         head = self.embed[...] if self.lm_head is None else self.lm_head[...]
-        logits = jnp.einsum("bsd,vd->bsv", x, head, preferred_element_type=jnp.float32)
+        logits = linear(x, head)
         return logits, KVCache(k_all, v_all, kv_len)
