@@ -2,9 +2,11 @@
 
 from phijax import errors, gguf
 from phijax.config import Phi3Config
-from phijax.engine import Generation, Model, load
+from phijax.engine import Model, load
+from phijax.generation import Generation
+from phijax.sampling import Sampler
 from phijax.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["Generation", "Model", "Phi3Config", "Tokenizer", "__version__", "errors", "gguf", "load"]
+__all__ = ["Generation", "Model", "Phi3Config", "Sampler", "Tokenizer", "__version__", "errors", "gguf", "load"]

@@ -11,7 +11,7 @@ import json
 import sys
 
 from phijax import __version__
-from phijax.errors import PhijaxError
+from phijax.errors import ConfigError, PhijaxError
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -33,18 +33,51 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampler(args: argparse.Namespace):
+    """A Sampler from the sampling flags: a preset, then named flags, then --sampler KEY=VALUE."""
+    import dataclasses
+
+    import yaml
+
+    from phijax import Sampler
+
+    base = Sampler.candle() if args.preset == "candle" else Sampler()
+    changes = {
+        name: value
+        for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repeat_last_n")
+        if (value := getattr(args, name)) is not None
+    }
+    fields = {f.name for f in dataclasses.fields(Sampler)}
+    for item in args.sampler or ():
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ConfigError(
+                f"--sampler {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}."
+            )
+        parsed = yaml.safe_load(value)
+        changes[key] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return base.replace(**changes)
+
+
 def _generate(args: argparse.Namespace) -> int:
+    import secrets
+
     import phijax
 
+    sampler = _sampler(args)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     model = phijax.load(
         args.source, max_seq_len=args.max_seq_len, sliding_window=args.sliding_window, tokenizer=args.tokenizer
     )
     if not args.quiet:
-        print(f"{model}\n", file=sys.stderr)
+        print(f"{model}\nseed {seed}, {sampler}\n", file=sys.stderr)
     g = model.generate(
         args.prompt,
+        sampler=sampler,
+        seed=seed,
         max_new_tokens=args.max_new_tokens,
         chat=args.chat,
+        stop=args.stop or (),
         stream=lambda _row, text: print(text, end="", flush=True),
     )
     print()
@@ -53,9 +86,93 @@ def _generate(args: argparse.Namespace) -> int:
         print(
             f"\n{len(g.prompt_tokens[0])} prompt tokens ({t['prefill_tok_s']:.1f} tok/s), "
             f"{len(g.tokens[0])} new tokens ({t['decode_tok_s']:.1f} tok/s), "
-            f"finished: {g.finish_reasons[0]}",
+            f"finished: {g.finish_reasons[0]}, seed {seed}",
             file=sys.stderr,
         )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from phijax.experiment import load_config, run, write_report
+
+    config = load_config(args.config, args.set or ())
+    results = run(config, output=args.output, base_dir=Path(args.config).parent, progress=not args.quiet)
+    table, written = write_report(results, plots=not args.no_plots)
+    print(f"\n{config.name}: {results}\n\n{table}")
+    if not args.quiet:
+        print("wrote " + ", ".join(str(w) for w in written), file=sys.stderr)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from phijax.experiment import write_report
+
+    table, written = write_report(args.results, args.out, plots=not args.no_plots)
+    print(table)
+    print("wrote " + ", ".join(str(w) for w in written), file=sys.stderr)
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import secrets
+
+    import phijax
+
+    sampler = _sampler(args)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    model = phijax.load(args.source, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    print(f"{model}\nseed {seed}. /reset starts over, /exit (or Ctrl-D) quits.", file=sys.stderr)
+    turn = 0
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            messages = list(system)
+            print("(conversation reset)", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        ids = model.tokenizer.encode_chat(messages)
+        pieces = []
+        for piece in model.stream(ids, sampler=sampler, seed=seed + turn, max_new_tokens=args.max_new_tokens):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": "".join(pieces)})
+        turn += 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    import phijax
+
+    model = phijax.load(args.source, max_seq_len=args.max_seq_len)
+    rng = np.random.default_rng(0)
+    sampler = _sampler(args)
+    print(f"{model}\nsampler: {sampler}")
+    prompt = rng.integers(100, model.config.vocab_size - 100, args.prompt_len).tolist()
+    for batch in args.batch:
+        prompts = [prompt] * batch
+        model.generate(prompts, sampler=sampler, max_new_tokens=args.new_tokens)  # warm-up: compile
+        start = time.perf_counter()
+        g = model.generate(prompts, sampler=sampler, max_new_tokens=args.new_tokens, seed=1)
+        wall = time.perf_counter() - start
+        t = g.timings
+        print(f"batch {batch:3d}: prefill {t['prefill_tok_s']:8.1f} tok/s, decode {t['decode_tok_s']:8.1f} tok/s "
+              f"({t['decode_tok_s'] / batch:6.1f} per sequence), {wall:.2f} s")  # fmt: skip
     return 0
 
 
@@ -65,6 +182,21 @@ def _fetch(args: argparse.Namespace) -> int:
     for name in args.names or sorted(pypi_models.MODELS):
         print(pypi_models.fetch(name))
     return 0
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (default: temperature 1, nothing else; see docs/sampling.md)")
+    g.add_argument("--seed", type=int, default=None, help="PRNG seed (default: random, printed)")
+    g.add_argument("--preset", choices=("default", "candle"), default="default",
+                   help="candle: the seed program's chain (repeat penalty 1.2 over 64 generated tokens)")  # fmt: skip
+    g.add_argument("--temperature", type=float, default=None, metavar="T", help="0 is greedy")
+    g.add_argument("--top-k", type=int, default=None, metavar="K")
+    g.add_argument("--top-p", type=float, default=None, metavar="P")
+    g.add_argument("--min-p", type=float, default=None, metavar="P")
+    g.add_argument("--repeat-penalty", dest="repetition_penalty", type=float, default=None, metavar="X")
+    g.add_argument("--repeat-last-n", type=int, default=None, metavar="N")
+    g.add_argument("--sampler", action="append", metavar="KEY=VALUE",
+                   help="any phijax.Sampler field, e.g. --sampler typical_p=0.9 (repeatable)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "generate",
-        help="continue a prompt, streaming the text (greedy)",
+        help="continue a prompt, streaming the text (sampling flags: --temperature, --top-p, ...)",
         description="Load a model and stream its continuation of PROMPT to the terminal. "
         "SOURCE as for inspect (default: the Phi-3-mini-4k-instruct q4 GGUF from the hub).",
     )
@@ -100,7 +232,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sliding-window", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--tokenizer", default=None, metavar="TOKENIZER_JSON", help="override the GGUF vocabulary")
     p.add_argument("--quiet", action="store_true", help="print only the generated text")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)")
+    add_sampling_flags(p)
     p.set_defaults(run=_generate)
+
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model in the terminal (multi-turn, streaming)",
+        description="Interactive multi-turn chat through the model's chat template. /reset clears "
+        "the conversation, /exit quits.",
+    )
+    p.add_argument("--model", dest="source", default=None, metavar="SOURCE")
+    p.add_argument("--system", default=None, help="a system message")
+    p.add_argument("--max-new-tokens", type=int, default=512, metavar="N")
+    p.add_argument("--max-seq-len", type=int, default=None, metavar="N")
+    p.add_argument("--tokenizer", default=None, metavar="TOKENIZER_JSON")
+    add_sampling_flags(p)
+    p.set_defaults(run=_chat)
+
+    p = sub.add_parser(
+        "run",
+        help="run an experiment config (resumable) and print its comparison table",
+        description="Run CONFIG (YAML, see configs/): generate every missing sample into "
+        "<output>/<name>/samples.jsonl (a rerun resumes), then write the report.",
+    )
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. sampler.temperature=0.7")
+    p.add_argument("--output", default=None, metavar="DIR", help="results root (default: the config's output)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run)
+
+    p = sub.add_parser(
+        "report",
+        help="tables and plots from a results folder",
+        description="Summarize RESULTS (a folder from phijax run, or its samples.jsonl): "
+        "report.md, summary.csv and PNG plots.",
+    )
+    p.add_argument("results", metavar="RESULTS")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write (default: beside the results)")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(run=_report)
+
+    p = sub.add_parser(
+        "bench",
+        help="prefill and decode speed at several batch sizes",
+        description="Quick speed check (benchmarks/bench_model.py compares with llama.cpp).",
+    )
+    p.add_argument("--model", dest="source", default="pypi:smollm2", metavar="SOURCE")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--max-seq-len", type=int, default=None, metavar="N")
+    add_sampling_flags(p)
+    p.set_defaults(run=_bench)
 
     p = sub.add_parser(
         "fetch",

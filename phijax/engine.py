@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from phijax import hub
+from phijax import hub, sampling
 from phijax.cache import KVCache
 from phijax.config import Phi3Config
 from phijax.errors import ConfigError, ContextLengthError, ResourceError
+from phijax.generation import Generation, RowOutput
 from phijax.gguf.reader import GGUFFile
 from phijax.gguf.weights import load_weights
-from phijax.model.phi3 import Phi3
+from phijax.model.phi3 import LAYOUTS, Phi3
 from phijax.model.rope import inverse_frequencies
 from phijax.pypi_models import cache_dir
+from phijax.sampling import Sampler
 from phijax.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 256
@@ -60,23 +61,6 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-@dataclass
-class Generation:
-    """Results of ``Model.generate``: row ``i * num_samples + s`` is sample ``s`` of prompt ``i``.
-
-    ``tokens`` are new tokens only (stop tokens excluded); ``logprobs`` are the
-    model's log-probabilities of those tokens; ``finish_reasons`` are
-    ``"stop"`` or ``"length"``.
-    """
-
-    tokens: list[list[int]]
-    texts: list[str]
-    logprobs: list[list[float]]
-    finish_reasons: list[str]
-    prompt_tokens: list[list[int]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 class Model:
     """A loaded Phi-3-family model: config, tokenizer, Flax module and compiled steps."""
 
@@ -98,6 +82,7 @@ class Model:
         self.sliding_window = sliding_window
         self._rope_factors = rope_factors
         self.prefill_chunk = PREFILL_CHUNK
+        self._breakers: dict[tuple[str, ...], np.ndarray] = {}
         self._graphdef, self._state = nnx.split(module)
 
     @property
@@ -147,33 +132,61 @@ class Model:
             logit_index=None if all_logits else logit_index,
         )
 
-    @partial(jax.jit, static_argnums=(0,), static_argnames=("attend_len", "scale", "steps"), donate_argnames=("cache",))
-    def _decode(self, state, cache, tokens, done, stop_ids, inv_freq, *, attend_len, scale, steps):
-        """``steps`` greedy steps from the last tokens ``[batch]``: returns new tokens and their
-        logprobs ``[batch, steps]``, stop flags and the cache."""
+    @partial(jax.jit, static_argnums=(0,), static_argnames=("order", "top_n"))
+    def _sample(self, logits, base_keys, step, sstate, params, *, order, top_n):
+        """Sample one token per row from ``logits [batch, vocab]`` with step ``step``'s keys;
+        also the top ``top_n`` alternatives' ids and logprobs ``[batch, top_n]``."""
+        keys = sampling.step_keys(base_keys, step)
+        tokens, logprobs, sstate = sampling.sample(keys, logits, sstate, params, order)
+        alt_lp, alt_ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), top_n)
+        return tokens, logprobs, alt_ids, alt_lp, sstate
+
+    @partial(
+        jax.jit,
+        static_argnums=(0,),
+        static_argnames=("attend_len", "scale", "steps", "order", "top_n"),
+        donate_argnames=("cache", "sstate"),
+    )
+    def _decode(
+        self, state, cache, tokens, done, budget, stop_ids, inv_freq, base_keys, step0, sstate, params,
+        *, attend_len, scale, steps, order, top_n,
+    ):  # fmt: skip
+        """``steps`` sampled steps from the last tokens ``[batch]``. A row stops at a stop id or
+        after ``budget [batch]`` more tokens. Returns tokens (-1 once done), logprobs, top
+        alternatives ``[batch, steps(, top_n)]``, stop flags, the cache and the sampler state."""
         module = nnx.merge(self._graphdef, state)
         b = tokens.shape[0]
 
         def step(t, carry):
-            cache, tok, done, out_tok, out_lp = carry
+            cache, sstate, tok, done, out = carry
             pos = cache.lengths
             live = ~done
             kv_len = jnp.where(live, pos + 1, pos)
             logits, cache = module(
                 tok[:, None], pos[:, None], cache, kv_len, (inv_freq, scale), attend_len=attend_len, window=self.sliding_window
             )
-            logp = jax.nn.log_softmax(logits[:, 0], axis=-1)
-            nxt = jnp.argmax(logp, axis=-1).astype(jnp.int32)
-            lp = jnp.take_along_axis(logp, nxt[:, None], axis=-1)[:, 0]
+            nxt, lp, alt_ids, alt_lp, new_sstate = self._sample(
+                logits[:, 0], base_keys, step0 + t, sstate, params, order=order, top_n=top_n
+            )
+            sstate = jax.tree.map(lambda new, old: jnp.where(live.reshape(-1, *[1] * (new.ndim - 1)), new, old), new_sstate, sstate)
             nxt = jnp.where(live, nxt, tok)
-            out_tok = out_tok.at[:, t].set(jnp.where(live, nxt, -1))
-            out_lp = out_lp.at[:, t].set(jnp.where(live, lp, 0.0))
-            done = done | jnp.isin(nxt, stop_ids)
-            return KVCache(cache.k, cache.v, kv_len), nxt, done, out_tok, out_lp
+            out = (
+                out[0].at[:, t].set(jnp.where(live, nxt, -1)),
+                out[1].at[:, t].set(jnp.where(live, lp, 0.0)),
+                out[2].at[:, t].set(alt_ids),
+                out[3].at[:, t].set(alt_lp),
+            )
+            done = done | jnp.isin(nxt, stop_ids) | (t + 1 >= budget)
+            return KVCache(cache.k, cache.v, kv_len), sstate, nxt, done, out
 
-        init = (cache, tokens, done, jnp.full((b, steps), -1, jnp.int32), jnp.zeros((b, steps), jnp.float32))
-        cache, _, done, out_tok, out_lp = jax.lax.fori_loop(0, steps, step, init)
-        return out_tok, out_lp, done, cache
+        out = (
+            jnp.full((b, steps), -1, jnp.int32),
+            jnp.zeros((b, steps), jnp.float32),
+            jnp.zeros((b, steps, top_n), jnp.int32),
+            jnp.zeros((b, steps, top_n), jnp.float32),
+        )
+        cache, sstate, _, done, out = jax.lax.fori_loop(0, steps, step, (cache, sstate, tokens, done, out))
+        return (*out, done, cache, sstate)
 
     # -- prefill ------------------------------------------------------------
 
@@ -234,98 +247,192 @@ class Model:
         self,
         prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
         *,
-        sampler: Any = None,
+        sampler: Sampler | Sequence[Sampler] | None = None,
         max_new_tokens: int = 100,
         seed: int = 0,
         num_samples: int = 1,
         chat: bool = False,
+        stop: Sequence[str | int] = (),
         stream: Callable[[int, str], None] | None = None,
+        top_logprobs: int = 0,
     ) -> Generation:
-        """Greedy continuation of each prompt (a string or token ids), ``max_new_tokens`` at most,
-        stopping at the tokenizer's stop ids. ``stream(row, text)`` receives text as it decodes.
-        (Sampling strategies, seeds and several samples per prompt come with the sampler.)"""
-        if sampler is not None or num_samples != 1:
-            raise ConfigError("sampling strategies arrive with phijax.Sampler; for now generate() is greedy.")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        """Continue each prompt (a string or token ids) ``num_samples`` times.
+
+        ``sampler``: one :class:`~phijax.Sampler` for every prompt or one per prompt
+        (default: ``Sampler()``, the plain softmax at temperature 1). Sample ``s`` of every
+        prompt draws its step-``t`` token with key ``fold_in(fold_in(PRNGKey(seed), s), t)``,
+        so its tokens depend on nothing else in the batch. Rows stop at the tokenizer's stop
+        ids, at ``stop`` (strings, or token ids), or after ``max_new_tokens``. ``chat`` wraps
+        string prompts in the chat template as a user turn. ``stream(row, text)`` receives
+        text as it decodes (row ``i * num_samples + s``). ``top_logprobs``: also return that
+        many most likely alternatives per token (at most 20).
+        """
+        events = self._run(prompts, sampler, max_new_tokens, seed, num_samples, chat, stop, top_logprobs)
+        while True:
+            try:
+                row, text = next(events)
+            except StopIteration as end:
+                return end.value
+            if stream is not None:
+                stream(row, text)
+
+    def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
+        """Text of one continuation of ``prompt`` as it decodes (``generate``'s options);
+        ``for piece in model.stream("Hi", chat=True): print(piece, end="")``."""
+        if kwargs.get("num_samples", 1) != 1 or not (isinstance(prompt, str) or _is_ids(prompt)):
+            raise ConfigError("stream() takes one prompt and one sample; use generate(stream=...) for more.")
+        for _row, text in self._run(prompt, **{**_GENERATE_DEFAULTS, **kwargs}):
+            yield text
+
+    def _run(self, prompts, sampler, max_new_tokens, seed, num_samples, chat, stop, top_logprobs):
+        """Generation as a Python generator of ``(row, text)``; returns the :class:`Generation`."""
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens = {max_new_tokens!r} must be a positive integer.")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ConfigError(f"num_samples = {num_samples!r} must be a positive integer.")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed = {seed!r} must be an integer.")
+        if not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
+            raise ConfigError(f"top_logprobs = {top_logprobs!r} must be an integer from 0 to 20.")
         batch = self._prompt_ids(prompts, chat)
+        samplers = self._samplers(sampler, len(batch))
+        stop_ids, stop_strings = self._stops(stop)
         t0 = time.perf_counter()
         cache_len = self.cache_len_for(max(len(p) for p in batch) + max_new_tokens)
-        last_logits, cache = self._prefill(batch, cache_len, all_logits=False)
-        n, b = len(batch), cache.batch
-        logp = jax.nn.log_softmax(jnp.asarray(last_logits), axis=-1)
-        first = np.asarray(jnp.argmax(logp, axis=-1)).astype(np.int32)
-        first_lp = np.asarray(jnp.take_along_axis(logp, jnp.asarray(first)[:, None], axis=-1)[:, 0])
+        last_logits, prompt_cache = self._prefill(batch, cache_len, all_logits=False)
+        rows = [(i, s) for i in range(len(batch)) for s in range(num_samples)]
+        n, b = len(rows), bucket(len(rows), 1)
+        take = jnp.asarray([i for i, _ in rows] + [0] * (b - n), jnp.int32)
+        cache = KVCache(
+            jnp.take(prompt_cache.k, take, axis=1), jnp.take(prompt_cache.v, take, axis=1), jnp.take(prompt_cache.lengths, take)
+        )
+        del prompt_cache
+        row_samplers = [samplers[i] for i, _ in rows]
+        row_samplers += [row_samplers[0].replace(temperature=0.0)] * (b - n)  # padding rows
+        params = sampling.stack(row_samplers, self.config.vocab_size, self._breaker_mask)
+        order = row_samplers[0].order
+        history = np.zeros((b, cache_len), np.int32)
+        prompt_len = np.ones(b, np.int32)
+        for r, (i, _) in enumerate(rows):
+            history[r, : len(batch[i])] = batch[i]
+            prompt_len[r] = len(batch[i])
+        sstate = sampling.init_state(jnp.asarray(history), jnp.asarray(prompt_len), params)
+        base = sampling.base_keys(seed, [s for _, s in rows] + [0] * (b - n))
+        top_n = max(top_logprobs, 1)
+        first, first_lp, alt_ids, alt_lp, sstate = self._sample(
+            jnp.take(last_logits, take, axis=0), base, jnp.int32(0), sstate, params, order=order, top_n=top_n
+        )
+        outputs = [RowOutput(self.tokenizer, stop_ids, stop_strings, max_new_tokens) for _ in rows]
+        first, first_lp, alt_ids, alt_lp = map(np.asarray, (first, first_lp, alt_ids, alt_lp))
         t_prefill = time.perf_counter() - t0
-        stop_ids = jnp.asarray(self.tokenizer.stop_ids or (-1,), jnp.int32)
-        tokens = [[int(first[i])] for i in range(n)]
-        logprobs = [[float(first_lp[i])] for i in range(n)]
-        done = np.array([first[i] in self.tokenizer.stop_ids for i in range(n)] + [True] * (b - n))
-        streams = [self.tokenizer.stream(skip_special=True) for _ in range(n)] if stream else []
-        self._emit(streams, stream, tokens, done)
+        for r, out in enumerate(outputs):
+            top = list(zip(alt_ids[r].tolist(), alt_lp[r].tolist(), strict=True)) if top_logprobs else None
+            text = out.add(int(first[r]), float(first_lp[r]), top and top[:top_logprobs])
+            if text:
+                yield r, text
         inv_freq, scale = self._rope
-        last = jnp.asarray(first)  # [b]: padding rows are done and ignored
-        done_dev = jnp.asarray(done)
-        while not done[:n].all() and min(len(t) for t, d in zip(tokens, done, strict=False) if not d) < max_new_tokens:
+        stop_dev = jnp.asarray(sorted(stop_ids) or [-1], jnp.int32)
+        step = 1
+        last = jnp.asarray(first)
+        while not all(o.done for o in outputs):
+            done = np.array([o.done for o in outputs] + [True] * (b - n))
+            budget = np.array([max_new_tokens - len(o.tokens) for o in outputs] + [0] * (b - n), np.int32)
             attend = min(bucket(int(np.asarray(cache.lengths).max()) + DECODE_STEPS, 128), cache_len)
-            out_tok, out_lp, done_dev, cache = self._decode(
-                self._state, cache, last, done_dev, stop_ids, inv_freq, attend_len=attend, scale=scale, steps=DECODE_STEPS
-            )
-            out_tok, out_lp = np.asarray(out_tok), np.asarray(out_lp)
-            for i in range(n):
-                for t, lp in zip(out_tok[i], out_lp[i], strict=True):
-                    if t < 0 or len(tokens[i]) >= max_new_tokens or (tokens[i] and tokens[i][-1] in self.tokenizer.stop_ids):
+            toks, lps, alt_ids, alt_lp, _, cache, sstate = self._decode(
+                self._state, cache, last, jnp.asarray(done), jnp.asarray(budget), stop_dev, inv_freq, base,
+                jnp.int32(step), sstate, params,
+                attend_len=attend, scale=scale, steps=DECODE_STEPS, order=order, top_n=top_n,
+            )  # fmt: skip
+            toks, lps, alt_ids, alt_lp = map(np.asarray, (toks, lps, alt_ids, alt_lp))
+            last = jnp.asarray(np.maximum(toks[:, -1], 0))  # rows still live hold their last token
+            step += DECODE_STEPS
+            for r, out in enumerate(outputs):
+                for t in range(DECODE_STEPS):
+                    if out.done or toks[r, t] < 0:
                         break
-                    tokens[i].append(int(t))
-                    logprobs[i].append(float(lp))
-            done = np.asarray(done_dev).copy()
-            for i in range(n):
-                done[i] |= len(tokens[i]) >= max_new_tokens
-            last = jnp.asarray(np.array([t[-1] for t in tokens] + [0] * (b - n), np.int32))
-            done_dev = jnp.asarray(done)
-            self._emit(streams, stream, tokens, done)
+                    top = list(zip(alt_ids[r, t].tolist(), alt_lp[r, t].tolist(), strict=True))[:top_logprobs] if top_logprobs else None
+                    text = out.add(int(toks[r, t]), float(lps[r, t]), top)
+                    if text:
+                        yield r, text
         t_total = time.perf_counter() - t0
-        reasons = []
-        for i in range(n):
-            stopped = tokens[i][-1] in self.tokenizer.stop_ids
-            reasons.append("stop" if stopped else "length")
-            if stopped:
-                tokens[i].pop()
-                logprobs[i].pop()
-        new_tokens = sum(len(t) for t in tokens)
+        new_tokens = sum(len(o.tokens) for o in outputs)
         return Generation(
-            tokens=tokens,
-            texts=self.tokenizer.decode_batch(tokens, skip_special=True),
-            logprobs=logprobs,
-            finish_reasons=reasons,
-            prompt_tokens=batch,
+            tokens=[o.tokens for o in outputs],
+            texts=[o.text for o in outputs],
+            logprobs=[o.logprobs for o in outputs],
+            finish_reasons=[o.finish_reason for o in outputs],
+            prompt_tokens=[batch[i] for i, _ in rows],
+            top_logprobs=[o.top_logprobs for o in outputs] if top_logprobs else [],
+            seeds=[seed] * n,
             timings={
                 "prefill_s": t_prefill,
                 "decode_s": t_total - t_prefill,
                 "prefill_tok_s": sum(map(len, batch)) / t_prefill,
-                "decode_tok_s": new_tokens / max(t_total - t_prefill, 1e-9),
+                "decode_tok_s": max(new_tokens - n, 0) / max(t_total - t_prefill, 1e-9),
             },
         )
 
-    def _emit(self, streams, stream, tokens, done) -> None:
-        for i, s in enumerate(streams):
-            new_ids = tokens[i][len(s.ids) :]
-            text = "".join(s.push(t) for t in new_ids if t not in self.tokenizer.stop_ids)
-            if done[i]:
-                text += s.flush()
-            if text:
-                stream(i, text)
+    def score(
+        self, prompts: str | Sequence[int] | Sequence[str | Sequence[int]], continuations: str | Sequence[int] | Sequence[str | Sequence[int]]
+    ) -> list[np.ndarray]:
+        """Log-probabilities ``[len(continuation)]`` of each continuation's tokens after its
+        prompt, under the model (perplexity: ``exp(-mean)``). Strings are encoded (the
+        continuation without BOS); lists pair up prompt ``i`` with continuation ``i``."""
+        prompts = self._prompt_ids(prompts, chat=False)
+        single = isinstance(continuations, str) or _is_ids(continuations)
+        conts = [continuations] if single else list(continuations)
+        if len(conts) != len(prompts):
+            raise ConfigError(f"score() got {len(prompts)} prompts but {len(conts)} continuations.")
+        cont_ids = [self.tokenizer.encode(c, add_bos=False) if isinstance(c, str) else [int(t) for t in c] for c in conts]
+        if any(not c for c in cont_ids):
+            raise ConfigError("score() needs non-empty continuations.")
+        seqs = [p + c for p, c in zip(prompts, cont_ids, strict=True)]
+        self._check_ids(seqs)
+        logits = self.logits(seqs)
+        out = []
+        for p, c, lg in zip(prompts, cont_ids, logits, strict=True):
+            logp = np.asarray(jax.nn.log_softmax(jnp.asarray(lg[len(p) - 1 : len(p) - 1 + len(c)]), axis=-1))
+            out.append(logp[np.arange(len(c)), c])
+        return out
+
+    def _breaker_mask(self, strings: tuple[str, ...]) -> np.ndarray:
+        """bool ``[vocab]``: the tokens whose text contains a DRY sequence breaker."""
+        if strings not in self._breakers:
+            mask = np.zeros(self.config.vocab_size, np.bool_)
+            for i, text in enumerate(self.tokenizer.token_texts[: self.config.vocab_size]):
+                mask[i] = any(s in text for s in strings)
+            self._breakers[strings] = mask
+        return self._breakers[strings]
+
+    def _samplers(self, sampler, n_prompts: int) -> list[Sampler]:
+        if sampler is None:
+            return [Sampler()] * n_prompts
+        if isinstance(sampler, Sampler):
+            return [sampler] * n_prompts
+        samplers = list(sampler)
+        if len(samplers) != n_prompts or not all(isinstance(s, Sampler) for s in samplers):
+            raise ConfigError(f"sampler: give one phijax.Sampler or a list of one per prompt ({n_prompts}).")
+        return samplers
+
+    def _stops(self, stop) -> tuple[frozenset[int], tuple[str, ...]]:
+        stop = [stop] if isinstance(stop, (str, int)) else list(stop)
+        ids = [s for s in stop if isinstance(s, (int, np.integer)) and not isinstance(s, bool)]
+        strings = [s for s in stop if isinstance(s, str) and s]
+        if len(ids) + len(strings) != len(stop):
+            raise ConfigError(f"stop = {stop!r}: give non-empty strings and/or token ids.")
+        self._check_ids([ids])
+        return frozenset(self.tokenizer.stop_ids) | frozenset(int(i) for i in ids), tuple(strings)
 
     def _prompt_ids(self, prompts, chat: bool) -> list[list[int]]:
-        if isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer))):
+        if isinstance(prompts, str) or _is_ids(prompts):
             prompts = [prompts]
         if not prompts:
             raise ConfigError("generate() needs at least one prompt.")
         out = []
         for p in prompts:
             if isinstance(p, str):
-                text = self.tokenizer.apply_chat_template([{"role": "user", "content": p}]) if chat else p
-                out.append(self.tokenizer.encode(text))
+                messages = [{"role": "user", "content": p}]
+                out.append(self.tokenizer.encode_chat(messages) if chat else self.tokenizer.encode(p))
             else:
                 out.append([int(t) for t in p])
             if not out[-1]:
@@ -346,6 +453,17 @@ class Model:
             f"Model({str(self.path)!r}, {c.architecture}, {c.num_layers} layers, hidden {c.hidden_size}, "
             f"dtype={jnp.dtype(self.dtype).name})"
         )
+
+
+def _is_ids(x: Any) -> bool:
+    """A non-empty sequence of token ids (one prompt), as opposed to a list of prompts."""
+    return not isinstance(x, str) and len(x) > 0 and isinstance(x[0], (int, np.integer))
+
+
+_GENERATE_DEFAULTS = {
+    "sampler": None, "max_new_tokens": 100, "seed": 0, "num_samples": 1, "chat": False, "stop": (),
+    "top_logprobs": 0,
+}  # fmt: skip
 
 
 def _available_memory() -> int | None:
@@ -370,6 +488,7 @@ def load(
     sliding_window: str = "auto",
     tokenizer: Tokenizer | str | os.PathLike | None = None,
     progress: bool = True,
+    layout: str | None = None,
 ) -> Model:
     """Load a Phi-3-family GGUF into a ready-to-run :class:`Model`.
 
@@ -380,7 +499,9 @@ def load(
     request). ``sliding_window``: ``"auto"`` follows the file, ``"on"``
     requires it, ``"off"`` attends to the whole context (llama.cpp ignores
     Phi-3's window). ``tokenizer``: a Tokenizer or a tokenizer.json path
-    overriding the file's vocabulary.
+    overriding the file's vocabulary. ``layout``: ``"layers"`` (one array per layer,
+    the CPU default: fastest decode there) or ``"stacked"`` (``[layers, ...]`` arrays
+    under a scan, the accelerator default); see :func:`phijax.model.phi3.default_layout`.
     """
     enable_compilation_cache()
     path = hub.resolve(source or hub.DEFAULT_SOURCE)
@@ -409,6 +530,8 @@ def load(
         tok = tokenizer
     else:
         tok = Tokenizer.from_file(tokenizer)
-    module = Phi3(config, dtype=dtype)
+    if layout not in (None, *LAYOUTS):
+        raise ConfigError(f"layout = {layout!r}; use one of {LAYOUTS} (or None for the device's default).")
+    module = Phi3(config, dtype=dtype, layout=layout)
     rope_factors = load_weights(f, module, progress=progress)
     return Model(module, tok, path=path, max_seq_len=max_seq_len, sliding_window=window, rope_factors=rope_factors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+from phijax import Sampler
 from phijax.cli import main
 
 
@@ -54,10 +55,10 @@ def test_console_script_is_installed():
 
 
 def test_generate_streams_the_greedy_continuation(smollm2_gguf, smollm2_model, capsys):
-    argv = ["generate", "--model", str(smollm2_gguf), "--chat", "--max-new-tokens", "12", "Say hi"]
+    argv = ["generate", "--model", str(smollm2_gguf), "--chat", "--max-new-tokens", "12", "--temperature", "0", "Say hi"]
     assert main(argv) == 0
     out, err = capsys.readouterr()
-    expected = smollm2_model.generate("Say hi", chat=True, max_new_tokens=12).texts[0]
+    expected = smollm2_model.generate("Say hi", chat=True, max_new_tokens=12, sampler=Sampler.greedy()).texts[0]
     assert out == expected + "\n"
     assert "prompt tokens" in err and "new tokens" in err
 

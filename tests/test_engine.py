@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import phijax
-from phijax import engine
+from phijax import Sampler, engine
 from phijax.errors import ConfigError, ContextLengthError, ResourceError
 
+GREEDY = Sampler.greedy()
 MODEL_FIXTURES = Path(__file__).parent / "fixtures" / "model"
 
 _traces: list[str] = []
@@ -64,9 +65,9 @@ def test_batch_rows_match_solo_runs(smollm2_model):
 
 def test_batched_greedy_generation_matches_solo(smollm2_model):
     prompts = ["The capital of France is", "def add(a, b):", "1, 2, 3, 4,"]
-    together = smollm2_model.generate(prompts, max_new_tokens=20)
+    together = smollm2_model.generate(prompts, sampler=GREEDY, max_new_tokens=20)
     for i, p in enumerate(prompts):
-        solo = smollm2_model.generate(p, max_new_tokens=20)
+        solo = smollm2_model.generate(p, sampler=GREEDY, max_new_tokens=20)
         assert solo.tokens[0] == together.tokens[i]
         assert solo.texts[0] == together.texts[i]
         np.testing.assert_allclose(solo.logprobs[0], together.logprobs[i], atol=1e-4)
@@ -79,12 +80,12 @@ def test_chunked_prefill_matches_one_pass(sliding, chunk):
     sliding.prefill_chunk = chunk
     try:
         chunked = sliding.logits(prompts)
-        gen_chunked = sliding.generate(prompts, max_new_tokens=10)
+        gen_chunked = sliding.generate(prompts, sampler=GREEDY, max_new_tokens=10)
     finally:
         sliding.prefill_chunk = engine.PREFILL_CHUNK
     for a, b in zip(whole, chunked, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
-    assert gen_chunked.tokens == sliding.generate(prompts, max_new_tokens=10).tokens
+    assert gen_chunked.tokens == sliding.generate(prompts, sampler=GREEDY, max_new_tokens=10).tokens
 
 
 def test_no_recompilation_after_warm_up(smollm2_model):
@@ -117,6 +118,7 @@ def test_generate_streams_text_and_reports_finish(smollm2_model):
     pieces: dict[int, list[str]] = {0: [], 1: []}
     g = smollm2_model.generate(
         ["<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n", "Once upon a time"],
+        sampler=GREEDY,
         max_new_tokens=60,
         stream=lambda row, text: pieces[row].append(text),
     )
@@ -128,7 +130,7 @@ def test_generate_streams_text_and_reports_finish(smollm2_model):
 
 
 def test_chat_applies_the_template(smollm2_model):
-    g = smollm2_model.generate("Say hi", chat=True, max_new_tokens=30)
+    g = smollm2_model.generate("Say hi", chat=True, max_new_tokens=3)
     assert g.prompt_tokens[0][:2] == smollm2_model.tokenizer.encode("<|im_start|>system")
 
 
@@ -182,3 +184,90 @@ def test_load_refuses_what_cannot_fit(monkeypatch):
     monkeypatch.setattr(engine, "_available_memory", lambda: 10_000)
     with pytest.raises(ResourceError, match=r"plain.gguf: the weights need .* but 0.0 GB are free"):
         phijax.load(MODEL_FIXTURES / "plain.gguf", progress=False)
+
+
+# -- sampling through the engine ----------------------------------------------------
+
+SAMPLED = Sampler(temperature=0.9, top_p=0.95, repetition_penalty=1.2)
+
+
+def test_a_samples_tokens_do_not_depend_on_the_batch(sliding):
+    """The key rule: sample s of a prompt gets the same tokens alone, in a bigger batch,
+    beside other prompts and beside other samplers."""
+    a, b = [11, 12, 13, 14], [40, 41]
+    alone = sliding.generate(a, sampler=SAMPLED, seed=3, num_samples=2, max_new_tokens=24)
+    mixed = sliding.generate(
+        [b, a, b], sampler=[Sampler(top_k=5), SAMPLED, GREEDY], seed=3, num_samples=3, max_new_tokens=24
+    )
+    assert mixed.tokens[3:5] == alone.tokens  # prompt 1, samples 0 and 1
+    assert mixed.prompt_tokens[3] == a and len(mixed.tokens) == 9
+
+
+def test_same_seed_same_tokens_in_another_process(sliding):
+    code = (
+        "import json, phijax, sys; from phijax import Sampler;"
+        f"m = phijax.load({str(MODEL_FIXTURES / 'sliding_window.gguf')!r}, progress=False);"
+        "g = m.generate([3, 4, 5], sampler=Sampler(temperature=0.9, top_p=0.95, repetition_penalty=1.2),"
+        " seed=11, num_samples=2, max_new_tokens=20); print(json.dumps(g.tokens))"
+    )
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=True)
+    here = sliding.generate([3, 4, 5], sampler=SAMPLED, seed=11, num_samples=2, max_new_tokens=20)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == here.tokens
+
+
+def test_different_seeds_differ(sliding):
+    g1 = sliding.generate([3, 4, 5], sampler=SAMPLED, seed=1, max_new_tokens=20)
+    g2 = sliding.generate([3, 4, 5], sampler=SAMPLED, seed=2, max_new_tokens=20)
+    assert g1.tokens != g2.tokens
+    assert g1.seeds == [1]
+
+
+def test_switching_sampler_values_does_not_recompile(sliding):
+    sliding.generate([3, 4, 5], sampler=SAMPLED, max_new_tokens=20)
+    with count_traces() as traces:
+        sliding.generate([7, 8], sampler=Sampler(top_k=4, min_p=0.1, temperature=0.5), seed=5, max_new_tokens=20)
+        sliding.generate([7, 8, 9], sampler=Sampler(mirostat_tau=3.0, dry_multiplier=0.5), max_new_tokens=9)
+    assert traces == []
+
+
+def test_stop_strings_and_ids(smollm2_model):
+    free = smollm2_model.generate("1, 2, 3, 4,", sampler=GREEDY, max_new_tokens=30)
+    assert ", 8," in free.texts[0]
+    g = smollm2_model.generate("1, 2, 3, 4,", sampler=GREEDY, max_new_tokens=30, stop=[", 8"])
+    assert g.finish_reasons == ["stop"] and free.texts[0].startswith(g.texts[0])
+    assert g.texts[0].endswith("7") and ", 8" not in g.texts[0]
+    seven = smollm2_model.tokenizer.encode(" 7", add_bos=False)[-1]
+    h = smollm2_model.generate("1, 2, 3, 4,", sampler=GREEDY, max_new_tokens=30, stop=[seven])
+    assert h.finish_reasons == ["stop"] and seven not in h.tokens[0]
+
+
+def test_stream_iterator_and_callback_agree(smollm2_model):
+    pieces = list(smollm2_model.stream("Say hi", chat=True, sampler=SAMPLED, seed=4, max_new_tokens=25))
+    g = smollm2_model.generate("Say hi", chat=True, sampler=SAMPLED, seed=4, max_new_tokens=25)
+    assert "".join(pieces) == g.texts[0]
+
+
+def test_top_logprobs(smollm2_model):
+    g = smollm2_model.generate("The capital of France is", sampler=GREEDY, max_new_tokens=5, top_logprobs=3)
+    assert len(g.top_logprobs[0]) == len(g.tokens[0])
+    for token, lp, top in zip(g.tokens[0], g.logprobs[0], g.top_logprobs[0], strict=True):
+        assert top[0][0] == token and abs(top[0][1] - lp) < 1e-5  # greedy: the top alternative
+        assert top[0][1] >= top[1][1] >= top[2][1]
+
+
+def test_score_matches_logits(smollm2_model):
+    tok = smollm2_model.tokenizer
+    prompt, cont = "The capital of France is", " Paris, a city on the Seine."
+    [lp] = smollm2_model.score([prompt], [cont])
+    ids, cont_ids = tok.encode(prompt), tok.encode(cont, add_bos=False)
+    logits = smollm2_model.logits(ids + cont_ids)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    want = logp[np.arange(len(ids) - 1, len(ids) + len(cont_ids) - 1), cont_ids]
+    np.testing.assert_allclose(lp, want, atol=1e-4)
+    assert lp[0] > -2  # " Paris" is likely
+    with pytest.raises(ConfigError, match="2 prompts but 1"):
+        smollm2_model.score(["a", "b"], ["c"])

@@ -94,10 +94,10 @@ def load_weights(f: GGUFFile, module: Phi3, *, progress: bool = True) -> dict[st
         put(module.lm_head, _load(f, "output.weight", (c.vocab_size, c.hidden_size), module.dtype))
     for i in range(c.num_layers):
         for param_name, parts in _sources(f, c, i).items():
-            stack = getattr(module, param_name)
+            target = module.param(param_name, i)
             pieces = []
             for name, transform in parts:
-                w = _load(f, name, shapes[param_name] if len(parts) == 1 else None, stack.get_value().dtype)
+                w = _load(f, name, shapes[param_name] if len(parts) == 1 else None, target.get_value().dtype)
                 pieces.append(transform(w) if transform else w)
             value = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
             if value.shape != shapes[param_name]:
@@ -105,7 +105,10 @@ def load_weights(f: GGUFFile, module: Phi3, *, progress: bool = True) -> dict[st
                     f"{f.path}: layer {i} {param_name} assembles to {list(value.shape)}, expected "
                     f"{list(shapes[param_name])}."
                 )
-            stack.set_value(_set_layer(stack.get_value(), jnp.int32(i), value))
+            if module.layout == "stacked":
+                target.set_value(_set_layer(target.get_value(), jnp.int32(i), value))
+            else:
+                target.set_value(value.astype(target.get_value().dtype))
             bar.update()
     bar.close()
     return {

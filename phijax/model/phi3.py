@@ -29,13 +29,8 @@ def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
 
 
 def linear(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
-    """``x [..., in] @ w.T`` for a weight in numpy layout ``w [out, in]``, accumulated in f32.
-
-    Spelled as a matmul with the transpose, not an einsum: inside the layer scan,
-    XLA:CPU then runs batch-1 decode 1.9x faster (measured on SmolLM2 shapes; same
-    speed at batch 8, 32 and in prefill).
-    """
-    return jnp.matmul(x, w.T, preferred_element_type=jnp.float32)
+    """``x [batch, seq, in] @ w.T`` for a weight in numpy layout ``w [out, in]``, accumulated in f32."""
+    return jnp.einsum("bsi,oi->bso", x, w, preferred_element_type=jnp.float32)
 
 
 def layer_shapes(c: Phi3Config) -> dict[str, tuple[int, ...]]:
@@ -51,18 +46,62 @@ def layer_shapes(c: Phi3Config) -> dict[str, tuple[int, ...]]:
     }
 
 
-class Phi3(nnx.Module):
-    """Phi-3 weights, preallocated (zeros) at ``dtype``; the loader fills them in place."""
+LAYOUTS = ("stacked", "layers")
 
-    def __init__(self, config: Phi3Config, *, dtype=jnp.float32):
+
+def default_layout() -> str:
+    """``layers`` on CPU, ``stacked`` elsewhere.
+
+    XLA:CPU cannot feed a slice of a stacked weight to its matrix-vector kernel:
+    inside a scan (or with static slices) it copies or loops naively, and batch-1
+    decode on Phi-3-mini shapes streams weights at 6.7 GB/s instead of 31 GB/s
+    (measured: benchmarks/, docs/benchmarks.md). Separate per-layer arrays reach
+    the bound; the price is a layer loop unrolled at trace time (compile time grows
+    with depth; the persistent compilation cache pays it once).
+    """
+    return "layers" if jax.default_backend() == "cpu" else "stacked"
+
+
+class LayerParams(nnx.Module):
+    """One decoder layer's weights (the ``layers`` layout)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], dtype):
+        for name, shape in shapes.items():
+            setattr(self, name, nnx.Param(jnp.zeros(shape, _param_dtype(name, dtype))))
+
+
+def _param_dtype(name: str, dtype):
+    return jnp.float32 if name.endswith("norm") else dtype
+
+
+class Phi3(nnx.Module):
+    """Phi-3 weights, preallocated (zeros) at ``dtype``; the loader fills them in place.
+
+    ``layout="stacked"``: each layer parameter is one array ``[layers, ...]``, applied
+    with ``lax.scan`` (compile time independent of depth). ``layout="layers"``: one
+    array per layer and parameter, applied by an unrolled loop (see
+    :func:`default_layout`). The math is the same function either way.
+    """
+
+    def __init__(self, config: Phi3Config, *, dtype=jnp.float32, layout: str | None = None):
         c = self.config = config
         self.dtype = dtype
+        self.layout = layout or default_layout()
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r}; use one of {LAYOUTS}")
         self.embed = nnx.Param(jnp.zeros((c.vocab_size, c.hidden_size), dtype))
-        for name, shape in layer_shapes(c).items():
-            pdtype = jnp.float32 if name.endswith("norm") else dtype
-            setattr(self, name, nnx.Param(jnp.zeros((c.num_layers, *shape), pdtype)))
+        shapes = layer_shapes(c)
+        if self.layout == "stacked":
+            for name, shape in shapes.items():
+                setattr(self, name, nnx.Param(jnp.zeros((c.num_layers, *shape), _param_dtype(name, dtype))))
+        else:
+            self.layers = nnx.List([LayerParams(shapes, dtype) for _ in range(c.num_layers)])
         self.final_norm = nnx.Param(jnp.zeros((c.hidden_size,), jnp.float32))
         self.lm_head = None if c.tie_word_embeddings else nnx.Param(jnp.zeros((c.vocab_size, c.hidden_size), dtype))
+
+    def param(self, name: str, layer: int) -> nnx.Param:
+        """The parameter ``name`` of ``layer``: its own array (``layers``) or the stack (``stacked``)."""
+        return getattr(self.layers[layer], name) if self.layout == "layers" else getattr(self, name)
 
     def __call__(
         self,
@@ -114,9 +153,14 @@ class Phi3(nnx.Module):
             x = x + linear(ff, p["down"]).astype(x.dtype)
             return (x, k_all, v_all), None
 
-        params = {name: getattr(self, name)[...] for name in LAYER_PARAMS}
-        layers = (params, jnp.arange(c.num_layers))
-        (x, k_all, v_all), _ = jax.lax.scan(layer, (x, cache.k, cache.v), layers)
+        carry = (x, cache.k, cache.v)
+        if self.layout == "stacked":
+            params = {name: getattr(self, name)[...] for name in LAYER_PARAMS}
+            carry, _ = jax.lax.scan(layer, carry, (params, jnp.arange(c.num_layers)))
+        else:
+            for i, lp in enumerate(self.layers):
+                carry, _ = layer(carry, ({name: getattr(lp, name)[...] for name in LAYER_PARAMS}, i))
+        x, k_all, v_all = carry
         if logit_index is not None:
             x = jnp.take_along_axis(x, logit_index[:, :, None], axis=1)
         x = rms_norm(x, self.final_norm[...], c.rms_norm_eps)

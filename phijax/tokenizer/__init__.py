@@ -174,6 +174,11 @@ class Tokenizer:
         return StreamDecoder(partial(self.decode, skip_special=skip_special), self._byte_ids)
 
     @cached_property
+    def token_texts(self) -> list[str]:
+        """Each token's own text (``decode([id])``), indexed by id; built once, on first use."""
+        return self.decode_batch([[i] for i in range(self.vocab_size)])
+
+    @cached_property
     def _byte_ids(self) -> frozenset[int]:
         """Ids of byte-fallback tokens (``<0xXX>``)."""
         pattern = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -202,6 +207,16 @@ class Tokenizer:
             bos_token=self._text_of(self.bos_id),
             eos_token=self._text_of(self.eos_id),
         )
+
+    def encode_chat(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of the rendered chat: special tokens parsed, BOS as the file says, and
+        once only when the template writes it too (as llama.cpp avoids a double BOS)."""
+        ids = self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt))
+        if self.bos_id is not None and ids[:2] == [self.bos_id, self.bos_id]:
+            ids = ids[1:]
+        return ids
 
     def _text_of(self, token_id: int | None) -> str:
         return "" if token_id is None else self.hf.id_to_token(token_id) or ""

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import phijax
-from phijax import pypi_models
+from phijax import Sampler, pypi_models
 from phijax.gguf.rewrite import llama_to_phi3
 
+GREEDY = Sampler.greedy()
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "model"
 TINY = sorted(p.stem for p in FIXTURES.glob("*.gguf"))
 
@@ -57,7 +58,7 @@ def test_tiny_logits_match_hf(tiny):
 def test_tiny_greedy_matches_hf(tiny):
     model, ref, _ = tiny
     expected, reason = _until_stop(ref["greedy"], model.tokenizer.stop_ids)
-    g = model.generate(ref["ids"].tolist(), max_new_tokens=len(ref["greedy"]))
+    g = model.generate(ref["ids"].tolist(), sampler=GREEDY, max_new_tokens=len(ref["greedy"]))
     assert g.tokens[0] == expected
     assert g.finish_reasons == [reason]
 
@@ -85,7 +86,7 @@ def test_smollm2_logits_match_hf(smollm2_model, smollm2_ref):
 
 def test_smollm2_greedy_matches_hf(smollm2_model, smollm2_ref):
     ref, prompts = smollm2_ref
-    g = smollm2_model.generate(prompts[: len(ref["greedy"])], max_new_tokens=ref["greedy"].shape[1])
+    g = smollm2_model.generate(prompts[: len(ref["greedy"])], sampler=GREEDY, max_new_tokens=ref["greedy"].shape[1])
     for got, expected in zip(g.tokens, ref["greedy"], strict=True):
         assert got == _until_stop(expected, smollm2_model.tokenizer.stop_ids)[0]
 

@@ -1,0 +1,98 @@
+"""What the sampling chain costs per decode step, at batch 32 (and 1), on a real model.
+
+For each strategy: the median time of one compiled decode call (16 steps) divided
+by 16, against the same with greedy sampling (the chain's stages all skipped at
+run time, argmax draw), and the jitted ``sampling.sample`` alone on logits of the
+model's vocabulary. The cache holds a 64-token prompt; rows never stop (stop ids
+are not checked by this benchmark).
+
+    python benchmarks/bench_sampling.py [--model pypi:smollm2] [--batch 32] [--reps 5] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import phijax
+from phijax import Sampler, sampling
+from phijax.engine import DECODE_STEPS
+
+STRATEGIES = {
+    "greedy": Sampler.greedy(),
+    "temperature 1.0": Sampler(),
+    "top_p 0.9": Sampler(top_p=0.9),
+    "top_k 40, top_p 0.95, min_p 0.05, T 0.8": Sampler(top_k=40, top_p=0.95, min_p=0.05, temperature=0.8),
+    "candle seed (penalty 1.2/64, T 1)": Sampler.candle(),
+    "typical 0.9 + repetition 1.1": Sampler(typical_p=0.9, repetition_penalty=1.1),
+    "mirostat v2 (tau 5)": Sampler(mirostat_tau=5.0),
+    "DRY 0.8": Sampler(dry_multiplier=0.8),
+}
+
+
+def _median_time(fn, reps: int) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="pypi:smollm2")
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 1])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+
+    model = phijax.load(args.model, progress=False)
+    vocab = model.config.vocab_size
+    print(f"CPU: {platform.processor() or platform.machine()}; jax {jax.__version__} {jax.default_backend()}; {model}")
+    rows = []
+    for b in args.batch:
+        rng = np.random.default_rng(0)
+        prompts = [rng.integers(100, vocab - 100, 64).tolist() for _ in range(b)]
+        cache_len = model.cache_len_for(64 + 200)
+        logits, prefill_cache = model._prefill(prompts, cache_len, all_logits=False)
+        inv_freq, scale = model._rope
+        history = jnp.zeros((b, cache_len), jnp.int32).at[:, :64].set(jnp.asarray(prompts))
+        base = sampling.base_keys(0, range(b))
+        stop = jnp.asarray([-1], jnp.int32)
+        step_times = {}
+        for name, s in STRATEGIES.items():
+            params = sampling.stack([s] * b, vocab, model._breaker_mask)
+            state = sampling.init_state(history, jnp.full((b,), 64, jnp.int32), params)
+
+            def decode(params=params, state=state, s=s):
+                cache = jax.tree.map(jnp.copy, prefill_cache)
+                return model._decode(
+                    model._state, cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool), jnp.full((b,), 10**6, jnp.int32),
+                    stop, inv_freq, base, jnp.int32(1), jax.tree.map(jnp.copy, state), params,
+                    attend_len=128, scale=scale, steps=DECODE_STEPS, order=s.order, top_n=1,
+                )  # fmt: skip
+
+            step_times[name] = _median_time(decode, args.reps) / DECODE_STEPS
+            alone = jax.jit(sampling.sample, static_argnums=4)
+            keys = sampling.step_keys(base, jnp.int32(3))
+            chain = _median_time(lambda params=params, state=state, s=s: alone(keys, logits, state, params, s.order), args.reps * 4)
+            rows.append((b, name, step_times[name], step_times[name] / step_times["greedy"] - 1, chain))
+    if args.markdown:
+        print("| batch | strategy | decode step | vs greedy step | sample() alone |\n|---|---|---|---|---|")
+        for b, name, step, extra, chain in rows:
+            print(f"| {b} | {name} | {step * 1e3:.1f} ms | {extra:+.1%} | {chain * 1e3:.2f} ms |")
+    else:
+        for b, name, step, extra, chain in rows:
+            print(f"batch {b:3d}  {name:42s} step {step * 1e3:7.1f} ms  {extra:+7.1%} vs greedy   sample() alone {chain * 1e3:6.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

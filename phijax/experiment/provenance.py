@@ -1,0 +1,64 @@
+"""Provenance of a results folder: what made these samples, to rerun or audit them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from phijax.experiment.schema import ExperimentConfig
+from phijax.pypi_models import cache_dir
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a (large) file, cached by path, size and mtime under ``$PHIJAX_CACHE/sha256``."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    stamp = cache_dir() / "sha256" / key
+    if stamp.exists():
+        return stamp.read_text().strip()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f, tqdm(total=st.st_size, unit="B", unit_scale=True, desc=f"sha256 {path.name}",
+                                     disable=None, leave=False) as bar:  # fmt: skip
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest.hexdigest())
+    return digest.hexdigest()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(model: Any, config: ExperimentConfig, seeds: list[int]) -> dict[str, Any]:
+    import jax
+
+    device = jax.devices()[0]
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config_hash": config.config_hash(),
+        "config": json.loads(config.model_dump_json()),
+        "seeds": seeds,
+        "model": {
+            "path": str(model.path),
+            "sha256": file_sha256(Path(model.path)),
+            "architecture": model.config.architecture,
+            "dtype": str(model.dtype.name if hasattr(model.dtype, "name") else model.dtype),
+            "sliding_window": model.sliding_window,
+        },
+        "versions": {name: _version(name) for name in ("phijax", "jax", "jaxlib", "flax", "tokenizers", "gguf", "numpy")},
+        "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }

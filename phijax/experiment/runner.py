@@ -1,0 +1,200 @@
+"""Run an experiment config: batched generation, JSONL results with provenance, resumable.
+
+Results go to ``<output>/<name>/samples.jsonl``, one JSON object a line, one line
+per sample, keyed by (strategy, prompt id, seed, sample index), with
+``provenance.json`` beside it. Each batch's lines are written with one
+``write`` and an ``fsync``; after a crash the last line may be cut, and a
+rerun drops it, skips every key already written and generates the rest: no
+duplicate and no lost rows, and (by the key rule) the same tokens a clean
+run would have produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from phijax.errors import ConfigError
+from phijax.experiment.provenance import provenance
+from phijax.experiment.schema import ExperimentConfig, Prompt
+from phijax.sampling import Sampler
+
+RESULTS = "samples.jsonl"
+PROVENANCE = "provenance.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    """``samples`` continuations of one prompt under one strategy and seed."""
+
+    strategy: str
+    sampler: Sampler
+    prompt: Prompt
+    seed: int
+
+
+def result_dir(config: ExperimentConfig, output: str | os.PathLike | None = None) -> Path:
+    return Path(output or config.output) / config.name
+
+
+def read_results(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The complete rows of a results file. A cut last line (a crash mid-write) is ignored,
+    or with ``repair`` cut off the file so appends start on a fresh line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    good = data.rfind(b"\n") + 1
+    rows = []
+    for number, line in enumerate(data[:good].splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path}:{number}: not a JSON line; the results file is damaged. Move it away and rerun.") from None
+    if repair and good < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return rows
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, int, int]:
+    return row["strategy"], row["prompt_id"], row["seed"], row["sample"]
+
+
+def _seeds(config: ExperimentConfig, out: Path) -> list[int]:
+    """The config's seeds; ``random`` draws one, recorded in provenance.json so a rerun resumes it."""
+    if config.seeds != "random":
+        return list(config.seeds)
+    previous = out / PROVENANCE
+    if previous.exists():
+        return json.loads(previous.read_text())["seeds"]
+    return [secrets.randbelow(2**31)]
+
+
+def plan(config: ExperimentConfig, seeds: list[int], base_dir: Path | None = None) -> list[Job]:
+    prompts = config.prompt_list(base_dir)
+    return [
+        Job(name, sampler, prompt, seed)
+        for name, sampler in config.strategy_samplers().items()
+        for seed in seeds
+        for prompt in prompts
+    ]
+
+
+def _batches(jobs: list[Job], samples: int, batch_size: int) -> Iterator[list[Job]]:
+    """Jobs that can share a generate() call (same seed and stage order), at most
+    ``batch_size`` rows each."""
+    groups: dict[tuple[int, tuple[str, ...]], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.seed, job.sampler.order), []).append(job)
+    per = max(1, batch_size // samples)
+    for group in groups.values():
+        for i in range(0, len(group), per):
+            yield group[i : i + per]
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run(
+    config: ExperimentConfig,
+    *,
+    model: Any = None,
+    output: str | os.PathLike | None = None,
+    base_dir: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Generate every missing row of ``config``; returns the results file.
+
+    ``model``: an already loaded :class:`~phijax.Model` (else ``config.model`` is loaded).
+    """
+    import phijax
+
+    out = result_dir(config, output)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / RESULTS
+    prov_path = out / PROVENANCE
+    config_hash = config.config_hash()
+    if prov_path.exists():
+        previous = json.loads(prov_path.read_text())
+        if previous.get("config_hash") != config_hash:
+            raise ConfigError(
+                f"{out} holds results of another config (hash {previous.get('config_hash', '?')[:12]}, "
+                f"this one {config_hash[:12]}). Use another output folder (--output) or another name."
+            )
+    seeds = _seeds(config, out)
+    jobs = plan(config, seeds, base_dir)
+    done = {_key(r) for r in read_results(results, repair=True)}
+    todo = [j for j in jobs if any((j.strategy, j.prompt.id, j.seed, s) not in done for s in range(config.samples))]
+    total = len(jobs) * config.samples
+    if not todo:
+        return results
+    if model is None:
+        spec = config.model
+        model = phijax.load(
+            spec.source, dtype=spec.dtype, max_seq_len=spec.max_seq_len, sliding_window=spec.sliding_window,
+            tokenizer=spec.tokenizer, progress=progress,
+        )  # fmt: skip
+    prov = provenance(model, config, seeds)
+    if not prov_path.exists():
+        tmp = prov_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(prov, indent=2))
+        tmp.replace(prov_path)
+    bar = tqdm(total=total, initial=total - sum(config.samples for _ in todo), desc=config.name, unit="sample",
+               disable=None if progress else True)  # fmt: skip
+    for batch in _batches(todo, config.samples, config.batch_size):
+        prompts = [_prompt_text(model, j.prompt.text, config) for j in batch]
+        g = model.generate(
+            prompts, sampler=[j.sampler for j in batch], seed=batch[0].seed, num_samples=config.samples,
+            max_new_tokens=config.max_new_tokens, stop=config.stop,
+        )  # fmt: skip
+        rows = []
+        for r, (job, sample) in enumerate((j, s) for j in batch for s in range(config.samples)):
+            if (job.strategy, job.prompt.id, job.seed, sample) in done:
+                continue
+            rows.append(
+                {
+                    "experiment": config.name,
+                    "strategy": job.strategy,
+                    "prompt_id": job.prompt.id,
+                    "seed": job.seed,
+                    "sample": sample,
+                    "prompt": job.prompt.text,
+                    "text": g.texts[r],
+                    "tokens": g.tokens[r],
+                    "logprobs": [round(lp, 6) for lp in g.logprobs[r]],
+                    "finish_reason": g.finish_reasons[r],
+                    "timings": {k: round(v, 4) for k, v in g.timings.items()},
+                    "sampler": _sampler_dict(job.sampler),
+                    "config_hash": config_hash,
+                    "model_sha256": prov["model"]["sha256"],
+                    "phijax": prov["versions"]["phijax"],
+                }
+            )
+        _write(results, rows)
+        bar.update(len(rows))
+    bar.close()
+    return results
+
+
+def _prompt_text(model: Any, text: str, config: ExperimentConfig) -> str | list[int]:
+    if not config.chat:
+        return text
+    messages = ([{"role": "system", "content": config.system}] if config.system else []) + [{"role": "user", "content": text}]
+    return model.tokenizer.encode_chat(messages)
+
+
+def _sampler_dict(s: Sampler) -> dict[str, Any]:
+    return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}

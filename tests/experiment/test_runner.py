@@ -1,0 +1,133 @@
+"""The runner: rows with provenance, determinism, resume after a killed run, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import phijax
+from phijax.errors import ConfigError
+from phijax.experiment import load_config, read_results, run
+from phijax.experiment.runner import RESULTS
+
+TINY = Path(__file__).parents[1] / "fixtures" / "model" / "sliding_window.gguf"
+
+
+def _config(tmp_path: Path, name="exp", **changes) -> Path:
+    raw = {
+        "name": name,
+        "model": {"source": str(TINY)},
+        "chat": False,
+        "prompts": ["hello there", "a b c", "the end", "once upon"],
+        "strategies": {"greedy": {"temperature": 0}, "hot": {"temperature": 1.5}, "nucleus": {"top_p": 0.8},
+                       "seedlike": {"order": "candle", "repetition_penalty": 1.2}},
+        "samples": 2,
+        "seeds": [0, 1],
+        "max_new_tokens": 12,
+        "batch_size": 4,
+        "output": str(tmp_path / "results"),
+        **changes,
+    }  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _keyed(rows):
+    return {(r["strategy"], r["prompt_id"], r["seed"], r["sample"]): r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return phijax.load(TINY, progress=False)
+
+
+def test_rows_and_provenance(tmp_path, tiny_model):
+    config = load_config(_config(tmp_path))
+    results = run(config, model=tiny_model, progress=False)
+    rows = read_results(results)
+    assert len(rows) == 4 * 4 * 2 * 2 == len(_keyed(rows))
+    row = rows[0]
+    for key in ("strategy", "prompt_id", "prompt", "seed", "sample", "tokens", "text", "logprobs",
+                "finish_reason", "timings", "sampler", "config_hash", "model_sha256", "phijax"):  # fmt: skip
+        assert key in row
+    prov = json.loads((results.parent / "provenance.json").read_text())
+    assert prov["config_hash"] == config.config_hash() == row["config_hash"]
+    assert prov["model"]["sha256"] == row["model_sha256"] and len(row["model_sha256"]) == 64
+    assert prov["versions"]["jax"] and prov["device"]["platform"] == "cpu" and prov["seeds"] == [0, 1]
+    # a row is exactly what generate() gives for its key, alone
+    r = _keyed(rows)[("nucleus", "p2", 1, 1)]
+    sampler = config.strategy_samplers()["nucleus"]
+    g = tiny_model.generate("the end", sampler=sampler, seed=1, num_samples=2, max_new_tokens=12)
+    assert g.tokens[1] == r["tokens"] and g.texts[1] == r["text"]
+    # a second run has nothing to do
+    assert run(config, model=tiny_model, progress=False) == results and len(read_results(results)) == len(rows)
+
+
+def test_a_results_folder_of_another_config_is_refused(tmp_path, tiny_model):
+    run(load_config(_config(tmp_path, max_new_tokens=4)), model=tiny_model, progress=False)
+    with pytest.raises(ConfigError, match="holds results of another config"):
+        run(load_config(_config(tmp_path, max_new_tokens=5)), model=tiny_model, progress=False)
+
+
+@pytest.mark.slow
+def test_resume_after_a_killed_run(tmp_path, tiny_model):
+    path = _config(tmp_path, batch_size=2, max_new_tokens=24)
+    results = tmp_path / "results" / "exp" / RESULTS
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phijax.cli", "run", str(path), "--quiet", "--no-plots"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and results.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_results(results)
+    assert 3 <= len(before) < 64, "the run was not killed midway"
+    with open(results, "ab") as f:  # and a line cut mid-write
+        f.write(b'{"strategy": "greedy", "prompt_id": "p0", "se')
+    config = load_config(path)
+    run(config, model=tiny_model, progress=False)
+    after = read_results(results)
+    assert len(after) == 64 == len(_keyed(after)), "duplicates or lost rows"
+    assert all(_keyed(after)[k] == r for k, r in _keyed(before).items())
+    clean = run(config, model=tiny_model, output=tmp_path / "clean", progress=False)
+    ours, theirs = _keyed(after), _keyed(read_results(clean))
+    assert {k: r["tokens"] for k, r in ours.items()} == {k: r["tokens"] for k, r in theirs.items()}
+
+
+def test_cli_run_and_report_on_the_demo(tmp_path, capsys):
+    from phijax.cli import main
+
+    demo = Path(__file__).parents[2] / "configs" / "demo.yaml"
+    argv = ["run", str(demo), "--output", str(tmp_path), "--quiet", "--set", "samples=2", "--set", "max_new_tokens=6"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for strategy in ("greedy", "temp_1.0", "top_p_0.9", "min_p_0.1", "candle_seed"):
+        assert f"| {strategy} |" in out
+    assert "distinct_2" in out and "self_bleu" in out
+    folder = tmp_path / "demo"
+    assert (folder / "report.md").exists() and (folder / "summary.csv").exists()
+    assert (folder / "quality_diversity.png").stat().st_size > 1000
+    assert main(["report", str(folder), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
+    assert "| greedy |" in capsys.readouterr().out
+
+
+def test_cli_config_errors_are_one_line(tmp_path, capsys):
+    from phijax.cli import main
+
+    path = _config(tmp_path)
+    assert main(["run", str(path), "--set", "sampler.top_p=7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("phijax: error: ") and "top_p = 7" in err and "\n" not in err

@@ -1,0 +1,275 @@
+"""The sampling chain against a plain numpy reference written here, stage by stage.
+
+The reference sorts (the way HF and llama.cpp do) where phijax bisects, works in
+float64, and handles one row at a time; phijax runs every row of a mixed batch
+in one compiled chain.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phijax import sampling
+from phijax.errors import ConfigError
+from phijax.sampling import Sampler
+
+V = 300
+
+
+def _softmax(x):
+    x = np.asarray(x, np.float64)
+    finite = np.isfinite(x)
+    e = np.where(finite, np.exp(x - x[finite].max()), 0.0)
+    return e / e.sum()
+
+
+def _keep(x, keep):
+    keep = keep.copy()
+    keep[np.argmax(x)] = True
+    return np.where(keep, x, -np.inf)
+
+
+def _threshold_set(keys, weights, target):
+    """The fewest largest ``keys`` whose ``weights`` sum to >= target (ties at the edge kept)."""
+    order = np.argsort(-keys, kind="stable")
+    cum = np.cumsum(weights[order])
+    edge = keys[order][np.argmax(cum >= target - 1e-12)]
+    return keys >= edge
+
+
+def reference(logits, s: Sampler, history, prompt_len, coin=1.0, mu=None):
+    """One row of the chain in numpy: ``logits [V]``, ``history`` the sequence so far."""
+    x = np.asarray(logits, np.float64).copy()
+    vocab = len(x)
+    for token, bias in s.logit_bias:
+        x[token] += bias
+    n = len(history)
+    for stage in s.order:
+        p = _softmax(x)
+        if stage == "penalties" and s.repeat_last_n != 0:
+            window_n = n if s.repeat_last_n < 0 else s.repeat_last_n
+            start = max(n - window_n, 0 if s.penalize_prompt else prompt_len)
+            counts = np.bincount(np.asarray(history[start:n], np.int64), minlength=vocab).astype(np.float64)
+            seen = counts > 0
+            x = np.where(seen, np.where(x > 0, x / s.repetition_penalty, x * s.repetition_penalty), x)
+            x = x - counts * s.frequency_penalty - seen * s.presence_penalty
+        elif stage == "dry" and s.dry_multiplier > 0:
+            start = 0 if s.dry_last_n < 0 else max(n - s.dry_last_n, 0)
+            best = np.zeros(vocab, np.int64)
+            for j in range(1, n):
+                length = 0
+                while (
+                    length < sampling.DRY_MAX_MATCH
+                    and j - 1 - length >= start
+                    and history[j - 1 - length] == history[n - 1 - length]
+                ):
+                    length += 1
+                best[history[j]] = max(best[history[j]], length)
+            hit = best >= s.dry_allowed_length
+            x = np.where(hit, x - s.dry_multiplier * s.dry_base ** (best - s.dry_allowed_length), x)
+        elif stage == "top_n_sigma" and s.top_n_sigma > 0:
+            f = x[np.isfinite(x)]
+            x = _keep(x, x >= x.max() - s.top_n_sigma * f.std())
+        elif stage == "top_k" and 0 < s.top_k < vocab:
+            x = _keep(x, x >= np.sort(x)[::-1][s.top_k - 1])
+        elif stage == "typical_p" and s.typical_p < 1:
+            logp = np.log(np.where(p > 0, p, 1.0))
+            entropy = -np.sum(np.where(p > 0, p * logp, 0.0))
+            deviation = np.where(p > 0, np.abs(-logp - entropy), np.inf)
+            x = _keep(x, _threshold_set(-deviation, p, s.typical_p))
+        elif stage == "top_p" and s.top_p < 1:
+            x = _keep(x, _threshold_set(p, p, s.top_p))
+        elif stage == "min_p" and s.min_p > 0:
+            x = _keep(x, p >= s.min_p * p.max())
+        elif stage == "xtc" and s.xtc_probability > 0:
+            above = p >= s.xtc_threshold
+            if coin < s.xtc_probability and above.sum() >= 2 and s.xtc_threshold <= 0.5:
+                x = np.where(above & (p > p[above].min()), -np.inf, x)
+        elif stage == "epsilon" and s.epsilon_cutoff > 0:
+            x = _keep(x, p >= s.epsilon_cutoff)
+        elif stage == "eta" and s.eta_cutoff > 0:
+            entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0))
+            x = _keep(x, p >= min(s.eta_cutoff, math.sqrt(s.eta_cutoff) * math.exp(-entropy)))
+        elif stage == "temperature":
+            x = x / s.temperature if s.temperature > 0 else _keep(x, np.zeros(vocab, bool))
+    if "temperature" not in s.order:
+        x = x / s.temperature if s.temperature > 0 else _keep(x, np.zeros(vocab, bool))
+    if s.mirostat_tau > 0:
+        p = _softmax(x)
+        x = _keep(x, -np.log2(np.where(p > 0, p, 1e-300)) <= mu)
+    return x
+
+
+STRATEGIES = {
+    "plain": Sampler(),
+    "temperature": Sampler(temperature=0.7),
+    "greedy": Sampler.greedy(),
+    "top_k": Sampler(top_k=17),
+    "top_k_large": Sampler(top_k=250),
+    "top_p": Sampler(top_p=0.6),
+    "top_p_wide": Sampler(top_p=0.995, temperature=1.3),
+    "min_p": Sampler(min_p=0.05),
+    "typical_p": Sampler(typical_p=0.5),
+    "epsilon": Sampler(epsilon_cutoff=0.004),
+    "eta": Sampler(eta_cutoff=0.01),
+    "top_n_sigma": Sampler(top_n_sigma=1.0),
+    "xtc": Sampler(xtc_probability=1.0, xtc_threshold=0.01),
+    "repetition": Sampler(repetition_penalty=1.3, repeat_last_n=8),
+    "repetition_prompt": Sampler(repetition_penalty=1.3, repeat_last_n=-1, penalize_prompt=True),
+    "presence_frequency": Sampler(presence_penalty=0.5, frequency_penalty=0.3, repeat_last_n=16),
+    "dry": Sampler(dry_multiplier=0.8, dry_allowed_length=2),
+    "logit_bias": Sampler(logit_bias=((3, 5.0), (7, -math.inf))),
+    "mirostat": Sampler(mirostat_tau=4.0, mirostat_eta=0.2),
+    "candle": Sampler.candle(top_p=0.9, repeat_penalty=1.2),
+    "chain": Sampler(top_k=40, top_p=0.9, min_p=0.02, temperature=0.8, repetition_penalty=1.1),
+}
+
+
+def _history(rng, prompt_len, total):
+    """A sequence with repeats, so penalties and DRY have something to find."""
+    motif = rng.integers(0, V, 5)
+    seq = np.concatenate([motif, rng.integers(0, V, 4), motif, rng.integers(0, V, total)])[:total]
+    seq[27:30] = motif[:3]  # the sequence (30 tokens) ends by repeating the motif's start
+    return seq.astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    names = list(STRATEGIES)
+    samplers = [STRATEGIES[k] for k in names]
+    logits = (rng.standard_normal((len(names), V)) * 3).astype(np.float32)
+    seq = 40
+    history = np.stack([_history(rng, 12, seq) for _ in names])
+    lengths = np.full(len(names), 30, np.int32)
+    prompt_len = np.full(len(names), 12, np.int32)
+    return names, samplers, logits, history, lengths, prompt_len
+
+
+def _params(samplers):
+    return sampling.stack(samplers, V)
+
+
+@pytest.mark.parametrize("order", [sampling.LLAMACPP_ORDER, sampling.CANDLE_ORDER])
+def test_chain_matches_numpy_reference(batch, order):
+    names, samplers, logits, history, lengths, prompt_len = batch
+    samplers = [s.replace(order=order) for s in samplers]
+    params = _params(samplers)
+    state = sampling.SamplerState(jnp.asarray(history), jnp.asarray(lengths), jnp.asarray(prompt_len), params.mirostat_tau * 2)
+    coins = jnp.zeros(len(names))
+    got = np.asarray(jax.jit(sampling.filtered_logits, static_argnums=3)(jnp.asarray(logits), state, params, order, coins))
+    for r, (name, s) in enumerate(zip(names, samplers, strict=True)):
+        want = reference(logits[r], s, history[r, : lengths[r]], prompt_len[r], coin=0.0, mu=2 * s.mirostat_tau)
+        np.testing.assert_array_equal(np.isfinite(got[r]), np.isfinite(want), err_msg=name)
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[r][finite], want[finite], rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_every_strategy_changes_something(batch):
+    """Guards the reference test against vacuous passes: each strategy alters the plain logits."""
+    names, samplers, logits, history, lengths, prompt_len = batch
+    plain = reference(logits[0], Sampler(), history[0, : lengths[0]], prompt_len[0])
+    for r, (name, s) in enumerate(zip(names, samplers, strict=True)):
+        if name == "plain":
+            continue
+        mu = 2 * s.mirostat_tau
+        out = reference(logits[r], s, history[r, : lengths[r]], prompt_len[r], coin=0.0, mu=mu)
+        base = reference(logits[r], Sampler(), history[r, : lengths[r]], prompt_len[r])
+        assert not np.array_equal(out, base), name
+    assert np.isfinite(plain).all()
+
+
+def test_bisection_fallback_is_exact():
+    """A flat distribution: the nucleus needs far more than the 64 candidates."""
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((3, 4096)) * 0.01).astype(np.float32)
+    s = [Sampler(top_p=0.97), Sampler(top_k=3000), Sampler(typical_p=0.9)]
+    params = sampling.stack(s, 4096)
+    hist = jnp.zeros((3, 4), jnp.int32)
+    state = sampling.SamplerState(hist, jnp.zeros(3, jnp.int32), jnp.zeros(3, jnp.int32), jnp.zeros(3))
+    got = np.asarray(sampling.filtered_logits(jnp.asarray(logits), state, params, sampling.LLAMACPP_ORDER, jnp.ones(3)))
+    for r in range(3):
+        want = reference(logits[r], s[r], [], 0)
+        np.testing.assert_array_equal(np.isfinite(got[r]), np.isfinite(want))
+        assert np.isfinite(got[r]).sum() > sampling.CANDIDATES
+
+
+def test_draws_follow_the_filtered_distribution():
+    """Inverse-CDF draws: empirical frequencies match the chain's probabilities."""
+    logits = jnp.asarray(np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32)))
+    params = sampling.stack([Sampler(top_p=0.9)], 4)
+    state = sampling.SamplerState(jnp.zeros((1, 2), jnp.int32), jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32), jnp.zeros(1))
+    keys = jax.vmap(lambda t: sampling.step_keys(sampling.base_keys(0, [0]), t))(jnp.arange(20000))
+
+    def one(k):
+        return sampling.sample(k, logits, state, params)[0][0]
+
+    tokens = np.asarray(jax.jit(jax.vmap(one))(keys))
+    freq = np.bincount(tokens, minlength=4) / len(tokens)
+    np.testing.assert_allclose(freq, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0], atol=0.015)
+
+
+def test_mirostat_updates_mu():
+    logits = jnp.asarray(np.random.default_rng(2).standard_normal((1, 50)).astype(np.float32) * 2)
+    params = sampling.stack([Sampler(mirostat_tau=3.0, mirostat_eta=0.5)], 50)
+    state = sampling.init_state(jnp.zeros((1, 8), jnp.int32), jnp.ones(1, jnp.int32), params)
+    tok, _, new = sampling.sample(sampling.base_keys(0, [0]), logits, state, params)
+    p = _softmax(reference(np.asarray(logits[0]), Sampler(mirostat_tau=3.0), [0], 1, mu=6.0))
+    surprise = -np.log2(p[int(tok[0])])
+    np.testing.assert_allclose(float(new.mu[0]), 6.0 - 0.5 * (surprise - 3.0), rtol=1e-5)
+    assert int(new.length[0]) == 2 and int(new.history[0, 1]) == int(tok[0])
+
+
+def test_logprobs_are_the_models_whatever_the_sampler():
+    logits = jnp.asarray(np.random.default_rng(3).standard_normal((2, 20)).astype(np.float32))
+    params = sampling.stack([Sampler(temperature=0.3, top_k=2), Sampler.greedy()], 20)
+    state = sampling.init_state(jnp.zeros((2, 4), jnp.int32), jnp.ones(2, jnp.int32), params)
+    tok, lp, _ = sampling.sample(sampling.base_keys(5, [0, 1]), logits, state, params)
+    want = jax.nn.log_softmax(logits, -1)[jnp.arange(2), tok]
+    np.testing.assert_allclose(lp, want, rtol=1e-6)
+    assert int(tok[1]) == int(jnp.argmax(logits[1]))
+
+
+def test_key_rule():
+    base = sampling.base_keys(7, [0, 3])
+    keys = sampling.step_keys(base, jnp.int32(5))
+    root = jax.random.PRNGKey(7)
+    want = jax.random.fold_in(jax.random.fold_in(root, 3), 5)
+    np.testing.assert_array_equal(keys[1], want)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -3}, "top_k"),
+        ({"min_p": 2}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repeat_last_n": -2}, "repeat_last_n"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"order": ("top_p", "banana")}, "order"),
+        ({"logit_bias": ((-1, 2.0),)}, "logit_bias"),
+        ({"penalize_prompt": "yes"}, "penalize_prompt"),
+    ],
+)
+def test_bad_values_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=rf"Sampler\.{field} = .*allowed"):
+        Sampler(**kwargs)
+
+
+def test_mixed_orders_in_one_batch_are_refused():
+    with pytest.raises(ConfigError, match="share their stage order"):
+        sampling.stack([Sampler(), Sampler.candle()], V)
+
+
+def test_logit_bias_outside_the_vocabulary():
+    with pytest.raises(ConfigError, match="outside the vocabulary"):
+        sampling.stack([Sampler(logit_bias=((V, 1.0),))], V)
