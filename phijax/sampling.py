@@ -303,19 +303,22 @@ def _largest_threshold(keys: jax.Array, weights: jax.Array, target: jax.Array) -
     return lo
 
 
-def _threshold(keys: jax.Array, weights: jax.Array, target: jax.Array) -> jax.Array:
-    """:func:`_largest_threshold`, read off the top ``CANDIDATES`` keys when they hold enough
-    weight (the usual case: a nucleus or top-k within the 64 most likely tokens), else bisected."""
-    top_keys, index = jax.lax.top_k(keys, min(CANDIDATES, keys.shape[-1]))
+def _keep_largest(values: jax.Array, weights: jax.Array, target: jax.Array) -> jax.Array:
+    """bool ``[b, V]``: the fewest largest ``values`` whose ``weights`` sum to ``target [b]``
+    (ties at the boundary kept). Read off the top ``CANDIDATES`` values when they hold enough
+    weight (the usual case: a nucleus or top-k within the 64 most likely tokens), else
+    bisected over the values' order-preserving integer image."""
+    top, index = jax.lax.top_k(values, min(CANDIDATES, values.shape[-1]))  # f32: XLA:CPU's fast path
     cum = jnp.cumsum(jnp.take_along_axis(weights, index, axis=-1), axis=-1)
     enough = cum[:, -1] >= target
-    first = jnp.argmax(cum >= target[:, None], axis=-1)
-    fast = jnp.take_along_axis(top_keys, first[:, None], axis=-1)[:, 0]
-    return jax.lax.cond(
-        jnp.all(enough),
-        lambda: fast,
-        lambda: jnp.where(enough, fast, _largest_threshold(keys, weights, target)),
-    )
+    edge = jnp.take_along_axis(top, jnp.argmax(cum >= target[:, None], axis=-1)[:, None], axis=-1)
+    fast = values >= edge
+
+    def bisect():
+        keys = _sortable(values)
+        return jnp.where(enough[:, None], fast, keys >= _largest_threshold(keys, weights, target)[:, None])
+
+    return jax.lax.cond(jnp.all(enough), lambda: fast, bisect)
 
 
 # -- stages -------------------------------------------------------------------
@@ -380,26 +383,20 @@ def _top_n_sigma(logits, p: SamplerParams):
 
 
 def _top_k(logits, p: SamplerParams):
-    keys = _sortable(logits)
-    t = _threshold(keys, jnp.ones_like(logits), p.top_k.astype(jnp.float32))
-    return _keep_top(logits, keys >= t[:, None])
+    return _keep_top(logits, _keep_largest(logits, jnp.ones_like(logits), p.top_k.astype(jnp.float32)))
 
 
 def _top_p(logits, p: SamplerParams):
     probs = _probs(logits)
-    keys = _sortable(probs)
-    t = _threshold(keys, probs, p.top_p * jnp.sum(probs, -1))
-    return _keep_top(logits, keys >= t[:, None])
+    return _keep_top(logits, _keep_largest(probs, probs, p.top_p * jnp.sum(probs, -1)))
 
 
 def _typical_p(logits, p: SamplerParams):
     probs = _probs(logits)
     logp = jax.nn.log_softmax(logits, axis=-1)
     entropy = -jnp.sum(jnp.where(probs > 0, probs * logp, 0.0), -1, keepdims=True)
-    deviation = jnp.where(probs > 0, jnp.abs(-logp - entropy), jnp.inf)
-    keys = -_sortable(deviation)  # smaller deviation = larger key
-    t = _threshold(keys, probs, p.typical_p * jnp.sum(probs, -1))
-    return _keep_top(logits, keys >= t[:, None])
+    closeness = jnp.where(probs > 0, -jnp.abs(-logp - entropy), -jnp.inf)  # larger: more typical
+    return _keep_top(logits, _keep_largest(closeness, probs, p.typical_p * jnp.sum(probs, -1)))
 
 
 def _min_p(logits, p: SamplerParams):
@@ -476,6 +473,27 @@ def _mirostat(logits, mu):
     return _keep_top(logits, -jnp.log2(probs) <= mu[:, None])
 
 
+def _inverse_cdf(probs: jax.Array, u: jax.Array) -> jax.Array:
+    """Per row, the first token whose cumulative probability exceeds ``u · total``.
+
+    Two levels (blocks of 256, then within the block): a flat cumsum over a large
+    vocabulary is 10x slower on XLA:CPU.
+    """
+    b, vocab = probs.shape
+    block = 256
+    padded = jnp.pad(probs, ((0, 0), (0, -vocab % block))).reshape(b, -1, block)
+    sums = padded.sum(-1)
+    ends = jnp.cumsum(sums, axis=-1)
+    target = u * ends[:, -1]
+    k = jnp.minimum(jnp.argmax(ends > target[:, None], axis=-1), ends.shape[1] - 1)
+    before = jnp.take_along_axis(ends - sums, k[:, None], axis=-1)
+    row = jnp.take_along_axis(padded, k[:, None, None], axis=1)[:, 0]
+    hit = jnp.cumsum(row, axis=-1) + before > target[:, None]
+    last_nonzero = block - 1 - jnp.argmax(jnp.flip(row > 0, axis=-1), axis=-1)  # if rounding misses
+    j = jnp.where(hit.any(-1), jnp.argmax(hit, axis=-1), last_nonzero)
+    return jnp.minimum(k * block + j, vocab - 1)
+
+
 def sample(
     keys: jax.Array,
     logits: jax.Array,
@@ -495,8 +513,7 @@ def sample(
     x = filtered_logits(logits, state, params, order, coins)
     miro = params.mirostat_tau > 0
     probs = _probs(x)
-    cdf = jnp.cumsum(probs, axis=-1)
-    drawn = jnp.argmax(cdf > draws[:, None] * cdf[:, -1:], axis=-1)
+    drawn = _inverse_cdf(probs, draws)
     tokens = jnp.where(params.temperature > 0, drawn, jnp.argmax(x, -1)).astype(jnp.int32)
     picked = jnp.take_along_axis(probs, tokens[:, None], axis=-1)[:, 0]
     mu = jnp.where(miro, state.mu - params.mirostat_eta * (-jnp.log2(picked) - params.mirostat_tau), state.mu)

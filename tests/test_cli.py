@@ -68,3 +68,18 @@ def test_generate_context_error_is_one_line(smollm2_gguf, capsys):
     assert main(argv) == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("phijax: error: ") and "max_seq_len of 8" in last
+
+
+def test_chat_is_multi_turn_with_reset(monkeypatch, capsys):
+    import io
+    from pathlib import Path
+
+    tiny = Path(__file__).parent / "fixtures" / "model" / "sliding_window.gguf"
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nand again\n/reset\nhello\n/exit\n"))
+    argv = ["chat", "--model", str(tiny), "--max-new-tokens", "5", "--seed", "1", "--temperature", "0"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.count("> ") == 5 and "(conversation reset)" in err
+    replies = [line for line in out.split("> ") if line.strip()]
+    assert len(replies) == 3  # after /reset, "hello" meets the same (empty) history again
+    assert replies[0] == replies[2]
