@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
 import time
@@ -35,6 +34,7 @@ import time
 import gguf
 import jax
 import numpy as np
+from _common import cpu_name, print_table
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
@@ -108,12 +108,7 @@ def bench_type(qtype: QT, rows: int, cols: int, reps: int, rng: np.random.Genera
 
 def machine_lines() -> list[str]:
     """CPU model, core count, JAX version and backend, malloc settings."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     devices = ", ".join(str(d) for d in jax.devices())
     allocator = [
         f"{k}={v}"
@@ -152,15 +147,7 @@ def print_results(results: list[dict], markdown: bool) -> None:
         ]
         for r in results
     ]
-    if markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "|".join("---" for _ in header) + "|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        return
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    for row in [header, *rows]:
-        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
+    print_table(header, rows, markdown)
 
 
 def main() -> None:

@@ -62,6 +62,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import cpu_name, llama_cpp_version
 
 import phijax
 from phijax import Sampler, engine, hub
@@ -118,12 +119,7 @@ class PeakRSS:
 
 
 def machine_lines() -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -134,12 +130,7 @@ def machine_lines() -> list[str]:
             mem = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)}
     except (OSError, ValueError):
         pass
-    try:
-        import llama_cpp
-
-        llama = f"llama-cpp-python {llama_cpp.__version__}"
-    except ImportError:
-        llama = "llama-cpp-python not installed"
+    llama = llama_cpp_version()
     import flax
     import jaxlib
     import tokenizers

@@ -3,10 +3,13 @@
 For each strategy: the median time of one compiled decode call (16 steps) divided
 by 16, against the same with greedy sampling (the chain's stages all skipped at
 run time), and the jitted ``sampling.sample`` alone on logits of the model's
-vocabulary, also as a share of the step (what the chain adds to a step). The cache holds a 64-token prompt; rows never stop (stop ids
+vocabulary, also as a share of the step (what the chain adds to a step). Prompts
+are 64 tokens of English text by default; ``--random-prompts`` gives random token
+ids, whose flat next-token distributions are the worst case for top-p and
+typical-p (the nucleus is not within the 64 candidates: bisection). The cache holds a 64-token prompt; rows never stop (stop ids
 are not checked by this benchmark).
 
-    python benchmarks/bench_sampling.py [--model pypi:smollm2] [--batch 32] [--reps 5] [--markdown]
+    python benchmarks/bench_sampling.py [--model pypi:smollm2] [--batch 32 1] [--reps 5] [--random-prompts] [--markdown]
 """
 
 from __future__ import annotations
@@ -46,11 +49,23 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def measure(model, b: int, reps: int) -> list[tuple[int, str, float, float, float]]:
+TEXT = (
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a lamp, a "
+    "notebook and a thermos of tea. From the gallery he could see the whole bay: the fishing boats "
+    "coming home, the gulls settling on the harbour wall, and far out, the lights of the ferry. "
+    "He wrote down the weather, the ships, and anything else that seemed worth remembering."
+)
+
+
+def measure(model, b: int, reps: int, random_prompts: bool) -> list[tuple[int, str, float, float, float]]:
     """(batch, strategy, decode step seconds, extra vs greedy, sample() alone seconds) rows."""
     vocab = model.config.vocab_size
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(100, vocab - 100, 64).tolist() for _ in range(b)]
+    words = TEXT.split()
+    if random_prompts:  # flat next-token distributions: the worst case for top-p / typical-p
+        prompts = [rng.integers(100, vocab - 100, 64).tolist() for _ in range(b)]
+    else:  # text: each row starts at another word of the paragraph
+        prompts = [(model.tokenizer.encode(" ".join(words[i % 20 :]), add_bos=False) * 2)[:64] for i in range(b)]
     cache_len = model.cache_len_for(64 + 200)
     logits, prefill_cache = model._prefill(prompts, cache_len, all_logits=False)
     inv_freq, scale = model._rope
@@ -85,11 +100,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 1])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--random-prompts", action="store_true",
+                        help="random-token prompts (flat distributions: top-p/typical-p fall back to bisection)")  # fmt: skip
     args = parser.parse_args()
 
     model = phijax.load(args.model, progress=False)
     print(f"CPU: {platform.processor() or platform.machine()}; jax {jax.__version__} {jax.default_backend()}; {model}")
-    rows = [row for b in args.batch for row in measure(model, b, args.reps)]
+    rows = [row for b in args.batch for row in measure(model, b, args.reps, args.random_prompts)]
     if args.markdown:
         print("| batch | strategy | decode step | vs greedy step | sample() alone | sample() / step |\n|---|---|---|---|---|---|")
         for b, name, step, extra, chain in rows:

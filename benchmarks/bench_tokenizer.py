@@ -36,6 +36,7 @@ import time
 
 import jax
 import tokenizers
+from _common import cpu_name, llama_cpp_version, print_table
 
 import phijax
 from phijax.pypi_models import MODELS, fetch
@@ -117,18 +118,8 @@ def median_time(fn, reps: int) -> tuple[float, object]:
 
 
 def machine_lines() -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        import llama_cpp
-
-        llama = f"llama-cpp-python {llama_cpp.__version__}"
-    except ImportError:
-        llama = "llama-cpp-python not installed"
+    cpu = cpu_name()
+    llama = llama_cpp_version()
     return [
         f"CPU: {cpu} ({os.cpu_count()} cores visible)",
         f"python {platform.python_version()}, jax {jax.__version__}, tokenizers "
@@ -204,15 +195,7 @@ def print_results(rows: list[dict], markdown: bool, have_llama: bool) -> None:
             )
             cells += [f"{r['llama']:.2f}", f"{r['phijax'] / r['llama']:.2f}x", same]
         table.append(cells)
-    if markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "|".join("---" for _ in header) + "|")
-        for cells in table:
-            print("| " + " | ".join(cells) + " |")
-        return
-    widths = [max(len(h), *(len(c[i]) for c in table)) for i, h in enumerate(header)]
-    for cells in [header, *table]:
-        print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+    print_table(header, table, markdown)
 
 
 def main() -> None:

@@ -535,6 +535,8 @@ def load(
         tok = Tokenizer.from_file(tokenizer)
     if layout not in (None, *LAYOUTS):
         raise ConfigError(f"layout = {layout!r}; use one of {LAYOUTS} (or None for the device's default).")
-    module = Phi3(config, dtype=dtype, layout=layout)
+    # Abstract parameters (shapes only): the loader puts each tensor in as it arrives, so the
+    # weights are never held twice (not even as zeros and then the real values).
+    module = nnx.eval_shape(lambda: Phi3(config, dtype=dtype, layout=layout))
     rope_factors = load_weights(f, module, progress=progress)
     return Model(module, tok, path=path, max_seq_len=max_seq_len, sliding_window=window, rope_factors=rope_factors)

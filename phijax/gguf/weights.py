@@ -1,8 +1,10 @@
 """GGUF tensors → the Phi-3 module's stacked parameters, one tensor at a time, on the device.
 
-Each tensor's raw bytes go to the device, are dequantized there by the JAX
-kernels, and are written into the preallocated ``[layers, ...]`` stacks with a
-donated update, so the model never exists twice in memory.
+Each tensor's raw bytes go to the device and are dequantized there by the JAX
+kernels. The module arrives with abstract parameters (shapes and dtypes only):
+a per-layer array is put in as it is decoded; a ``[layers, ...]`` stack is
+allocated at its first layer and filled with donated updates. So the model
+never exists twice in memory.
 
 Layouts (reference.md §2): ``phi3`` files carry fused ``attn_qkv`` (rows q, k,
 v) and ``ffn_up`` (rows gate, up). ``llama`` files carry separate tensors and
@@ -106,7 +108,10 @@ def load_weights(f: GGUFFile, module: Phi3, *, progress: bool = True) -> dict[st
                     f"{list(shapes[param_name])}."
                 )
             if module.layout == "stacked":
-                target.set_value(_set_layer(target.get_value(), jnp.int32(i), value))
+                stack = target.get_value()
+                if isinstance(stack, jax.ShapeDtypeStruct):  # first layer: allocate the stack
+                    stack = jnp.zeros(stack.shape, stack.dtype)
+                target.set_value(_set_layer(stack, jnp.int32(i), value))
             else:
                 target.set_value(value.astype(target.get_value().dtype))
             bar.update()
