@@ -185,18 +185,23 @@ def test_every_strategy_changes_something(batch):
 
 
 def test_bisection_fallback_is_exact():
-    """A flat distribution: the nucleus needs far more than the 64 candidates."""
+    """A flat distribution: the kept sets need more than the candidates hold (bisection)."""
     rng = np.random.default_rng(1)
-    logits = (rng.standard_normal((3, 4096)) * 0.01).astype(np.float32)
-    s = [Sampler(top_p=0.97), Sampler(top_k=3000), Sampler(typical_p=0.9)]
+    logits = (rng.standard_normal((4, 4096)) * 0.01).astype(np.float32)
+    s = [Sampler(top_p=0.97), Sampler(top_k=3000), Sampler(typical_p=0.9), Sampler(top_k=500)]
     params = sampling.stack(s, 4096)
-    hist = jnp.zeros((3, 4), jnp.int32)
-    state = sampling.SamplerState(hist, jnp.zeros(3, jnp.int32), jnp.zeros(3, jnp.int32), jnp.zeros(3))
-    got = np.asarray(sampling.filtered_logits(jnp.asarray(logits), state, params, sampling.LLAMACPP_ORDER, jnp.ones(3)))
-    for r in range(3):
+    hist = jnp.zeros((4, 4), jnp.int32)
+    state = sampling.SamplerState(hist, jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.int32), jnp.zeros(4))
+    got = np.asarray(sampling.filtered_logits(jnp.asarray(logits), state, params, sampling.LLAMACPP_ORDER, jnp.ones(4)))
+    for r in range(4):
         want = reference(logits[r], s[r], [], 0)
         np.testing.assert_array_equal(np.isfinite(got[r]), np.isfinite(want))
-        assert np.isfinite(got[r]).sum() > sampling.CANDIDATES
+        kept = np.isfinite(got[r]).sum()
+        assert kept == 500 if r == 3 else kept > sampling.CANDIDATES[-1]
+    # a row alone gives the same set as in the batch
+    alone = sampling.filtered_logits(jnp.asarray(logits[3:]), jax.tree.map(lambda a: a[3:], state),
+                                     jax.tree.map(lambda a: a[3:], params), sampling.LLAMACPP_ORDER, jnp.ones(1))  # fmt: skip
+    np.testing.assert_array_equal(np.isfinite(alone[0]), np.isfinite(got[3]))
 
 
 def test_draws_follow_the_filtered_distribution():
