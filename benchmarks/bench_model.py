@@ -322,6 +322,16 @@ def llama_generate(llm, prompt: list[int], n: int) -> tuple[float, float, list[i
     return first - start, end - first, tokens
 
 
+def llama_load(llama_cpp, path: Path, n_ctx: int):
+    """llama.cpp on ``path`` with 2 threads: the model, its PeakRSS tracker, load seconds, peak."""
+    lpeak = PeakRSS().start()
+    start = time.perf_counter()
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False
+    )
+    return llm, lpeak, time.perf_counter() - start, lpeak.peak() - lpeak.before
+
+
 def llama_prefill(llm, prompt: list[int]) -> float:
     llm.reset()
     start = time.perf_counter()
@@ -454,18 +464,7 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
     # llama.cpp on the same file.
     llama = {}
     if llama_cpp is not None:
-        lpeak = PeakRSS().start()
-        start = time.perf_counter()
-        llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=sizes.llama_ctx,
-            n_batch=512,
-            n_threads=2,
-            n_threads_batch=2,
-            verbose=False,
-        )
-        llama["load_s"] = time.perf_counter() - start
-        llama["load_peak"] = lpeak.peak() - lpeak.before
+        llm, lpeak, llama["load_s"], llama["load_peak"] = llama_load(llama_cpp, path, sizes.llama_ctx)
         llama_prefill(llm, prompt)
         llama["prefill"] = sizes.prefill_len / statistics.median(
             llama_prefill(llm, prompt) for _ in range(max(reps, 3))
@@ -588,18 +587,7 @@ def bench_phi3(path: Path, sizes: Sizes, reps: int, llama_cpp, table: Table) -> 
     if llama_cpp is not None:
         rng = np.random.default_rng(5)
         prompt = prompt or rng.integers(259, 32000, sizes.phi3_prompt).tolist()
-        lpeak = PeakRSS().start()
-        start = time.perf_counter()
-        llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=512,
-            n_batch=512,
-            n_threads=2,
-            n_threads_batch=2,
-            verbose=False,
-        )
-        theirs["load_s"] = time.perf_counter() - start
-        theirs["load_peak"] = lpeak.peak() - lpeak.before
+        llm, lpeak, theirs["load_s"], theirs["load_peak"] = llama_load(llama_cpp, path, 512)
         theirs["cold"] = llama_prefill(llm, prompt)
         theirs["warm"] = statistics.median(llama_prefill(llm, prompt) for _ in range(max(reps, 3)))
         _, decode_s, tokens = llama_generate(llm, prompt, sizes.phi3_new)

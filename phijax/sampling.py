@@ -63,7 +63,7 @@ CANDLE_ORDER = ("penalties", "temperature", "top_p")
 DRY_MAX_MATCH = 64  # longest repeat DRY measures (tokens)
 # Top tokens searched first for top-k / top-p / typical-p thresholds. Measured: a second
 # tier of 1024 costs more at batch 32 (lax.top_k 1024 ~15 ms) than it saves.
-CANDIDATES = (64,)
+CANDIDATES = 64
 _NEG_INF = -jnp.inf
 
 
@@ -309,22 +309,24 @@ def _largest_threshold(keys: jax.Array, weights: jax.Array, target: jax.Array) -
     return lo
 
 
-def _keep_largest(values: jax.Array, weights: jax.Array, target: jax.Array, tier: int = 0) -> jax.Array:
+def _keep_largest(values: jax.Array, weights: jax.Array, target: jax.Array) -> jax.Array:
     """bool ``[b, V]``: the fewest largest ``values`` whose ``weights`` sum to ``target [b]``
-    (ties at the boundary kept). Read off the top ``CANDIDATES[tier]`` values when those
-    hold enough weight in every row (the usual case: a nucleus or top-k within the most
-    likely tokens), else the next, larger tier, and past the last one bisected over the
-    values' order-preserving integer image. Exact at every tier."""
-    if tier == len(CANDIDATES) or CANDIDATES[tier] >= values.shape[-1]:
-        return _sortable(values) >= _largest_threshold(_sortable(values), weights, target)[:, None]
-    top, index = jax.lax.top_k(values, CANDIDATES[tier])  # f32: XLA:CPU's fast path
+    (ties at the boundary kept). Read off the top ``CANDIDATES`` values when those hold
+    enough weight in every row (the usual case: a nucleus or top-k within the most likely
+    tokens), else bisected over the values' order-preserving integer image. Exact either way."""
+    if values.shape[-1] <= CANDIDATES:
+        return _bisected(values, weights, target)
+    top, index = jax.lax.top_k(values, CANDIDATES)  # f32: XLA:CPU's fast path
     cum = jnp.cumsum(jnp.take_along_axis(weights, index, axis=-1), axis=-1)
     edge = jnp.take_along_axis(top, jnp.argmax(cum >= target[:, None], axis=-1)[:, None], axis=-1)
     return jax.lax.cond(
-        jnp.all(cum[:, -1] >= target),
-        lambda: values >= edge,
-        lambda: _keep_largest(values, weights, target, tier + 1),
+        jnp.all(cum[:, -1] >= target), lambda: values >= edge, lambda: _bisected(values, weights, target)
     )
+
+
+def _bisected(values: jax.Array, weights: jax.Array, target: jax.Array) -> jax.Array:
+    keys = _sortable(values)
+    return keys >= _largest_threshold(keys, weights, target)[:, None]
 
 
 # -- stages -------------------------------------------------------------------

@@ -152,7 +152,7 @@ def run(
         tmp = prov_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(prov, indent=2))
         tmp.replace(prov_path)
-    bar = tqdm(total=total, initial=total - sum(config.samples for _ in todo), desc=config.name, unit="sample",
+    bar = tqdm(total=total, initial=total - len(todo) * config.samples, desc=config.name, unit="sample",
                disable=None if progress else True)  # fmt: skip
     for batch in _batches(todo, config.samples, config.batch_size):
         prompts = [_prompt_text(model, j.prompt.text, config) for j in batch]

@@ -22,12 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from phijax.errors import UnsupportedError
 from phijax.gguf.reader import GGUFFile
-
-
-def unpermute_rows(rows: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row permutation (interleaved → half-split rope) on ``rows [n, ...]``."""
-    n = rows.shape[0]
-    return rows.reshape(n_heads, n // n_heads // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+from phijax.gguf.weights import unpermute_rope_rows
 
 
 def _encoded_rows(f: GGUFFile, name: str) -> np.ndarray:
@@ -45,7 +40,7 @@ def _fuse(f: GGUFFile, parts: list[tuple[str, int | None]]) -> tuple[np.ndarray,
     pieces = []
     for name, heads in parts:
         rows = _encoded_rows(f, name) if same else f.dequantize(name)
-        pieces.append(unpermute_rows(rows, heads) if heads else rows)
+        pieces.append(unpermute_rope_rows(rows, heads) if heads else rows)
     return np.concatenate(pieces), types.pop() if same else GGMLQuantizationType.F32
 
 

@@ -34,8 +34,9 @@ def _set_layer(stack: jax.Array, index: jax.Array, value: jax.Array) -> jax.Arra
     return stack.at[index].set(value.astype(stack.dtype))
 
 
-def unpermute_rope_rows(w: jax.Array, n_heads: int) -> jax.Array:
-    """Undo llama.cpp's q/k row permutation (interleaved → half-split rope) on ``w [rows, in]``."""
+def unpermute_rope_rows(w, n_heads: int):
+    """Undo llama.cpp's q/k row permutation (interleaved → half-split rope) on ``w [rows, ...]``:
+    decoded weights (a JAX array) or whole encoded rows (numpy bytes, ``gguf.rewrite``)."""
     rows = w.shape[0]
     return w.reshape(n_heads, rows // n_heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
 
