@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Sequence
 
+from phijax.plan import cpu_name
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (benchmarks print it: machines differ)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+__all__ = ["cpu_name", "llama_cpp_version", "print_table"]
 
 
 def llama_cpp_version() -> str:

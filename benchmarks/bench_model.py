@@ -24,7 +24,7 @@ Measured, in this order, and printed as one table:
   bound ``GB/s ÷ f32 weight bytes``; and decode tok/s over the first 100 new
   tokens with a 4096-slot vs a 256-slot KV cache (a 20-token prompt with
   ``max_new_tokens`` sized so ``Model.cache_len_for`` gives that cache; the
-  benchmark wraps the model's ``_decode`` so that generate() returns after 7
+  benchmark wraps ``phijax.steps.decode`` so that generate() returns after 7
   decode calls, 112 steps, with the prompt and the filled cache the same in
   both runs, so the difference is what the cache size costs).
 * llama.cpp (llama-cpp-python, same file, ``n_threads=2``, ``n_ctx=4096``):
@@ -65,7 +65,7 @@ import numpy as np
 from _common import cpu_name, llama_cpp_version
 
 import phijax
-from phijax import Sampler, engine, hub
+from phijax import Sampler, engine, hub, steps
 from phijax.errors import ContextLengthError, ResourceError
 from phijax.gguf import GGUFFile
 
@@ -236,7 +236,7 @@ class DecodeSpy:
         self.calls = self.steps = 0
 
     def __enter__(self) -> DecodeSpy:
-        decode = self.model._decode  # the bound, jitted method
+        decode = self.decode = steps.decode  # the module-level jitted step
 
         def spy(*args, **kwargs):
             out_tok, *rest = decode(*args, **kwargs)
@@ -246,11 +246,11 @@ class DecodeSpy:
                 out_tok = out_tok.at[:, -1].set(self.model.tokenizer.stop_ids[0])
             return (out_tok, *rest)
 
-        self.model._decode = spy
+        steps.decode = spy
         return self
 
     def __exit__(self, *exc) -> None:
-        del self.model._decode
+        steps.decode = self.decode
 
 
 def random_prompts(model: phijax.Model, n: int, length: int, seed: int) -> list[list[int]]:
@@ -327,7 +327,12 @@ def llama_load(llama_cpp, path: Path, n_ctx: int):
     lpeak = PeakRSS().start()
     start = time.perf_counter()
     llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=512,
+        n_threads=2,
+        n_threads_batch=2,
+        verbose=False,
     )
     return llm, lpeak, time.perf_counter() - start, lpeak.peak() - lpeak.before
 
@@ -464,7 +469,9 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
     # llama.cpp on the same file.
     llama = {}
     if llama_cpp is not None:
-        llm, lpeak, llama["load_s"], llama["load_peak"] = llama_load(llama_cpp, path, sizes.llama_ctx)
+        llm, lpeak, llama["load_s"], llama["load_peak"] = llama_load(
+            llama_cpp, path, sizes.llama_ctx
+        )
         llama_prefill(llm, prompt)
         llama["prefill"] = sizes.prefill_len / statistics.median(
             llama_prefill(llm, prompt) for _ in range(max(reps, 3))

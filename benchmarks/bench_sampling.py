@@ -24,14 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 
 import phijax
-from phijax import Sampler, sampling
+from phijax import Sampler, sampling, steps
 from phijax.engine import DECODE_STEPS
 
 STRATEGIES = {
     "greedy": Sampler.greedy(),
     "temperature 1.0": Sampler(),
     "top_p 0.9": Sampler(top_p=0.9),
-    "top_k 40, top_p 0.95, min_p 0.05, T 0.8": Sampler(top_k=40, top_p=0.95, min_p=0.05, temperature=0.8),
+    "top_k 40, top_p 0.95, min_p 0.05, T 0.8": Sampler(
+        top_k=40, top_p=0.95, min_p=0.05, temperature=0.8
+    ),
     "candle seed (penalty 1.2/64, T 1)": Sampler.candle(),
     "typical 0.9 + repetition 1.1": Sampler(typical_p=0.9, repetition_penalty=1.1),
     "mirostat v2 (tau 5)": Sampler(mirostat_tau=5.0),
@@ -57,7 +59,9 @@ TEXT = (
 )
 
 
-def measure(model, b: int, reps: int, random_prompts: bool) -> list[tuple[int, str, float, float, float]]:
+def measure(
+    model, b: int, reps: int, random_prompts: bool
+) -> list[tuple[int, str, float, float, float]]:
     """(batch, strategy, decode step seconds, extra vs greedy, sample() alone seconds) rows."""
     vocab = model.config.vocab_size
     rng = np.random.default_rng(0)
@@ -65,10 +69,12 @@ def measure(model, b: int, reps: int, random_prompts: bool) -> list[tuple[int, s
     if random_prompts:  # flat next-token distributions: the worst case for top-p / typical-p
         prompts = [rng.integers(100, vocab - 100, 64).tolist() for _ in range(b)]
     else:  # text: each row starts at another word of the paragraph
-        prompts = [(model.tokenizer.encode(" ".join(words[i % 20 :]), add_bos=False) * 2)[:64] for i in range(b)]
+        prompts = [
+            (model.tokenizer.encode(" ".join(words[i % 20 :]), add_bos=False) * 2)[:64]
+            for i in range(b)
+        ]
     cache_len = model.cache_len_for(64 + 200)
     logits, prefill_cache = model._prefill(prompts, cache_len, all_logits=False)
-    inv_freq, scale = model._rope
     history = jnp.zeros((b, cache_len), jnp.int32).at[:, :64].set(jnp.asarray(prompts))
     base = sampling.base_keys(0, range(b))
     keys = sampling.step_keys(base, jnp.int32(3))
@@ -80,16 +86,21 @@ def measure(model, b: int, reps: int, random_prompts: bool) -> list[tuple[int, s
         state = sampling.init_state(history, jnp.full((b,), 64, jnp.int32), params)
 
         def decode(params=params, state=state, order=s.order):
-            return model._decode(
-                model._state, jax.tree.map(jnp.copy, prefill_cache), jnp.zeros((b,), jnp.int32),
-                jnp.zeros((b,), bool), jnp.full((b,), 10**6, jnp.int32), stop, inv_freq, base, jnp.int32(1),
-                jax.tree.map(jnp.copy, state), params,
-                attend_len=128, scale=scale, steps=DECODE_STEPS, order=order, top_n=0,
+            return steps.decode(
+                model.params, jax.tree.map(jnp.copy, prefill_cache), jnp.zeros((b,), jnp.int32),
+                jnp.zeros((b,), bool), jnp.full((b,), 10**6, jnp.int32), stop, base, jnp.int32(1),
+                jax.tree.map(jnp.copy, state), params, {},
+                attend_len=128, steps=DECODE_STEPS, order=order, top_n=0,
             )  # fmt: skip
 
         step = _median_time(decode, reps) / DECODE_STEPS
         greedy_step = greedy_step or step
-        chain = _median_time(lambda params=params, state=state, order=s.order: alone(keys, logits, state, params, order), reps * 4)
+        chain = _median_time(
+            lambda params=params, state=state, order=s.order: alone(
+                keys, logits, state, params, order
+            ),
+            reps * 4,
+        )
         rows.append((b, name, step, step / greedy_step - 1, chain))
     return rows
 
@@ -105,16 +116,24 @@ def main() -> None:
     args = parser.parse_args()
 
     model = phijax.load(args.model, progress=False)
-    print(f"CPU: {platform.processor() or platform.machine()}; jax {jax.__version__} {jax.default_backend()}; {model}")
+    print(
+        f"CPU: {platform.processor() or platform.machine()}; jax {jax.__version__} {jax.default_backend()}; {model}"
+    )
     rows = [row for b in args.batch for row in measure(model, b, args.reps, args.random_prompts)]
     if args.markdown:
-        print("| batch | strategy | decode step | vs greedy step | sample() alone | sample() / step |\n|---|---|---|---|---|---|")
+        print(
+            "| batch | strategy | decode step | vs greedy step | sample() alone | sample() / step |\n|---|---|---|---|---|---|"
+        )
         for b, name, step, extra, chain in rows:
-            print(f"| {b} | {name} | {step * 1e3:.1f} ms | {extra:+.1%} | {chain * 1e3:.2f} ms | {chain / step:.1%} |")
+            print(
+                f"| {b} | {name} | {step * 1e3:.1f} ms | {extra:+.1%} | {chain * 1e3:.2f} ms | {chain / step:.1%} |"
+            )
     else:
         for b, name, step, extra, chain in rows:
-            print(f"batch {b:3d}  {name:42s} step {step * 1e3:7.1f} ms  {extra:+7.1%} vs greedy   "
-                  f"sample() alone {chain * 1e3:6.2f} ms ({chain / step:.1%} of the step)")
+            print(
+                f"batch {b:3d}  {name:42s} step {step * 1e3:7.1f} ms  {extra:+7.1%} vs greedy   "
+                f"sample() alone {chain * 1e3:6.2f} ms ({chain / step:.1%} of the step)"
+            )
 
 
 if __name__ == "__main__":

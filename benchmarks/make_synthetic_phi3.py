@@ -1,19 +1,22 @@
-"""Write a synthetic full-size Phi-3-mini GGUF (random weights, real shapes, Q4_K_M-like types).
+"""Write a synthetic full-size Phi-3-mini GGUF: the seed file's header, random weights.
 
-For benchmarks that need Phi-3-mini's size without downloading it: 32 layers,
-hidden 3072, 32 heads of 96, ffn 8192, vocab 32064, context 4096, sliding
-window 2047 (as in Phi-3-mini-4k-instruct's GGUF). Tensor types follow a
-Q4_K_M-like layout: Q4_K for token_embd, attn_qkv, attn_output and ffn_up;
-Q6_K for ffn_down and output; F32 norms. (llama.cpp's own Q4_K_M varies
-ffn_down and attn_qkv per layer; this layout has about the same size, ~2.4 GB.)
-Weights are random well-formed blocks, so the model computes garbage at the
-real cost. Written by ``phijax.gguf.synthetic.write_phi3``: the encoded tensors
-are held once (about the file's size in memory) and freed as they are written.
+For benchmarks that need Phi-3-mini's size without downloading it. The file
+mirrors Microsoft's Phi-3-mini-4k-instruct-q4.gguf as public llama.cpp logs
+dump it (reference.md §7; ``phijax.gguf.synthetic.write_phi3_mini_q4``): the
+same 24 metadata keys (no ``phi3.attention.sliding_window``), the real
+32064-token vocabulary and chat template (copied from llama.cpp's
+``ggml-vocab-phi-3.gguf``, fetched from PyPI as ``pypi_models`` test data),
+32 layers, hidden 3072, 32 heads of 96, ffn 8192, context 4096, and the
+Q4_K_M type mix of 195 tensors: F32 65, Q4_K 81, Q5_K 32, Q6_K 17
+(``q4_k_m_type``: attn_qkv Q5_K, output and 16 of 32 ffn_down Q6_K, the other
+matrices Q4_K). About 2.4 GB, like the real file. Weights are random
+well-formed blocks, so the model computes garbage at the real cost; the encoded
+tensors are held once (about the file's size in memory) and freed as written.
 
-    python benchmarks/make_synthetic_phi3.py [OUT] [--layers N] [--seed S] [--force]
+    python benchmarks/make_synthetic_phi3.py [OUT] [--layers N] [--seed S] [--vocab GGUF] [--force]
 
 ``--layers`` shrinks the model for a smoke test (the default file name then
-says so). An existing file is kept unless ``--force``.
+says so). An existing file with the current header is kept unless ``--force``.
 """
 
 from __future__ import annotations
@@ -25,37 +28,11 @@ import resource
 import time
 from pathlib import Path
 
-from gguf import GGMLQuantizationType as QT
-
+from phijax import pypi_models
 from phijax.config import Phi3Config
 from phijax.gguf import GGUFFile
-from phijax.gguf.synthetic import write_phi3
+from phijax.gguf.synthetic import PHI3_MINI, PHI3_MINI_Q4_KEYS, write_phi3_mini_q4
 from phijax.pypi_models import cache_dir
-
-PHI3_MINI = Phi3Config(
-    architecture="phi3",
-    vocab_size=32064,
-    hidden_size=3072,
-    intermediate_size=8192,
-    num_layers=32,
-    num_heads=32,
-    num_kv_heads=32,
-    head_dim=96,
-    rotary_dim=96,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-5,
-    context_length=4096,
-    sliding_window=2047,
-)
-
-Q4_K_M_LIKE = {
-    "token_embd": QT.Q4_K,
-    "attn_qkv": QT.Q4_K,
-    "attn_output": QT.Q4_K,
-    "ffn_up": QT.Q4_K,
-    "ffn_down": QT.Q6_K,
-    "output": QT.Q6_K,
-}
 
 
 def default_path(layers: int) -> Path:
@@ -72,21 +49,26 @@ def main() -> None:
         "--layers", type=int, default=PHI3_MINI.num_layers, help="layers (default 32)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--vocab",
+        type=Path,
+        help="a GGUF with Phi-3's vocabulary (default: ggml-vocab-phi-3.gguf from PyPI, cached)",
+    )
     parser.add_argument("--force", action="store_true", help="rewrite an existing file")
     args = parser.parse_args()
 
     config = PHI3_MINI.replace(num_layers=args.layers)
     out = (args.out or default_path(args.layers)).expanduser()
     if out.exists() and not args.force:
-        print(f"{out} exists ({out.stat().st_size / 1e9:.2f} GB); --force to rewrite it")
-        return
+        if tuple(GGUFFile(out).metadata) == PHI3_MINI_Q4_KEYS:
+            print(f"{out} exists ({out.stat().st_size / 1e9:.2f} GB); --force to rewrite it")
+            return
+        print(f"{out} has an older header; rewriting it")
+    vocab = args.vocab or pypi_models.fetch("phi3-vocab")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     start = time.perf_counter()
-    # general.name must not contain "phi3": llama.cpp would then look for Phi-3 special tokens
-    # (<|endoftext|>) that the synthetic vocabulary lacks, and fail to load the file.
-    name = "phijax synthetic mini (random weights)"
-    write_phi3(partial, config, qtype=QT.Q4_K, qtypes=Q4_K_M_LIKE, seed=args.seed, name=name)
+    write_phi3_mini_q4(partial, vocab, config, seed=args.seed)
     os.replace(partial, out)
     elapsed = time.perf_counter() - start
 

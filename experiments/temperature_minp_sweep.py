@@ -53,21 +53,36 @@ def main() -> None:
                            max_new_tokens=args.tokens, chat=True)  # fmt: skip
         quality = fmean(lp for row in g.logprobs for lp in row)
         diversity = fmean(
-            distinct_n(g.tokens[i * args.samples : (i + 1) * args.samples], 2) for i in range(len(PROMPTS))
+            distinct_n(g.tokens[i * args.samples : (i + 1) * args.samples], 2)
+            for i in range(len(PROMPTS))
         )
         results[temperature, min_p] = quality, diversity
-        print(f"T={temperature:<4} min_p={min_p:<5} mean logprob {quality:7.3f}  distinct-2 {diversity:.3f}")
+        print(
+            f"T={temperature:<4} min_p={min_p:<5} mean logprob {quality:7.3f}  distinct-2 {diversity:.3f}"
+        )
 
     fig, (ax_q, ax_d) = plt.subplots(1, 2, figsize=(11, 4.2))
     for min_p in MIN_PS:
-        ax_q.plot(TEMPERATURES, [results[t, min_p][0] for t in TEMPERATURES], marker="o", label=f"min_p={min_p}")
-        ax_d.plot(TEMPERATURES, [results[t, min_p][1] for t in TEMPERATURES], marker="o", label=f"min_p={min_p}")
+        ax_q.plot(
+            TEMPERATURES,
+            [results[t, min_p][0] for t in TEMPERATURES],
+            marker="o",
+            label=f"min_p={min_p}",
+        )
+        ax_d.plot(
+            TEMPERATURES,
+            [results[t, min_p][1] for t in TEMPERATURES],
+            marker="o",
+            label=f"min_p={min_p}",
+        )
     ax_q.set(xlabel="temperature", ylabel="mean log-prob per token (model)", title="quality")
     ax_d.set(xlabel="temperature", ylabel="distinct-2 across samples", title="diversity")
     for ax in (ax_q, ax_d):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{model.path.name}: {len(PROMPTS)} prompts x {args.samples} samples, {args.tokens} tokens, seed {args.seed}")
+    fig.suptitle(
+        f"{model.path.name}: {len(PROMPTS)} prompts x {args.samples} samples, {args.tokens} tokens, seed {args.seed}"
+    )
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")

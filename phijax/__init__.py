@@ -1,12 +1,26 @@
 """phijax: a JAX research engine for Microsoft's Phi-3 family of models."""
 
-from phijax import errors, gguf
+from phijax import errors, gguf, model, steps
 from phijax.config import Phi3Config
 from phijax.engine import Model, load
 from phijax.generation import Generation
+from phijax.model.forward import forward
 from phijax.sampling import Sampler
 from phijax.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["Generation", "Model", "Phi3Config", "Sampler", "Tokenizer", "__version__", "errors", "gguf", "load"]
+__all__ = [
+    "Generation",
+    "Model",
+    "Phi3Config",
+    "Sampler",
+    "Tokenizer",
+    "__version__",
+    "errors",
+    "forward",
+    "gguf",
+    "load",
+    "model",
+    "steps",
+]

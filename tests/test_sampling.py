@@ -54,9 +54,13 @@ def reference(logits, s: Sampler, history, prompt_len, coin=1.0, mu=None):
         if stage == "penalties" and s.repeat_last_n != 0:
             window_n = n if s.repeat_last_n < 0 else s.repeat_last_n
             start = max(n - window_n, 0 if s.penalize_prompt else prompt_len)
-            counts = np.bincount(np.asarray(history[start:n], np.int64), minlength=vocab).astype(np.float64)
+            counts = np.bincount(np.asarray(history[start:n], np.int64), minlength=vocab).astype(
+                np.float64
+            )
             seen = counts > 0
-            x = np.where(seen, np.where(x > 0, x / s.repetition_penalty, x * s.repetition_penalty), x)
+            x = np.where(
+                seen, np.where(x > 0, x / s.repetition_penalty, x * s.repetition_penalty), x
+            )
             x = x - counts * s.frequency_penalty - seen * s.presence_penalty
         elif stage == "dry" and s.dry_multiplier > 0:
             start = 0 if s.dry_last_n < 0 else max(n - s.dry_last_n, 0)
@@ -160,13 +164,23 @@ def test_chain_matches_numpy_reference(batch, order):
     names, samplers, logits, history, lengths, prompt_len = batch
     samplers = [s.replace(order=order) for s in samplers]
     params = _params(samplers)
-    state = sampling.SamplerState(jnp.asarray(history), jnp.asarray(lengths), jnp.asarray(prompt_len), params.mirostat_tau * 2)
+    state = sampling.SamplerState(
+        jnp.asarray(history), jnp.asarray(lengths), jnp.asarray(prompt_len), params.mirostat_tau * 2
+    )
     coins = jnp.zeros(len(names))
-    got = np.asarray(jax.jit(sampling.filtered_logits, static_argnums=3)(jnp.asarray(logits), state, params, order, coins))
+    got = np.asarray(
+        jax.jit(sampling.filtered_logits, static_argnums=3)(
+            jnp.asarray(logits), state, params, order, coins
+        )
+    )
     for r, (name, s) in enumerate(zip(names, samplers, strict=True)):
-        want = reference(logits[r], s, history[r, : lengths[r]], prompt_len[r], coin=0.0, mu=2 * s.mirostat_tau)
+        want = reference(
+            logits[r], s, history[r, : lengths[r]], prompt_len[r], coin=0.0, mu=2 * s.mirostat_tau
+        )
         np.testing.assert_array_equal(np.isfinite(got[r]), np.isfinite(want), err_msg=name)
         finite = np.isfinite(want)
+        # f32 stages vs a float64 reference: a few f32 roundings per value (rtol ~ 80 eps);
+        # atol for values near zero after a subtracted penalty (|logits| <= ~10, 10·80 eps).
         np.testing.assert_allclose(got[r][finite], want[finite], rtol=1e-5, atol=1e-4, err_msg=name)
 
 
@@ -191,8 +205,14 @@ def test_bisection_fallback_is_exact():
     s = [Sampler(top_p=0.97), Sampler(top_k=3000), Sampler(typical_p=0.9), Sampler(top_k=500)]
     params = sampling.stack(s, 4096)
     hist = jnp.zeros((4, 4), jnp.int32)
-    state = sampling.SamplerState(hist, jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.int32), jnp.zeros(4))
-    got = np.asarray(sampling.filtered_logits(jnp.asarray(logits), state, params, sampling.LLAMACPP_ORDER, jnp.ones(4)))
+    state = sampling.SamplerState(
+        hist, jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.int32), jnp.zeros(4)
+    )
+    got = np.asarray(
+        sampling.filtered_logits(
+            jnp.asarray(logits), state, params, sampling.LLAMACPP_ORDER, jnp.ones(4)
+        )
+    )
     for r in range(4):
         want = reference(logits[r], s[r], [], 0)
         np.testing.assert_array_equal(np.isfinite(got[r]), np.isfinite(want))
@@ -208,7 +228,9 @@ def test_draws_follow_the_filtered_distribution():
     """Inverse-CDF draws: empirical frequencies match the chain's probabilities."""
     logits = jnp.asarray(np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32)))
     params = sampling.stack([Sampler(top_p=0.9)], 4)
-    state = sampling.SamplerState(jnp.zeros((1, 2), jnp.int32), jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32), jnp.zeros(1))
+    state = sampling.SamplerState(
+        jnp.zeros((1, 2), jnp.int32), jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32), jnp.zeros(1)
+    )
     keys = jax.vmap(lambda t: sampling.step_keys(sampling.base_keys(0, [0]), t))(jnp.arange(20000))
 
     def one(k):
@@ -216,6 +238,7 @@ def test_draws_follow_the_filtered_distribution():
 
     tokens = np.asarray(jax.jit(jax.vmap(one))(keys))
     freq = np.bincount(tokens, minlength=4) / len(tokens)
+    # 20,000 draws: a frequency's binomial std is <= sqrt(0.25 / 20000) = 0.0035; 0.015 is 4.2 std
     np.testing.assert_allclose(freq, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0], atol=0.015)
 
 
@@ -226,6 +249,7 @@ def test_mirostat_updates_mu():
     tok, _, new = sampling.sample(sampling.base_keys(0, [0]), logits, state, params)
     p = _softmax(reference(np.asarray(logits[0]), Sampler(mirostat_tau=3.0), [0], 1, mu=6.0))
     surprise = -np.log2(p[int(tok[0])])
+    # f32 softmax and log2 over 50 logits vs float64: tens of eps relative
     np.testing.assert_allclose(float(new.mu[0]), 6.0 - 0.5 * (surprise - 3.0), rtol=1e-5)
     assert int(new.length[0]) == 2 and int(new.history[0, 1]) == int(tok[0])
 
@@ -236,6 +260,7 @@ def test_logprobs_are_the_models_whatever_the_sampler():
     state = sampling.init_state(jnp.zeros((2, 4), jnp.int32), jnp.ones(2, jnp.int32), params)
     tok, lp, _ = sampling.sample(sampling.base_keys(5, [0, 1]), logits, state, params)
     want = jax.nn.log_softmax(logits, -1)[jnp.arange(2), tok]
+    # both f32 log-softmax over 20 logits, possibly fused differently: a few eps relative
     np.testing.assert_allclose(lp, want, rtol=1e-6)
     assert int(tok[1]) == int(jnp.argmax(logits[1]))
 

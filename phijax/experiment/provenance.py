@@ -19,7 +19,9 @@ from phijax.pypi_models import cache_dir
 def file_sha256(path: Path) -> str:
     """sha256 of a (large) file, cached by path, size and mtime under ``$PHIJAX_CACHE/sha256``."""
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[
+        :32
+    ]
     stamp = cache_dir() / "sha256" / key
     if stamp.exists():
         return stamp.read_text().strip()
@@ -57,8 +59,15 @@ def provenance(model: Any, config: ExperimentConfig, seeds: list[int]) -> dict[s
             "dtype": str(model.dtype.name if hasattr(model.dtype, "name") else model.dtype),
             "sliding_window": model.sliding_window,
         },
-        "versions": {name: _version(name) for name in ("phijax", "jax", "jaxlib", "flax", "tokenizers", "gguf", "numpy")},
-        "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+        "versions": {
+            name: _version(name)
+            for name in ("phijax", "jax", "jaxlib", "flax", "tokenizers", "gguf", "numpy")
+        },
+        "device": {
+            "platform": device.platform,
+            "kind": device.device_kind,
+            "count": jax.device_count(),
+        },
         "python": platform.python_version(),
         "machine": platform.machine(),
     }

@@ -23,8 +23,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from phijax.errors import ConfigError
-from phijax.experiment.provenance import provenance
-from phijax.experiment.schema import ExperimentConfig, Prompt
+from phijax.experiment.provenance import file_sha256, provenance
+from phijax.experiment.schema import ExperimentConfig, ModelSpec, Prompt
 from phijax.sampling import Sampler
 
 RESULTS = "samples.jsonl"
@@ -57,7 +57,9 @@ def read_results(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            raise ConfigError(f"{path}:{number}: not a JSON line; the results file is damaged. Move it away and rerun.") from None
+            raise ConfigError(
+                f"{path}:{number}: not a JSON line; the results file is damaged. Move it away and rerun."
+            ) from None
     if repair and good < len(data):
         with open(path, "r+b") as f:
             f.truncate(good)
@@ -120,8 +122,6 @@ def run(
 
     ``model``: an already loaded :class:`~phijax.Model` (else ``config.model`` is loaded).
     """
-    import phijax
-
     out = result_dir(config, output)
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS
@@ -137,16 +137,18 @@ def run(
     seeds = _seeds(config, out)
     jobs = plan(config, seeds, base_dir)
     done = {_key(r) for r in read_results(results, repair=True)}
-    todo = [j for j in jobs if any((j.strategy, j.prompt.id, j.seed, s) not in done for s in range(config.samples))]
+    todo = [
+        j
+        for j in jobs
+        if any((j.strategy, j.prompt.id, j.seed, s) not in done for s in range(config.samples))
+    ]
     total = len(jobs) * config.samples
     if not todo:
+        if config.judge is not None:
+            judge(config, results, model=model, progress=progress)
         return results
     if model is None:
-        spec = config.model
-        model = phijax.load(
-            spec.source, dtype=spec.dtype, max_seq_len=spec.max_seq_len, sliding_window=spec.sliding_window,
-            tokenizer=spec.tokenizer, progress=progress,
-        )  # fmt: skip
+        model = _load(config.model, progress)
     prov = provenance(model, config, seeds)
     if not prov_path.exists():
         tmp = prov_path.with_suffix(".tmp")
@@ -186,13 +188,120 @@ def run(
         _write(results, rows)
         bar.update(len(rows))
     bar.close()
+    if config.judge is not None:
+        judge(config, results, model=model, progress=progress)
     return results
+
+
+def _load(spec: ModelSpec, progress: bool) -> Any:
+    import phijax
+
+    return phijax.load(
+        spec.source, dtype=spec.dtype, max_seq_len=spec.max_seq_len, sliding_window=spec.sliding_window,
+        tokenizer=spec.tokenizer, progress=progress,
+    )  # fmt: skip
+
+
+def _rewrite(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace the results file with ``rows`` atomically (a kill leaves the old or the new file)."""
+    tmp = path.with_suffix(".rewrite")
+    with open(tmp, "wb") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def judge(
+    config: ExperimentConfig, results: Path, *, model: Any = None, progress: bool = True
+) -> int:
+    """Score every row not yet scored by ``config.judge``; returns how many were scored.
+
+    Each row gets ``judge_logprob`` (mean log-probability per token of its text after its
+    prompt, under the judge; null for an empty continuation), ``judge_tokens`` (the judge's
+    token count) and ``judge`` (the judge file's sha256 prefix and chat flag). After each batch
+    the results file is replaced atomically, so a killed run resumes with no lost or duplicated
+    scores, and a row scored by another judge is scored again. ``model``: the generator, reused
+    when the judge is the same model spec.
+    """
+    spec = config.judge
+    if spec is None:
+        return 0
+    rows = read_results(results, repair=True)
+    judge_model = None
+    if (
+        model is not None
+        and spec.model_dump(exclude={"chat", "batch_size"}) == config.model.model_dump()
+    ):
+        judge_model = model
+    if judge_model is None:
+        judge_model = _load(ModelSpec(**spec.model_dump(exclude={"chat", "batch_size"})), progress)
+    sha = file_sha256(Path(judge_model.path))
+    judge_id = f"{sha[:16]}:{'chat' if spec.chat else 'raw'}"
+    prov_path = results.parent / PROVENANCE
+    if prov_path.exists():
+        prov = json.loads(prov_path.read_text())
+        info = {
+            "source": spec.source,
+            "path": str(judge_model.path),
+            "sha256": sha,
+            "chat": spec.chat,
+            "id": judge_id,
+        }
+        if prov.get("judge") != info:
+            prov["judge"] = info
+            tmp = prov_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(prov, indent=2))
+            tmp.replace(prov_path)
+    todo = [i for i, r in enumerate(rows) if r.get("judge") != judge_id]
+    tok = judge_model.tokenizer
+    # identical (prompt, text) pairs (greedy's samples) are scored once; shorter ones first, so a
+    # batch pads little
+    pairs: dict[tuple[str, str], list[int]] = {}
+    for i in todo:
+        pairs.setdefault((rows[i]["prompt"], rows[i]["text"]), []).append(i)
+    encoded = []
+    for (prompt, text), members in pairs.items():
+        cont = tok.encode(text, add_bos=False) if text else []
+        if not cont:  # nothing to score
+            for i in members:
+                rows[i].update(judge_logprob=None, judge_tokens=0, judge=judge_id)
+            continue
+        encoded.append((_judge_prompt(tok, prompt, config, spec.chat), cont, members))
+    encoded.sort(key=lambda e: len(e[0]) + len(e[1]))
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"{config.name} judge", unit="sample",
+               disable=None if progress else True)  # fmt: skip
+    if todo and not encoded:  # only empty continuations
+        _rewrite(results, rows)
+    for start in range(0, len(encoded), spec.batch_size):
+        batch = encoded[start : start + spec.batch_size]
+        scores = judge_model.score([e[0] for e in batch], [e[1] for e in batch])
+        for (_, _, members), lp in zip(batch, scores, strict=True):
+            for i in members:
+                rows[i].update(
+                    judge_logprob=round(float(lp.mean()), 6), judge_tokens=len(lp), judge=judge_id
+                )
+        _rewrite(results, rows)
+        bar.update(sum(len(e[2]) for e in batch))
+    bar.close()
+    return len(todo)
+
+
+def _judge_prompt(tok: Any, text: str, config: ExperimentConfig, chat: bool) -> list[int]:
+    if not chat:
+        return tok.encode(text)
+    messages = ([{"role": "system", "content": config.system}] if config.system else []) + [
+        {"role": "user", "content": text}
+    ]
+    return tok.encode_chat(messages)
 
 
 def _prompt_text(model: Any, text: str, config: ExperimentConfig) -> str | list[int]:
     if not config.chat:
         return text
-    messages = ([{"role": "system", "content": config.system}] if config.system else []) + [{"role": "user", "content": text}]
+    messages = ([{"role": "system", "content": config.system}] if config.system else []) + [
+        {"role": "user", "content": text}
+    ]
     return model.tokenizer.encode_chat(messages)
 
 

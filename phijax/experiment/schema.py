@@ -28,7 +28,12 @@ from phijax.errors import ConfigError
 from phijax.sampling import CANDLE_ORDER, LLAMACPP_ORDER, Sampler
 
 SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(Sampler))
-METRICS = ("length", "distinct_1", "distinct_2", "self_bleu", "repetition", "mean_logprob", "perplexity", "tok_s")
+METRICS = (
+    "length", "distinct_1", "distinct_2", "self_bleu", "repetition", "mean_logprob", "perplexity",
+    "judge_logprob", "judge_perplexity", "tok_s",
+)  # fmt: skip
+REPORT_ONLY = ("judge", "baseline", "metrics")
+"""Keys that change the report, not the samples: left out of the config hash."""
 PRESETS = {"default": Sampler(), "candle": Sampler.candle(), "greedy": Sampler.greedy()}
 
 
@@ -44,6 +49,15 @@ class ModelSpec(_Strict):
     max_seq_len: int | None = Field(default=None, gt=0)
     sliding_window: Literal["auto", "on", "off"] = "auto"
     tokenizer: str | None = None
+
+
+class JudgeSpec(ModelSpec):
+    """A second model that scores every sample; ``chat``: score the continuation after the
+    judge's chat template of the prompt (as a user turn), else after the raw prompt text;
+    ``batch_size``: sequences per scoring call."""
+
+    chat: bool = True
+    batch_size: int = Field(default=8, gt=0)
 
 
 class Prompt(_Strict):
@@ -71,12 +85,16 @@ class ExperimentConfig(_Strict):
     metrics: list[str] = Field(default_factory=lambda: list(METRICS))
     batch_size: int = Field(default=32, gt=0)
     output: str = "results"
+    judge: JudgeSpec | None = None
+    baseline: str | None = None
 
     @field_validator("prompts", mode="before")
     @classmethod
     def _prompt_ids(cls, value: Any) -> Any:
         if isinstance(value, list):
-            return [{"id": f"p{i}", "text": p} if isinstance(p, str) else p for i, p in enumerate(value)]
+            return [
+                {"id": f"p{i}", "text": p} if isinstance(p, str) else p for i, p in enumerate(value)
+            ]
         return value
 
     @field_validator("metrics")
@@ -84,7 +102,9 @@ class ExperimentConfig(_Strict):
     def _known_metrics(cls, value: list[str]) -> list[str]:
         for m in value:
             if m not in METRICS:
-                raise ValueError(f"unknown metric {m!r}{_suggest(m, METRICS)}; known: {', '.join(METRICS)}")
+                raise ValueError(
+                    f"unknown metric {m!r}{_suggest(m, METRICS)}; known: {', '.join(METRICS)}"
+                )
         return value
 
     @field_validator("sampler")
@@ -108,7 +128,9 @@ class ExperimentConfig(_Strict):
         for key, values in value.items():
             head, _, rest = key.partition(".")
             if head not in ("sampler", "strategies") or not rest:
-                raise ValueError(f"sweep key {key!r}: sweep sampler fields, e.g. 'sampler.temperature'")
+                raise ValueError(
+                    f"sweep key {key!r}: sweep sampler fields, e.g. 'sampler.temperature'"
+                )
             if not values:
                 raise ValueError(f"sweep key {key!r} has no values")
         return value
@@ -116,7 +138,9 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _prompts_given(self) -> ExperimentConfig:
         if not self.prompts and not self.prompts_file:
-            raise ValueError("give prompts (a list) or prompts_file (a text file, one prompt a line)")
+            raise ValueError(
+                "give prompts (a list) or prompts_file (a text file, one prompt a line)"
+            )
         ids = [p.id for p in self.prompts]
         if len(set(ids)) != len(ids):
             raise ValueError("prompt ids must be unique")
@@ -125,8 +149,13 @@ class ExperimentConfig(_Strict):
     # -- derived --------------------------------------------------------------
 
     def config_hash(self) -> str:
-        """sha256 of the canonical JSON of the validated config (what the results were made with)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of the validated config (what the samples were made
+        with; the report-only keys ``judge``, ``baseline`` and ``metrics`` are left out)."""
+        blob = json.dumps(
+            self.model_dump(mode="json", exclude=set(REPORT_ONLY)),
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def prompt_list(self, base_dir: Path | None = None) -> list[Prompt]:
@@ -138,14 +167,19 @@ class ExperimentConfig(_Strict):
             try:
                 lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
             except OSError as e:
-                raise ConfigError(f"prompts_file {str(path)!r}: cannot read it ({e.strerror or e}).") from None
+                raise ConfigError(
+                    f"prompts_file {str(path)!r}: cannot read it ({e.strerror or e})."
+                ) from None
             prompts += [Prompt(id=f"{path.stem}{i}", text=t) for i, t in enumerate(lines) if t]
         return prompts
 
     def strategy_samplers(self) -> dict[str, Sampler]:
         """Each (swept) strategy's validated Sampler, named ``strategy`` or
         ``strategy[key=value,...]`` for sweep points."""
-        points = [dict(zip(self.sweep, combo, strict=True)) for combo in itertools.product(*self.sweep.values())] or [{}]
+        points = [
+            dict(zip(self.sweep, combo, strict=True))
+            for combo in itertools.product(*self.sweep.values())
+        ] or [{}]
         out: dict[str, Sampler] = {}
         for point in points:
             base = dict(self.sampler)
@@ -158,20 +192,29 @@ class ExperimentConfig(_Strict):
                 else:
                     strategy, _, field = rest.partition(".")
                     if strategy not in strategies:
-                        raise ConfigError(f"sweep key {key!r}: no strategy {strategy!r}{_suggest(strategy, strategies)}.")
+                        raise ConfigError(
+                            f"sweep key {key!r}: no strategy {strategy!r}{_suggest(strategy, strategies)}."
+                        )
                     _check_sampler_keys({field: value}, "sweep")
                     strategies[strategy][field] = value
             label = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items())
             for name, fields in strategies.items():
                 full = f"{name}[{label}]" if label else name
-                out[full] = _make_sampler(PRESETS[self.preset], {**base, **fields}, f"strategies.{name}")
+                out[full] = _make_sampler(
+                    PRESETS[self.preset], {**base, **fields}, f"strategies.{name}"
+                )
         return out
 
 
 def _make_sampler(base: Sampler, fields: dict[str, Any], where: str) -> Sampler:
-    fields = {k: tuple(map(tuple, v)) if k == "logit_bias" else tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    fields = {
+        k: tuple(map(tuple, v)) if k == "logit_bias" else tuple(v) if isinstance(v, list) else v
+        for k, v in fields.items()
+    }
     if "order" in fields and isinstance(fields["order"], str):
-        fields["order"] = {"llama.cpp": LLAMACPP_ORDER, "candle": CANDLE_ORDER}.get(fields["order"], (fields["order"],))
+        fields["order"] = {"llama.cpp": LLAMACPP_ORDER, "candle": CANDLE_ORDER}.get(
+            fields["order"], (fields["order"],)
+        )
     try:
         return base.replace(**fields)
     except ConfigError as e:
@@ -226,7 +269,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 def parse_config(raw: dict[str, Any], where: str = "config") -> ExperimentConfig:
     try:
         config = ExperimentConfig.model_validate(raw)
-        config.strategy_samplers()
+        names = config.strategy_samplers()
+        if config.baseline is not None and config.baseline not in names:
+            raise ConfigError(
+                f"baseline = {config.baseline!r}: no such strategy{_suggest(config.baseline, names)}; "
+                f"give one of {', '.join(names)}."
+            )
     except ValidationError as e:
         raise ConfigError(f"{where}: " + "; ".join(_describe(err) for err in e.errors())) from None
     except ConfigError as e:
@@ -237,7 +285,11 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> ExperimentConfig
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        parent = ExperimentConfig if len(err["loc"]) == 1 else {"model": ModelSpec}.get(str(err["loc"][0]))
+        parent = (
+            ExperimentConfig
+            if len(err["loc"]) == 1
+            else {"model": ModelSpec, "judge": JudgeSpec}.get(str(err["loc"][0]))
+        )
         fields = parent.model_fields if parent is not None else {}
         return f"unknown key {key!r}{_suggest(str(err['loc'][-1]), fields)}"
     msg = err["msg"].removeprefix("Value error, ")

@@ -333,17 +333,21 @@ def dequantize(
     dtype=jnp.float32,
     *,
     name: str | None = None,
+    where: object = None,
 ) -> jax.Array:
     """Decode one tensor's raw GGUF bytes into a ``shape`` array of ``dtype`` on the default device.
 
     ``raw`` is the tensor's bytes (uint8, any shape, flattened here); ``shape`` is in
     numpy order, its last axis being ggml's ne[0], along which blocks run. The math
-    is done in f32 and cast to ``dtype`` once at the end. ``name`` only labels errors.
+    is done in f32 and cast to ``dtype`` once at the end. ``name`` and ``where`` (the
+    file) only label errors.
 
     Raises :class:`UnsupportedError` for a ggml type without a kernel and
     :class:`GGUFFormatError` when the byte count does not fit ``shape`` and the type.
     """
     label = f"tensor {name!r}" if name is not None else "tensor"
+    if where is not None:
+        label = f"{where}: {label}"
     try:
         qtype = QT(qtype)
     except ValueError:
@@ -353,7 +357,8 @@ def dequantize(
     if qtype not in SUPPORTED_TYPES:
         raise UnsupportedError(
             f"{label}: ggml type {qtype.name} cannot be dequantized; "
-            f"supported types: {_supported_names()}"
+            f"supported types: {_supported_names()}. Use a GGUF quantized to one of them "
+            "(llama.cpp's llama-quantize converts between types)."
         )
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):

@@ -331,7 +331,11 @@ class GGUFFile:
         from phijax.gguf.dequant import dequantize
 
         info = self.tensor(name)
-        return np.asarray(dequantize(self.raw(name), info.ggml_type, info.shape, dtype, name=name))
+        return np.asarray(
+            dequantize(
+                self.raw(name), info.ggml_type, info.shape, dtype, name=name, where=self.path
+            )
+        )
 
     def __repr__(self) -> str:
         return (

@@ -33,7 +33,9 @@ def _encoded_rows(f: GGUFFile, name: str) -> np.ndarray:
     return f.raw(name).reshape(-1, row_bytes)
 
 
-def _fuse(f: GGUFFile, parts: list[tuple[str, int | None]]) -> tuple[np.ndarray, GGMLQuantizationType]:
+def _fuse(
+    f: GGUFFile, parts: list[tuple[str, int | None]]
+) -> tuple[np.ndarray, GGMLQuantizationType]:
     """Concatenate the rows of ``parts`` (name, heads to un-permute or None) into one tensor."""
     types = {f.tensor(name).ggml_type for name, _ in parts}
     same = len(types) == 1
@@ -48,7 +50,9 @@ def llama_to_phi3(src: str | os.PathLike | GGUFFile, dst: str | os.PathLike) -> 
     """Write ``src`` (a llama GGUF) to ``dst`` as a phi3 GGUF with the same weights and vocabulary."""
     f = src if isinstance(src, GGUFFile) else GGUFFile(src)
     if f.architecture != "llama":
-        raise UnsupportedError(f"{f.path}: architecture {f.architecture!r}; llama_to_phi3 rewrites llama files only.")
+        raise UnsupportedError(
+            f"{f.path}: architecture {f.architecture!r}; llama_to_phi3 rewrites llama files only."
+        )
     meta = f.metadata
     n_layers = int(meta["llama.block_count"])
     heads = int(meta["llama.attention.head_count"])
@@ -76,11 +80,18 @@ def llama_to_phi3(src: str | os.PathLike | GGUFFile, dst: str | os.PathLike) -> 
     for i in range(n_layers):
         b = f"blk.{i}"
         copy(f"{b}.attn_norm.weight")
-        qkv = [(f"{b}.attn_q.weight", heads), (f"{b}.attn_k.weight", kv_heads), (f"{b}.attn_v.weight", None)]
+        qkv = [
+            (f"{b}.attn_q.weight", heads),
+            (f"{b}.attn_k.weight", kv_heads),
+            (f"{b}.attn_v.weight", None),
+        ]
         add(f"{b}.attn_qkv.weight", *_fuse(f, qkv))
         copy(f"{b}.attn_output.weight")
         copy(f"{b}.ffn_norm.weight")
-        add(f"{b}.ffn_up.weight", *_fuse(f, [(f"{b}.ffn_gate.weight", None), (f"{b}.ffn_up.weight", None)]))
+        add(
+            f"{b}.ffn_up.weight",
+            *_fuse(f, [(f"{b}.ffn_gate.weight", None), (f"{b}.ffn_up.weight", None)]),
+        )
         copy(f"{b}.ffn_down.weight")
     w.write_header_to_file()
     w.write_kv_data_to_file()

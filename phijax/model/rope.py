@@ -16,31 +16,50 @@ import jax.numpy as jnp
 import numpy as np
 
 from phijax.config import Phi3Config
+from phijax.errors import ConfigError
 
 
-def inverse_frequencies(
+def longrope_factors(
     config: Phi3Config,
-    cache_len: int,
-    long_factors: np.ndarray | None = None,
-    short_factors: np.ndarray | None = None,
-) -> tuple[np.ndarray, float]:
-    """``inv_freq`` f32 ``[rotary_dim // 2]`` and the cos/sin scale, for a cache of ``cache_len``."""
+    seq_limit: int,
+    long_factors: np.ndarray | None,
+    short_factors: np.ndarray | None,
+) -> np.ndarray | None:
+    """The LongRoPE divisor set ``[rotary_dim // 2]`` for sequences up to ``seq_limit``
+    (long past the original context, else short); ``None`` without LongRoPE."""
+    if config.rope_scaling != "longrope":
+        return None
+    use_long = seq_limit > (config.original_context_length or config.context_length)
+    factors = long_factors if use_long else short_factors
+    if factors is None or factors.shape != (config.rotary_dim // 2,):
+        which = "rope_factors_long" if use_long else "rope_factors_short"
+        got = "none" if factors is None else f"shape {list(factors.shape)}"
+        raise ConfigError(
+            f"LongRoPE needs a {which}.weight tensor of {config.rotary_dim // 2} factors; the file "
+            f"has {got}. The file is incomplete: convert the model again."
+        )
+    return factors.astype(np.float32)
+
+
+def inverse_frequencies(config: Phi3Config, factors: jnp.ndarray | None = None) -> jnp.ndarray:
+    """``inv_freq`` f32 ``[rotary_dim // 2]``: base^(-2i/rotary_dim), divided by the linear
+    factor or by the LongRoPE ``factors`` (a weight of the model, chosen at load)."""
     exponents = np.arange(0, config.rotary_dim, 2, dtype=np.float64) / config.rotary_dim
     inv_freq = 1.0 / (config.rope_theta**exponents)
-    scale = 1.0
     if config.rope_scaling == "linear":
         inv_freq = inv_freq / config.rope_scaling_factor
-    elif config.rope_scaling == "longrope":
-        use_long = cache_len > config.original_context_length
-        factors = long_factors if use_long else short_factors
-        if factors is None or factors.shape != inv_freq.shape:
-            raise ValueError(f"LongRoPE needs {inv_freq.shape[0]} factors, got {factors!r}")
-        inv_freq = inv_freq / factors.astype(np.float64)
-        scale = config.rope_attn_factor
-    return inv_freq.astype(np.float32), scale
+    inv_freq = jnp.asarray(inv_freq.astype(np.float32))
+    return inv_freq / factors if config.rope_scaling == "longrope" else inv_freq
 
 
-def rope_angles(positions: jnp.ndarray, inv_freq: jnp.ndarray, scale: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+def rope_scale(config: Phi3Config) -> float:
+    """The cos/sin scale: LongRoPE's attention factor, else 1."""
+    return config.rope_attn_factor if config.rope_scaling == "longrope" else 1.0
+
+
+def rope_angles(
+    positions: jnp.ndarray, inv_freq: jnp.ndarray, scale: float
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """cos, sin f32 ``[batch, seq, rotary_dim // 2]`` for int ``positions [batch, seq]``."""
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     return jnp.cos(angles) * scale, jnp.sin(angles) * scale

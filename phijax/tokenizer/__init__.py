@@ -213,7 +213,9 @@ class Tokenizer:
     ) -> list[int]:
         """Token ids of the rendered chat: special tokens parsed, BOS as the file says, and
         once only when the template writes it too (as llama.cpp avoids a double BOS)."""
-        ids = self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt))
+        ids = self.encode(
+            self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        )
         if self.bos_id is not None and ids[:2] == [self.bos_id, self.bos_id]:
             ids = ids[1:]
         return ids

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from phijax.errors import TokenizerError
@@ -85,6 +86,7 @@ class GGUFVocab:
     add_bos: bool
     add_eos: bool
     model_name: str = ""
+    where: str = ""  # the file, for error messages
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], where: str) -> GGUFVocab:
@@ -96,22 +98,40 @@ class GGUFVocab:
             )
         tokens = meta.get("tokenizer.ggml.tokens")
         if not isinstance(tokens, list) or not tokens:
-            raise TokenizerError(f"{where}: tokenizer.ggml.tokens is missing or empty.")
+            raise TokenizerError(
+                f"{where}: tokenizer.ggml.tokens is missing or empty, or not an array of strings "
+                f"({_FIX})."
+            )
+        if not all(isinstance(t, str) for t in tokens):
+            raise TokenizerError(
+                f"{where}: tokenizer.ggml.tokens must be an array of strings ({_FIX})."
+            )
         n = len(tokens)
-        types = (
-            _int_list(meta.get("tokenizer.ggml.token_type"), n, "token_type", where) or [NORMAL] * n
-        )
-        scores = meta.get("tokenizer.ggml.scores")
+        types = _numbers(meta.get("tokenizer.ggml.token_type"), n, "token_type", where, np.integer)
+        types = [NORMAL] * n if types is None else types.tolist()
+        scores = _numbers(meta.get("tokenizer.ggml.scores"), n, "scores", where, np.number)
         if scores is not None:
-            if len(scores) != n:
-                raise TokenizerError(
-                    f"{where}: tokenizer.ggml.scores has {len(scores)} entries for {n} tokens."
-                )
-            scores = [float(s) for s in scores]
+            if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
+                raise TokenizerError(f"{where}: tokenizer.ggml.scores contains NaN ({_FIX}).")
+            scores = scores.astype(np.float64).tolist()
         merges = meta.get("tokenizer.ggml.merges")
         if model == "gpt2" and not isinstance(merges, list):
-            raise TokenizerError(f"{where}: a gpt2 tokenizer needs tokenizer.ggml.merges.")
+            raise TokenizerError(
+                f"{where}: a gpt2 tokenizer needs tokenizer.ggml.merges, an array of strings "
+                f"({_FIX})."
+            )
+        if model == "gpt2":
+            bad = next((m for m in merges if not isinstance(m, str) or " " not in m), None)
+            if bad is not None:
+                raise TokenizerError(
+                    f"{where}: tokenizer.ggml.merges has the entry {bad!r}; each must be two "
+                    f"tokens separated by a space ({_FIX})."
+                )
         pre = meta.get("tokenizer.ggml.pre")
+        if pre is not None and not isinstance(pre, str):
+            raise TokenizerError(
+                f"{where}: tokenizer.ggml.pre = {_short(pre)} must be a string ({_FIX})."
+            )
         if model == "gpt2" and (pre or "default") not in PRE_TOKENIZERS:
             raise TokenizerError(
                 f"{where}: tokenizer.ggml.pre = {pre!r} is not supported; "
@@ -127,6 +147,18 @@ class GGUFVocab:
                     f"{where}: tokenizer.ggml.{kind}_token_id = {tid!r} is not a token id (0..{n - 1})."
                 )
             special_ids[kind] = tid
+        flags = {}
+        for key, default in (
+            ("add_space_prefix", model == "llama"),
+            ("add_bos_token", model == "llama"),
+            ("add_eos_token", False),
+        ):
+            value = meta.get(f"tokenizer.ggml.{key}", default)
+            if not isinstance(value, (bool, int)):
+                raise TokenizerError(
+                    f"{where}: tokenizer.ggml.{key} = {_short(value)} must be a boolean ({_FIX})."
+                )
+            flags[key] = bool(value)
         return cls(
             model=model,
             pre=pre,
@@ -134,35 +166,64 @@ class GGUFVocab:
             types=types,
             scores=scores,
             merges=merges,
-            add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", model == "llama")),
+            add_space_prefix=flags["add_space_prefix"],
             special_ids=special_ids,
-            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", model == "llama")),
-            add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+            add_bos=flags["add_bos_token"],
+            add_eos=flags["add_eos_token"],
             model_name=str(meta.get("general.name", "")),
+            where=where,
         )
 
     def rstrip_tokens(self) -> set[str]:
         """Added tokens that swallow the whitespace after them.
 
         GGUF stores no such flag; llama.cpp sets it by model name, as Phi-3's
-        tokenizer.json does: every control token plus ``</s>``, except
-        ``<unk>``, ``<s>`` and ``<|endoftext|>``.
+        tokenizer.json does: every token of its special-token cache (control,
+        user-defined and unknown types: the seed's April 2024 file types its added
+        tokens user-defined) plus ``</s>``, except ``<unk>``, ``<s>`` and
+        ``<|endoftext|>``.
         """
         name = self.model_name.lower()
         if "phi-3" not in name and "phi3" not in name:
             return set()
-        control = {t for t, kind in zip(self.tokens, self.types, strict=True) if kind == CONTROL}
-        return (control | {"</s>"}) - {"<unk>", "<s>", "<|endoftext|>"}
+        cached = (CONTROL, USER_DEFINED, UNKNOWN)
+        special = {t for t, kind in zip(self.tokens, self.types, strict=True) if kind in cached}
+        return (special | {"</s>"}) - {"<unk>", "<s>", "<|endoftext|>"}
 
 
-def _int_list(value: Any, n: int, key: str, where: str) -> list[int] | None:
+_FIX = "the vocabulary is corrupt: download or re-convert the model"
+
+
+def _short(value: Any) -> str:
+    """A metadata value for an error message, cut short (vocabularies are long)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list) and len(value) > 8:
+        value = [*value[:8], "..."]
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _numbers(value: Any, n: int, key: str, where: str, kind: type) -> np.ndarray | None:
+    """``tokenizer.ggml.<key>``: None if absent, else a numeric array of one entry per token."""
     if value is None:
         return None
+    given = value
+    if isinstance(value, list):  # a GGUF array of strings or arrays; numbers arrive as numpy
+        try:
+            value = np.asarray(value)
+        except ValueError:  # ragged nesting
+            value = None
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or not np.issubdtype(value.dtype, kind):
+        raise TokenizerError(
+            f"{where}: tokenizer.ggml.{key} = {_short(given)} must be an array of "
+            f"{'integers' if kind is np.integer else 'numbers'}, one per token ({_FIX})."
+        )
     if len(value) != n:
         raise TokenizerError(
-            f"{where}: tokenizer.ggml.{key} has {len(value)} entries for {n} tokens."
+            f"{where}: tokenizer.ggml.{key} has {len(value)} entries for {n} tokens ({_FIX})."
         )
-    return [int(v) for v in value]
+    return value
 
 
 def _vocab_dict(tokens: list[str]) -> dict[str, int]:
@@ -192,14 +253,13 @@ def build(vocab: GGUFVocab) -> Tokenizer:
     if vocab.model == "llama":
         scores = vocab.scores or [-float(i) for i in range(len(vocab.tokens))]
         unk = vocab.special_ids.get("unknown")
-        tk = Tokenizer(
-            models.BPE(
-                vocab=ids,
-                merges=spm_merges(ids, scores),
-                unk_token=vocab.tokens[unk] if unk is not None else None,
-                fuse_unk=True,
-                byte_fallback=True,
-            )
+        tk = _bpe(
+            vocab,
+            vocab=ids,
+            merges=spm_merges(ids, scores),
+            unk_token=vocab.tokens[unk] if unk is not None else None,
+            fuse_unk=True,
+            byte_fallback=True,
         )
         escape = [normalizers.Replace(" ", "▁")]
         if vocab.add_space_prefix:
@@ -212,18 +272,17 @@ def build(vocab: GGUFVocab) -> Tokenizer:
     else:
         regexes, ignore_merges = PRE_TOKENIZERS[vocab.pre or "default"]
         merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
-        if any(len(m) != 2 for m in merges):
-            raise TokenizerError(
-                "tokenizer.ggml.merges has an entry without a space separating its two parts."
-            )
-        tk = Tokenizer(models.BPE(vocab=ids, merges=merges, ignore_merges=ignore_merges))
+        tk = _bpe(vocab, vocab=ids, merges=merges, ignore_merges=ignore_merges)
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
         )
         tk.decoder = decoders.ByteLevel()
     rstrip = vocab.rstrip_tokens()
-    kinds = [CONTROL if tok in EOG_SPELLINGS else kind for tok, kind in zip(vocab.tokens, vocab.types, strict=True)]
+    kinds = [
+        CONTROL if tok in EOG_SPELLINGS else kind
+        for tok, kind in zip(vocab.tokens, vocab.types, strict=True)
+    ]
     added = [
         AddedToken(tok, special=kind != USER_DEFINED, normalized=False, rstrip=tok in rstrip)
         for tok, kind in zip(vocab.tokens, kinds, strict=True)
@@ -231,3 +290,15 @@ def build(vocab: GGUFVocab) -> Tokenizer:
     ]
     tk.add_tokens(added)
     return tk
+
+
+def _bpe(source: GGUFVocab, **kwargs: Any) -> Tokenizer:
+    """``Tokenizer(models.BPE(**kwargs))``; its bare Exception (e.g. a merge of tokens
+    missing from the vocabulary) becomes a TokenizerError naming the file."""
+    try:
+        return Tokenizer(models.BPE(**kwargs))
+    except Exception as e:
+        raise TokenizerError(
+            f"{source.where}: cannot build the {source.model} tokenizer from tokenizer.ggml.* ({e}); "
+            f"{_FIX}."
+        ) from None

@@ -22,15 +22,38 @@ def test_repetition_rate():
 
 def test_self_bleu():
     assert metrics.self_bleu(["the cat sat on the mat"] * 3) == pytest.approx(100.0)
-    different = metrics.self_bleu(["the cat sat on the mat", "a dog ran in the park", "stars shine at night"])
+    different = metrics.self_bleu(
+        ["the cat sat on the mat", "a dog ran in the park", "stars shine at night"]
+    )
     assert different < 20
     assert math.isnan(metrics.self_bleu(["alone"]))
 
 
 def test_summarize():
     rows = [
-        {"prompt_id": "p", "text": "a b", "tokens": [1, 2], "logprobs": [-1.0, -3.0], "timings": {"decode_tok_s": 10.0}},
-        {"prompt_id": "p", "text": "a c", "tokens": [1, 3], "logprobs": [-2.0, -2.0], "timings": {"decode_tok_s": 30.0}},
+        {
+            "prompt_id": "p",
+            "text": "a b",
+            "tokens": [1, 2],
+            "logprobs": [-1.0, -3.0],
+            "timings": {"decode_tok_s": 10.0},
+        },
+        {
+            "prompt_id": "p",
+            "text": "a c",
+            "tokens": [1, 3],
+            "logprobs": [-2.0, -2.0],
+            "timings": {"decode_tok_s": 30.0},
+        },
     ]
     out = metrics.summarize(rows, ["length", "mean_logprob", "perplexity", "tok_s", "distinct_1"])
-    assert out == pytest.approx({"samples": 2, "length": 2, "mean_logprob": -2.0, "perplexity": math.exp(2), "tok_s": 20.0, "distinct_1": 0.75})
+    assert out == pytest.approx(
+        {
+            "samples": 2,
+            "length": 2,
+            "mean_logprob": -2.0,
+            "perplexity": math.exp(2),
+            "tok_s": 20.0,
+            "distinct_1": 0.75,
+        }
+    )

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+import jax
 import pytest
 import yaml
 
@@ -17,6 +14,8 @@ import phijax
 from phijax.errors import ConfigError
 from phijax.experiment import load_config, read_results, run
 from phijax.experiment.runner import RESULTS
+
+from processes import kill_midway
 
 TINY = Path(__file__).parents[1] / "fixtures" / "model" / "sliding_window.gguf"
 
@@ -62,14 +61,20 @@ def test_rows_and_provenance(tmp_path, tiny_model):
     prov = json.loads((results.parent / "provenance.json").read_text())
     assert prov["config_hash"] == config.config_hash() == row["config_hash"]
     assert prov["model"]["sha256"] == row["model_sha256"] and len(row["model_sha256"]) == 64
-    assert prov["versions"]["jax"] and prov["device"]["platform"] == "cpu" and prov["seeds"] == [0, 1]
+    assert (
+        prov["versions"]["jax"]
+        and prov["device"]["platform"] == jax.devices()[0].platform
+        and prov["seeds"] == [0, 1]
+    )
     # a row is exactly what generate() gives for its key, alone
     r = _keyed(rows)[("nucleus", "p2", 1, 1)]
     sampler = config.strategy_samplers()["nucleus"]
     g = tiny_model.generate("the end", sampler=sampler, seed=1, num_samples=2, max_new_tokens=12)
     assert g.tokens[1] == r["tokens"] and g.texts[1] == r["text"]
     # a second run has nothing to do
-    assert run(config, model=tiny_model, progress=False) == results and len(read_results(results)) == len(rows)
+    assert run(config, model=tiny_model, progress=False) == results and len(
+        read_results(results)
+    ) == len(rows)
 
 
 def test_a_results_folder_of_another_config_is_refused(tmp_path, tiny_model):
@@ -80,19 +85,9 @@ def test_a_results_folder_of_another_config_is_refused(tmp_path, tiny_model):
 
 @pytest.mark.slow
 def test_resume_after_a_killed_run(tmp_path, tiny_model):
-    path = _config(tmp_path, batch_size=2, max_new_tokens=24)
+    path = _config(tmp_path, batch_size=2, max_new_tokens=64)  # long enough to be caught midway
     results = tmp_path / "results" / "exp" / RESULTS
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "phijax.cli", "run", str(path), "--quiet", "--no-plots"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if results.exists() and results.read_bytes().count(b"\n") >= 3:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_midway(path, results, lambda data: data.count(b"\n") >= 3)
     before = read_results(results)
     assert 3 <= len(before) < 64, "the run was not killed midway"
     with open(results, "ab") as f:  # and a line cut mid-write
@@ -110,18 +105,63 @@ def test_resume_after_a_killed_run(tmp_path, tiny_model):
 def test_cli_run_and_report_on_the_demo(tmp_path, capsys):
     from phijax.cli import main
 
-    demo = Path(__file__).parents[2] / "configs" / "demo.yaml"
-    argv = ["run", str(demo), "--output", str(tmp_path), "--quiet", "--set", "samples=2", "--set", "max_new_tokens=6"]
-    assert main(argv) == 0
+    assert main(_small_run("demo.yaml", tmp_path)) == 0
     out = capsys.readouterr().out
     for strategy in ("greedy", "temp_1.0", "top_p_0.9", "min_p_0.1", "candle_seed"):
         assert f"| {strategy} |" in out
-    assert "distinct_2" in out and "self_bleu" in out
+    assert "distinct_2" in out and "self_bleu" in out and "judge_perplexity" in out
+    assert "Differences from greedy (paired)" in out and "Δ mean_logprob" in out
     folder = tmp_path / "demo"
-    assert (folder / "report.md").exists() and (folder / "summary.csv").exists()
+    assert (folder / "report.md").exists() and (folder / "differences.csv").exists()
     assert (folder / "quality_diversity.png").stat().st_size > 1000
-    assert main(["report", str(folder), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
-    assert "| greedy |" in capsys.readouterr().out
+    rows = read_results(folder / RESULTS)
+    assert all(isinstance(r["judge_logprob"], float) and r["judge_tokens"] > 0 for r in rows)
+    with open(folder / "summary.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    metrics = [c for c in table[0] if f"{c}_lo" in table[0]]
+    assert {
+        "length",
+        "distinct_2",
+        "self_bleu",
+        "mean_logprob",
+        "judge_logprob",
+        "judge_perplexity",
+    } <= set(metrics)
+    for row in table:
+        for m in metrics:
+            assert float(row[f"{m}_lo"]) <= float(row[m]) <= float(row[f"{m}_hi"]), (
+                row["strategy"],
+                m,
+            )
+    assert (
+        main(
+            [
+                "report",
+                str(folder),
+                "--out",
+                str(tmp_path / "r"),
+                "--no-plots",
+                "--baseline",
+                "min_p_0.1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| greedy |" in out and "Differences from min_p_0.1 (paired)" in out
+    with open(tmp_path / "r" / "summary.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == table  # the same results give the same intervals
+    assert main(["report", str(folder), "--baseline", "gredy", "--no-plots"]) == 2
+    assert "did you mean 'greedy'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_frontier_config_draws_the_frontier(tmp_path, capsys):
+    from phijax.cli import main
+
+    assert main(_small_run("frontier.yaml", tmp_path)) == 0
+    assert "Differences from temperature[temperature=1.0] (paired)" in capsys.readouterr().out
+    assert (tmp_path / "frontier" / "frontier.png").stat().st_size > 10_000
 
 
 def test_cli_config_errors_are_one_line(tmp_path, capsys):
@@ -131,3 +171,19 @@ def test_cli_config_errors_are_one_line(tmp_path, capsys):
     assert main(["run", str(path), "--set", "sampler.top_p=7"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("phijax: error: ") and "top_p = 7" in err and "\n" not in err
+
+
+def _small_run(config: str, out: Path) -> list[str]:
+    """CLI arguments running a shipped config small (2 samples of 6 tokens) into ``out``."""
+    path = Path(__file__).parents[2] / "configs" / config
+    return [
+        "run",
+        str(path),
+        "--output",
+        str(out),
+        "--quiet",
+        "--set",
+        "samples=2",
+        "--set",
+        "max_new_tokens=6",
+    ]

@@ -17,7 +17,9 @@ def _base(**extra):
     return {"name": "t", "model": {"source": "pypi:smollm2"}, "prompts": ["hi"], **extra}
 
 
-@pytest.mark.parametrize("name", ["haiku.yaml", "demo.yaml", "compare_temperature_minp.yaml"])
+@pytest.mark.parametrize(
+    "name", ["haiku.yaml", "demo.yaml", "compare_temperature_minp.yaml", "frontier.yaml"]
+)
 def test_shipped_configs_are_valid(name):
     config = load_config(CONFIGS / name)
     assert config.strategy_samplers()
@@ -38,15 +40,36 @@ def test_haiku_reproduces_the_seed():
     ("raw", "message"),
     [
         (_base(sampels=3), r"unknown key 'sampels' \(did you mean 'samples'\?\)"),
-        (_base(model={"source": "x", "sliding_widow": "on"}), r"model.sliding_widow.*did you mean 'sliding_window'"),
-        (_base(sampler={"temprature": 0.5}), r"sampler.temprature is not a sampler field \(did you mean 'temperature'\?\)"),
-        (_base(strategies={"a": {"top_p": 1.5}}), r"strategies.a: Sampler.top_p = 1.5; allowed: 0 < top_p <= 1"),
+        (
+            _base(model={"source": "x", "sliding_widow": "on"}),
+            r"model.sliding_widow.*did you mean 'sliding_window'",
+        ),
+        (
+            _base(sampler={"temprature": 0.5}),
+            r"sampler.temprature is not a sampler field \(did you mean 'temperature'\?\)",
+        ),
+        (
+            _base(strategies={"a": {"top_p": 1.5}}),
+            r"strategies.a: Sampler.top_p = 1.5; allowed: 0 < top_p <= 1",
+        ),
         (_base(samples=0), r"samples = 0: .*greater than 0"),
-        (_base(metrics=["distinct_3"]), r"unknown metric 'distinct_3' \(did you mean 'distinct_\d'\?\)"),
+        (
+            _base(metrics=["distinct_3"]),
+            r"unknown metric 'distinct_3' \(did you mean 'distinct_\d'\?\)",
+        ),
         (_base(sweep={"temperature": [1]}), r"sweep key 'temperature'"),
         (_base(sweep={"strategies.nope.top_k": [1]}), r"no strategy 'nope'"),
         ({"name": "t", "model": {"source": "x"}}, r"give prompts"),
         (_base(seeds="sometimes"), r"seeds"),
+        (
+            _base(judge={"sorce": "pypi:smollm2"}),
+            r"unknown key 'judge.sorce' \(did you mean 'source'\?\)",
+        ),
+        (_base(judge={"source": "x", "batch_size": 0}), r"judge.batch_size = 0: .*greater than 0"),
+        (
+            _base(strategies={"greedy": {}}, baseline="gredy"),
+            r"baseline = 'gredy': no such strategy \(did you mean 'greedy'\?\)",
+        ),
     ],
 )
 def test_errors_name_the_key(raw, message):
@@ -88,3 +111,12 @@ def test_unreadable_and_non_mapping_files(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_report_only_keys_leave_the_hash_alone():
+    """Adding a judge or a baseline to a config keeps its results folder usable."""
+    a = parse_config(_base())
+    b = parse_config(
+        _base(judge={"source": "pypi:smollm2"}, baseline="default", metrics=["length"])
+    )
+    assert a.config_hash() == b.config_hash()

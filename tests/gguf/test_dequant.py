@@ -12,7 +12,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
 from phijax.errors import GGUFFormatError, UnsupportedError
-from phijax.gguf import dequant
+from phijax.gguf import dequant, relayout
 from phijax.gguf.dequant import dequantize
 
 # Byte offsets of every f16 field (d, dmin) in one block of each quantized type.
@@ -264,3 +264,36 @@ def test_same_type_shape_dtype_compiles_once() -> None:
     assert after_first >= 1
     assert len(compiles) == after_first
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+
+
+# ---------------------------------------------------------------------------
+# (e) quantized=True: the lossless re-layout into integers + block scales
+# ---------------------------------------------------------------------------
+
+QUANTIZED = sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name)
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
+def test_relayout_decodes_bit_exact(qtype: QT) -> None:
+    """values · scales - mins reproduces gguf.quants bit for bit (random blocks, every field)."""
+    block_elems = GGML_QUANT_SIZES[qtype][0]
+    blocks = random_blocks(qtype, 6 * 4, seed=500 + int(qtype))
+    shape = (6, 4 * block_elems)
+    q = relayout.relayout(blocks, qtype, shape)
+    assert q.values.dtype == jnp.int8 and q.values.shape == shape
+    assert q.nbytes <= 1.5 * np.prod(shape)  # the issue's memory bound per weight
+    assert_bit_exact(q.dequantize(), reference(blocks, qtype, shape))
+    rows = np.array([4, 0, 4])
+    assert_bit_exact(q.take(jnp.asarray(rows)).dequantize(), reference(blocks, qtype, shape)[rows])
+
+
+def test_relayout_concatenates_mixed_types_exactly() -> None:
+    """A fused weight from parts of different sub-blocks and with/without mins (Q6_K, Q4_K, Q8_0)."""
+    parts, want = [], []
+    for k, qtype in enumerate((QT.Q6_K, QT.Q4_K, QT.Q8_0)):
+        blocks = random_blocks(qtype, 2 * 256 // GGML_QUANT_SIZES[qtype][0], seed=600 + k)
+        parts.append(relayout.relayout(blocks, qtype, (2, 256)))
+        want.append(reference(blocks, qtype, (2, 256)))
+    fused = relayout.concatenate(parts)
+    assert fused.block == 16 and fused.mins is not None
+    assert_bit_exact(fused.dequantize(), np.concatenate(want))

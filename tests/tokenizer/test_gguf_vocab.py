@@ -73,8 +73,8 @@ def test_file_without_a_vocabulary(tmp_path):
         Tokenizer.from_gguf(path)
 
 
-def test_from_file_reads_tokenizer_config(llama2_tokenizer_json, tmp_path):
-    (tmp_path / "tokenizer.json").write_bytes(llama2_tokenizer_json.read_bytes())
+def test_from_file_reads_tokenizer_config(phi3_tokenizer_json, tmp_path):
+    (tmp_path / "tokenizer.json").write_bytes(phi3_tokenizer_json.read_bytes())
     (tmp_path / "tokenizer_config.json").write_text(
         json.dumps(
             {
@@ -88,7 +88,12 @@ def test_from_file_reads_tokenizer_config(llama2_tokenizer_json, tmp_path):
     tok = Tokenizer.from_file(tmp_path / "tokenizer.json")
     assert (tok.bos_id, tok.eos_id, tok.add_bos) == (1, 2, False)
     assert tok.apply_chat_template([{"role": "user", "content": "hey"}]) == "hey!"
-    assert Tokenizer.from_file(llama2_tokenizer_json).add_bos  # from the post-processor
+    assert Tokenizer.from_file(phi3_tokenizer_json).add_bos  # from the post-processor
+    spec = json.loads(phi3_tokenizer_json.read_text(encoding="utf-8"))
+    (tmp_path / "tokenizer_config.json").unlink()
+    (tmp_path / "tokenizer.json").write_text(json.dumps({**spec, "post_processor": None}))
+    tok = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    assert (tok.bos_id, tok.eos_id, tok.add_bos) == (1, 2, False)  # found by name, not added
 
 
 def test_from_file_rejects_garbage(tmp_path):

@@ -1,138 +1,117 @@
-"""Phi-3's vocabulary: the real Llama-2 SentencePiece vocab plus Phi-3's added tokens.
+"""Phi-3's real vocabulary: Microsoft's Phi-3-mini-4k GGUF header, as llama.cpp ships it.
 
-Two routes must agree with the HF ``tokenizers`` library on Phi-3's own
-tokenizer.json: loading that JSON (the original program's route), and our GGUF
-route, where the same vocabulary is stored as GGUF metadata (tokens, scores,
-types) and rebuilt by ``Tokenizer.from_gguf``.
+Plain text is checked against llama.cpp's own vectors (``test_llamacpp_vectors``);
+here: the vocabulary's shape, the added turn tokens and the whitespace they
+swallow, the file's chat template, and the ``tokenizer.json`` route.
 """
 
 from __future__ import annotations
 
-import json
-
-import gguf
 import pytest
-import tokenizers
 
+from phijax import pypi_models
+from phijax.gguf import GGUFFile
 from phijax.tokenizer import Tokenizer
 
 SEED_PROMPT = "<|user|>\nWrite a haiku about ice hockey<|end|>\n<|assistant|>"
-# Phi-3-mini's added tokens: (id, text, rstrip); all special. Source: its tokenizer_config.json.
+# Phi-3's added tokens (id, text): all control tokens; the vocabulary pads to 32064 rows.
 PHI3_ADDED = [
-    (32000, "<|endoftext|>", False),
-    (32001, "<|assistant|>", True),
-    *[(32001 + i, f"<|placeholder{i}|>", True) for i in range(1, 5)],
-    (32006, "<|system|>", True),
-    (32007, "<|end|>", True),
-    (32008, "<|placeholder5|>", True),
-    (32009, "<|placeholder6|>", True),
-    (32010, "<|user|>", True),
+    (32000, "<|endoftext|>"),
+    (32001, "<|assistant|>"),
+    *[(32001 + i, f"<|placeholder{i}|>") for i in range(1, 5)],
+    (32006, "<|system|>"),
+    (32007, "<|end|>"),
+    (32008, "<|placeholder5|>"),
+    (32009, "<|placeholder6|>"),
+    (32010, "<|user|>"),
 ]
-PHI3_VOCAB_ROWS = 32064
+# Text with special tokens, and what it must be: token ids, and plain-text fragments encoded
+# on their own. Like Phi-3's tokenizer.json (and llama.cpp for phi3), every added token but
+# <|endoftext|> swallows the whitespace after it, as does </s>; <s> and <unk> do not.
+SPECIAL_CASES = [
+    (SEED_PROMPT, [32010, "Write a haiku about ice hockey", 32007, 32001]),
+    (
+        "<|system|>You are terse.<|end|>\n<|user|>\nHi!<|end|>\n<|assistant|>\nHello.<|end|>\n<|endoftext|>",
+        [32006, "You are terse.", 32007, 32010, "Hi!", 32007, 32001, "Hello.", 32007, 32000],
+    ),
+    ("<|end|><|end|>  <|user|>   x", [32007, 32007, 32010, "x"]),
+    ("<|endoftext|>  after", [32000, "  after"]),
+    ("</s> ends, <s> begins, <unk> unknown", [2, "ends, ", 1, " begins, ", 0, " unknown"]),
+    ("a <|placeholder3|>\n\tb", ["a ", 32004, "b"]),
+]
 TEXTS = [
-    SEED_PROMPT,
-    "<|system|>You are terse.<|end|>\n<|user|>\nHi!<|end|>\n<|assistant|>\nHello.<|end|>\n<|endoftext|>",
-    "Write a haiku about ice hockey",
+    *(text for text, _ in SPECIAL_CASES),
     "  leading spaces, trailing  ",
     "Émilie's café costs 3.50€ — naïve 日本語のテキスト 🏒🥅 ok",
     "def f(x):\n\treturn x ** 2  # square\n",
     "\n\n\n",
-    "<|end|><|end|>  <|user|>   x",
-    "</s> ends, <s> begins, <unk> unknown",
     "𐀀 Linear B and \U0010fffd private use",
     "a" * 300,
     "",
 ]
 
 
-@pytest.fixture(scope="module")
-def phi3_tokenizer_json(tmp_path_factory, llama2_tokenizer_json):
-    spec = json.loads(llama2_tokenizer_json.read_text(encoding="utf-8"))
-    for tok in spec["added_tokens"]:
-        if tok["content"] == "</s>":
-            tok.update(rstrip=True, special=False)
-    spec["added_tokens"] += [
-        {
-            "id": i,
-            "content": text,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": rstrip,
-            "normalized": False,
-            "special": True,
-        }
-        for i, text, rstrip in PHI3_ADDED
+def _plain(tok: Tokenizer, text: str) -> list[int]:
+    return tok.encode(text, add_bos=False, parse_special=False)
+
+
+def test_vocabulary_is_llama2_plus_phi3_tokens(phi3_tokenizer, phi3_vocab_gguf):
+    tok = phi3_tokenizer
+    assert tok.vocab_size == 32064
+    assert (tok.bos_id, tok.eos_id, tok.add_bos) == (1, 32000, True)
+    assert {32000, 32007} <= set(tok.stop_ids)
+    for i, text in PHI3_ADDED:
+        assert tok.id_to_token(i) == text and tok.token_to_id(text) == i
+    llama = GGUFFile(pypi_models.fetch("llama-spm-vocab")).metadata["tokenizer.ggml.tokens"]
+    phi3 = GGUFFile(phi3_vocab_gguf).metadata["tokenizer.ggml.tokens"]
+    assert phi3[:32000] == llama  # Phi-3 kept Llama-2's SentencePiece pieces and ids
+
+
+@pytest.mark.parametrize(("text", "parts"), SPECIAL_CASES)
+def test_special_tokens_and_the_whitespace_they_swallow(phi3_tokenizer, text, parts):
+    tok = phi3_tokenizer
+    expected = [
+        p for part in parts for p in ([part] if isinstance(part, int) else _plain(tok, part))
     ]
-    path = tmp_path_factory.mktemp("phi3") / "tokenizer.json"
-    path.write_text(json.dumps(spec), encoding="utf-8")
-    return path
+    assert tok.encode(text, add_bos=False) == expected
+    assert tok.encode(text) == [1, *expected]
+    plain = _plain(tok, text)  # parse_special=False: the markers are ordinary text
+    assert not {p for p in parts if isinstance(p, int)} & set(plain)
 
 
-@pytest.fixture(scope="module")
-def phi3_vocab_gguf(tmp_path_factory, phi3_tokenizer_json):
-    """A phi3 GGUF whose metadata holds Phi-3's vocabulary the way llama.cpp's converter stores it."""
-    spec = json.loads(phi3_tokenizer_json.read_text(encoding="utf-8"))
-    vocab = spec["model"]["vocab"]
-    tokens = [None] * PHI3_VOCAB_ROWS
-    for text, i in vocab.items():
-        tokens[i] = text
-    rank = {}
-    for r, merge in enumerate(spec["model"]["merges"]):
-        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
-        rank.setdefault(left + right, r)
-    scores = [-float(rank.get(t, 1e9)) if t else 0.0 for t in tokens]
-    types = [1] * PHI3_VOCAB_ROWS
-    types[0] = 2
-    types[1] = types[2] = 3
-    for b in range(256):
-        types[3 + b] = 6
-    for i, text, _ in PHI3_ADDED:
-        tokens[i], types[i] = text, 3
-    for i in range(32011, PHI3_VOCAB_ROWS):
-        tokens[i], types[i] = f"<|dummy_id_{i - 32011}|>", 5
-    path = tmp_path_factory.mktemp("phi3") / "phi3-vocab.gguf"
-    w = gguf.GGUFWriter(str(path), "phi3")
-    w.add_name("Phi3")
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(32000)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(False)
-    w.add_add_space_prefix(True)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.close()
-    return path
+def test_seed_prompt(phi3_tokenizer):
+    ids = phi3_tokenizer.encode(SEED_PROMPT, add_bos=False)
+    pieces = ["▁Write", "▁a", "▁ha", "iku", "▁about", "▁ice", "▁hockey"]
+    assert ids == [32010, *(phi3_tokenizer.token_to_id(p) for p in pieces), 32007, 32001]
+    assert ids[1:3] == [14350, 263]  # Llama-2's ids for "▁Write" and "▁a"
 
 
-def test_seed_prompt_from_tokenizer_json(phi3_tokenizer_json):
-    ours = Tokenizer.from_file(phi3_tokenizer_json, add_bos=False)
-    reference = tokenizers.Tokenizer.from_file(str(phi3_tokenizer_json))
-    ids = ours.encode(SEED_PROMPT)
-    assert ids == reference.encode(SEED_PROMPT, add_special_tokens=False).ids
-    assert ids[0] == 32010 and ids[-2:] == [32007, 32001]  # <|user|> ... <|end|> <|assistant|>
-    assert reference.id_to_token(ids[1]) == "▁Write"  # rstrip on <|user|> ate the "\n"
-    assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=False)
-    assert 32007 in ours.stop_ids and 32000 in ours.stop_ids
-
-
-def test_gguf_route_matches_hf_on_phi3_vocab(phi3_vocab_gguf, phi3_tokenizer_json):
-    ours = Tokenizer.from_gguf(phi3_vocab_gguf)
-    reference = tokenizers.Tokenizer.from_file(str(phi3_tokenizer_json))
-    assert ours.bos_id == 1 and not ours.add_bos and {32000, 32007} <= set(ours.stop_ids)
-    for text in TEXTS:
-        expected = reference.encode(text, add_special_tokens=False).ids
-        assert ours.encode(text) == expected, text
-        assert ours.decode(expected) == reference.decode(expected, skip_special_tokens=False), text
-
-
-def test_phi3_default_chat_template(phi3_vocab_gguf):
-    tok = Tokenizer.from_gguf(phi3_vocab_gguf)
-    prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "Write a haiku about ice hockey"}]
+def test_the_files_chat_template(phi3_tokenizer, phi3_vocab_gguf):
+    tok = phi3_tokenizer
+    template = GGUFFile(phi3_vocab_gguf).metadata["tokenizer.chat_template"]
+    assert tok.chat_template == template
+    assert template.startswith("{{ bos_token }}{% for message in messages %}")
+    messages = [
+        {"role": "user", "content": "Write a haiku about ice hockey"},
+        {"role": "assistant", "content": "Blades carve the white ice"},
+        {"role": "user", "content": "Another"},
+    ]
+    assert tok.apply_chat_template(messages[:1]) == f"<s>{SEED_PROMPT}\n"
+    assert tok.apply_chat_template(messages) == (
+        f"<s>{SEED_PROMPT}\nBlades carve the white ice<|end|>\n<|user|>\nAnother<|end|>\n<|assistant|>\n"
     )
-    assert prompt == "<|user|>\nWrite a haiku about ice hockey<|end|>\n<|assistant|>\n"
-    assert tok.encode(prompt)[:2] == [32010, tok.token_to_id("▁Write")]
+    ids = tok.encode_chat(messages[:1])  # the template writes <s>, the file adds one: keep one
+    assert ids == [1, *tok.encode(SEED_PROMPT, add_bos=False)]
+
+
+def test_tokenizer_json_route_agrees(phi3_tokenizer, phi3_tokenizer_json):
+    ours = Tokenizer.from_file(phi3_tokenizer_json)
+    assert (ours.bos_id, ours.add_bos, ours.vocab_size) == (1, True, 32064)
+    assert {32000, 32007} <= set(ours.stop_ids)  # end-of-turn tokens found by their text
+    for text in TEXTS:
+        for parse_special in (True, False):
+            expected = phi3_tokenizer.encode(text, parse_special=parse_special)
+            assert ours.encode(text, parse_special=parse_special) == expected, text
+        ids = phi3_tokenizer.encode(text)
+        assert ours.decode(ids) == phi3_tokenizer.decode(ids), text
+        assert ours.decode(ids, skip_special=True) == phi3_tokenizer.decode(ids, skip_special=True)

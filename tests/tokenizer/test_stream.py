@@ -11,14 +11,10 @@ from phijax.tokenizer import Tokenizer
 
 @pytest.fixture(scope="module", params=["smollm2", "phi3_vocab"])
 def tokenizer(request, smollm2_gguf):
+    """A byte-level BPE vocabulary (SmolLM2) and Phi-3's SentencePiece one with byte fallback."""
     if request.param == "smollm2":
         return Tokenizer.from_gguf(smollm2_gguf)
     return request.getfixturevalue("phi3_tokenizer")
-
-
-@pytest.fixture(scope="module")
-def phi3_tokenizer(llama2_tokenizer_json):
-    return Tokenizer.from_file(llama2_tokenizer_json)
 
 
 def _stream(tok: Tokenizer, ids: list[int], skip_special: bool) -> list[str]:

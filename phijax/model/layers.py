@@ -1,0 +1,130 @@
+"""One Phi-3 decoder layer as named pure pieces: norm, projections, attention block, MLP block.
+
+Math (HF ``Phi3DecoderLayer``): h = x + o_proj(attn(rmsnorm(x))),
+x' = h + down(silu(gate) * up)(rmsnorm(h)). Every matmul goes through
+:func:`linear`, so a different weight representation changes one function.
+Norms, softmax and matmul accumulation run in f32 whatever the weight dtype.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from phijax.config import Phi3Config
+from phijax.model.attention import attention
+from phijax.model.hooks import Hooks
+from phijax.model.quant import QuantArray, dense
+from phijax.model.rope import apply_rope
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """x · rsqrt(mean(x²) + eps) · weight, reduced in f32; ``x [..., dim]``."""
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return (weight * normed.astype(x.dtype)).astype(x.dtype)
+
+
+def linear(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
+    """``x [batch, seq, in] @ w.T`` for a weight in numpy layout ``w [out, in]``, f32 result.
+
+    The one matmul of the model: a :class:`QuantArray` is decoded here, inside the step.
+    """
+    return jnp.einsum("bsi,oi->bso", x, dense(w, x.dtype), preferred_element_type=jnp.float32)
+
+
+class Context(NamedTuple):
+    """What every layer of one forward pass shares (built once per pass).
+
+    ``positions [batch, seq]``; ``cos, sin [batch, seq, rotary_dim // 2]``;
+    ``mask`` bool ``[batch, seq, keys]``; ``attend_len``: how many cache slots
+    attention reads (``None``: no cache, the chunk attends to itself).
+    """
+
+    config: Phi3Config
+    positions: jax.Array
+    cos: jax.Array
+    sin: jax.Array
+    mask: jax.Array
+    attend_len: int | None
+
+
+class LayerCache(NamedTuple):
+    """The whole KV cache ``k, v [layers, batch, max_seq, kv_heads, head_dim]`` and the
+    index of the layer that reads and writes it."""
+
+    k: jax.Array
+    v: jax.Array
+    index: int | jax.Array
+
+
+def attention_block(
+    p: dict[str, jax.Array],
+    x: jax.Array,
+    ctx: Context,
+    cache: LayerCache | None,
+    *,
+    return_weights: bool = False,
+) -> tuple[jax.Array, LayerCache | None, jax.Array | None]:
+    """o_proj(attention(rope(q), rope(k), v)) of ``rmsnorm(x)``; ``x [batch, seq, hidden]``.
+
+    With a cache, the chunk's keys and values are written at its positions and
+    attention reads the first ``attend_len`` slots; without one, the chunk attends
+    to itself. Returns ``[batch, seq, hidden]``, the cache, and the attention
+    probabilities ``[batch, heads, seq, keys]`` if asked for.
+    """
+    c = ctx.config
+    b, s, _ = x.shape
+    q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
+    qkv = linear(h, p["qkv"]).astype(x.dtype)
+    q = qkv[..., :q_size].reshape(b, s, c.num_heads, c.head_dim)
+    k = qkv[..., q_size : q_size + kv_size].reshape(b, s, c.num_kv_heads, c.head_dim)
+    v = qkv[..., q_size + kv_size :].reshape(b, s, c.num_kv_heads, c.head_dim)
+    q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+    if cache is None:
+        keys, values = k, v
+    else:
+        rows = jnp.arange(b)[:, None]
+        i = cache.index
+        k_all = cache.k.at[i, rows, ctx.positions].set(k.astype(cache.k.dtype), mode="drop")
+        v_all = cache.v.at[i, rows, ctx.positions].set(v.astype(cache.v.dtype), mode="drop")
+        keys = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)[:, : ctx.attend_len]
+        values = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)[:, : ctx.attend_len]
+        cache = LayerCache(k_all, v_all, i)
+    out, weights = attention(
+        q, keys.astype(x.dtype), values.astype(x.dtype), ctx.mask, return_weights=return_weights
+    )
+    return linear(out.reshape(b, s, q_size), p["o_proj"]).astype(x.dtype), cache, weights
+
+
+def mlp_block(p: dict[str, jax.Array], x: jax.Array, config: Phi3Config) -> jax.Array:
+    """down(silu(gate) · up) of ``rmsnorm(x)``; ``x [batch, seq, hidden]`` → same shape."""
+    h = rms_norm(x, p["ffn_norm"], config.rms_norm_eps)
+    gu = linear(h, p["gate_up"])
+    gate, up = gu[..., : config.intermediate_size], gu[..., config.intermediate_size :]
+    return linear((jax.nn.silu(gate) * up).astype(x.dtype), p["down"]).astype(x.dtype)
+
+
+def decoder_layer(
+    p: dict[str, jax.Array],
+    x: jax.Array,
+    ctx: Context,
+    cache: LayerCache | None,
+    hooks: Hooks,
+    name: str,
+) -> tuple[jax.Array, LayerCache | None]:
+    """One layer on the residual stream ``x [batch, seq, hidden]``; ``name`` (``layers.{i}``)
+    prefixes its hook points (resid_pre, attn_out, attn_weights, mlp_out, resid_post)."""
+    x = hooks(f"{name}.resid_pre", x, ctx.positions)
+    weights_name = f"{name}.attn_weights"
+    attn, cache, weights = attention_block(
+        p, x, ctx, cache, return_weights=hooks.wants(weights_name)
+    )
+    if weights is not None:
+        hooks(weights_name, weights, ctx.positions)
+    h = x + hooks(f"{name}.attn_out", attn, ctx.positions)
+    x = h + hooks(f"{name}.mlp_out", mlp_block(p, h, ctx.config), ctx.positions)
+    return hooks(f"{name}.resid_post", x, ctx.positions), cache

@@ -1,0 +1,111 @@
+"""Decode batch padding, chosen by measuring this machine once (and cached).
+
+On XLA:CPU a bf16 matrix-*vector* product is 10-40x slower than f32, while a
+bf16 matrix-*matrix* product from a few rows is 2-2.4x faster
+(reference.md §6). So a bf16 model on CPU decodes a small batch faster when it
+pads the batch to more rows. How many is a property of the machine, so it is
+measured, not assumed: for each small batch bucket, time the model's largest
+matmul (``gate_up``) at each padded row count and keep the fastest. The plan
+is cached in ``$PHIJAX_CACHE/plans.json``, keyed by device, jax version, dtype
+and shape; the CPU's name only labels the key, it never decides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from filelock import FileLock
+
+from phijax.pypi_models import cache_dir
+
+# Batch buckets whose padding is measured: from 8 rows, products are matrix-matrix anyway.
+SMALL_BATCHES = (1, 2, 4)
+MAX_ROWS = 8
+REPS = 7
+
+
+def cpu_name() -> str:
+    """The CPU model (labels plans and benchmark output; machines differ)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _key(dtype, shape: tuple[int, int]) -> str:
+    device = jax.devices()[0]
+    return "|".join(
+        [device.platform, device.device_kind, cpu_name(), jax.__version__, jnp.dtype(dtype).name]
+        + [str(s) for s in shape]
+    )
+
+
+def _median_ms(fn, *args) -> float:
+    fn(*args).block_until_ready()
+    times = []
+    for _ in range(REPS):
+        start = time.perf_counter()
+        fn(*args).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def measure(dtype, shape: tuple[int, int]) -> dict[int, int]:
+    """For each small batch bucket, the padded row count (``>=`` it, ``<= MAX_ROWS``) whose
+    ``[rows, in] @ [out, in].T`` product in ``dtype`` measures fastest here."""
+    in_dim = shape[1]
+    w = jnp.zeros(shape, dtype)
+    product = jax.jit(
+        lambda x, w: jnp.einsum("bi,oi->bo", x, w, preferred_element_type=jnp.float32)
+    )
+    cost = {}
+    rows = 1
+    while rows <= MAX_ROWS:
+        cost[rows] = _median_ms(product, jnp.ones((rows, in_dim), dtype), w)
+        rows *= 2
+    plan = {}
+    for b in SMALL_BATCHES:
+        options = [r for r in cost if r >= b]
+        best = min(options, key=lambda r: cost[r])
+        # ties within 5% go to fewer rows (less attention and sampling work)
+        plan[b] = min(r for r in options if cost[r] <= cost[best] * 1.05)
+    return plan
+
+
+def decode_rows(dtype, shape: tuple[int, int]) -> dict[int, int]:
+    """The padding plan ``{batch bucket: rows}`` for decoding in ``dtype`` (identity for f32 and
+    off CPU); measured on first use on this machine, then read from the cache."""
+    if jnp.dtype(dtype) == jnp.float32 or jax.default_backend() != "cpu":
+        return {}
+    key = _key(dtype, shape)
+    path = cache_dir() / "plans.json"
+    disabled = os.environ.get("PHIJAX_NO_CACHE", "").strip() not in ("", "0")
+    if not disabled:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            plans = _read(path)
+            if key not in plans:
+                plans[key] = {str(b): r for b, r in measure(dtype, shape).items()}
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(plans, indent=1))
+                os.replace(tmp, path)
+            return {int(b): int(r) for b, r in plans[key].items()}
+    return measure(dtype, shape)
+
+
+def _read(path) -> dict:
+    try:
+        plans = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return plans if isinstance(plans, dict) else {}

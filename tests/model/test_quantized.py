@@ -1,0 +1,111 @@
+"""quantized=True: packed weights (QuantArray) decoded inside the steps, against the f32 mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import phijax
+from phijax import Sampler
+from phijax.model.quant import QuantArray
+
+from numerics import assert_logits_close
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "model"
+GREEDY = Sampler.greedy()
+
+
+@pytest.fixture(scope="module")
+def smollm2_quantized(smollm2_gguf):
+    return phijax.load(smollm2_gguf, progress=False, quantized=True)
+
+
+@pytest.mark.parametrize("variant", ["q4_0", "q8_0"])
+@pytest.mark.parametrize("layout", ["layers", "stacked"])
+def test_tiny_quantized_equals_f32_and_hf(variant, layout):
+    """The re-layout is lossless and the matmul is the same: identical logits, so HF parity
+    holds exactly as in the f32 mode."""
+    ref = np.load(FIXTURES / f"{variant}.npz")
+    f32 = phijax.load(FIXTURES / f"{variant}.gguf", progress=False, layout=layout)
+    packed = phijax.load(
+        FIXTURES / f"{variant}.gguf", progress=False, layout=layout, quantized=True
+    )
+    layer = packed.params.layer(0)
+    assert isinstance(layer["qkv"], QuantArray) and layer["qkv"].values.dtype == jnp.int8
+    ids = ref["ids"].tolist()
+    np.testing.assert_array_equal(packed.logits(ids), f32.logits(ids))
+    assert_logits_close(packed.logits(ids), ref["logits"], packed.config)
+
+
+def test_smollm2_quantized_matches_f32(smollm2_model, smollm2_quantized):
+    ids = smollm2_model.tokenizer.encode("The quick brown fox jumps over the lazy dog. It was")
+    a, b = smollm2_quantized.logits(ids), smollm2_model.logits(ids)
+    assert np.abs(a - b).max() <= 2e-3 * np.ptp(b)  # the issue's bound; measured: 0 (same weights)
+    prompts = ["The capital of France is", "def fib(n):"]
+    kw = {"sampler": GREEDY, "max_new_tokens": 24}
+    assert (
+        smollm2_quantized.generate(prompts, **kw).tokens
+        == smollm2_model.generate(prompts, **kw).tokens
+    )
+
+
+def test_smollm2_quantized_memory(smollm2_quantized, smollm2_model):
+    packed = sum(x.nbytes for x in jax.tree.leaves(smollm2_quantized.params))
+    dense = sum(x.nbytes for x in jax.tree.leaves(smollm2_model.params))
+    n_weights = dense // 4
+    assert packed <= 1.5 * n_weights, packed / n_weights  # bytes per weight
+    assert packed <= 0.35 * dense
+
+
+def test_research_api_in_quantized_mode(smollm2_quantized, smollm2_model):
+    ids = smollm2_model.tokenizer.encode("Paris is the capital of")
+    got = smollm2_quantized.activations(ids, ["layers.5.mlp_out", "final"])
+    want = smollm2_model.activations(ids, ["layers.5.mlp_out", "final"])
+    for name in got:
+        np.testing.assert_array_equal(got[name], want[name])
+    vec = want["layers.5.mlp_out"].mean(0)
+    edited = smollm2_quantized.logits(ids, edits={"layers.5.resid_post": vec})
+    np.testing.assert_array_equal(
+        edited, smollm2_model.logits(ids, edits={"layers.5.resid_post": vec})
+    )
+
+    def logprob(params, e):
+        return jax.nn.log_softmax(phijax.forward(params, embeds=e)[-1])[ids[-1]]
+
+    grads = [
+        jax.grad(logprob, argnums=1)(m.params, m.embed(ids))
+        for m in (smollm2_quantized, smollm2_model)
+    ]
+    np.testing.assert_array_equal(*grads)
+
+
+LOAD_RSS = """
+import json, resource, sys, jax, jax.numpy as jnp, phijax
+jnp.zeros(1).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m = phijax.load(sys.argv[1], progress=False, quantized=sys.argv[2] == "1")
+jax.block_until_ready(jax.tree.leaves(m.params))
+print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024))
+"""
+
+
+@pytest.mark.slow
+def test_quantized_load_peak_rss(smollm2_gguf):
+    """The load's peak RSS (over the process's JAX baseline): packed vs f32. Measured on
+    SmolLM2: 267 MB vs 667 MB (0.40x); weights 165 MB vs 538 MB; the rest is the
+    tokenizer and compiled kernels, the same in both modes."""
+
+    def peak(quantized: bool) -> int:
+        args = [sys.executable, "-c", LOAD_RSS, str(smollm2_gguf), str(int(quantized))]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=240, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    packed, dense = peak(True), peak(False)
+    assert packed <= 0.45 * dense, (packed, dense)  # aim 0.4; room for allocator noise
