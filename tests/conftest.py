@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
+import jax
 import pytest
 from gguf import GGMLQuantizationType
 
@@ -63,3 +65,14 @@ def smollm2_model(smollm2_gguf):
     import phijax
 
     return phijax.load(smollm2_gguf, progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Drop JAX's in-memory executables after each test module. Every XLA:CPU executable
+    keeps memory maps of its code; hundreds of models and shapes in one process approach
+    the kernel's per-process map limit (vm.max_map_count, 65530), where LLVM fails inside
+    a compile. The persistent compilation cache makes recompiling cheap."""
+    yield
+    jax.clear_caches()
+    gc.collect()
