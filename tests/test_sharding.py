@@ -118,6 +118,11 @@ def test_one_device_mesh_equals_no_mesh():
 # -- 4 forced CPU devices, in a subprocess -----------------------------------------------
 
 
+# The 4-device subprocess compiles every mesh; from a cold compile cache that takes up to
+# ~10 min on 2 cores, past the suite's 300 s default.
+pytestmark = pytest.mark.timeout(1200)
+
+
 @pytest.fixture(scope="module")
 def on_four_devices(smollm2_gguf, tmp_path_factory):
     """Runs :func:`_worker` under 4 forced CPU devices; its JSON report and logits."""
