@@ -13,10 +13,12 @@ matrices Q4_K). About 2.4 GB, like the real file. Weights are random
 well-formed blocks, so the model computes garbage at the real cost; the encoded
 tensors are held once (about the file's size in memory) and freed as written.
 
-    python benchmarks/make_synthetic_phi3.py [OUT] [--layers N] [--seed S] [--vocab GGUF] [--force]
+    python benchmarks/make_synthetic_phi3.py [OUT] [--size mini|medium] [--layers N] [--seed S] [--vocab GGUF] [--force]
 
-``--layers`` shrinks the model for a smoke test (the default file name then
-says so). An existing file with the current header is kept unless ``--force``.
+``--size medium`` writes Phi-3-medium's shapes (14B parameters, 40 layers, hidden
+5120, 40 heads / 10 kv heads, ffn 17920; about 8.6 GB) in the same header format
+and type recipe. ``--layers`` shrinks the model for a smoke test (the default file
+name then says so). An existing file with the current header is kept unless ``--force``.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from pathlib import Path
 from phijax import pypi_models
 from phijax.config import Phi3Config
 from phijax.gguf import GGUFFile
-from phijax.gguf.synthetic import PHI3_MINI, PHI3_MINI_Q4_KEYS, write_phi3_mini_q4
+from phijax.gguf.synthetic import PHI3_MEDIUM, PHI3_MINI, PHI3_MINI_Q4_KEYS, write_phi3_mini_q4
 from phijax.pypi_models import cache_dir
 
+SIZES = {"mini": PHI3_MINI, "medium": PHI3_MEDIUM}
 
-def default_path(layers: int) -> Path:
-    suffix = "" if layers == PHI3_MINI.num_layers else f"-{layers}L"
-    return cache_dir() / "synthetic" / f"phi3-mini-synthetic-q4km{suffix}.gguf"
+
+def default_path(size: str, layers: int) -> Path:
+    suffix = "" if layers == SIZES[size].num_layers else f"-{layers}L"
+    return cache_dir() / "synthetic" / f"phi3-{size}-synthetic-q4km{suffix}.gguf"
 
 
 def main() -> None:
@@ -45,9 +49,8 @@ def main() -> None:
     parser.add_argument(
         "out", nargs="?", type=Path, help="output file (default: $PHIJAX_CACHE/synthetic/...)"
     )
-    parser.add_argument(
-        "--layers", type=int, default=PHI3_MINI.num_layers, help="layers (default 32)"
-    )
+    parser.add_argument("--size", choices=list(SIZES), default="mini", help="shapes (default mini)")
+    parser.add_argument("--layers", type=int, help="layers (default: the size's, 32 or 40)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--vocab",
@@ -57,8 +60,8 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="rewrite an existing file")
     args = parser.parse_args()
 
-    config = PHI3_MINI.replace(num_layers=args.layers)
-    out = (args.out or default_path(args.layers)).expanduser()
+    config = SIZES[args.size].replace(num_layers=args.layers or SIZES[args.size].num_layers)
+    out = (args.out or default_path(args.size, config.num_layers)).expanduser()
     if out.exists() and not args.force:
         if tuple(GGUFFile(out).metadata) == PHI3_MINI_Q4_KEYS:
             print(f"{out} exists ({out.stat().st_size / 1e9:.2f} GB); --force to rewrite it")

@@ -101,16 +101,49 @@ def _run(args: argparse.Namespace) -> int:
     from phijax.experiment import load_config, run, write_report
 
     config = load_config(args.config, args.set or ())
+    index, count = _distributed(args)
     if args.verify is not None:
         return _verify(args, config)
     results = run(
         config, output=args.output, base_dir=Path(args.config).parent, progress=not args.quiet
     )
-    table, written = write_report(results, plots=not args.no_plots)
-    print(f"\n{config.name}: {results}\n\n{table}")
+    if count > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("phijax run: every shard written")
+        if index != 0:
+            print(f"{config.name}: process {index} of {count} wrote {results}")
+            return 0
+    table, written = write_report(results.parent, plots=not args.no_plots)
+    print(f"\n{config.name}: {results.parent}\n\n{table}")
     if not args.quiet:
         print("wrote " + ", ".join(str(w) for w in written), file=sys.stderr)
     return 0
+
+
+def _distributed(args: argparse.Namespace) -> tuple[int, int]:
+    """Join a ``jax.distributed`` job when asked to; returns (process index, process count)."""
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if not args.distributed and all(v is None for v in given):
+        return 0, 1
+    if not args.distributed and any(v is None for v in given):
+        raise ConfigError(
+            "--coordinator, --num-processes and --process-id go together (or use --distributed "
+            "alone where a cluster environment, Slurm, Open MPI or Cloud TPU, provides them)."
+        )
+    import jax
+
+    # CPU processes exchange through gloo (the run's one collective is its closing barrier)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"jax.distributed.initialize failed: {e}") from e
+    return jax.process_index(), jax.process_count()
 
 
 def _verify(args: argparse.Namespace, config) -> int:
@@ -326,6 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="the draw of --verify (default: random, printed)",
     )
+    g = p.add_argument_group(
+        "multi-process (jax.distributed)",
+        "Run one process per host (or per GPU); each generates its share of the batches into "
+        "its own results shard, and process 0 writes the report once all are done. A rerun "
+        "resumes. See docs/scale.md.",
+    )
+    g.add_argument("--distributed", action="store_true",
+                   help="join the job described by the environment (Slurm, Open MPI, Cloud TPU)")  # fmt: skip
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address, the same for every process")  # fmt: skip
+    g.add_argument("--num-processes", type=int, default=None, metavar="N")
+    g.add_argument("--process-id", type=int, default=None, metavar="I", help="0 … N-1")
     p.set_defaults(run=_run)
 
     p = sub.add_parser(

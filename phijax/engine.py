@@ -600,7 +600,7 @@ def _weight_bytes(info, dtype, quantized: bool) -> int:
 
 
 def _available_memory() -> int | None:
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         limit = stats.get("bytes_limit")

@@ -43,7 +43,7 @@ def cpu_name() -> str:
 
 
 def _key(dtype, shape: tuple[int, int]) -> str:
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     return "|".join(
         [device.platform, device.device_kind, cpu_name(), jax.__version__, jnp.dtype(dtype).name]
         + [str(s) for s in shape]

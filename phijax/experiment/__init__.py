@@ -2,7 +2,7 @@
 reports with intervals and paired differences; ``verify`` regenerates stored rows."""
 
 from phijax.experiment.report import differences, summary, write_report
-from phijax.experiment.runner import judge, read_results, run
+from phijax.experiment.runner import judge, read_folder, read_results, run
 from phijax.experiment.schema import ExperimentConfig, load_config, parse_config
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "judge",
     "load_config",
     "parse_config",
+    "read_folder",
     "read_results",
     "run",
     "summary",

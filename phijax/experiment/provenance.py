@@ -46,7 +46,7 @@ def _version(name: str) -> str | None:
 def provenance(model: Any, config: ExperimentConfig, seeds: list[int]) -> dict[str, Any]:
     import jax
 
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config_hash": config.config_hash(),

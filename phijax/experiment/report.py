@@ -15,21 +15,24 @@ import numpy as np
 
 from phijax.errors import ConfigError
 from phijax.experiment import metrics, stats
-from phijax.experiment.runner import PROVENANCE, read_results
+from phijax.experiment.runner import PROVENANCE, read_folder, read_results, results_files
 from phijax.experiment.schema import METRICS, _suggest
 
 _SWEEP_LABEL = re.compile(r"^(?P<base>[^\[]+)\[(?P<point>.*)\]$")
 
 
-def _resolve(path: str | Path) -> Path:
+def _resolve(path: str | Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The results folder and its rows: a folder's files merged (every shard of a
+    multi-process run), or the one file given."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "samples.jsonl"
-    if not path.exists():
+    folder = path if path.is_dir() else path.parent
+    files = results_files(folder) if path.is_dir() else [path] if path.exists() else []
+    if not files:
         raise ConfigError(
-            f"{path}: no results here. Give a results folder or its samples.jsonl (phijax run writes them)."
+            f"{path}: no results here. Give a results folder or one of its samples*.jsonl files "
+            "(phijax run writes them)."
         )
-    return path
+    return folder, read_folder(folder) if path.is_dir() else read_results(path)
 
 
 def _groups(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -309,8 +312,8 @@ def _sweep_lines(
     return lines
 
 
-def _config_of(path: Path) -> dict[str, Any]:
-    prov = path.parent / PROVENANCE
+def _config_of(folder: Path) -> dict[str, Any]:
+    prov = folder / PROVENANCE
     return json.loads(prov.read_text()).get("config", {}) if prov.exists() else {}
 
 
@@ -321,15 +324,14 @@ def write_report(
     """Write ``report.md``, ``summary.csv`` (and with a baseline ``differences.csv``) and plots
     beside the results (or into ``out_dir``); returns the markdown tables and the files written.
     ``baseline``: a strategy to difference against (default: the config's ``baseline``)."""
-    path = _resolve(results)
-    rows = read_results(path)
+    folder, rows = _resolve(results)
     if not rows:
-        raise ConfigError(f"{path} has no complete rows yet.")
-    config = _config_of(path)
+        raise ConfigError(f"{results} has no complete rows yet.")
+    config = _config_of(folder)
     names = config.get("metrics") or METRICS
     baseline = baseline or config.get("baseline")
     table = summary(rows, names, n_boot=n_boot, seed=seed)
-    out = Path(out_dir) if out_dir else path.parent
+    out = Path(out_dir) if out_dir else folder
     out.mkdir(parents=True, exist_ok=True)
     md = markdown_table(table)
     written = [out / "report.md", out / "summary.csv"]
@@ -337,8 +339,8 @@ def write_report(
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    title = rows[0].get("experiment", path.parent.name)
-    doc = (f"# {title}\n\n{len(rows)} samples from `{path}`. Each cell: estimate [95% interval], a cluster "
+    title = rows[0].get("experiment", folder.name)
+    doc = (f"# {title}\n\n{len(rows)} samples from `{results}`. Each cell: estimate [95% interval], a cluster "
            f"bootstrap over prompts, then samples within a prompt ({n_boot} draws, seed {seed}).\n\n{md}")  # fmt: skip
     if baseline:
         diffs = differences(rows, baseline, names, n_boot=n_boot, seed=seed)

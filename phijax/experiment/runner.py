@@ -4,9 +4,14 @@ Results go to ``<output>/<name>/samples.jsonl``, one JSON object a line, one lin
 per sample, keyed by (strategy, prompt id, seed, sample index), with
 ``provenance.json`` beside it. Each batch's lines are written with one
 ``write`` and an ``fsync``; after a crash the last line may be cut, and a
-rerun drops it, skips every key already written and generates the rest: no
-duplicate and no lost rows, and (by the key rule) the same tokens a clean
-run would have produced.
+rerun drops it, skips every batch already written and generates the rest: no
+duplicate and no lost rows, and the same tokens a clean run would have produced
+(batches are formed from the whole plan, so a rerun's batches are the clean run's).
+
+Under ``jax.distributed`` (several processes, e.g. one per host) the batches are dealt
+out over the processes: process ``i`` of ``n`` generates every ``n``-th batch from the
+``i``-th into its own shard, ``samples-{i}-of-{n}.jsonl``. Readers merge every shard of a
+folder (:func:`read_folder`), so the rows, and their tokens, are those of one process.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from phijax.sampling import Sampler
 
 RESULTS = "samples.jsonl"
 PROVENANCE = "provenance.json"
+_SHARDS = "samples-*-of-*.jsonl"
 
 
 @dataclass(frozen=True)
@@ -66,18 +72,56 @@ def read_results(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def shard_name(index: int, count: int) -> str:
+    """The results file process ``index`` of ``count`` writes (``samples.jsonl`` alone)."""
+    return RESULTS if count == 1 else f"samples-{index}-of-{count}.jsonl"
+
+
+def results_files(out: Path) -> list[Path]:
+    """Every results file of a folder: ``samples.jsonl`` and the shards of multi-process runs."""
+    files = [out / RESULTS] if (out / RESULTS).exists() else []
+    return files + sorted(out.glob(_SHARDS))
+
+
+def read_folder(out: Path) -> list[dict[str, Any]]:
+    """The complete rows of every results file of a folder, merged; a row key found in two
+    files (two runs wrote the same folder at once) is an error naming both."""
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str, int, int], Path] = {}
+    for path in results_files(out):
+        for row in read_results(path):
+            key = _key(row)
+            if key in seen:
+                raise ConfigError(
+                    f"{path}: row {key} is also in {seen[key]}; two runs wrote {out} at once. "
+                    "Keep one of the files (or rerun into an empty --output)."
+                )
+            seen[key] = path
+            rows.append(row)
+    return rows
+
+
 def _key(row: dict[str, Any]) -> tuple[str, str, int, int]:
     return row["strategy"], row["prompt_id"], row["seed"], row["sample"]
 
 
-def _seeds(config: ExperimentConfig, out: Path) -> list[int]:
-    """The config's seeds; ``random`` draws one, recorded in provenance.json so a rerun resumes it."""
+def _seeds(config: ExperimentConfig, out: Path, processes: int) -> list[int]:
+    """The config's seeds; ``random`` draws one, recorded in provenance.json so a rerun resumes it
+    (with several processes, process 0's draw, sent to all)."""
     if config.seeds != "random":
         return list(config.seeds)
     previous = out / PROVENANCE
-    if previous.exists():
-        return json.loads(previous.read_text())["seeds"]
-    return [secrets.randbelow(2**31)]
+    seed = (
+        json.loads(previous.read_text())["seeds"][0]
+        if previous.exists()
+        else secrets.randbelow(2**31)
+    )
+    if processes > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        seed = int(multihost_utils.broadcast_one_to_all(np.int64(seed)))
+    return [seed]
 
 
 def plan(config: ExperimentConfig, seeds: list[int], base_dir: Path | None = None) -> list[Job]:
@@ -92,7 +136,7 @@ def plan(config: ExperimentConfig, seeds: list[int], base_dir: Path | None = Non
 
 def _batches(jobs: list[Job], samples: int, batch_size: int) -> Iterator[list[Job]]:
     """Jobs that can share a generate() call (same seed and stage order), at most
-    ``batch_size`` rows each."""
+    ``batch_size`` rows each, in plan order."""
     groups: dict[tuple[int, tuple[str, ...]], list[Job]] = {}
     for job in jobs:
         groups.setdefault((job.seed, job.sampler.order), []).append(job)
@@ -118,13 +162,18 @@ def run(
     base_dir: Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Generate every missing row of ``config``; returns the results file.
+    """Generate every missing row of ``config``; returns this process's results file.
 
     ``model``: an already loaded :class:`~phijax.Model` (else ``config.model`` is loaded).
+    Under ``jax.distributed`` each process generates its share of the batches into its own
+    shard (see the module docstring); call it in every process.
     """
+    import jax
+
+    index, count = jax.process_index(), jax.process_count()
     out = result_dir(config, output)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / RESULTS
+    results = out / shard_name(index, count)
     prov_path = out / PROVENANCE
     config_hash = config.config_hash()
     if prov_path.exists():
@@ -134,63 +183,82 @@ def run(
                 f"{out} holds results of another config (hash {previous.get('config_hash', '?')[:12]}, "
                 f"this one {config_hash[:12]}). Use another output folder (--output) or another name."
             )
-    seeds = _seeds(config, out)
+    seeds = _seeds(config, out, count)
     jobs = plan(config, seeds, base_dir)
-    done = {_key(r) for r in read_results(results, repair=True)}
+    read_results(results, repair=True)
+    done = {_key(r) for r in read_folder(out)}
+    mine = list(_batches(jobs, config.samples, config.batch_size))[index::count]
     todo = [
-        j
-        for j in jobs
-        if any((j.strategy, j.prompt.id, j.seed, s) not in done for s in range(config.samples))
-    ]
-    total = len(jobs) * config.samples
-    if not todo:
-        if config.judge is not None:
-            judge(config, results, model=model, progress=progress)
-        return results
-    if model is None:
-        model = _load(config.model, progress)
-    prov = provenance(model, config, seeds)
-    if not prov_path.exists():
-        tmp = prov_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(prov, indent=2))
-        tmp.replace(prov_path)
-    bar = tqdm(total=total, initial=total - len(todo) * config.samples, desc=config.name, unit="sample",
-               disable=None if progress else True)  # fmt: skip
-    for batch in _batches(todo, config.samples, config.batch_size):
-        prompts = [_prompt_text(model, j.prompt.text, config) for j in batch]
-        g = model.generate(
-            prompts, sampler=[j.sampler for j in batch], seed=batch[0].seed, num_samples=config.samples,
-            max_new_tokens=config.max_new_tokens, stop=config.stop,
-        )  # fmt: skip
-        rows = []
-        for r, (job, sample) in enumerate((j, s) for j in batch for s in range(config.samples)):
-            if (job.strategy, job.prompt.id, job.seed, sample) in done:
-                continue
-            rows.append(
-                {
-                    "experiment": config.name,
-                    "strategy": job.strategy,
-                    "prompt_id": job.prompt.id,
-                    "seed": job.seed,
-                    "sample": sample,
-                    "prompt": job.prompt.text,
-                    "text": g.texts[r],
-                    "tokens": g.tokens[r],
-                    "logprobs": [round(lp, 6) for lp in g.logprobs[r]],
-                    "finish_reason": g.finish_reasons[r],
-                    "timings": {k: round(v, 4) for k, v in g.timings.items()},
-                    "sampler": _sampler_dict(job.sampler),
-                    "config_hash": config_hash,
-                    "model_sha256": prov["model"]["sha256"],
-                    "phijax": prov["versions"]["phijax"],
-                }
-            )
-        _write(results, rows)
-        bar.update(len(rows))
-    bar.close()
+        batch
+        for batch in mine
+        if any((j.strategy, j.prompt.id, j.seed, s) not in done for j in batch for s in range(config.samples))
+    ]  # fmt: skip
+    if todo:
+        model = model if model is not None else _load(config.model, progress)
+        prov = provenance(model, config, seeds)
+        if index == 0 and not prov_path.exists():
+            tmp = prov_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(prov, indent=2))
+            tmp.replace(prov_path)
+        total = sum(len(b) for b in mine) * config.samples
+        left = sum(len(b) for b in todo) * config.samples
+        bar = tqdm(total=total, initial=total - left, desc=config.name if count == 1 else f"{config.name} [{index}/{count}]",
+                   unit="sample", disable=None if progress else True)  # fmt: skip
+        for batch in todo:
+            bar.update(_generate_batch(model, config, batch, done, prov, results))
+        bar.close()
     if config.judge is not None:
-        judge(config, results, model=model, progress=progress)
+        own = results.name
+        others = [
+            f
+            for f in results_files(out)
+            if f.name not in {shard_name(i, count) for i in range(count)}
+        ]
+        for path in [out / own, *others[index::count]]:
+            if path.exists():
+                judge(config, path, model=model, progress=progress)
     return results
+
+
+def _generate_batch(
+    model: Any,
+    config: ExperimentConfig,
+    batch: list[Job],
+    done: set,
+    prov: dict[str, Any],
+    results: Path,
+) -> int:
+    """Generate one batch and append its rows not yet ``done``; returns how many were written."""
+    prompts = [_prompt_text(model, j.prompt.text, config) for j in batch]
+    g = model.generate(
+        prompts, sampler=[j.sampler for j in batch], seed=batch[0].seed, num_samples=config.samples,
+        max_new_tokens=config.max_new_tokens, stop=config.stop,
+    )  # fmt: skip
+    rows = []
+    for r, (job, sample) in enumerate((j, s) for j in batch for s in range(config.samples)):
+        if (job.strategy, job.prompt.id, job.seed, sample) in done:
+            continue
+        rows.append(
+            {
+                "experiment": config.name,
+                "strategy": job.strategy,
+                "prompt_id": job.prompt.id,
+                "seed": job.seed,
+                "sample": sample,
+                "prompt": job.prompt.text,
+                "text": g.texts[r],
+                "tokens": g.tokens[r],
+                "logprobs": [round(lp, 6) for lp in g.logprobs[r]],
+                "finish_reason": g.finish_reasons[r],
+                "timings": {k: round(v, 4) for k, v in g.timings.items()},
+                "sampler": _sampler_dict(job.sampler),
+                "config_hash": config.config_hash(),
+                "model_sha256": prov["model"]["sha256"],
+                "phijax": prov["versions"]["phijax"],
+            }
+        )
+    _write(results, rows)
+    return len(rows)
 
 
 def _load(spec: ModelSpec, progress: bool) -> Any:
@@ -224,6 +292,8 @@ def judge(
     scores, and a row scored by another judge is scored again. ``model``: the generator, reused
     when the judge is the same model spec.
     """
+    import jax
+
     spec = config.judge
     if spec is None:
         return 0
@@ -239,7 +309,7 @@ def judge(
     sha = file_sha256(Path(judge_model.path))
     judge_id = f"{sha[:16]}:{'chat' if spec.chat else 'raw'}"
     prov_path = results.parent / PROVENANCE
-    if prov_path.exists():
+    if prov_path.exists() and jax.process_index() == 0:  # one writer
         prov = json.loads(prov_path.read_text())
         info = {
             "source": spec.source,

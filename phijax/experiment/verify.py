@@ -24,10 +24,9 @@ from phijax.errors import ConfigError
 from phijax.experiment.provenance import file_sha256
 from phijax.experiment.runner import (
     PROVENANCE,
-    RESULTS,
     _load,
     _prompt_text,
-    read_results,
+    read_folder,
     result_dir,
 )
 from phijax.experiment.schema import ExperimentConfig
@@ -73,7 +72,7 @@ def provenance_warnings(prov: dict[str, Any], model: Any) -> list[str]:
         then = prov.get("versions", {}).get(name)
         if then != version:
             out.append(f"{name} {then} made these rows, this is {version}")
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     then_dev = prov.get("device", {})
     if (then_dev.get("platform"), then_dev.get("kind")) != (device.platform, device.device_kind):
         out.append(f"rows made on {then_dev.get('platform')} {then_dev.get('kind')!r}, "
@@ -106,8 +105,8 @@ def verify(
     """Regenerate ``n`` stored rows (all of them if fewer), drawn with ``seed`` (random when
     None, recorded in the result), and compare their tokens."""
     out = result_dir(config, output)
-    results, prov_path = out / RESULTS, out / PROVENANCE
-    rows = read_results(results)
+    prov_path = out / PROVENANCE
+    rows = read_folder(out)
     if not rows or not prov_path.exists():
         raise ConfigError(f"{out}: no results to verify; run the config first (phijax run CONFIG).")
     prov = json.loads(prov_path.read_text())

@@ -256,6 +256,13 @@ PHI3_MINI = Phi3Config(
 )
 """Phi-3-mini-4k's shapes as its GGUF declares them (no sliding-window key)."""
 
+PHI3_MEDIUM = PHI3_MINI.replace(
+    hidden_size=5120, intermediate_size=17920, num_layers=40, num_heads=40, num_kv_heads=10,
+    head_dim=128, rotary_dim=128,
+)  # fmt: skip
+"""Phi-3-medium-4k's shapes (14B: 40 heads of 128 sharing 10 kv heads), in the mini file's
+header format: the same vocabulary, context and rope base."""
+
 # Test-sized Phi-3-mini: the real vocabulary and context, K-quant-friendly tiny dims
 # (K-quant rows must be multiples of 256), the real file's layer count.
 PHI3_MINI_TINY = PHI3_MINI.replace(

@@ -9,21 +9,19 @@ import numpy as np
 import pytest
 import yaml
 
-import phijax
 from phijax.cli import main
 from phijax.experiment import load_config, read_results, run, summary
 from phijax.experiment.provenance import file_sha256
 from phijax.experiment.runner import RESULTS, judge
 
 from processes import kill_midway
-
-TINY = Path(__file__).parents[1] / "fixtures" / "model" / "sliding_window.gguf"
+from rows import TINY_MODEL, keyed
 
 
 def _config(tmp_path: Path, name="jv", **changes) -> Path:
     raw = {
         "name": name,
-        "model": {"source": str(TINY)},
+        "model": {"source": str(TINY_MODEL)},
         "chat": False,
         "prompts": ["hello there", "a b c", "the end"],
         "strategies": {
@@ -41,15 +39,6 @@ def _config(tmp_path: Path, name="jv", **changes) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-def _keyed(rows):
-    return {(r["strategy"], r["prompt_id"], r["seed"], r["sample"]): r for r in rows}
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    return phijax.load(TINY, progress=False)
 
 
 def test_judge_scores_every_row(tmp_path, tiny_model, smollm2_model):
@@ -94,12 +83,12 @@ def test_judge_resumes_after_a_kill(tmp_path, tiny_model, smollm2_model):
     config = load_config(path)
     run(config, model=tiny_model, progress=False)
     after = read_results(results)
-    assert len(after) == 36 == len(_keyed(after)), "duplicates or lost rows"
+    assert len(after) == 36 == len(keyed(after)), "duplicates or lost rows"
     assert all("judge" in r for r in after)
     for r in judged:  # scores written before the kill are kept as they were
-        assert _keyed(after)[(r["strategy"], r["prompt_id"], r["seed"], r["sample"])] == r
+        assert keyed(after)[(r["strategy"], r["prompt_id"], r["seed"], r["sample"])] == r
     clean = run(config, model=tiny_model, output=tmp_path / "clean", progress=False)
-    ours, theirs = _keyed(after), _keyed(read_results(clean))
+    ours, theirs = keyed(after), keyed(read_results(clean))
     for k, r in ours.items():
         if r["judge_logprob"] is None:
             assert theirs[k]["judge_logprob"] is None

@@ -10,20 +10,18 @@ import jax
 import pytest
 import yaml
 
-import phijax
 from phijax.errors import ConfigError
 from phijax.experiment import load_config, read_results, run
 from phijax.experiment.runner import RESULTS
 
 from processes import kill_midway
-
-TINY = Path(__file__).parents[1] / "fixtures" / "model" / "sliding_window.gguf"
+from rows import TINY_MODEL, keyed
 
 
 def _config(tmp_path: Path, name="exp", **changes) -> Path:
     raw = {
         "name": name,
-        "model": {"source": str(TINY)},
+        "model": {"source": str(TINY_MODEL)},
         "chat": False,
         "prompts": ["hello there", "a b c", "the end", "once upon"],
         "strategies": {"greedy": {"temperature": 0}, "hot": {"temperature": 1.5}, "nucleus": {"top_p": 0.8},
@@ -40,20 +38,11 @@ def _config(tmp_path: Path, name="exp", **changes) -> Path:
     return path
 
 
-def _keyed(rows):
-    return {(r["strategy"], r["prompt_id"], r["seed"], r["sample"]): r for r in rows}
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    return phijax.load(TINY, progress=False)
-
-
 def test_rows_and_provenance(tmp_path, tiny_model):
     config = load_config(_config(tmp_path))
     results = run(config, model=tiny_model, progress=False)
     rows = read_results(results)
-    assert len(rows) == 4 * 4 * 2 * 2 == len(_keyed(rows))
+    assert len(rows) == 4 * 4 * 2 * 2 == len(keyed(rows))
     row = rows[0]
     for key in ("strategy", "prompt_id", "prompt", "seed", "sample", "tokens", "text", "logprobs",
                 "finish_reason", "timings", "sampler", "config_hash", "model_sha256", "phijax"):  # fmt: skip
@@ -67,7 +56,7 @@ def test_rows_and_provenance(tmp_path, tiny_model):
         and prov["seeds"] == [0, 1]
     )
     # a row is exactly what generate() gives for its key, alone
-    r = _keyed(rows)[("nucleus", "p2", 1, 1)]
+    r = keyed(rows)[("nucleus", "p2", 1, 1)]
     sampler = config.strategy_samplers()["nucleus"]
     g = tiny_model.generate("the end", sampler=sampler, seed=1, num_samples=2, max_new_tokens=12)
     assert g.tokens[1] == r["tokens"] and g.texts[1] == r["text"]
@@ -95,10 +84,10 @@ def test_resume_after_a_killed_run(tmp_path, tiny_model):
     config = load_config(path)
     run(config, model=tiny_model, progress=False)
     after = read_results(results)
-    assert len(after) == 64 == len(_keyed(after)), "duplicates or lost rows"
-    assert all(_keyed(after)[k] == r for k, r in _keyed(before).items())
+    assert len(after) == 64 == len(keyed(after)), "duplicates or lost rows"
+    assert all(keyed(after)[k] == r for k, r in keyed(before).items())
     clean = run(config, model=tiny_model, output=tmp_path / "clean", progress=False)
-    ours, theirs = _keyed(after), _keyed(read_results(clean))
+    ours, theirs = keyed(after), keyed(read_results(clean))
     assert {k: r["tokens"] for k, r in ours.items()} == {k: r["tokens"] for k, r in theirs.items()}
 
 
