@@ -34,17 +34,22 @@ Measured, in this order, and printed as one table:
   Python overhead of the binding is included), how many leading greedy tokens
   agree with phijax's, and ratios phijax ÷ llama.cpp. Skipped, with a note,
   when ``llama_cpp`` is not importable (use the reference environment).
-* ``--phi3 PATH`` (a file from ``benchmarks/make_synthetic_phi3.py``): phijax
-  load time and peak RSS, first-token latency of a 32-token prompt cold (first
-  call after loading: tracing and compiling, or reading the persistent cache)
-  and warm, batch-1 decode tok/s for 32 tokens; llama.cpp (``n_ctx=512``) on
-  the same file. phijax holds the weights in f32 on CPU (~15 GB for
-  Phi-3-mini); the load is refused up front when memory is short.
+* ``--modes`` (default ``f32 quantized bf16``): each weight mode of ``--model`` in its
+  own process (``bench_modes.py``): load time, the load's peak RSS, weights, first token,
+  decode at batch 1, 8 and 32, and teacher-forced top-1 agreement with f32 on a real
+  text, with every ratio against f32.
+* ``--phi3 PATH`` (a file from ``benchmarks/make_synthetic_phi3.py``): llama.cpp
+  (``n_ctx=512``: load time and peak RSS, first token of a 32-token prompt, batch-1
+  decode of 16 tokens), then each of ``--modes`` in its own process on the same file:
+  load time and the load's peak RSS (each against llama.cpp's), first token cold (first
+  call: tracing and compiling, or the persistent cache) and warm, decode at batch 1, 8 and
+  32 for 16 tokens (batch 1 against llama.cpp, every batch against f32). The f32 mode
+  needs ~16 GB; a mode that fails (memory) is reported as such.
 
 ``--quick`` shrinks every size and repetition for a smoke test (numbers are
 then meaningless).
 
-    python benchmarks/bench_model.py [--model SOURCE] [--phi3 PATH] [--reps N] [--no-llama] [--quick] [--markdown]
+    python benchmarks/bench_model.py [--model SOURCE] [--phi3 PATH] [--modes MODE ...] [--reps N] [--no-llama] [--quick] [--markdown]
 """
 
 from __future__ import annotations
@@ -62,11 +67,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import cpu_name, llama_cpp_version
+from _common import cpu_name, llama_cpp_version, print_table
+from bench_modes import MODES, mode_rows, real_text, run_mode, run_modes
 
 import phijax
 from phijax import Sampler, engine, hub, steps
-from phijax.errors import ContextLengthError, ResourceError
+from phijax.errors import ContextLengthError
 from phijax.gguf import GGUFFile
 
 GREEDY = Sampler.greedy()
@@ -369,7 +375,7 @@ class Sizes:
     phi3_new: int
 
 
-FULL = Sizes(((8192, 8192), (49152, 576)), 20, 256, 32, 100, (1, 8, 32), 256, 4096, 7, 4096, 32, 32)
+FULL = Sizes(((8192, 8192), (49152, 576)), 20, 256, 32, 100, (1, 8, 32), 256, 4096, 7, 4096, 32, 16)
 QUICK = Sizes(((1024, 1024), (4096, 576)), 3, 32, 16, 17, (1, 2), 256, 1024, 1, 512, 16, 16)
 
 
@@ -558,73 +564,54 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
     )
 
 
-def bench_phi3(path: Path, sizes: Sizes, reps: int, llama_cpp, table: Table) -> None:
+def bench_phi3(
+    path: Path, sizes: Sizes, reps: int, llama_cpp, table: Table, modes: list[str]
+) -> dict:
+    """Each weight mode of phijax (its own process) and llama.cpp on one synthetic Phi-3 file;
+    returns the modes' numbers for the modes table."""
     weight_bytes, main_type = f32_weight_bytes(path)
     table.section(f"--phi3 {path.name}")
     table.add("f32 weight bytes", gb(weight_bytes), note=f"mostly {main_type}")
-    prompt = None
-    ours: dict[str, float] = {}
-    gc.collect()
-    peak = PeakRSS().start()
-    start = time.perf_counter()
-    try:
-        model = phijax.load(path, progress=False)
-    except ResourceError as e:
-        table.add("phijax load", "skipped", note=str(e))
-        model = None
-    if model is not None:
-        ours["load_s"] = time.perf_counter() - start
-        ours["load_peak"] = peak.peak() - peak.before
-        prompt = random_prompts(model, 1, sizes.phi3_prompt, seed=5)[0]
-        ours["cold"] = model.generate(prompt, max_new_tokens=1, sampler=GREEDY).timings["prefill_s"]
-        ours["warm"] = statistics.median(
-            model.generate(prompt, max_new_tokens=1, sampler=GREEDY).timings["prefill_s"]
-            for _ in range(max(reps, 3))
-        )
-        new = sizes.phi3_new + 1
-        phijax_decode(model, prompt, min(new, engine.DECODE_STEPS + 1))  # warm-up: same shapes
-        run = phijax_decode(model, prompt, new)
-        ours["decode"] = run.tok_s
-        ours["decode_note"] = f"{run.tokens} tokens, {run.steps} steps, 1 timed run"
-        ours["tokens"] = run.ids[0]
-        ours["whole_peak"] = peak.peak() - peak.before
-        del model
-        gc.collect()
     theirs: dict[str, float] = {}
     if llama_cpp is not None:
-        rng = np.random.default_rng(5)
-        prompt = prompt or rng.integers(259, 32000, sizes.phi3_prompt).tolist()
+        prompt = np.random.default_rng(5).integers(259, 32000, sizes.phi3_prompt).tolist()
         llm, lpeak, theirs["load_s"], theirs["load_peak"] = llama_load(llama_cpp, path, 512)
-        theirs["cold"] = llama_prefill(llm, prompt)
-        theirs["warm"] = statistics.median(llama_prefill(llm, prompt) for _ in range(max(reps, 3)))
-        _, decode_s, tokens = llama_generate(llm, prompt, sizes.phi3_new)
-        theirs["decode"] = sizes.phi3_new / decode_s
-        theirs["tokens"] = tokens
-        theirs["whole_peak"] = lpeak.peak() - lpeak.before
+        theirs["first_cold"] = llama_prefill(llm, prompt)
+        theirs["first_warm"] = statistics.median(
+            llama_prefill(llm, prompt) for _ in range(max(reps, 3))
+        )
+        _, decode_s, _ = llama_generate(llm, prompt, sizes.phi3_new)
+        theirs["decode_b1"] = sizes.phi3_new / decode_s
+        theirs["peak"] = lpeak.peak() - lpeak.before
         llm.close()
         del llm
-    table.add("load time", *_pair(ours, theirs, "load_s", lambda v: f"{v:.1f} s"))
-    table.add("peak RSS delta, load", *_pair(ours, theirs, "load_peak", gb), peak.method)
-    table.add(
-        f"first token, {sizes.phi3_prompt}-token prompt, cold",
-        *_pair(ours, theirs, "cold", lambda v: f"{v:.2f} s"),
-        "first call after load (phijax: tracing + compiling or the persistent cache)",
-    )
-    table.add(
-        f"first token, {sizes.phi3_prompt}-token prompt, warm",
-        *_pair(ours, theirs, "warm", lambda v: f"{v:.2f} s"),
-        f"median of {max(reps, 3)}",
-    )
-    table.add(
-        f"decode batch 1, {sizes.phi3_new} tokens",
-        *_pair(ours, theirs, "decode", lambda v: f"{v:.2f} tok/s"),
-        ours.get("decode_note", ""),
-    )
-    table.add(
-        "peak RSS delta, load + all runs",
-        *_pair(ours, theirs, "whole_peak", gb),
-        "llama.cpp n_ctx 512" if theirs else "",
-    )
+        gc.collect()
+    results = {}
+    for mode in modes:
+        try:
+            results[mode] = run_mode(path, mode, batches=sizes.batches, new=sizes.phi3_new,
+                                     prompt=sizes.phi3_prompt, reps=reps, text=None)  # fmt: skip
+        except RuntimeError as e:
+            table.add(f"{mode}: phijax", "failed", note=str(e).splitlines()[0][:200])
+    base = results.get("f32", {})
+    for mode, ours in results.items():
+        table.add(f"{mode}: load time", *_pair(ours, theirs, "load_s", lambda v: f"{v:.1f} s"),
+                  "fresh process each; file in the page cache")  # fmt: skip
+        table.add(f"{mode}: peak RSS delta, load", *_pair(ours, theirs, "load_peak", gb),
+                  "VmHWM - VmRSS after JAX started")  # fmt: skip
+        table.add(f"{mode}: first token, {sizes.phi3_prompt}-token prompt, cold",
+                  *_pair(ours, theirs, "first_cold", lambda v: f"{v:.2f} s"),
+                  "first call after load (phijax: tracing + compiling or the persistent cache)")  # fmt: skip
+        table.add(f"{mode}: first token, warm", *_pair(ours, theirs, "first_warm", lambda v: f"{v:.2f} s"),
+                  f"median of {max(reps, 3)}")  # fmt: skip
+        for b in sizes.batches:
+            key = f"decode_b{b}"
+            vs_f32 = f"{ours[key] / base[key]:.2f}x f32" if base and mode != "f32" else ""
+            table.add(f"{mode}: decode batch {b}, {sizes.phi3_new} tokens",
+                      *_pair(ours, theirs if b == 1 else {}, key, lambda v: f"{v:.2f} tok/s"), vs_f32)  # fmt: skip
+        table.add(f"{mode}: peak RSS delta, load + all runs", *_pair(ours, theirs, "peak", gb),
+                  "llama.cpp n_ctx 512" if theirs else "")  # fmt: skip
+    return results
 
 
 def _pair(ours: dict, theirs: dict, key: str, fmt) -> tuple[str | None, str | None, str | None]:
@@ -643,6 +630,8 @@ def main() -> None:
     parser.add_argument(
         "--reps", type=int, default=3, help="timed runs per decode figure (default 3)"
     )
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES),
+                        help="weight modes to compare, each in its own process (default: all; none: skip)")  # fmt: skip
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one rep: a smoke test")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
@@ -663,8 +652,19 @@ def main() -> None:
     started = time.perf_counter()
     table = Table()
     bench_engine(args.model, sizes, reps, llama_cpp, table)
+    mode_tables = []
+    if args.modes:
+        results = run_modes(args.model, args.modes, batches=sizes.batches, new=sizes.new_tokens,
+                            prompt=sizes.prefill_len, reps=reps, text=real_text())  # fmt: skip
+        rows = mode_rows(results, sizes.batches, sizes.prefill_len, sizes.new_tokens)
+        mode_tables.append((args.model, list(results), rows))
     if args.phi3:
-        bench_phi3(args.phi3.expanduser(), sizes, reps, llama_cpp, table)
+        results = bench_phi3(
+            args.phi3.expanduser(), sizes, reps, llama_cpp, table, args.modes or ["f32"]
+        )
+        if results:
+            rows = mode_rows(results, sizes.batches, sizes.phi3_prompt, sizes.phi3_new)
+            mode_tables.append((args.phi3.name, list(results), rows))
 
     for line in machine_lines():
         print(line)
@@ -674,6 +674,9 @@ def main() -> None:
         print("--quick: smoke-test sizes, numbers are meaningless")
     print(f"ratio columns: phijax / llama.cpp; total run {time.perf_counter() - started:.0f} s")
     table.print(args.markdown)
+    for name, modes, rows in mode_tables:
+        print(f"\nweight modes, {name} (each in its own process; ratios against f32)")
+        print_table(["metric", *modes, "note"], rows, args.markdown)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Weight modes side by side: f32, quantized=True and bf16 on this machine, one model.
 
-Each mode runs in its own process (so peak RSS is its own): the load's peak RSS
-over the process's JAX baseline, the weights' bytes, prefill of a 256-token
-prompt, and decode of 64 new tokens at batch 1, 8 and 32 (medians), with every
-ratio against f32 printed in the same run.
+Each mode runs in a fresh process, so its memory is its own: load time, the load's
+peak RSS over the process's RSS after JAX started (``VmHWM - VmRSS``), the weights'
+bytes, the first token of a ``--prompt``-token prompt (cold: tracing and compiling or the
+persistent cache; warm: median), decode tok/s at each ``--batch`` for ``--new`` tokens
+(median of ``--reps`` after one untimed run), and with ``--text`` the teacher-forced
+top-1 token at every position of a real text, compared with f32's. Every ratio against
+f32 is printed in the same run. ``bench_model.py --modes`` runs the same measurement.
 
     python benchmarks/bench_modes.py --markdown                 # SmolLM2 from PyPI
-    python benchmarks/bench_modes.py --model PATH.gguf --batch 1 8
+    python benchmarks/bench_modes.py --model PATH.gguf --batch 1 8 --new 16 --reps 1
 """
 
 from __future__ import annotations
@@ -15,49 +18,106 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from _common import cpu_name, print_table
 
 ONE_MODE = """
-import json, resource, sys, jax, jax.numpy as jnp, numpy as np, phijax
+import json, sys, time
+import jax, jax.numpy as jnp, numpy as np, phijax
 from phijax import Sampler
-source, kwargs, batches, reps = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+spec = json.loads(sys.argv[1])
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
 jnp.zeros(1).block_until_ready()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-m = phijax.load(source, progress=False, **kwargs)
+base = status("VmRSS")
+start = time.perf_counter()
+m = phijax.load(spec["source"], progress=False, **spec["kwargs"])
 jax.block_until_ready(jax.tree.leaves(m.params))
-out = {"load_peak": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024,
+out = {"load_s": time.perf_counter() - start, "load_peak": status("VmHWM") - base,
        "weights": sum(x.nbytes for x in jax.tree.leaves(m.params))}
 rng = np.random.default_rng(0)
 vocab = m.config.vocab_size
-prompt = rng.integers(100, vocab - 100, 256).tolist()
-m.generate(prompt, max_new_tokens=1, sampler=Sampler.greedy())
-out["prefill"] = float(np.median([m.generate(prompt, max_new_tokens=1, sampler=Sampler.greedy())
-                                  .timings["prefill_tok_s"] for _ in range(reps)]))
-for b in batches:
+greedy = Sampler.greedy()
+prompt = rng.integers(100, vocab - 100, spec["prompt"]).tolist()
+out["first_cold"] = m.generate(prompt, max_new_tokens=1, sampler=greedy).timings["prefill_s"]
+out["first_warm"] = float(np.median([m.generate(prompt, max_new_tokens=1, sampler=greedy)
+                                     .timings["prefill_s"] for _ in range(max(spec["reps"], 3))]))
+for b in spec["batches"]:
     prompts = [rng.integers(100, vocab - 100, 20).tolist() for _ in range(b)]
-    kw = {"max_new_tokens": 65, "sampler": Sampler(temperature=1.0)}
+    kw = {"max_new_tokens": spec["new"] + 1, "sampler": Sampler(temperature=1.0)}
     m.generate(prompts, **kw)
     out[f"decode_b{b}"] = float(np.median([m.generate(prompts, **kw).timings["decode_tok_s"]
-                                          for _ in range(reps)]))
+                                          for _ in range(spec["reps"])]))
+if spec["text"]:
+    ids = m.tokenizer.encode(spec["text"])[: min(512, m.config.context_length)]
+    out["top1"] = np.asarray(m.logits(ids)).argmax(-1).tolist()
+out["peak"] = status("VmHWM") - base
 print(json.dumps(out))
 """
 
 MODES = {"f32": {}, "quantized": {"quantized": True}, "bf16": {"dtype": "bfloat16"}}
+REAL_TEXT = Path(__file__).parents[1] / "docs" / "sampling.md"
 
 
-def run_mode(source: str, kwargs: dict, batches: list[int], reps: int) -> dict[str, float]:
-    args = [
-        sys.executable,
-        "-c",
-        ONE_MODE,
-        source,
-        json.dumps(kwargs),
-        json.dumps(batches),
-        str(reps),
-    ]
-    proc = subprocess.run(args, capture_output=True, text=True, check=True)
+def run_mode(source: str, mode: str, *, batches, new: int, prompt: int, reps: int,
+             text: str | None) -> dict:  # fmt: skip
+    """One mode's numbers, measured in a fresh process."""
+    spec = {"source": str(source), "kwargs": MODES[mode], "batches": list(batches), "new": new,
+            "prompt": prompt, "reps": reps, "text": text}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", ONE_MODE, json.dumps(spec)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        why = " (SIGKILL: out of memory?)" if proc.returncode == -9 else ""
+        raise RuntimeError(f"mode {mode} exited with {proc.returncode}{why}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_modes(source: str, modes, **kwargs) -> dict[str, dict]:
+    """:func:`run_mode` for each of ``modes``, one after another."""
+    return {mode: run_mode(source, mode, **kwargs) for mode in modes}
+
+
+def mode_rows(results: dict[str, dict], batches, prompt: int, new: int) -> list[list[str]]:
+    """Table rows: each metric per mode, with its ratio against f32 where f32 ran."""
+    base = results.get("f32")
+    metrics = [
+        ("load_s", "load (s)", 1.0, False),
+        ("load_peak", "load peak RSS over JAX (MB)", 1e-6, False),
+        ("peak", "peak RSS, whole run (MB)", 1e-6, False),
+        ("weights", "weights (MB)", 1e-6, False),
+        ("first_cold", f"first token, {prompt}-token prompt, cold (s)", 1.0, False),
+        ("first_warm", f"first token, {prompt}-token prompt, warm (s)", 1.0, False),
+    ]
+    metrics += [
+        (f"decode_b{b}", f"decode batch {b}, {new} tokens (tok/s)", 1.0, True) for b in batches
+    ]
+    rows = []
+    for key, label, scale, faster_is_higher in metrics:
+        row = [label]
+        for mode, r in results.items():
+            value = r[key]
+            ratio = ""
+            if base and mode != "f32" and base[key]:
+                ratio = f" ({value / base[key]:.2f}x)"
+            row.append(f"{value * scale:.{1 if value * scale >= 10 else 2}f}{ratio}")
+        rows.append(row + (["higher is better"] if faster_is_higher else [""]))
+    if base and "top1" in base:
+        row = ["top-1 = f32's, real text"]
+        for r in results.values():
+            same = sum(a == b for a, b in zip(r["top1"], base["top1"], strict=True))
+            row.append(f"{same / len(base['top1']):.1%} of {len(base['top1'])}")
+        rows.append([*row, "teacher-forced"])
+    return rows
+
+
+def real_text(tokens_max: int = 512) -> str:
+    """A real English text (this repo's sampling doc), cut to about ``tokens_max`` words."""
+    return " ".join(REAL_TEXT.read_text().split()[:tokens_max])
 
 
 def main() -> None:
@@ -65,26 +125,18 @@ def main() -> None:
     parser.add_argument("--model", default="pypi:smollm2")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--new", type=int, default=64, help="decode tokens per run (default 64)")
+    parser.add_argument("--prompt", type=int, default=256, help="prompt tokens (default 256)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--no-text", action="store_true", help="skip the top-1 agreement")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     print(f"# {cpu_name()}; {args.model}")
-    results = {
-        mode: run_mode(args.model, MODES[mode], args.batch, args.reps) for mode in args.modes
-    }
-    base = results.get("f32")
-    metrics = [("load_peak", "load peak RSS (MB)", 1e-6), ("weights", "weights (MB)", 1e-6)]
-    metrics += [("prefill", "prefill 256 (tok/s)", 1.0)]
-    metrics += [(f"decode_b{b}", f"decode batch {b} (tok/s)", 1.0) for b in args.batch]
-    rows = []
-    for key, label, scale in metrics:
-        row = [label]
-        for mode in args.modes:
-            value = results[mode][key]
-            ratio = f" ({value / base[key]:.2f}x)" if base and mode != "f32" else ""
-            row.append(f"{value * scale:.1f}{ratio}")
-        rows.append(row)
-    print_table(["metric", *args.modes], rows, args.markdown)
+    text = None if args.no_text else real_text()
+    results = run_modes(args.model, args.modes, batches=args.batch, new=args.new,
+                        prompt=args.prompt, reps=args.reps, text=text)  # fmt: skip
+    rows = mode_rows(results, args.batch, args.prompt, args.new)
+    print_table(["metric", *results, "note"], rows, args.markdown)
 
 
 if __name__ == "__main__":

@@ -93,15 +93,16 @@ def decode(
     top_n: int,
     edit_fns: hk.EditFns = (),
 ):
-    """``steps`` sampled steps from the last tokens ``[batch]`` in one ``fori_loop``. A row
-    stops at a stop id or after ``budget [batch]`` more tokens. Returns tokens (-1 once
-    done), logprobs, top alternatives ``[batch, steps(, top_n)]``, stop flags, the cache
-    and the sampler state."""
+    """Up to ``steps`` sampled steps from the last tokens ``[batch]`` in one ``while_loop``,
+    which ends early once every row is done (a stop id, or ``budget [batch]`` more tokens
+    taken), so a short request or an early stop costs no forward passes past its end.
+    Returns tokens (-1 once done), logprobs, top alternatives ``[batch, steps(, top_n)]``,
+    stop flags, the cache and the sampler state."""
     b = tokens.shape[0]
     hooks = hk.Hooks(edit_arrays, edit_fns)
 
-    def step(t, carry):
-        cache, sstate, tok, done, out = carry
+    def step(carry):
+        t, cache, sstate, tok, done, out = carry
         pos = cache.lengths
         live = ~done
         kv_len = jnp.where(live, pos + 1, pos)
@@ -130,7 +131,11 @@ def decode(
             out[3].at[:, t].set(alt_lp),
         )
         done = done | jnp.isin(nxt, stop_ids) | (t + 1 >= budget)
-        return cache, sstate, nxt, done, out
+        return t + 1, cache, sstate, nxt, done, out
+
+    def more(carry):
+        t, *_, done, _ = carry
+        return (t < steps) & ~jnp.all(done)
 
     out = (
         jnp.full((b, steps), -1, jnp.int32),
@@ -138,8 +143,8 @@ def decode(
         jnp.zeros((b, steps, top_n), jnp.int32),
         jnp.zeros((b, steps, top_n), jnp.float32),
     )
-    carry = (cache, sstate, tokens, done, out)
-    cache, sstate, _, done, out = jax.lax.fori_loop(0, steps, step, carry)
+    carry = (jnp.int32(0), cache, sstate, tokens, done, out)
+    _, cache, sstate, _, done, out = jax.lax.while_loop(more, step, carry)
     return (*out, done, cache, sstate)
 
 

@@ -13,35 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from phijax.errors import ConfigError
 from phijax.experiment import load_config, read_folder, read_results, run
 from phijax.experiment.runner import RESULTS, results_files
 
-from rows import TINY_MODEL, keyed
+from rows import experiment_config, keyed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-def _config(tmp_path: Path, **changes) -> Path:
-    raw = {
-        "name": "dist",
-        "model": {"source": str(TINY_MODEL)},
-        "chat": False,
-        "prompts": ["hello there", "a b c", "the end", "once upon"],
-        "strategies": {"greedy": {"temperature": 0}, "hot": {"temperature": 1.5}, "nucleus": {"top_p": 0.8},
-                       "seedlike": {"order": "candle", "repetition_penalty": 1.2}},
-        "samples": 2,
-        "seeds": [0, 1],
-        "max_new_tokens": 12,
-        "batch_size": 4,
-        "output": str(tmp_path / "results"),
-        **changes,
-    }  # fmt: skip
-    path = tmp_path / "dist.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def _free_port() -> int:
@@ -82,7 +61,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
 
 
 def test_two_processes_write_the_rows_of_one(tmp_path, tiny_model):
-    path = _config(tmp_path)
+    path = experiment_config(tmp_path, "dist")
     config = load_config(path)
     outs = _finish(_launch(path))
     folder = tmp_path / "results" / "dist"
@@ -107,7 +86,9 @@ def test_two_processes_write_the_rows_of_one(tmp_path, tiny_model):
 
 
 def test_a_killed_job_resumes_without_lost_or_duplicated_rows(tmp_path, tiny_model):
-    path = _config(tmp_path, batch_size=2, max_new_tokens=64)  # 32 batches: caught midway
+    path = experiment_config(
+        tmp_path, "dist", batch_size=2, max_new_tokens=64
+    )  # 32 batches: caught midway
     folder = tmp_path / "results" / "dist"
     procs = _launch(path)
     shard = folder / "samples-1-of-2.jsonl"
@@ -137,7 +118,7 @@ def test_a_killed_job_resumes_without_lost_or_duplicated_rows(tmp_path, tiny_mod
 
 
 def test_rows_written_twice_are_refused_by_name(tmp_path, tiny_model):
-    config = load_config(_config(tmp_path, max_new_tokens=4))
+    config = load_config(experiment_config(tmp_path, "dist", max_new_tokens=4))
     first = run(config, model=tiny_model, progress=False)
     (first.parent / "samples-1-of-2.jsonl").write_bytes(first.read_bytes().splitlines(True)[0])
     with pytest.raises(
@@ -149,4 +130,6 @@ def test_rows_written_twice_are_refused_by_name(tmp_path, tiny_model):
 def test_coordinator_flags_go_together(tmp_path):
     from phijax.cli import main
 
-    assert main(["run", str(_config(tmp_path)), "--coordinator", "127.0.0.1:1"]) == 2
+    assert (
+        main(["run", str(experiment_config(tmp_path, "dist")), "--coordinator", "127.0.0.1:1"]) == 2
+    )

@@ -8,38 +8,17 @@ from pathlib import Path
 
 import jax
 import pytest
-import yaml
 
 from phijax.errors import ConfigError
 from phijax.experiment import load_config, read_results, run
 from phijax.experiment.runner import RESULTS
 
 from processes import kill_midway
-from rows import TINY_MODEL, keyed
-
-
-def _config(tmp_path: Path, name="exp", **changes) -> Path:
-    raw = {
-        "name": name,
-        "model": {"source": str(TINY_MODEL)},
-        "chat": False,
-        "prompts": ["hello there", "a b c", "the end", "once upon"],
-        "strategies": {"greedy": {"temperature": 0}, "hot": {"temperature": 1.5}, "nucleus": {"top_p": 0.8},
-                       "seedlike": {"order": "candle", "repetition_penalty": 1.2}},
-        "samples": 2,
-        "seeds": [0, 1],
-        "max_new_tokens": 12,
-        "batch_size": 4,
-        "output": str(tmp_path / "results"),
-        **changes,
-    }  # fmt: skip
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+from rows import experiment_config, keyed
 
 
 def test_rows_and_provenance(tmp_path, tiny_model):
-    config = load_config(_config(tmp_path))
+    config = load_config(experiment_config(tmp_path))
     results = run(config, model=tiny_model, progress=False)
     rows = read_results(results)
     assert len(rows) == 4 * 4 * 2 * 2 == len(keyed(rows))
@@ -67,14 +46,22 @@ def test_rows_and_provenance(tmp_path, tiny_model):
 
 
 def test_a_results_folder_of_another_config_is_refused(tmp_path, tiny_model):
-    run(load_config(_config(tmp_path, max_new_tokens=4)), model=tiny_model, progress=False)
+    run(
+        load_config(experiment_config(tmp_path, max_new_tokens=4)), model=tiny_model, progress=False
+    )
     with pytest.raises(ConfigError, match="holds results of another config"):
-        run(load_config(_config(tmp_path, max_new_tokens=5)), model=tiny_model, progress=False)
+        run(
+            load_config(experiment_config(tmp_path, max_new_tokens=5)),
+            model=tiny_model,
+            progress=False,
+        )
 
 
 @pytest.mark.slow
 def test_resume_after_a_killed_run(tmp_path, tiny_model):
-    path = _config(tmp_path, batch_size=2, max_new_tokens=64)  # long enough to be caught midway
+    path = experiment_config(
+        tmp_path, batch_size=2, max_new_tokens=64
+    )  # long enough to be caught midway
     results = tmp_path / "results" / "exp" / RESULTS
     kill_midway(path, results, lambda data: data.count(b"\n") >= 3)
     before = read_results(results)
@@ -156,7 +143,7 @@ def test_frontier_config_draws_the_frontier(tmp_path, capsys):
 def test_cli_config_errors_are_one_line(tmp_path, capsys):
     from phijax.cli import main
 
-    path = _config(tmp_path)
+    path = experiment_config(tmp_path)
     assert main(["run", str(path), "--set", "sampler.top_p=7"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("phijax: error: ") and "top_p = 7" in err and "\n" not in err

@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import phijax
 from phijax import Sampler
+
+from tracing import step_calls
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "model"
 TINY = sorted(p.stem for p in FIXTURES.glob("*.gguf"))
@@ -122,3 +126,19 @@ def test_smollm2_bf16_greedy_agrees_with_f32(smollm2_bf16, smollm2_model):
         agreed += first
     total = sum(len(b) for b in f32)
     assert agreed / total >= 0.85, (agreed, total, bf16, f32)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the f32 cache is XLA:CPU's rule")
+def test_bf16_decode_on_cpu_never_converts_the_whole_cache(smollm2_bf16):
+    """XLA:CPU updates a bf16 cache by converting the whole stacked buffer to f32 and back in
+    every layer (60 such converts per SmolLM2 step, 3x slower decode on Phi-3-mini), so on
+    CPU the cache is f32 whatever the weights; the compiled step converts no cache-sized
+    array."""
+    c = smollm2_bf16.config
+    with step_calls("decode") as compiled:
+        smollm2_bf16.generate(["Hello there"] * 4, max_new_tokens=3, sampler=Sampler.greedy())
+        hlo = compiled("decode").as_text()
+    cache_like = re.compile(
+        rf"= \w+\[{c.num_layers},\d+,\d+,{c.num_kv_heads},{c.head_dim}\]\S* convert\("
+    )
+    assert not cache_like.findall(hlo)
