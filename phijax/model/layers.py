@@ -100,12 +100,10 @@ def attention_block(
         keys = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)[:, : ctx.attend_len]
         values = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)[:, : ctx.attend_len]
         cache = LayerCache(k_all, v_all, i)
-    # in the cache's dtype: f32 on CPU, whose bf16 batched products are slow (engine.cache_dtype)
     out, weights = attention(
-        q.astype(keys.dtype), keys, values, ctx.mask, return_weights=return_weights
+        q, keys.astype(x.dtype), values.astype(x.dtype), ctx.mask, return_weights=return_weights
     )
-    out = out.astype(x.dtype).reshape(b, s, q_size)
-    return linear(out, p["o_proj"]).astype(x.dtype), cache, weights
+    return linear(out.reshape(b, s, q_size), p["o_proj"]).astype(x.dtype), cache, weights
 
 
 def mlp_block(p: dict[str, jax.Array], x: jax.Array, config: Phi3Config) -> jax.Array:
