@@ -83,13 +83,14 @@ def results_files(out: Path) -> list[Path]:
     return files + sorted(out.glob(_SHARDS))
 
 
-def read_folder(out: Path) -> list[dict[str, Any]]:
+def read_folder(out: Path, *, repair: Path | None = None) -> list[dict[str, Any]]:
     """The complete rows of every results file of a folder, merged; a row key found in two
-    files (two runs wrote the same folder at once) is an error naming both."""
+    files (two runs wrote the same folder at once) is an error naming both. ``repair``: the
+    one file (this process's) whose cut last line is cut off, as in :func:`read_results`."""
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[str, str, int, int], Path] = {}
     for path in results_files(out):
-        for row in read_results(path):
+        for row in read_results(path, repair=path == repair):
             key = _key(row)
             if key in seen:
                 raise ConfigError(
@@ -185,8 +186,7 @@ def run(
             )
     seeds = _seeds(config, out, count)
     jobs = plan(config, seeds, base_dir)
-    read_results(results, repair=True)
-    done = {_key(r) for r in read_folder(out)}
+    done = {_key(r) for r in read_folder(out, repair=results)}
     mine = list(_batches(jobs, config.samples, config.batch_size))[index::count]
     todo = [
         batch
@@ -207,14 +207,10 @@ def run(
         for batch in todo:
             bar.update(_generate_batch(model, config, batch, done, prov, results))
         bar.close()
-    if config.judge is not None:
-        own = results.name
-        others = [
-            f
-            for f in results_files(out)
-            if f.name not in {shard_name(i, count) for i in range(count)}
-        ]
-        for path in [out / own, *others[index::count]]:
+    if config.judge is not None:  # this process's shard, and a share of earlier runs' files
+        current = {shard_name(i, count) for i in range(count)}
+        others = [f for f in results_files(out) if f.name not in current]
+        for path in [results, *others[index::count]]:
             if path.exists():
                 judge(config, path, model=model, progress=progress)
     return results
@@ -252,7 +248,7 @@ def _generate_batch(
                 "finish_reason": g.finish_reasons[r],
                 "timings": {k: round(v, 4) for k, v in g.timings.items()},
                 "sampler": _sampler_dict(job.sampler),
-                "config_hash": config.config_hash(),
+                "config_hash": prov["config_hash"],
                 "model_sha256": prov["model"]["sha256"],
                 "phijax": prov["versions"]["phijax"],
             }
