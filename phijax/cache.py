@@ -13,9 +13,12 @@ from phijax.config import Phi3Config
 @jax.tree_util.register_dataclass
 @dataclass
 class KVCache:
-    """k, v ``[layers, batch, max_seq, kv_heads, head_dim]``; lengths int32 ``[batch]``
+    """k, v ``[layers, batch, kv_heads, max_seq, head_dim]``; lengths int32 ``[batch]``
     (how many positions of each row are filled). Donated to every step so XLA
-    updates it in place; rows of different lengths share the batch."""
+    updates it in place; rows of different lengths share the batch. Heads come before
+    positions so attention reads each head's keys in place: in the order
+    ``[batch, max_seq, kv_heads, ...]`` XLA:CPU transposed the attended cache in every
+    layer of every step (3.5x the attention time, ``benchmarks/bench_products.py``)."""
 
     k: jax.Array
     v: jax.Array
@@ -23,7 +26,7 @@ class KVCache:
 
     @classmethod
     def create(cls, config: Phi3Config, batch: int, max_seq: int, dtype=jnp.float32) -> KVCache:
-        shape = (config.num_layers, batch, max_seq, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, batch, config.num_kv_heads, max_seq, config.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
     @property
@@ -32,7 +35,7 @@ class KVCache:
 
     @property
     def max_seq(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     @staticmethod
     def bytes_for(config: Phi3Config, batch: int, max_seq: int, dtype=jnp.float32) -> int:

@@ -35,6 +35,7 @@ from phijax.generation import Generation, RowOutput
 from phijax.gguf.reader import GGUFFile
 from phijax.gguf.relayout import QUANTIZED_TYPES
 from phijax.gguf.weights import load_weights
+from phijax.model.attention import kv_dtype
 from phijax.model.forward import embed
 from phijax.model.hooks import EditFns, all_names, check_broadcast, check_name, split_edits
 from phijax.model.phi3 import LAYOUTS, Phi3
@@ -65,14 +66,6 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
 def default_dtype() -> Any:
     """f32 on CPU (XLA:CPU is far slower in bf16), bf16 on accelerators."""
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-
-
-def cache_dtype(dtype: Any) -> Any:
-    """The KV cache's dtype: the compute dtype, but f32 on CPU, where XLA updates a bf16
-    cache by converting the whole stacked buffer to f32 and back in every layer (seen in
-    the compiled decode step: 60 whole-cache converts per SmolLM2 step; on Phi-3-mini at
-    batch 32 that made bf16 decode 3x slower than f32)."""
-    return jnp.float32 if jax.default_backend() == "cpu" else dtype
 
 
 def enable_compilation_cache() -> None:
@@ -207,7 +200,7 @@ class Model:
         tokens = np.zeros((b, width), np.int32)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = p
-        cache = create_cache(self.config, b, cache_len, cache_dtype(self.dtype), self.mesh)
+        cache = create_cache(self.config, b, cache_len, kv_dtype(self.dtype), self.mesh)
         outputs = []
         for start in range(0, width, chunk):
             positions = np.broadcast_to(np.arange(start, start + chunk, dtype=np.int32), (b, chunk))
@@ -667,7 +660,7 @@ def load(
     if mesh is not None:  # per device, roughly: axes that do not divide stay whole
         weight_bytes //= mesh.shape["model"]
     cache_bytes = KVCache.bytes_for(
-        config, 1, min(max_seq_len or 2048, config.context_length), cache_dtype(dtype)
+        config, 1, min(max_seq_len or 2048, config.context_length), kv_dtype(dtype)
     )
     available = _available_memory()
     if available is not None and weight_bytes + cache_bytes > available:

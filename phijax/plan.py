@@ -5,9 +5,11 @@ bf16 matrix-*matrix* product from a few rows is 2-2.4x faster
 (reference.md §6). So a bf16 model on CPU decodes a small batch faster when it
 pads the batch to more rows. How many is a property of the machine, so it is
 measured, not assumed: for each small batch bucket, time the model's largest
-matmul (``gate_up``) at each padded row count and keep the fastest. The plan
-is cached in ``$PHIJAX_CACHE/plans.json``, keyed by device, jax version, dtype
-and shape; the CPU's name only labels the key, it never decides.
+matmul (``gate_up``) through the model's own :func:`~phijax.model.layers.linear`, in a
+loop as the decode step runs it, at each padded row count, and keep the fastest. The
+plan is cached in ``$PHIJAX_CACHE/plans.json``, keyed by device, jax version, dtype,
+shape and :data:`VERSION` (how it was measured); the CPU's name only labels the key,
+it never decides.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 from filelock import FileLock
 
+from phijax.model.layers import linear
 from phijax.pypi_models import cache_dir
 
 # Batch buckets whose padding is measured: from 8 rows, products are matrix-matrix anyway.
 SMALL_BATCHES = (1, 2, 4)
 MAX_ROWS = 8
 REPS = 7
+LOOP = 4  # products per timed call, in a fori_loop (the decode step's form)
+VERSION = 2  # bump when the measured product changes: older cached plans are then remeasured
 
 
 def cpu_name() -> str:
@@ -47,6 +52,7 @@ def _key(dtype, shape: tuple[int, int]) -> str:
     return "|".join(
         [device.platform, device.device_kind, cpu_name(), jax.__version__, jnp.dtype(dtype).name]
         + [str(s) for s in shape]
+        + [f"v{VERSION}"]
     )
 
 
@@ -62,16 +68,21 @@ def _median_ms(fn, *args) -> float:
 
 def measure(dtype, shape: tuple[int, int]) -> dict[int, int]:
     """For each small batch bucket, the padded row count (``>=`` it, ``<= MAX_ROWS``) whose
-    ``[rows, in] @ [out, in].T`` product in ``dtype`` measures fastest here."""
-    in_dim = shape[1]
+    ``linear([rows, 1, in], [out, in])`` in ``dtype``, looped with the weight loop-invariant
+    as in the decode step, measures fastest here."""
+
+    def products(x, w):
+        def body(_, x):
+            return x + linear(x, w).mean(axis=-1, keepdims=True).astype(x.dtype)
+
+        return jax.lax.fori_loop(0, LOOP, body, x)
+
+    products = jax.jit(products)
     w = jnp.zeros(shape, dtype)
-    product = jax.jit(
-        lambda x, w: jnp.einsum("bi,oi->bo", x, w, preferred_element_type=jnp.float32)
-    )
     cost = {}
     rows = 1
     while rows <= MAX_ROWS:
-        cost[rows] = _median_ms(product, jnp.ones((rows, in_dim), dtype), w)
+        cost[rows] = _median_ms(products, jnp.ones((rows, 1, shape[1]), dtype), w)
         rows *= 2
     plan = {}
     for b in SMALL_BATCHES:

@@ -68,7 +68,7 @@ WEIGHT_AXES: dict[str, tuple[str | None, ...]] = {
     "gate_up": ("ffn_out", "embed"),
     "down": ("embed", "ffn_in"),
 }
-CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "kv_heads", "seq", "head_dim")
 
 
 def check_mesh(mesh: Mesh | None) -> Mesh | None:
@@ -163,11 +163,11 @@ def zeros(shape_dtype, axes: tuple[str | None, ...], mesh: Mesh | None, config: 
 
 
 def create_cache(config: Phi3Config, batch: int, max_seq: int, dtype, mesh: Mesh | None) -> KVCache:
-    """An empty :class:`KVCache` ``[layers, batch, max_seq, kv_heads, head_dim]``: batch over
+    """An empty :class:`KVCache` ``[layers, batch, kv_heads, max_seq, head_dim]``: batch over
     "data", kv heads over "model" (each where it divides), allocated in place on the mesh."""
     if mesh is None:
         return KVCache.create(config, batch, max_seq, dtype)
-    shape = (config.num_layers, batch, max_seq, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, max_seq, config.head_dim)
     kv = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
     k, v = zeros(kv, CACHE_AXES, mesh, config), zeros(kv, CACHE_AXES, mesh, config)
     return KVCache(k, v, put_batch(np.zeros((batch,), np.int32), mesh))
@@ -250,7 +250,7 @@ def plan(config: Phi3Config, mesh, layout: str = "layers") -> dict[str, Partitio
     for n, s in layer_shapes(config).items():
         s = (config.num_layers, *s) if stacked else s
         out[n] = spec(weight_axes(n, stacked), s, mesh, units)
-    cache = (config.num_layers, 1, 1, config.num_kv_heads, config.head_dim)
+    cache = (config.num_layers, 1, config.num_kv_heads, 1, config.head_dim)
     out["kv_cache"] = spec(CACHE_AXES, cache, mesh, units)
     return out
 

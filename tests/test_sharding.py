@@ -55,10 +55,10 @@ def test_rules_split_whole_units_and_replicate_the_rest(tiny_config):
     assert sharding.spec(("qkv_out", "embed"), (128, 64), m2, units) == PartitionSpec("model", None)
     assert sharding.spec(("embed", "q_heads"), (64, 64), m4, units) == PartitionSpec(None, None)
     assert sharding.spec(("qkv_out", "embed"), (128, 64), m4, units) == PartitionSpec(None, None)
-    cache = (2, 4, 128, 2, 16)
+    cache = (2, 4, 2, 128, 16)
     assert sharding.spec(sharding.CACHE_AXES, cache, m4, units) == PartitionSpec(*[None] * 5)
     assert sharding.spec(sharding.CACHE_AXES, cache, m2, units) == PartitionSpec(
-        None, "data", None, "model", None
+        None, "data", "model", None, None
     )
     # a batch of 1 does not divide 2 data devices: replicated
     assert sharding.spec(("batch", None), (1, 16), m2) == PartitionSpec(None, None)
@@ -73,7 +73,7 @@ def test_plan_for_devices_we_do_not_have(tiny_config):
     on2 = sharding.plan(medium, _abstract(1, 2), layout="stacked")
     assert on2["qkv"] == PartitionSpec(None, "model", None)
     assert on2["o_proj"] == PartitionSpec(None, None, "model")
-    assert on2["kv_cache"] == PartitionSpec(None, None, None, "model", None)
+    assert on2["kv_cache"] == PartitionSpec(None, None, "model", None, None)
     on4 = sharding.plan(medium, _abstract(1, 4))
     assert on4["qkv"] == on4["o_proj"] == PartitionSpec(None, None)
     assert on4["gate_up"] == PartitionSpec("model", None) and on4["embed"][0] == "model"

@@ -7,6 +7,17 @@ import jax
 import jax.numpy as jnp
 
 
+def kv_dtype(dtype) -> jnp.dtype:
+    """The dtype of the KV cache and of attention: the compute dtype, but f32 on CPU.
+
+    XLA:CPU updates a bf16 cache by converting the whole stacked buffer to f32 and back
+    in every layer (60 whole-cache converts per SmolLM2 step; bf16 decode 3x slower than
+    f32 on Phi-3-mini at batch 32), and its small batched bf16 products are slow or, for
+    some shapes, unsupported (``DotThunk``: BF16 x BF16 = F32).
+    """
+    return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else dtype)
+
+
 def attention_mask(
     q_pos: jnp.ndarray, kv_len: jnp.ndarray, n_keys: int, window: int | None
 ) -> jnp.ndarray:
@@ -30,24 +41,25 @@ def attention(
 ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """Softmax attention in f32.
 
-    q ``[batch, seq, q_heads, head_dim]``; k, v ``[batch, keys, kv_heads, head_dim]``;
+    q ``[batch, seq, q_heads, head_dim]``; k, v ``[batch, kv_heads, keys, head_dim]`` (the
+    cache's order: keys-first products read each head's keys in place, no transpose);
     mask bool ``[batch, seq, keys]`` (:func:`attention_mask`, built once per forward pass).
     Returns ``[batch, seq, q_heads, head_dim]`` in q's dtype and, if asked, the
     probabilities ``[batch, q_heads, seq, keys]`` (f32).
     """
     b, s, hq, d = q.shape
-    hkv = k.shape[2]
+    hkv, n_keys = k.shape[1], k.shape[2]
     chex.assert_equal_shape([k, v])
     chex.assert_axis_dimension(k, 0, b)
-    chex.assert_shape(mask, (b, s, k.shape[1]))
+    chex.assert_shape(mask, (b, s, n_keys))
     groups = hq // hkv
     qg = q.reshape(b, s, hkv, groups, d)
-    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bktd,bskgd->bkgst", k, qg, preferred_element_type=jnp.float32)
     scores = scores * (d**-0.5)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum(
-        "bkgst,btkd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+        "bkgst,bktd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
     )
-    weights = probs.reshape(b, hq, s, k.shape[1]) if return_weights else None
+    weights = probs.reshape(b, hq, s, n_keys) if return_weights else None
     return out.reshape(b, s, hq, d).astype(q.dtype), weights

@@ -34,7 +34,34 @@ def embed(params: Phi3, tokens: jax.Array) -> jax.Array:
     table = params.embed[...]
     if isinstance(table, QuantArray):
         return table.take(tokens).dequantize(params.dtype)
+    if table.dtype.itemsize == 2:
+        return take_rows(table, tokens).astype(params.dtype)
     return jnp.take(table, tokens, axis=0).astype(params.dtype)
+
+
+@jax.custom_vjp
+def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """``table[ids]`` for a 16-bit float ``table [rows, cols]``, gathered as raw 16-bit words.
+
+    XLA:CPU gathers a bf16 table through an f32 copy of the whole table, which the decode
+    loop hoists: 2x the table's bytes more memory and 85 ms per call on Phi-3-mini.
+    Differentiable in ``table`` (the gradient scatters into rows, summed in f32).
+    """
+    words = jax.lax.bitcast_convert_type(table, jnp.uint16)
+    return jax.lax.bitcast_convert_type(jnp.take(words, ids, axis=0), table.dtype)
+
+
+def _take_rows_fwd(table, ids):
+    return take_rows(table, ids), (table, ids)
+
+
+def _take_rows_bwd(residuals, grad):
+    table, ids = residuals
+    rows = jnp.zeros(table.shape, jnp.float32).at[ids].add(grad.astype(jnp.float32))
+    return rows.astype(table.dtype), None
+
+
+take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
 def decoder(

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from phijax.config import Phi3Config
-from phijax.model.attention import attention
+from phijax.model.attention import attention, kv_dtype
 from phijax.model.hooks import Hooks
 from phijax.model.quant import QuantArray, dense
 from phijax.model.rope import apply_rope
@@ -34,11 +34,22 @@ def linear(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
     once its input exists. Without that tie XLA is free to decode every matrix of the model
     up front (or hoist the decoding out of the decode loop) and hold a dense copy of the
     whole model: measured 2.1 GB of temporaries for four packed Phi-3-mini layers.
+
+    A bf16 product on CPU is written weight-first (``w @ x.T``, then transposed back):
+    XLA:CPU canonicalizes ``x @ w.T`` to a transposed weight, and inside the decode loop
+    it hoists that transpose and copies every weight once per call (+1x the weights in
+    memory, and 2-3x slower products: ``benchmarks/bench_products.py``).
     """
     if isinstance(w, QuantArray):
         tie = (x.reshape(-1)[0] * 0).astype(w.values.dtype)  # zero, but a data dependency on x
         w = QuantArray(w.values + tie, w.scales, w.mins)
-    return jnp.einsum("bsi,oi->bso", x, dense(w, x.dtype), preferred_element_type=jnp.float32)
+    w = dense(w, x.dtype)
+    if w.dtype == jnp.float32 or jax.default_backend() != "cpu":
+        return jnp.einsum("bsi,oi->bso", x, w, preferred_element_type=jnp.float32)
+    b, s, n = x.shape
+    contract = (((1,), (1,)), ((), ()))
+    y = jax.lax.dot_general(w, x.reshape(b * s, n), contract, preferred_element_type=jnp.float32)
+    return y.T.reshape(b, s, -1)
 
 
 class Context(NamedTuple):
@@ -58,7 +69,7 @@ class Context(NamedTuple):
 
 
 class LayerCache(NamedTuple):
-    """The whole KV cache ``k, v [layers, batch, max_seq, kv_heads, head_dim]`` and the
+    """The whole KV cache ``k, v [layers, batch, kv_heads, max_seq, head_dim]`` and the
     index of the layer that reads and writes it."""
 
     k: jax.Array
@@ -91,19 +102,21 @@ def attention_block(
     v = qkv[..., q_size + kv_size :].reshape(b, s, c.num_kv_heads, c.head_dim)
     q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
     if cache is None:
-        keys, values = k, v
+        keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     else:
-        rows = jnp.arange(b)[:, None]
-        i = cache.index
-        k_all = cache.k.at[i, rows, ctx.positions].set(k.astype(cache.k.dtype), mode="drop")
-        v_all = cache.v.at[i, rows, ctx.positions].set(v.astype(cache.v.dtype), mode="drop")
-        keys = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)[:, : ctx.attend_len]
-        values = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)[:, : ctx.attend_len]
+        # [b, s, kv_heads, d] written at [i, rows, :, positions] (indices first, then the slice)
+        rows, i = jnp.arange(b)[:, None], cache.index
+        k_all = cache.k.at[i, rows, :, ctx.positions].set(k.astype(cache.k.dtype), mode="drop")
+        v_all = cache.v.at[i, rows, :, ctx.positions].set(v.astype(cache.v.dtype), mode="drop")
+        keys = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)[:, :, : ctx.attend_len]
+        values = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)[:, :, : ctx.attend_len]
         cache = LayerCache(k_all, v_all, i)
+    dt = kv_dtype(x.dtype)
     out, weights = attention(
-        q, keys.astype(x.dtype), values.astype(x.dtype), ctx.mask, return_weights=return_weights
+        q.astype(dt), keys.astype(dt), values.astype(dt), ctx.mask, return_weights=return_weights
     )
-    return linear(out.reshape(b, s, q_size), p["o_proj"]).astype(x.dtype), cache, weights
+    out = out.astype(x.dtype).reshape(b, s, q_size)
+    return linear(out, p["o_proj"]).astype(x.dtype), cache, weights
 
 
 def mlp_block(p: dict[str, jax.Array], x: jax.Array, config: Phi3Config) -> jax.Array:

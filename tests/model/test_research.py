@@ -17,6 +17,7 @@ import pytest
 import phijax
 from phijax import Sampler
 from phijax.errors import ConfigError
+from phijax.model.forward import take_rows
 
 from numerics import assert_logits_close
 from tracing import count_traces
@@ -226,6 +227,23 @@ def test_grad_wrt_params_has_the_weights_structure(gqa, ids):
     grads = jax.grad(lambda p: phijax.forward(p, jnp.asarray(ids))[-1, 5])(gqa.params)
     assert jax.tree.structure(grads) == jax.tree.structure(gqa.params)
     assert float(jnp.abs(grads.layers[0].qkv[...]).max()) > 0
+
+
+def test_bf16_embedding_rows_and_their_gradient_equal_a_plain_gather():
+    """``take_rows`` gathers 16-bit words (XLA:CPU would copy the whole table to f32); its
+    values and its gradient (a scatter-add into the looked-up rows, a repeated id summed)
+    equal jnp.take's exactly: every value and sum here is a small integer, exact in bf16."""
+    table = jnp.arange(24.0, dtype=jnp.bfloat16).reshape(6, 4)
+    ids = jnp.array([[4, 1], [1, 0]])
+    np.testing.assert_array_equal(take_rows(table, ids), jnp.take(table, ids, axis=0))
+    weights = jnp.arange(16.0, dtype=jnp.bfloat16).reshape(2, 2, 4)
+
+    def loss(take):
+        return lambda t: jnp.sum(take(t, ids).astype(jnp.float32) * weights)
+
+    ours = jax.grad(loss(take_rows))(table)
+    assert ours.dtype == jnp.bfloat16 and float(jnp.abs(ours[1]).max()) > 0
+    np.testing.assert_array_equal(ours, jax.grad(loss(lambda t, i: jnp.take(t, i, axis=0)))(table))
 
 
 def test_params_are_exactly_the_weights(gqa):

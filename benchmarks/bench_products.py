@@ -1,0 +1,129 @@
+"""The decode step's products on XLA:CPU, in the forms that were chosen between, in a loop.
+
+Decode runs its steps in a ``while_loop`` with the weights loop-invariant, and XLA:CPU
+compiles a product differently there than alone: it canonicalizes ``x @ w.T`` to a
+transposed weight, and for bf16 hoists that transpose out of the loop, copying every
+weight once per call. This script times, per product (median over 16-step loops):
+
+- matmul ``[rows, 1, in] x [out, in]``: f32 ``x @ w.T`` (the f32 form), bf16 ``x @ w.T``
+  (the old bf16 form) and bf16 through :func:`phijax.model.layers.linear` (weight-first),
+  with the number of whole-weight copies XLA compiled into each;
+- attention of one new token over ``keys`` cached positions, with the cache in
+  ``[batch, keys, kv_heads, head_dim]`` (the old order) and in
+  ``[batch, kv_heads, keys, head_dim]`` (:class:`phijax.cache.KVCache`'s order).
+
+    python benchmarks/bench_products.py --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _common import cpu_name, print_table
+
+from phijax.model.attention import attention
+from phijax.model.layers import linear
+
+STEPS = 16
+
+
+def _median_ms(fn, *args, reps: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def _looped(op):
+    """``op(x, operand)`` applied to each operand, ``STEPS`` times in a fori_loop."""
+
+    def run(x, operands):
+        def body(_, x):
+            for operand in operands:
+                x = x + op(x, operand).astype(x.dtype)
+            return x
+
+        return jax.lax.fori_loop(0, STEPS, body, x)
+
+    return jax.jit(run)
+
+
+def _x_first(x, w):
+    y = jnp.einsum("bsi,oi->bso", x, w, preferred_element_type=jnp.float32)
+    return y.mean(axis=-1, keepdims=True)
+
+
+def _linear(x, w):
+    return linear(x, w).mean(axis=-1, keepdims=True)
+
+
+def product_rows(shape, rows_list, reps: int) -> list[list[str]]:
+    out_dim, in_dim = shape
+    w32 = [jax.random.normal(jax.random.key(i), shape) for i in range(4)]
+    w16 = [w.astype(jnp.bfloat16) for w in w32]
+    forms = [("f32, x @ w.T", _x_first, w32), ("bf16, x @ w.T", _x_first, w16),
+             ("bf16, linear()", _linear, w16)]  # fmt: skip
+    rows = []
+    for n in rows_list:
+        row = [f"{n} x {in_dim} @ {out_dim} x {in_dim}"]
+        for _, op, ws in forms:
+            fn = _looped(op)
+            x = jnp.ones((n, 1, in_dim), ws[0].dtype)
+            hlo = fn.lower(x, ws).compile().as_text().splitlines()
+            sizes = (f"[{out_dim},{in_dim}]", f"[{in_dim},{out_dim}]")
+            copies = sum(" copy(" in line and any(s in line for s in sizes) for line in hlo)
+            ms = _median_ms(fn, x, ws, reps=reps) / (STEPS * len(ws))
+            row.append(f"{ms:.2f} ms ({copies} copies)")
+        rows.append(row)
+    return rows
+
+
+def _attend_heads_first(q, kv):
+    b, s, _, _ = q.shape
+    mask = jnp.ones((b, s, kv.shape[2]), bool)
+    return attention(q, kv, kv, mask)[0]
+
+
+def _attend_keys_first(q, kv):
+    return _attend_heads_first(q, kv.transpose(0, 2, 1, 3))
+
+
+def attention_rows(cases, heads: int, head_dim: int, reps: int) -> list[list[str]]:
+    rows = []
+    for batch, keys in cases:
+        q = jnp.ones((batch, 1, heads, head_dim))
+        row = [f"batch {batch}, {keys} keys, {heads} heads x {head_dim}"]
+        for op, order in ((_attend_keys_first, (batch, keys, heads, head_dim)),
+                          (_attend_heads_first, (batch, heads, keys, head_dim))):  # fmt: skip
+            caches = [jnp.full(order, 0.01) for _ in range(4)]
+            ms = _median_ms(_looped(op), q, caches, reps=reps) / (STEPS * len(caches))
+            row.append(f"{ms:.2f} ms")
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=2, default=[8192, 3072], help="out, in")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 32, 128])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    print(f"# {cpu_name()}; jax {jax.__version__}; per product, {STEPS}-step loops")
+    header = ["product", "f32, x @ w.T", "bf16, x @ w.T", "bf16, linear()"]
+    print_table(header, product_rows(tuple(args.shape), args.rows, args.reps), args.markdown)
+    print()
+    cases = [(8, 128), (32, 128), (8, 1024)]
+    header = ["f32 attention, one new token", "cache [b, keys, heads, d]", "[b, heads, keys, d]"]
+    print_table(header, attention_rows(cases, 32, 96, args.reps), args.markdown)
+
+
+if __name__ == "__main__":
+    main()
