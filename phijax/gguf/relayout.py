@@ -141,6 +141,9 @@ _PARTS: dict[QT, Callable[[jax.Array], Parts]] = {
 QUANTIZED_TYPES: frozenset[QT] = frozenset(_PARTS)
 """The ggml types kept packed by ``quantized=True`` (float types load as arrays)."""
 
+NIBBLE_TYPES: frozenset[QT] = frozenset({QT.Q4_1, QT.Q4_K})
+"""Types whose codes are 0..15 with no zero point: kept two per byte (``QuantArray.nibbles``)."""
+
 
 @functools.partial(jax.jit, static_argnames=("qtype", "shape"))
 def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...]) -> QuantArray:
@@ -152,11 +155,12 @@ def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...]) -> QuantArray:
     def per_row(x):
         return x.reshape(rows, groups_per_row)
 
-    return QuantArray(
+    out = QuantArray(
         q.reshape(shape),
         per_row(scales).reshape(*shape[:-1], groups_per_row),
         None if mins is None else per_row(mins).reshape(*shape[:-1], groups_per_row),
     )
+    return out.packed() if qtype in NIBBLE_TYPES and shape[-1] % 2 == 0 else out
 
 
 def relayout(
@@ -184,15 +188,20 @@ _LAYOUT |= {QT.Q4_1: (32, True), QT.Q5_1: (32, True), QT.Q4_K: (32, True), QT.Q5
 _LAYOUT |= {QT.Q2_K: (16, True), QT.Q3_K: (16, False), QT.Q6_K: (16, False)}
 
 
-def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool]:
-    """One (sub-block, has mins) that tensors of all ``qtypes`` can be brought to exactly."""
-    layouts = [_LAYOUT[QT(t)] for t in qtypes]
-    return min(b for b, _ in layouts), any(m for _, m in layouts)
+def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool, bool]:
+    """One (sub-block, has mins, nibbles) that tensors of all ``qtypes`` can be brought to
+    exactly."""
+    qtypes = [QT(t) for t in qtypes]
+    layouts = [_LAYOUT[t] for t in qtypes]
+    nibbles = all(t in NIBBLE_TYPES for t in qtypes)
+    return min(b for b, _ in layouts), any(m for _, m in layouts), nibbles
 
 
-def to_layout(q: QuantArray, block: int, with_mins: bool) -> QuantArray:
-    """``q`` with scales per ``block`` elements (repeated: exact) and mins present if asked
-    (zeros: exact)."""
+def to_layout(q: QuantArray, block: int, with_mins: bool, nibbles: bool) -> QuantArray:
+    """``q`` with scales per ``block`` elements (repeated: exact), mins present if asked
+    (zeros: exact), and codes unpacked unless ``nibbles``."""
+    if q.nibbles and not nibbles:
+        q = q.unpacked()
     r = q.block // block
     scales = jnp.repeat(q.scales, r, axis=-1) if r > 1 else q.scales
     mins = q.mins
@@ -200,12 +209,13 @@ def to_layout(q: QuantArray, block: int, with_mins: bool) -> QuantArray:
         mins = jnp.zeros_like(q.scales)
     if mins is not None and r > 1:
         mins = jnp.repeat(mins, r, axis=-1)
-    return QuantArray(q.values, scales, mins)
+    return QuantArray(q.values, scales, mins, q.nibbles)
 
 
 def concatenate(parts: Sequence[QuantArray], axis: int = 0) -> QuantArray:
     """Rows of several QuantArrays as one (fused q|k|v or gate|up of any types)."""
     block = min(p.block for p in parts)
     with_mins = any(p.mins is not None for p in parts)
-    parts = [to_layout(p, block, with_mins) for p in parts]
+    nibbles = all(p.nibbles for p in parts)
+    parts = [to_layout(p, block, with_mins, nibbles) for p in parts]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *parts)

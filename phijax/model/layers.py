@@ -8,6 +8,7 @@ Norms, softmax and matmul accumulation run in f32 whatever the weight dtype.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -42,7 +43,7 @@ def linear(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
     """
     if isinstance(w, QuantArray):
         tie = (x.reshape(-1)[0] * 0).astype(w.values.dtype)  # zero, but a data dependency on x
-        w = QuantArray(w.values + tie, w.scales, w.mins)
+        w = dataclasses.replace(w, values=w.values + tie)
     w = dense(w, x.dtype)
     if w.dtype == jnp.float32 or jax.default_backend() != "cpu":
         return jnp.einsum("bsi,oi->bso", x, w, preferred_element_type=jnp.float32)

@@ -275,13 +275,18 @@ QUANTIZED = sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name)
 
 @pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
 def test_relayout_decodes_bit_exact(qtype: QT) -> None:
-    """values · scales - mins reproduces gguf.quants bit for bit (random blocks, every field)."""
+    """values · scales - mins reproduces gguf.quants bit for bit (random blocks, every field);
+    4-bit codes without a zero point are kept two per byte."""
     block_elems = GGML_QUANT_SIZES[qtype][0]
     blocks = random_blocks(qtype, 6 * 4, seed=500 + int(qtype))
     shape = (6, 4 * block_elems)
     q = relayout.relayout(blocks, qtype, shape)
-    assert q.values.dtype == jnp.int8 and q.values.shape == shape
-    assert q.nbytes <= 1.5 * np.prod(shape)  # the issue's memory bound per weight
+    nibbles = qtype in relayout.NIBBLE_TYPES
+    assert q.shape == shape and q.nibbles == nibbles
+    assert q.values.dtype == (jnp.uint8 if nibbles else jnp.int8)
+    # the issue's memory bound per weight; packed nibbles: 0.5 + 8 bytes of scale, min per 32
+    assert q.nbytes <= (0.75 if nibbles else 1.5) * np.prod(shape)
+    assert_bit_exact(q.unpacked().dequantize(), reference(blocks, qtype, shape))
     assert_bit_exact(q.dequantize(), reference(blocks, qtype, shape))
     rows = np.array([4, 0, 4])
     assert_bit_exact(q.take(jnp.asarray(rows)).dequantize(), reference(blocks, qtype, shape)[rows])
@@ -295,5 +300,8 @@ def test_relayout_concatenates_mixed_types_exactly() -> None:
         parts.append(relayout.relayout(blocks, qtype, (2, 256)))
         want.append(reference(blocks, qtype, (2, 256)))
     fused = relayout.concatenate(parts)
-    assert fused.block == 16 and fused.mins is not None
+    assert fused.block == 16 and fused.mins is not None and not fused.nibbles
     assert_bit_exact(fused.dequantize(), np.concatenate(want))
+    both_q4 = relayout.concatenate([parts[1], parts[1]])  # stays two codes per byte
+    assert both_q4.nibbles and both_q4.shape == (4, 256)
+    assert_bit_exact(both_q4.dequantize(), np.concatenate([want[1], want[1]]))

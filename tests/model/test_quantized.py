@@ -57,6 +57,17 @@ def test_smollm2_quantized_matches_f32(smollm2_model, smollm2_quantized):
     )
 
 
+def test_smollm2_quantized_stacked_keeps_q4_codes_two_per_byte(smollm2_gguf, smollm2_model):
+    """The stacked layout (accelerators' default) packs a parameter's 4-bit codes when every
+    layer's tensor is Q4_1 (SmolLM2 mixes Q4_1 and Q8_0), and decodes the same weights."""
+    stacked = phijax.load(smollm2_gguf, progress=False, layout="stacked", quantized=True)
+    kinds = {name: getattr(stacked.params, name)[...] for name in ("qkv", "gate_up", "down")}
+    assert any(q.nibbles for q in kinds.values()), {n: q.values.dtype for n, q in kinds.items()}
+    ids = smollm2_model.tokenizer.encode("The quick brown fox jumps over the lazy dog. It was")
+    a, b = stacked.logits(ids), smollm2_model.logits(ids)
+    assert np.abs(a - b).max() <= 2e-3 * np.ptp(b)  # the issue's bound; same weights, scan
+
+
 def test_smollm2_quantized_memory(smollm2_quantized, smollm2_model):
     packed = sum(x.nbytes for x in jax.tree.leaves(smollm2_quantized.params))
     dense = sum(x.nbytes for x in jax.tree.leaves(smollm2_model.params))
