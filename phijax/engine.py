@@ -593,8 +593,8 @@ def _is_count(x: Any) -> bool:
 
 
 def _weight_bytes(info, dtype, quantized: bool) -> int:
-    """Memory one tensor takes once loaded: packed (int8 values + f32 scales and mins, at
-    most 1.5 bytes per weight) or dense in ``dtype``."""
+    """Memory one tensor takes once loaded: packed (codes + f32 scales and mins, at most
+    1.5 bytes per weight) or dense in ``dtype``."""
     if quantized and info.ggml_type in QUANTIZED_TYPES:
         return int(info.n_elements * 1.5)
     return info.n_elements * dtype.itemsize
@@ -641,8 +641,8 @@ def load(
     under a scan, the accelerator default); see :func:`phijax.model.phi3.default_layout`.
     ``progress``: a progress bar while loading, and the load summary on stderr.
     ``quantized``: keep every quantized matrix as its integers and block scales
-    (:class:`~phijax.model.quant.QuantArray`, a lossless re-layout, ~1.25 bytes per
-    weight), decoded inside each compiled step: a quarter of the f32 memory.
+    (:class:`~phijax.model.quant.QuantArray`, a lossless re-layout, 0.75-1.25 bytes per
+    weight), decoded inside each compiled step: under a quarter of the f32 memory.
     ``mesh``: a ``jax.make_mesh((d, m), ("data", "model"))`` mesh: weights split over
     "model" (heads, ffn, vocabulary), batch and KV cache over "data", by the rules of
     :mod:`phijax.sharding` (docs/scale.md); same logits and seeded samples as one device.

@@ -1,7 +1,8 @@
 """GGUF blocks → :class:`~phijax.model.quant.QuantArray`, on the device, without requantizing.
 
 Each quantized ggml type is split into what its formula multiplies: integer
-codes with the zero point removed (int8), and per sub-block ``d · scale`` and
+codes with the zero point removed (int8; Q4_K and Q4_1 codes, 0..15, stay the file's
+own bytes, two per byte: :data:`NIBBLES`), and per sub-block ``d · scale`` and
 ``dmin · min`` (f32). The formulas and bit fields are those of
 :mod:`phijax.gguf.dequant` (same helpers), so ``QuantArray.dequantize`` is
 bit-identical to :func:`~phijax.gguf.dequant.dequantize` (tested against
@@ -49,8 +50,8 @@ def _q4_0(b) -> Parts:
     return _int8(_nibbles(b[:, 2:]), 8), _f16_at(b, 0), None
 
 
-def _q4_1(b) -> Parts:
-    return _int8(_nibbles(b[:, 4:])), _f16_at(b, 0), -_f16_at(b, 2)
+def _q4_1(b) -> Parts:  # codes as stored: groups of 32, byte j holds codes j and j + 16
+    return b[:, 4:], _f16_at(b, 0), -_f16_at(b, 2)
 
 
 def _q5_0(b) -> Parts:
@@ -85,17 +86,17 @@ def _q3_k(b) -> Parts:
 
 def _k4_parts(b, q) -> Parts:
     scales, mins = _k_scales_mins(b[:, 4:16])
-    return _int8(q), _f16_at(b, 0) * scales, _f16_at(b, 2) * mins
+    return q, _f16_at(b, 0) * scales, _f16_at(b, 2) * mins
 
 
-def _q4_k(b) -> Parts:
-    return _k4_parts(b, _split_bits(b[:, 16:].reshape(b.shape[0], 4, 32), 4))
+def _q4_k(b) -> Parts:  # codes as stored: groups of 64, byte j holds codes j and j + 32
+    return _k4_parts(b, b[:, 16:])
 
 
 def _q5_k(b) -> Parts:
     n = b.shape[0]
     q_low = _split_bits(b[:, 48:].reshape(n, 4, 32), 4).reshape(n, 8, 32)
-    return _k4_parts(b, q_low | (_split_bits(b[:, 16:48], 1) << 4))
+    return _k4_parts(b, _int8(q_low | (_split_bits(b[:, 16:48], 1) << 4)))
 
 
 def _q6_k(b) -> Parts:
@@ -141,8 +142,9 @@ _PARTS: dict[QT, Callable[[jax.Array], Parts]] = {
 QUANTIZED_TYPES: frozenset[QT] = frozenset(_PARTS)
 """The ggml types kept packed by ``quantized=True`` (float types load as arrays)."""
 
-NIBBLE_TYPES: frozenset[QT] = frozenset({QT.Q4_1, QT.Q4_K})
-"""Types whose codes are 0..15 with no zero point: kept two per byte (``QuantArray.nibbles``)."""
+NIBBLES: dict[QT, int] = {QT.Q4_1: 32, QT.Q4_K: 64}
+"""Types whose codes (0..15, no zero point) stay two per byte as the file stores them, and
+their packing group (``QuantArray.nibbles``): their parts above return the raw bytes."""
 
 
 @functools.partial(jax.jit, static_argnames=("qtype", "shape"))
@@ -155,12 +157,13 @@ def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...]) -> QuantArray:
     def per_row(x):
         return x.reshape(rows, groups_per_row)
 
-    out = QuantArray(
-        q.reshape(shape),
+    nibbles = NIBBLES.get(qtype, 0)
+    return QuantArray(
+        q.reshape(*shape[:-1], shape[-1] // 2 if nibbles else shape[-1]),
         per_row(scales).reshape(*shape[:-1], groups_per_row),
         None if mins is None else per_row(mins).reshape(*shape[:-1], groups_per_row),
+        nibbles,
     )
-    return out.packed() if qtype in NIBBLE_TYPES and shape[-1] % 2 == 0 else out
 
 
 def relayout(
@@ -188,19 +191,28 @@ _LAYOUT |= {QT.Q4_1: (32, True), QT.Q5_1: (32, True), QT.Q4_K: (32, True), QT.Q5
 _LAYOUT |= {QT.Q2_K: (16, True), QT.Q3_K: (16, False), QT.Q6_K: (16, False)}
 
 
-def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool, bool]:
+def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool, int]:
     """One (sub-block, has mins, nibbles) that tensors of all ``qtypes`` can be brought to
     exactly."""
     qtypes = [QT(t) for t in qtypes]
     layouts = [_LAYOUT[t] for t in qtypes]
-    nibbles = all(t in NIBBLE_TYPES for t in qtypes)
-    return min(b for b, _ in layouts), any(m for _, m in layouts), nibbles
+    return (
+        min(b for b, _ in layouts),
+        any(m for _, m in layouts),
+        _shared(NIBBLES.get(t, 0) for t in qtypes),
+    )
 
 
-def to_layout(q: QuantArray, block: int, with_mins: bool, nibbles: bool) -> QuantArray:
+def _shared(groups: Iterable[int]) -> int:
+    """The packing group that every part has, else 0 (unpack them all)."""
+    groups = set(groups)
+    return groups.pop() if len(groups) == 1 else 0
+
+
+def to_layout(q: QuantArray, block: int, with_mins: bool, nibbles: int) -> QuantArray:
     """``q`` with scales per ``block`` elements (repeated: exact), mins present if asked
-    (zeros: exact), and codes unpacked unless ``nibbles``."""
-    if q.nibbles and not nibbles:
+    (zeros: exact), and codes unpacked unless packed in groups of ``nibbles``."""
+    if q.nibbles != nibbles:
         q = q.unpacked()
     r = q.block // block
     scales = jnp.repeat(q.scales, r, axis=-1) if r > 1 else q.scales
@@ -216,6 +228,5 @@ def concatenate(parts: Sequence[QuantArray], axis: int = 0) -> QuantArray:
     """Rows of several QuantArrays as one (fused q|k|v or gate|up of any types)."""
     block = min(p.block for p in parts)
     with_mins = any(p.mins is not None for p in parts)
-    nibbles = all(p.nibbles for p in parts)
-    parts = [to_layout(p, block, with_mins, nibbles) for p in parts]
+    parts = [to_layout(p, block, with_mins, _shared(p.nibbles for p in parts)) for p in parts]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *parts)

@@ -141,7 +141,7 @@ def load_weights(
 ) -> dict[str, np.ndarray]:
     """Fill ``module``'s parameters from ``f``; returns LongRoPE factor arrays if the file has them.
 
-    ``quantized``: quantized matrices stay packed (:class:`QuantArray`, ~1.25 bytes per weight);
+    ``quantized``: quantized matrices stay packed (:class:`QuantArray`, 0.75-1.25 bytes per weight);
     norms and float tensors load as arrays either way. ``mesh``: each tensor goes to its shards
     as soon as it is decoded (:mod:`phijax.sharding`), so no device holds the whole model.
     """

@@ -6,11 +6,12 @@ sub-block's ``d · scale`` and ``dmin · min``; the weight is
 ``scales · values - mins``. That is the same product-then-subtract as
 ggml's own formulas, and every product is exact in f32 (see
 :mod:`phijax.gguf.dequant`), so decoding a QuantArray is bit-identical to
-dequantizing the file: a lossless re-layout, about 1.25 bytes per weight
+dequantizing the file: a lossless re-layout, at most 1.25 bytes per weight
 (int8 + f32 scale and min per 32), not a requantization. Codes of 4 bits with no
-zero point (Q4_K, Q4_1: 0..15) are kept two per byte (``nibbles``: column ``j`` in the
-low half of byte ``j``, column ``j + cols/2`` in its high half), about 0.75 bytes per
-weight: Q4_K_M Phi-3-mini's 3.8 B weights take 3.6 GB instead of 4.8 GB.
+zero point (Q4_K, Q4_1: 0..15) stay two per byte in the file's own order (``nibbles``
+= g: in each group of g codes, byte j holds code j in its low half and code j + g/2 in
+its high half), so the load copies them as they are: about 0.75 bytes per weight, and
+Q4_K_M Phi-3-mini's 3.8 B weights take 3.6 GB instead of 4.8 GB.
 
 A QuantArray is a pytree: it flows through ``jit``, ``scan`` and sharding like
 an array, and :func:`phijax.model.layers.linear` decodes it inside the compiled
@@ -29,14 +30,14 @@ import jax.numpy as jnp
 @jax.tree_util.register_dataclass
 @dataclass
 class QuantArray:
-    """``values`` int8 ``[..., rows, cols]`` (uint8 ``[..., rows, cols // 2]`` when ``nibbles``);
-    ``scales``, ``mins`` f32 ``[..., rows, cols // block]`` (``mins`` may be ``None``);
-    leading axes (a layer stack) are allowed."""
+    """``values`` int8 ``[..., rows, cols]`` (uint8 ``[..., rows, cols // 2]`` when ``nibbles``,
+    the packing group, is not 0); ``scales``, ``mins`` f32 ``[..., rows, cols // block]``
+    (``mins`` may be ``None``); leading axes (a layer stack) are allowed."""
 
     values: jax.Array
     scales: jax.Array
     mins: jax.Array | None = None
-    nibbles: bool = field(default=False, metadata={"static": True})
+    nibbles: int = field(default=0, metadata={"static": True})
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -69,20 +70,13 @@ class QuantArray:
         """The int8 codes ``[..., rows, cols]`` (unpacked from nibbles)."""
         if not self.nibbles:
             return self.values
-        v = self.values
-        return jnp.concatenate([v & 15, v >> 4], axis=-1).astype(jnp.int8)
-
-    def packed(self) -> QuantArray:
-        """Codes in 0..15 two per byte (``nibbles``); an even column count is required."""
-        if self.nibbles:
-            return self
-        half = self.shape[-1] // 2
-        v = self.values.astype(jnp.uint8)
-        return dataclasses.replace(self, values=v[..., :half] | (v[..., half:] << 4), nibbles=True)
+        *lead, cols = self.shape
+        v = self.values.reshape(*lead, cols // self.nibbles, self.nibbles // 2)
+        return jnp.concatenate([v & 15, v >> 4], axis=-1).reshape(*lead, cols).astype(jnp.int8)
 
     def unpacked(self) -> QuantArray:
         """The same weight with one int8 code per byte."""
-        return dataclasses.replace(self, values=self.codes(), nibbles=False)
+        return dataclasses.replace(self, values=self.codes(), nibbles=0)
 
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
         """The weight ``[..., rows, cols]``: ``scales · values - mins`` in f32, cast once."""

@@ -281,7 +281,7 @@ def test_relayout_decodes_bit_exact(qtype: QT) -> None:
     blocks = random_blocks(qtype, 6 * 4, seed=500 + int(qtype))
     shape = (6, 4 * block_elems)
     q = relayout.relayout(blocks, qtype, shape)
-    nibbles = qtype in relayout.NIBBLE_TYPES
+    nibbles = relayout.NIBBLES.get(qtype, 0)
     assert q.shape == shape and q.nibbles == nibbles
     assert q.values.dtype == (jnp.uint8 if nibbles else jnp.int8)
     # the memory bound per weight; packed nibbles: 0.5 + 8 bytes of scale, min per 32
