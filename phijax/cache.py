@@ -18,7 +18,7 @@ class KVCache:
     updates it in place; rows of different lengths share the batch. Heads come before
     positions so attention reads each head's keys in place: in the order
     ``[batch, max_seq, kv_heads, ...]`` XLA:CPU transposed the attended cache in every
-    layer of every step (3.5x the attention time, ``benchmarks/bench_products.py``)."""
+    layer of every step (2-3x the attention time, ``benchmarks/bench_products.py``)."""
 
     k: jax.Array
     v: jax.Array

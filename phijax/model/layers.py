@@ -39,7 +39,7 @@ def linear(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
     A bf16 product on CPU is written weight-first (``w @ x.T``, then transposed back):
     XLA:CPU canonicalizes ``x @ w.T`` to a transposed weight, and inside the decode loop
     it hoists that transpose and copies every weight once per call (+1x the weights in
-    memory, and 2-3x slower products: ``benchmarks/bench_products.py``).
+    memory, and 1.5-2x slower products: ``benchmarks/bench_products.py``).
     """
     if isinstance(w, QuantArray):
         tie = (x.reshape(-1)[0] * 0).astype(w.values.dtype)  # zero, but a data dependency on x
