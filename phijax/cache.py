@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -24,9 +25,14 @@ class KVCache:
     v: jax.Array
     lengths: jax.Array
 
+    @staticmethod
+    def shape_for(config: Phi3Config, batch: int, max_seq: int) -> tuple[int, ...]:
+        """The shape of ``k`` (and ``v``): the one place the cache's axis order is written."""
+        return (config.num_layers, batch, config.num_kv_heads, max_seq, config.head_dim)
+
     @classmethod
     def create(cls, config: Phi3Config, batch: int, max_seq: int, dtype=jnp.float32) -> KVCache:
-        shape = (config.num_layers, batch, config.num_kv_heads, max_seq, config.head_dim)
+        shape = cls.shape_for(config, batch, max_seq)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
     @property
@@ -40,5 +46,5 @@ class KVCache:
     @staticmethod
     def bytes_for(config: Phi3Config, batch: int, max_seq: int, dtype=jnp.float32) -> int:
         """Memory a cache of this size takes, for planning before allocation."""
-        per = config.num_layers * batch * max_seq * config.num_kv_heads * config.head_dim
+        per = math.prod(KVCache.shape_for(config, batch, max_seq))
         return 2 * per * jnp.dtype(dtype).itemsize

@@ -66,23 +66,25 @@ def _median_ms(fn, *args) -> float:
     return float(np.median(times)) * 1e3
 
 
+@jax.jit
+def _looped_linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``LOOP`` products ``linear(x, w)`` in a fori_loop, ``w`` loop-invariant (as in decode)."""
+
+    def body(_, x):
+        return x + linear(x, w).mean(axis=-1, keepdims=True).astype(x.dtype)
+
+    return jax.lax.fori_loop(0, LOOP, body, x)
+
+
 def measure(dtype, shape: tuple[int, int]) -> dict[int, int]:
     """For each small batch bucket, the padded row count (``>=`` it, ``<= MAX_ROWS``) whose
     ``linear([rows, 1, in], [out, in])`` in ``dtype``, looped with the weight loop-invariant
     as in the decode step, measures fastest here."""
-
-    def products(x, w):
-        def body(_, x):
-            return x + linear(x, w).mean(axis=-1, keepdims=True).astype(x.dtype)
-
-        return jax.lax.fori_loop(0, LOOP, body, x)
-
-    products = jax.jit(products)
     w = jnp.zeros(shape, dtype)
     cost = {}
     rows = 1
     while rows <= MAX_ROWS:
-        cost[rows] = _median_ms(products, jnp.ones((rows, 1, shape[1]), dtype), w)
+        cost[rows] = _median_ms(_looped_linear, jnp.ones((rows, 1, shape[1]), dtype), w)
         rows *= 2
     plan = {}
     for b in SMALL_BATCHES:

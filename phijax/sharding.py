@@ -167,8 +167,7 @@ def create_cache(config: Phi3Config, batch: int, max_seq: int, dtype, mesh: Mesh
     "data", kv heads over "model" (each where it divides), allocated in place on the mesh."""
     if mesh is None:
         return KVCache.create(config, batch, max_seq, dtype)
-    shape = (config.num_layers, batch, config.num_kv_heads, max_seq, config.head_dim)
-    kv = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+    kv = jax.ShapeDtypeStruct(KVCache.shape_for(config, batch, max_seq), jnp.dtype(dtype))
     k, v = zeros(kv, CACHE_AXES, mesh, config), zeros(kv, CACHE_AXES, mesh, config)
     return KVCache(k, v, put_batch(np.zeros((batch,), np.int32), mesh))
 
@@ -250,8 +249,7 @@ def plan(config: Phi3Config, mesh, layout: str = "layers") -> dict[str, Partitio
     for n, s in layer_shapes(config).items():
         s = (config.num_layers, *s) if stacked else s
         out[n] = spec(weight_axes(n, stacked), s, mesh, units)
-    cache = (config.num_layers, 1, config.num_kv_heads, 1, config.head_dim)
-    out["kv_cache"] = spec(CACHE_AXES, cache, mesh, units)
+    out["kv_cache"] = spec(CACHE_AXES, KVCache.shape_for(config, 1, 1), mesh, units)
     return out
 
 

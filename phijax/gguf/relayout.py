@@ -16,6 +16,7 @@ is exact too.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Sequence
 
@@ -221,7 +222,7 @@ def to_layout(q: QuantArray, block: int, with_mins: bool, nibbles: int) -> Quant
         mins = jnp.zeros_like(q.scales)
     if mins is not None and r > 1:
         mins = jnp.repeat(mins, r, axis=-1)
-    return QuantArray(q.values, scales, mins, q.nibbles)
+    return dataclasses.replace(q, scales=scales, mins=mins)
 
 
 def concatenate(parts: Sequence[QuantArray], axis: int = 0) -> QuantArray:
