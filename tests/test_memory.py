@@ -65,11 +65,17 @@ def test_a_second_load_compiles_nothing_new():
 
 @pytest.mark.slow
 def test_reloading_smollm2_frees_its_weights(smollm2_gguf):
-    """Four load / generate / delete cycles: after the first (compilation, allocator pools),
-    the process grows by at most 15% of one model's f32 weights."""
+    """Six load / generate / delete cycles: the process grows by at most 10% of one model's
+    f32 weights per cycle (least-squares slope over the cycles).
+
+    Error model: between cycles RSS wanders by up to ~0.15x the weights (allocator pools,
+    compiled kernels; measured 568-625 MB here, 583-667 MB on another CPU), so comparing two
+    cycles is noise; the slope over six has a standard error under 0.02x the weights, while a
+    model kept alive per load adds a whole 1x per cycle."""
     weights = sum(t.n_elements for t in GGUFFile(smollm2_gguf).tensors.values()) * 4
-    rss = [c["rss"] for c in _cycles(smollm2_gguf, 4)]
-    assert rss[-1] - rss[0] <= 0.15 * weights, (rss, weights)
+    rss = [c["rss"] for c in _cycles(smollm2_gguf, 6)]
+    slope = np.polyfit(np.arange(len(rss)), rss, 1)[0]
+    assert slope <= 0.10 * weights, (rss, weights)
 
 
 @pytest.mark.slow
