@@ -107,25 +107,27 @@ def test_smollm2_bf16_stacked_matches_hf(smollm2_bf16, smollm2_model, smollm2_te
 
 
 @pytest.mark.slow
-def test_smollm2_bf16_greedy_agrees_with_f32(smollm2_bf16, smollm2_model):
+def test_smollm2_bf16_greedy_departs_from_f32_only_at_near_ties(smollm2_bf16, smollm2_model):
     """Greedy continuations of real prompts in bf16 follow f32 until a near-tie flips.
 
-    Teacher-forced top-1 differs at ~0.5% of positions (previous test), and a flip loses
-    the rest of its row (half a row on average), so 6 rows x 32 tokens expect to lose about
-    8%: we require >= 85% of the tokens before each row's first divergence. Measured: 94.8%
-    (rows diverge at 29 and 25 of 32, the other four never).
+    Where a row first departs, f32's own top-2 margin (its token over bf16's) must be under
+    1.0: the margin beyond which teacher-forced top-1 never flips (previous test). How many
+    tokens agree is no test: one flip loses the rest of its row, so the count swings with
+    the CPU's rounding order (94.8% of 6 x 32 tokens on an AMD EPYC, 68% on a Xeon with
+    AMX, every departure there at a margin of 0.007-0.076 of a logit range near 40).
+    A bf16 path that computed anything else departs at a confident token.
     """
     kw = {"sampler": Sampler.greedy(), "max_new_tokens": 32}
     bf16 = smollm2_bf16.generate(TEXTS, **kw).tokens
     f32 = smollm2_model.generate(TEXTS, **kw).tokens
-    agreed = 0
-    for a, b in zip(bf16, f32, strict=True):
-        first = next(
-            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-        )
-        agreed += first
-    total = sum(len(b) for b in f32)
-    assert agreed / total >= 0.85, (agreed, total, bf16, f32)
+    margins = []
+    for text, a, b in zip(TEXTS, bf16, f32, strict=True):
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+        if first is not None:
+            prefix = smollm2_model.tokenizer.encode(text) + b[:first]
+            logits = smollm2_model.logits(prefix)[-1]
+            margins.append(float(logits[b[first]] - logits[a[first]]))
+    assert all(abs(m) < 1.0 for m in margins), (margins, bf16, f32)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the f32 cache is XLA:CPU's rule")
