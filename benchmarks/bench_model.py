@@ -44,7 +44,9 @@ Measured, in this order, and printed as one table:
   load time and the load's peak RSS (each against llama.cpp's), first token cold (first
   call: tracing and compiling, or the persistent cache) and warm, decode at batch 1, 8 and
   32 for 16 tokens (batch 1 against llama.cpp, every batch against f32). The f32 mode
-  needs ~16 GB; a mode that fails (memory) is reported as such.
+  needs ~16 GB; a mode that fails (memory) is reported as such. Each load's CPU time in
+  the kernel is noted, and after the modes a fresh process writes the f32 weight bytes
+  of fresh memory (``np.ones``): the machine's floor under an f32 load.
 
 ``--quick`` shrinks every size and repetition for a smoke test (numbers are
 then meaningless).
@@ -60,6 +62,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -594,9 +598,15 @@ def bench_phi3(
         except RuntimeError as e:
             table.add(f"{mode}: phijax", "failed", note=str(e).splitlines()[0][:200])
     base = results.get("f32", {})
+    if base:
+        write_s = first_touch_s(weight_bytes)
+        table.add(f"writing {gb(weight_bytes)} of fresh memory (numpy, fresh process)",
+                  f"{write_s:.1f} s", note=f"this machine's limit for an f32 load; f32 load / it: "
+                  f"{base['load_s'] / write_s:.2f}x")  # fmt: skip
     for mode, ours in results.items():
         table.add(f"{mode}: load time", *_pair(ours, theirs, "load_s", lambda v: f"{v:.1f} s"),
-                  "fresh process each; file in the page cache")  # fmt: skip
+                  f"fresh process each; file in the page cache; {ours['load_sys_s']:.1f} s of "
+                  "CPU in the kernel (page faults)")  # fmt: skip
         table.add(f"{mode}: peak RSS delta, load", *_pair(ours, theirs, "load_peak", gb),
                   "VmHWM - VmRSS after JAX started")  # fmt: skip
         table.add(f"{mode}: first token, {sizes.phi3_prompt}-token prompt, cold",
@@ -612,6 +622,17 @@ def bench_phi3(
         table.add(f"{mode}: peak RSS delta, load + all runs", *_pair(ours, theirs, "peak", gb),
                   "llama.cpp n_ctx 512" if theirs else "")  # fmt: skip
     return results
+
+
+def first_touch_s(nbytes: int) -> float:
+    """Seconds a fresh process takes to write ``nbytes`` of fresh memory (``np.ones``): the
+    floor under any load that materializes that many bytes. On a virtual machine whose host
+    takes back freed memory this is mostly page faults, and it varies 5-10x between runs."""
+    code = "import sys, time, numpy as np; t = time.perf_counter(); "
+    code += "np.ones(int(sys.argv[1]) // 4, np.float32); print(time.perf_counter() - t)"
+    proc = subprocess.run([sys.executable, "-c", code, str(nbytes)], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return float(proc.stdout.strip())
 
 
 def _pair(ours: dict, theirs: dict, key: str, fmt) -> tuple[str | None, str | None, str | None]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from _common import cpu_name, print_table
 
 ONE_MODE = """
-import json, sys, time
+import json, resource, sys, time
 import jax, jax.numpy as jnp, numpy as np, phijax
 from phijax import Sampler
 spec = json.loads(sys.argv[1])
@@ -34,10 +34,13 @@ def status(key):
 
 jnp.zeros(1).block_until_ready()
 base = status("VmRSS")
+before = resource.getrusage(resource.RUSAGE_SELF)
 start = time.perf_counter()
 m = phijax.load(spec["source"], progress=False, **spec["kwargs"])
 jax.block_until_ready(jax.tree.leaves(m.params))
+after = resource.getrusage(resource.RUSAGE_SELF)
 out = {"load_s": time.perf_counter() - start, "load_peak": status("VmHWM") - base,
+       "load_sys_s": after.ru_stime - before.ru_stime,
        "weights": sum(x.nbytes for x in jax.tree.leaves(m.params))}
 rng = np.random.default_rng(0)
 vocab = m.config.vocab_size
@@ -87,6 +90,7 @@ def mode_rows(results: dict[str, dict], batches, prompt: int, new: int) -> list[
     base = results.get("f32")
     metrics = [
         ("load_s", "load (s)", 1.0, False),
+        ("load_sys_s", "load: CPU time in the kernel (s)", 1.0, False),
         ("load_peak", "load peak RSS over JAX (MB)", 1e-6, False),
         ("peak", "peak RSS, whole run (MB)", 1e-6, False),
         ("weights", "weights (MB)", 1e-6, False),
