@@ -39,19 +39,9 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
 from phijax.gguf.dequant import SUPPORTED_TYPES, dequantize
+from phijax.gguf.synthetic import F16_FIELDS
 
 DEFAULT_TYPES = ("Q4_K", "Q6_K", "Q8_0", "Q4_0")
-
-# Byte offsets of the f16 scale fields in blocks that gguf-py cannot quantize to.
-_F16_FIELDS = {
-    QT.Q2_K: (80, 82),
-    QT.Q3_K: (108,),
-    QT.Q4_K: (0, 2),
-    QT.Q5_K: (0, 2),
-    QT.Q6_K: (208,),
-    QT.IQ4_NL: (0,),
-    QT.IQ4_XS: (0,),
-}
 
 
 def make_tensor(qtype: QT, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -63,7 +53,7 @@ def make_tensor(qtype: QT, rows: int, cols: int, rng: np.random.Generator) -> np
         block_elems, type_size = GGML_QUANT_SIZES[qtype]
         n_blocks = rows * cols // block_elems
         blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
-        for offset in _F16_FIELDS[qtype]:
+        for offset in F16_FIELDS[qtype]:
             scale = (np.abs(rng.standard_normal(n_blocks)) * 1e-3).astype(np.float16)
             blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(n_blocks, 2)
         return blocks.reshape(rows, -1)

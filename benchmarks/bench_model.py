@@ -158,6 +158,7 @@ def machine_lines() -> list[str]:
         f"{jaxlib.__version__}, flax {flax.__version__}, numpy {np.__version__}, tokenizers "
         f"{tokenizers.__version__}, phijax {phijax.__version__}, {llama}",
         f"persistent compilation cache: {cache}; PHIJAX_NO_CACHE={no_cache or '(unset)'}",
+        f"CPU kernel for packed and bf16 weights: {phijax.kernels.status()}",
     ]
     flags = [
         f"{k}={v}" for k, v in sorted(os.environ.items()) if k in ("XLA_FLAGS", "GLIBC_TUNABLES")

@@ -135,7 +135,9 @@ def main() -> None:
     parser.add_argument("--no-text", action="store_true", help="skip the top-1 agreement")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    print(f"# {cpu_name()}; {args.model}")
+    from phijax import kernels
+
+    print(f"# {cpu_name()}; {args.model}; CPU kernel: {kernels.status()}")
     text = None if args.no_text else real_text()
     results = run_modes(args.model, args.modes, batches=args.batch, new=args.new,
                         prompt=args.prompt, reps=args.reps, text=text)  # fmt: skip

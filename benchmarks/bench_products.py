@@ -1,13 +1,18 @@
-"""The decode step's products on XLA:CPU, in the forms that were chosen between, in a loop.
+"""The decode step's products on XLA:CPU and phijax's CPU kernel, in the forms that were
+chosen between, in a loop.
 
 Decode runs its steps in a ``while_loop`` with the weights loop-invariant, and XLA:CPU
 compiles a product differently there than alone: it canonicalizes ``x @ w.T`` to a
 transposed weight, and for bf16 hoists that transpose out of the loop, copying every
 weight once per call. This script times, per product (median over 16-step loops):
 
-- matmul ``[rows, 1, in] x [out, in]``: f32 ``x @ w.T`` (the f32 form), bf16 ``x @ w.T``
-  (the old bf16 form) and bf16 through :func:`phijax.model.layers.linear` (weight-first),
-  with the number of whole-weight copies XLA compiled into each;
+- matmul ``[rows, 1, in] x [out, in]``: f32 ``x @ w.T`` (the f32 form); bf16 written
+  weight-first (XLA's product, the bf16 path above :data:`phijax.kernels.BF16_MAX_ROWS`
+  rows); bf16 through :func:`phijax.model.layers.linear` (the kernel up to that many rows);
+  a Q4_K-packed weight decoded by XLA then multiplied in f32 (the pure path,
+  :func:`phijax.kernels.reference`) and through ``linear`` (the kernel up to
+  :data:`phijax.kernels.MAX_ROWS` rows); with the number of whole-weight copies XLA
+  compiled into each;
 - attention of one new token over ``keys`` cached positions, with the cache in
   ``[batch, keys, kv_heads, head_dim]`` (the old order) and in
   ``[batch, kv_heads, keys, head_dim]`` (:class:`phijax.cache.KVCache`'s order).
@@ -24,9 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _common import cpu_name, print_table
+from gguf import GGMLQuantizationType as QT
 
+from phijax import kernels
+from phijax.gguf.relayout import relayout
+from phijax.gguf.synthetic import random_blocks
 from phijax.model.attention import attention
 from phijax.model.layers import linear
+from phijax.model.quant import QuantArray
 
 STEPS = 16
 
@@ -60,22 +70,45 @@ def _x_first(x, w):
     return y.mean(axis=-1, keepdims=True)
 
 
+def _weight_first(x, w):
+    b, s, n = x.shape
+    y = jax.lax.dot_general(
+        w, x.reshape(b * s, n), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+    )
+    return y.T.reshape(b, s, -1).mean(axis=-1, keepdims=True)
+
+
 def _linear(x, w):
     return linear(x, w).mean(axis=-1, keepdims=True)
+
+
+def _decoded(x, w):
+    b, s, n = x.shape
+    return kernels.reference(x.reshape(b * s, n), w).reshape(b, s, -1).mean(-1, keepdims=True)
+
+
+def _q4_k(shape, seed: int) -> QuantArray:
+    raw = random_blocks(np.random.default_rng(seed), QT.Q4_K, shape[0] * shape[1] // 256)
+    return relayout(raw, QT.Q4_K, shape)
+
+
+FORMS = ("f32, x @ w.T", "bf16, XLA", "bf16, linear()", "Q4_K, XLA decode", "Q4_K, linear()")
 
 
 def product_rows(shape, rows_list, reps: int) -> list[list[str]]:
     out_dim, in_dim = shape
     w32 = [jax.random.normal(jax.random.key(i), shape) for i in range(4)]
     w16 = [w.astype(jnp.bfloat16) for w in w32]
-    forms = [("f32, x @ w.T", _x_first, w32), ("bf16, x @ w.T", _x_first, w16),
-             ("bf16, linear()", _linear, w16)]  # fmt: skip
+    q4 = [_q4_k(shape, i) for i in range(4)]
+    forms = [(_x_first, w32), (_weight_first, w16), (_linear, w16), (_decoded, q4), (_linear, q4)]
     rows = []
     for n in rows_list:
         row = [f"{n} x {in_dim} @ {out_dim} x {in_dim}"]
-        for _, op, ws in forms:
+        for op, ws in forms:
             fn = _looped(op)
-            x = jnp.ones((n, 1, in_dim), ws[0].dtype)
+            x = jnp.ones(
+                (n, 1, in_dim), jnp.float32 if isinstance(ws[0], QuantArray) else ws[0].dtype
+            )
             hlo = fn.lower(x, ws).compile().as_text().splitlines()
             sizes = (f"[{out_dim},{in_dim}]", f"[{in_dim},{out_dim}]")
             copies = sum(" copy(" in line and any(s in line for s in sizes) for line in hlo)
@@ -117,7 +150,8 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     print(f"# {cpu_name()}; jax {jax.__version__}; per product, {STEPS}-step loops")
-    header = ["product", "f32, x @ w.T", "bf16, x @ w.T", "bf16, linear()"]
+    print(f"# CPU kernel: {kernels.status()}")
+    header = ["product", *FORMS]
     print_table(header, product_rows(tuple(args.shape), args.rows, args.reps), args.markdown)
     print()
     cases = [(8, 128), (32, 128), (8, 1024)]

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phijax import hub, plan, sampling, steps
+from phijax import hub, kernels, plan, sampling, steps
 from phijax.cache import KVCache
 from phijax.config import Phi3Config, resolve_sliding_window
 from phijax.errors import ConfigError, ContextLengthError, ResourceError
@@ -592,6 +592,15 @@ def _is_count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
 
+def _packed_products(mesh) -> str:
+    """How packed weights will be multiplied, for the load summary (CPU only)."""
+    if jax.default_backend() != "cpu":
+        return ""
+    if mesh is not None:
+        return "; decoded by XLA on the mesh"
+    return f"; CPU kernel: {kernels.status()}"
+
+
 def _weight_bytes(info, dtype, quantized: bool) -> int:
     """Memory one tensor takes once loaded: packed (codes + f32 scales and mins, at most
     1.5 bytes per weight) or dense in ``dtype``."""
@@ -693,9 +702,10 @@ def load(
         params.rope_factors.set_value(place(jnp.asarray(chosen), (None,), mesh, config))
     model = Model(params, tok, path=path, max_seq_len=max_seq_len)
     model.mesh = mesh
+    weights = f" (quantized weights{_packed_products(mesh)})" if quantized else ""
     model.load_summary = (
         f"{Path(path).name}: {config.architecture}, {config.num_layers} layers, hidden "
-        f"{config.hidden_size}, {dtype.name}{' (quantized weights)' if quantized else ''}, "
+        f"{config.hidden_size}, {dtype.name}{weights}, "
         f"{params.layout} layout; sliding window {window_reason}"
     )
     if mesh is not None:

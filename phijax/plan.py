@@ -2,14 +2,16 @@
 
 On XLA:CPU a bf16 matrix-*vector* product is 10-40x slower than f32, while a
 bf16 matrix-*matrix* product from a few rows is 2-2.4x faster
-(reference.md §6). So a bf16 model on CPU decodes a small batch faster when it
-pads the batch to more rows. How many is a property of the machine, so it is
-measured, not assumed: for each small batch bucket, time the model's largest
-matmul (``gate_up``) through the model's own :func:`~phijax.model.layers.linear`, in a
-loop as the decode step runs it, at each padded row count, and keep the fastest. The
-plan is cached in ``$PHIJAX_CACHE/plans.json``, keyed by device, jax version, dtype,
-shape and :data:`VERSION` (how it was measured); the CPU's name only labels the key,
-it never decides.
+(reference.md §6), so a bf16 model decodes a small batch faster padded to more
+rows. phijax's CPU kernel (:mod:`phijax.kernels`) takes bf16 products of a few rows
+and is fastest unpadded; where it is not built, padding still pays. Which is true,
+and by how many rows, is a property of the machine, so it is measured, not
+assumed: for each small batch bucket, time the model's largest matmul
+(``gate_up``) through the model's own :func:`~phijax.model.layers.linear`, in a
+loop as the decode step runs it, at each padded row count, and keep the fastest.
+The plan is cached in ``$PHIJAX_CACHE/plans.json``, keyed by device, jax version,
+dtype, shape, the kernel build and :data:`VERSION` (how it was measured); the CPU's
+name only labels the key, it never decides.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from filelock import FileLock
 
+from phijax import kernels
 from phijax.model.layers import linear
 from phijax.pypi_models import cache_dir
 
@@ -32,7 +35,7 @@ SMALL_BATCHES = (1, 2, 4)
 MAX_ROWS = 8
 REPS = 7
 LOOP = 4  # products per timed call, in a fori_loop (the decode step's form)
-VERSION = 2  # bump when the measured product changes: older cached plans are then remeasured
+VERSION = 3  # bump when the measured product changes: older cached plans are then remeasured
 
 
 def cpu_name() -> str:
@@ -51,6 +54,7 @@ def _key(dtype, shape: tuple[int, int]) -> str:
     device = jax.local_devices()[0]
     return "|".join(
         [device.platform, device.device_kind, cpu_name(), jax.__version__, jnp.dtype(dtype).name]
+        + [f"kernel {kernels.status()}"]  # linear's small-row products run on it
         + [str(s) for s in shape]
         + [f"v{VERSION}"]
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from phijax import Sampler
 from phijax.cli import main
 
@@ -54,11 +56,15 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and "inspect" in proc.stdout
 
 
-def test_generate_streams_the_greedy_continuation(smollm2_gguf, smollm2_model, capsys):
+@pytest.mark.parametrize("flags", [[], ["--quantized"]], ids=["f32", "quantized"])
+def test_generate_streams_the_greedy_continuation(flags, smollm2_gguf, smollm2_model, capsys):
+    """The same greedy text from packed weights (the same weights; only the order of f32 sums
+    differs, and no near-tie falls in these 12 tokens)."""
     argv = [
         "generate",
         "--model",
         str(smollm2_gguf),
+        *flags,
         "--chat",
         "--max-new-tokens",
         "12",
@@ -73,6 +79,7 @@ def test_generate_streams_the_greedy_continuation(smollm2_gguf, smollm2_model, c
     ).texts[0]
     assert out == expected + "\n"
     assert "prompt tokens" in err and "new tokens" in err
+    assert ("quantized weights" in err) == bool(flags)
 
 
 def test_generate_context_error_is_one_line(smollm2_gguf, capsys):

@@ -43,6 +43,13 @@ def _version(name: str) -> str | None:
         return None
 
 
+def cpu_kernel(platform_name: str) -> str | None:
+    """Which build of the packed-weight kernel runs (it sums in its own order), on CPU."""
+    from phijax import kernels
+
+    return kernels.status() if platform_name == "cpu" else None
+
+
 def provenance(model: Any, config: ExperimentConfig, seeds: list[int]) -> dict[str, Any]:
     import jax
 
@@ -67,6 +74,7 @@ def provenance(model: Any, config: ExperimentConfig, seeds: list[int]) -> dict[s
             "platform": device.platform,
             "kind": device.device_kind,
             "count": jax.device_count(),
+            "cpu_kernel": cpu_kernel(device.platform),
         },
         "python": platform.python_version(),
         "machine": platform.machine(),

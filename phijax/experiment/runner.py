@@ -261,8 +261,8 @@ def _load(spec: ModelSpec, progress: bool) -> Any:
     import phijax
 
     return phijax.load(
-        spec.source, dtype=spec.dtype, max_seq_len=spec.max_seq_len, sliding_window=spec.sliding_window,
-        tokenizer=spec.tokenizer, progress=progress,
+        spec.source, dtype=spec.dtype, quantized=spec.quantized, max_seq_len=spec.max_seq_len,
+        sliding_window=spec.sliding_window, tokenizer=spec.tokenizer, progress=progress,
     )  # fmt: skip
 
 

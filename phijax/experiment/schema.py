@@ -46,6 +46,7 @@ class ModelSpec(_Strict):
 
     source: str
     dtype: str | None = None
+    quantized: bool = False
     max_seq_len: int | None = Field(default=None, gt=0)
     sliding_window: Literal["auto", "on", "off"] = "auto"
     tokenizer: str | None = None
@@ -151,8 +152,11 @@ class ExperimentConfig(_Strict):
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of the validated config (what the samples were made
         with; the report-only keys ``judge``, ``baseline`` and ``metrics`` are left out)."""
+        data = self.model_dump(mode="json", exclude=set(REPORT_ONLY))
+        if not data["model"]["quantized"]:  # the key's default: hashes made before it stay valid
+            del data["model"]["quantized"]
         blob = json.dumps(
-            self.model_dump(mode="json", exclude=set(REPORT_ONLY)),
+            data,
             sort_keys=True,
             separators=(",", ":"),
         )

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from phijax.errors import ConfigError
-from phijax.experiment.provenance import file_sha256
+from phijax.experiment.provenance import cpu_kernel, file_sha256
 from phijax.experiment.runner import (
     PROVENANCE,
     _load,
@@ -77,6 +77,9 @@ def provenance_warnings(prov: dict[str, Any], model: Any) -> list[str]:
     if (then_dev.get("platform"), then_dev.get("kind")) != (device.platform, device.device_kind):
         out.append(f"rows made on {then_dev.get('platform')} {then_dev.get('kind')!r}, "
                    f"this is {device.platform} {device.device_kind!r}")  # fmt: skip
+    then_kernel, kernel = then_dev.get("cpu_kernel"), cpu_kernel(device.platform)
+    if prov.get("config", {}).get("model", {}).get("quantized") and then_kernel != kernel:
+        out.append(f"rows made with the CPU kernel {then_kernel!r}, this is {kernel!r}")
     sha = file_sha256(Path(model.path))
     then_sha = prov.get("model", {}).get("sha256")
     if then_sha != sha:

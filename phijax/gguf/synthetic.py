@@ -66,6 +66,23 @@ class SyntheticVocab:
         )
 
 
+# Byte offsets of every f16 field (d, dmin) in one block of each quantized type.
+F16_FIELDS = {
+    GGMLQuantizationType.Q4_0: (0,),
+    GGMLQuantizationType.Q4_1: (0, 2),
+    GGMLQuantizationType.Q5_0: (0,),
+    GGMLQuantizationType.Q5_1: (0, 2),
+    GGMLQuantizationType.Q8_0: (0,),
+    GGMLQuantizationType.Q2_K: (80, 82),
+    GGMLQuantizationType.Q3_K: (108,),
+    GGMLQuantizationType.Q4_K: (0, 2),
+    GGMLQuantizationType.Q5_K: (0, 2),
+    GGMLQuantizationType.Q6_K: (208,),
+    GGMLQuantizationType.IQ4_NL: (0,),
+    GGMLQuantizationType.IQ4_XS: (0,),
+}
+
+
 def random_blocks(
     rng: np.random.Generator, qtype: GGMLQuantizationType, n_blocks: int
 ) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from phijax import kernels
 from phijax.config import Phi3Config
 from phijax.model.attention import attention, kv_dtype
 from phijax.model.hooks import Hooks
@@ -40,7 +41,13 @@ def linear(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
     XLA:CPU canonicalizes ``x @ w.T`` to a transposed weight, and inside the decode loop
     it hoists that transpose and copies every weight once per call (+1x the weights in
     memory, and 1.5-2x slower products: ``benchmarks/bench_products.py``).
+
+    On CPU a QuantArray or a bf16 weight goes to :func:`phijax.kernels.matmul` (decoded in
+    registers: 2-4x the f32 product at one row) when :func:`phijax.kernels.applies`.
     """
+    if kernels.applies(x, w):
+        *lead, n = x.shape
+        return kernels.matmul(x.reshape(-1, n), w).reshape(*lead, -1)
     if isinstance(w, QuantArray):
         tie = (x.reshape(-1)[0] * 0).astype(w.values.dtype)  # zero, but a data dependency on x
         w = dataclasses.replace(w, values=w.values + tie)

@@ -101,6 +101,16 @@ def test_config_hash_is_stable_and_sensitive():
     assert parse_config(_base(samples=2)).config_hash() != a.config_hash()
 
 
+def test_quantized_enters_the_hash_only_when_set():
+    """``model.quantized`` (newer than the hash) leaves the hash of a config that does not set
+    it as it was (this value was computed by the schema before the key existed), so older
+    results folders still resume; setting it makes another experiment."""
+    plain = parse_config(_base())
+    assert plain.config_hash() == "817f4a5a1ddd2a73bb1f401a7c7fa373b01fd0f2b088872c3242f598154d6a18"
+    packed = parse_config(_base(model={"source": "pypi:smollm2", "quantized": True}))
+    assert packed.model.quantized and packed.config_hash() != plain.config_hash()
+
+
 def test_unreadable_and_non_mapping_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")

@@ -14,42 +14,15 @@ from gguf import GGMLQuantizationType as QT
 from phijax.errors import GGUFFormatError, UnsupportedError
 from phijax.gguf import dequant, relayout
 from phijax.gguf.dequant import dequantize
+from phijax.gguf.synthetic import F16_FIELDS
 
-# Byte offsets of every f16 field (d, dmin) in one block of each quantized type.
-F16_FIELDS = {
-    QT.Q4_0: (0,),
-    QT.Q4_1: (0, 2),
-    QT.Q5_0: (0,),
-    QT.Q5_1: (0, 2),
-    QT.Q8_0: (0,),
-    QT.Q2_K: (80, 82),
-    QT.Q3_K: (108,),
-    QT.Q4_K: (0, 2),
-    QT.Q5_K: (0, 2),
-    QT.Q6_K: (208,),
-    QT.IQ4_NL: (0,),
-    QT.IQ4_XS: (0,),
-}
+from blocks import random_blocks
+
 FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
 ALL_TYPES = sorted(dequant.SUPPORTED_TYPES, key=lambda t: t.name)
 
 # Real tensors above this many elements are checked on a sample of rows (Gemma's 262k-row embedding).
 FULL_TENSOR_LIMIT = 1 << 25
-
-
-def random_blocks(qtype: QT, n_blocks: int, seed: int) -> np.ndarray:
-    """``[n_blocks, type_size]`` random bytes, with every f16 scale field a random finite half.
-
-    Scale bits are uniform over all finite halves (zeros, subnormals and the
-    extremes included); the payload bytes are uniform, so every bit field is hit.
-    """
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, (n_blocks, GGML_QUANT_SIZES[qtype][1]), dtype=np.uint8)
-    for offset in F16_FIELDS.get(qtype, ()):
-        bits = rng.integers(0, 1 << 16, n_blocks, dtype=np.uint16)
-        bits[(bits & 0x7C00) == 0x7C00] &= np.uint16(0xBFFF)  # inf/NaN exponent -> finite
-        blocks[:, offset : offset + 2] = bits.view(np.uint8).reshape(n_blocks, 2)
-    return blocks
 
 
 def reference(raw: np.ndarray, qtype: QT, shape: tuple[int, ...]) -> np.ndarray:
