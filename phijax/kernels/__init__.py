@@ -54,8 +54,8 @@ def _build() -> tuple[ModuleType | None, str]:
         generic = importlib.import_module("phijax.kernels._cpu_matmul_generic")
     except ImportError as e:
         return None, (
-            f"not built ({e}); packed weights use the pure-JAX path. Reinstall phijax with "
-            "a C++ compiler (g++ or clang++) on the PATH to build it."
+            f"not built ({e}); packed and bf16 weights use XLA's products. Reinstall phijax "
+            "with a C++ compiler (g++ or clang++) on the PATH to build it."
         )
     order = [isa for isa in ("avx512", "avx2") if isa in generic.supported()] + ["generic"]
     if wanted:
@@ -85,7 +85,7 @@ def _checked() -> tuple[bool, str]:
     except Exception as e:  # any failure of a foreign build means: do not use it
         error = f"{type(e).__name__}: {e}"
     if error:
-        return False, f"{line}: failed its check ({error}); packed weights use the pure-JAX path"
+        return False, f"{line}: failed its check ({error}); packed and bf16 weights use XLA"
     return True, line
 
 
