@@ -41,6 +41,7 @@ BF16_MAX_ROWS = 4
 product overtakes the kernel's f32 arithmetic between 4 and 8 rows, while its
 matrix-vector product is 3-6x slower than the kernel (``[16384, 3072]``: kernel 4.2 / 6.4 /
 9.8 ms at 1 / 4 / 8 rows, XLA bf16 26.9 / 9.1 / 7.8, f32 8.6 / 18.9 / 20.4; AMD EPYC)."""
+_FALLBACK = "packed and bf16 weights use XLA's products"  # what runs when the kernel cannot
 
 
 @functools.cache
@@ -54,8 +55,8 @@ def _build() -> tuple[ModuleType | None, str]:
         generic = importlib.import_module("phijax.kernels._cpu_matmul_generic")
     except ImportError as e:
         return None, (
-            f"not built ({e}); packed and bf16 weights use XLA's products. Reinstall phijax "
-            "with a C++ compiler (g++ or clang++) on the PATH to build it."
+            f"not built ({e}); {_FALLBACK}. Reinstall phijax with a C++ compiler (g++ or "
+            "clang++) on the PATH to build it."
         )
     order = [isa for isa in ("avx512", "avx2") if isa in generic.supported()] + ["generic"]
     if wanted:
@@ -85,7 +86,7 @@ def _checked() -> tuple[bool, str]:
     except Exception as e:  # any failure of a foreign build means: do not use it
         error = f"{type(e).__name__}: {e}"
     if error:
-        return False, f"{line}: failed its check ({error}); packed and bf16 weights use XLA"
+        return False, f"{line}: failed its check ({error}); {_FALLBACK}"
     return True, line
 
 
