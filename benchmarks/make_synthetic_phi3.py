@@ -1,8 +1,8 @@
-"""Write a synthetic full-size Phi-3-mini GGUF: the seed file's header, random weights.
+"""Write a synthetic full-size Phi-3-mini GGUF: the real q4 file's header, random weights.
 
 For benchmarks that need Phi-3-mini's size without downloading it. The file
 mirrors Microsoft's Phi-3-mini-4k-instruct-q4.gguf as public llama.cpp logs
-dump it (reference.md §7; ``phijax.gguf.synthetic.write_phi3_mini_q4``): the
+dump it (docs/formats.md; ``phijax.gguf.synthetic.write_phi3_mini_q4``): the
 same 24 metadata keys (no ``phi3.attention.sliding_window``), the real
 32064-token vocabulary and chat template (copied from llama.cpp's
 ``ggml-vocab-phi-3.gguf``, fetched from PyPI as ``pypi_models`` test data),

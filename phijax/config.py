@@ -3,7 +3,7 @@
 Two GGUF architectures map onto the Phi-3 module: ``phi3`` (fused qkv and
 gate|up tensors) and ``llama`` (separate tensors, rewritten to the phi3 layout
 on load; SmolLM2 and other small llama-family models run this way). Keys and
-their meaning: ``gguf.constants`` and reference.md §2-3.
+their meaning: ``gguf.constants`` and docs/formats.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The seed's own file, Phi-3-mini-4k-instruct-q4.gguf: its header, window, template and stops.
+"""Microsoft's Phi-3-mini-4k-instruct-q4.gguf: its header, window, template and stops.
 
 The file itself is not reachable here; public llama.cpp logs dump its header
-(reference.md §7) and llama.cpp's ``ggml-vocab-phi-3.gguf`` (``phi3_vocab_gguf``,
+(docs/formats.md) and llama.cpp's ``ggml-vocab-phi-3.gguf`` (``phi3_vocab_gguf``,
 from PyPI) carries the same vocabulary and chat template. ``write_phi3_mini_q4``
 writes random weights under that header: the 24 keys, no window key, the
 Q4_K_M type mix. ``PHI3_MINI_TINY`` keeps the real vocabulary, context and
@@ -39,7 +39,7 @@ USER_DEFINED = 4
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory, phi3_vocab_gguf):
-    """The seed file's header and type mix at test size: 32 layers, real vocab, tiny matrices."""
+    """The real q4 file's header and type mix at test size: 32 layers, real vocab, tiny matrices."""
     path = tmp_path_factory.mktemp("mini") / "phi3-mini-tiny-q4.gguf"
     write_phi3_mini_q4(path, phi3_vocab_gguf, PHI3_MINI_TINY)
     return path

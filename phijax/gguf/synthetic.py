@@ -6,12 +6,12 @@ are written with ``gguf.GGUFWriter``; quantized tensors come from
 ``gguf.quants.quantize`` where it supports the type, otherwise from random
 well-formed blocks.
 
-:func:`write_phi3_mini_q4` mirrors the header of the seed's own file,
-Microsoft's ``Phi-3-mini-4k-instruct-q4.gguf`` (April 2024), as public
-llama.cpp logs dump it (reference.md §7): its 24 metadata keys in their order,
-no sliding-window key, the real vocabulary and chat template (copied from a
-vocabulary GGUF, e.g. llama.cpp's ``ggml-vocab-phi-3.gguf``) and the Q4_K_M
-type mix of :func:`q4_k_m_type`.
+:func:`write_phi3_mini_q4` mirrors the header of Microsoft's
+``Phi-3-mini-4k-instruct-q4.gguf`` (April 2024), as public llama.cpp logs dump
+it (docs/formats.md): its 24 metadata keys in their order, no sliding-window
+key, the real vocabulary and chat template (copied from a vocabulary GGUF, e.g.
+llama.cpp's ``ggml-vocab-phi-3.gguf``) and the Q4_K_M type mix of
+:func:`q4_k_m_type`.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def _write_tensors(
     w.close()
 
 
-# -- the seed's own file: Phi-3-mini-4k-instruct-q4.gguf ---------------------------------------
+# -- Microsoft's Phi-3-mini-4k-instruct-q4.gguf ----------------------------------------------------
 
 PHI3_MINI = Phi3Config(
     architecture="phi3",
@@ -332,7 +332,7 @@ def q4_k_m_type(name: str, num_layers: int) -> GGMLQuantizationType:
     ``output`` Q6_K; fused ``attn_qkv`` Q5_K; ``ffn_down`` Q6_K on
     :func:`use_more_bits` layers, else Q4_K; ``token_embd``, ``attn_output``
     and ``ffn_up`` Q4_K. For 32 layers (with the 65 F32 norms) this gives the
-    seed file's counts exactly: Q4_K 81, Q5_K 32, Q6_K 17. The per-tensor
+    real file's counts exactly: Q4_K 81, Q5_K 32, Q6_K 17. The per-tensor
     assignment is inferred from those counts and llama.cpp's rules, not read
     from the file itself.
     """
@@ -354,7 +354,7 @@ def phi3_mini_tokenizer(vocab: str | os.PathLike) -> dict[str, Any]:
 
     Copies ``tokenizer.*`` from ``vocab`` (e.g. llama.cpp's ``ggml-vocab-phi-3.gguf``, a
     later conversion of the same tokenizer) and restores the April 2024 converter's
-    token types, which the seed file's logs show: ``<unk>`` unknown, ``<s>`` and ``</s>``
+    token types, which the real file's logs show: ``<unk>`` unknown, ``<s>`` and ``</s>``
     control (scores 0), the 11 added tokens (``<|endoftext|>`` 32000 ... ``<|user|>``
     32010, ``<|end|>`` 32007 among them) user-defined rather than control. (llama.cpp
     warns that 32000 and 32007 are "not control-type" and counts 67 special tokens:

@@ -6,7 +6,7 @@ a per-layer array is put in as it is decoded; a ``[layers, ...]`` stack is
 allocated at its first layer and filled with donated updates. So the model
 never exists twice in memory.
 
-Layouts (reference.md §2): ``phi3`` files carry fused ``attn_qkv`` (rows q, k,
+Layouts (docs/formats.md): ``phi3`` files carry fused ``attn_qkv`` (rows q, k,
 v) and ``ffn_up`` (rows gate, up). ``llama`` files carry separate tensors and
 their converter permuted q and k rows for interleaved rope; we undo that
 permutation (Phi-3 rotates halves) and fuse.

@@ -179,7 +179,7 @@ class GGUFVocab:
 
         GGUF stores no such flag; llama.cpp sets it by model name, as Phi-3's
         tokenizer.json does: every token of its special-token cache (control,
-        user-defined and unknown types: the seed's April 2024 file types its added
+        user-defined and unknown types: Microsoft's April 2024 q4 file types its added
         tokens user-defined) plus ``</s>``, except ``<unk>``, ``<s>`` and
         ``<|endoftext|>``.
         """
