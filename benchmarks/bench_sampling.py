@@ -34,7 +34,7 @@ STRATEGIES = {
     "top_k 40, top_p 0.95, min_p 0.05, T 0.8": Sampler(
         top_k=40, top_p=0.95, min_p=0.05, temperature=0.8
     ),
-    "candle seed (penalty 1.2/64, T 1)": Sampler.candle(),
+    "candle (penalty 1.2/64, T 1)": Sampler.candle(),
     "typical 0.9 + repetition 1.1": Sampler(typical_p=0.9, repetition_penalty=1.1),
     "mirostat v2 (tau 5)": Sampler(mirostat_tau=5.0),
     "DRY 0.8": Sampler(dry_multiplier=0.8),

@@ -1,8 +1,8 @@
 """Decode batch padding, chosen by measuring this machine once (and cached).
 
-On XLA:CPU a bf16 matrix-*vector* product is 10-40x slower than f32, while a
-bf16 matrix-*matrix* product from a few rows is 2-2.4x faster
-(reference.md §6), so a bf16 model decodes a small batch faster padded to more
+On XLA:CPU a bf16 matrix-*vector* product is 8-25x slower than f32, while a
+bf16 matrix-*matrix* product from a few rows is 2-2.4x faster (docs/benchmarks.md,
+XLA:CPU products), so a bf16 model decodes a small batch faster padded to more
 rows. phijax's CPU kernel (:mod:`phijax.kernels`) takes bf16 products of a few rows
 and is fastest unpadded; where it is not built, padding still pays. Which is true,
 and by how many rows, is a property of the machine, so it is measured, not
