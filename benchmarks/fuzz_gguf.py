@@ -289,7 +289,7 @@ def random_file(rng: random.Random) -> tuple[bytes, str]:
 
 @dataclass
 class Seed:
-    """A valid seed file: its bytes (or a real file's header plus a little data), its map."""
+    """A valid file to mutate: its bytes (or a real file's header plus a little data), its map."""
 
     name: str
     path: Path

@@ -279,7 +279,7 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, default=None, help="PRNG seed (default: random, printed)")
     g.add_argument("--preset", choices=("default", "candle"), default="default",
-                   help="candle: the seed program's chain (repeat penalty 1.2 over 64 generated tokens)")  # fmt: skip
+                   help="candle: Candle's chain (repeat penalty 1.2 over 64 generated tokens, then T 1)")  # fmt: skip
     g.add_argument("--temperature", type=float, default=None, metavar="T", help="0 is greedy")
     g.add_argument("--top-k", type=int, default=None, metavar="K")
     g.add_argument("--top-p", type=float, default=None, metavar="P")

@@ -58,7 +58,7 @@ STAGES = (
 # llama.cpp's default chain (common_params_sampling.samplers), with HF's epsilon
 # and eta cutoffs (absent from llama.cpp) placed after min_p.
 LLAMACPP_ORDER = STAGES
-# candle's LogitsProcessor, the seed program: repeat penalty, temperature, then top-p.
+# Candle's order (apply_repeat_penalty, then LogitsProcessor): repeat penalty, temperature, top-p.
 CANDLE_ORDER = ("penalties", "temperature", "top_p")
 DRY_MAX_MATCH = 64  # longest repeat DRY measures (tokens)
 # Top tokens searched first for top-k / top-p / typical-p thresholds. Measured: a second
@@ -199,8 +199,8 @@ class Sampler:
         repeat_penalty: float = 1.2,
         repeat_last_n: int = 64,
     ) -> Sampler:
-        """The seed program's sampler (candle): repeat penalty over the last ``repeat_last_n``
-        generated tokens, temperature, then nucleus."""
+        """Candle's sampler, with the Candle haiku program's settings (docs/sampling.md): repeat
+        penalty over the last ``repeat_last_n`` generated tokens, temperature, then nucleus."""
         return cls(temperature=temperature, top_p=top_p, repetition_penalty=repeat_penalty,
                    repeat_last_n=repeat_last_n, order=CANDLE_ORDER)  # fmt: skip
 
