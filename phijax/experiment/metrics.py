@@ -1,4 +1,4 @@
-"""Metrics of a strategy's samples: diversity, repetition, quality, speed.
+"""Metrics of a strategy's samples: diversity, repetition, quality.
 
 Every metric is a weighted mean of per-row values (then perhaps transformed), so
 the cluster bootstrap (``stats``) can resample rows and pair them across strategies.
@@ -14,7 +14,8 @@ the cluster bootstrap (``stats``) can resample rows and pair them across strateg
   under the generating model (token-weighted); ``perplexity``: exp(-mean_logprob).
 - ``judge_logprob``: the same under a judge model (rows scored by ``judge``);
   ``judge_perplexity``: exp(-judge_logprob).
-- ``tok_s``: decode tokens per second of the batches the samples came from.
+
+Speed is not among them: it is a batch's, not a sample's (``speed``).
 
 Only self-BLEU has a well-kept library implementation (sacrebleu); distinct-n,
 repetition and the log-probability means are a few lines of counting or averaging,
@@ -94,12 +95,6 @@ def row_metrics(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[st
                 values,
                 np.array([len(lp) for lp in lps], float),
                 _identity if m == "mean_logprob" else _perplexity,
-            )
-        elif m == "tok_s":
-            out[m] = (
-                np.array([r["timings"]["decode_tok_s"] for r in rows], float),
-                ones,
-                _identity,
             )
         elif m in ("judge_logprob", "judge_perplexity"):
             if not any(r.get("judge_logprob") is not None for r in rows):

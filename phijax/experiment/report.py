@@ -1,5 +1,6 @@
 """Reports from a results file: per-strategy tables with 95% intervals (markdown, CSV),
-paired differences from a baseline strategy, and PNG plots with error bars."""
+paired differences from a baseline strategy, PNG plots with error bars, and beside them
+the generation speed per strategy (``speed``: over batches, not samples)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ from typing import Any
 import numpy as np
 
 from phijax.errors import ConfigError
-from phijax.experiment import metrics, stats
+from phijax.experiment import metrics, speed, stats
 from phijax.experiment.runner import PROVENANCE, read_folder, read_results, results_files
 from phijax.experiment.schema import METRICS, _suggest
 
 _SWEEP_LABEL = re.compile(r"^(?P<base>[^\[]+)\[(?P<point>.*)\]$")
+_SPEED_NOTE = (
+    "Tokens per second of the `generate()` calls (batches) each strategy's samples came from. "
+    "A batch is one measurement shared by all its rows, and by every strategy batched with it, "
+    "so speed is summarized over batches, without intervals or paired differences. "
+    "Decode tok/s: all its batches' decode tokens over their decode seconds."
+)
 
 
 def _resolve(path: str | Path) -> tuple[Path, list[dict[str, Any]]]:
@@ -321,8 +328,9 @@ def write_report(
     results: str | Path, out_dir: str | Path | None = None, *, plots: bool = True, baseline: str | None = None,
     n_boot: int = stats.DEFAULT_BOOT, seed: int = stats.DEFAULT_SEED,
 ) -> tuple[str, list[Path]]:  # fmt: skip
-    """Write ``report.md``, ``summary.csv`` (and with a baseline ``differences.csv``) and plots
-    beside the results (or into ``out_dir``); returns the markdown tables and the files written.
+    """Write ``report.md``, ``summary.csv``, ``speed.csv`` (and with a baseline
+    ``differences.csv``) and plots beside the results (or into ``out_dir``); returns the
+    markdown tables and the files written.
     ``baseline``: a strategy to difference against (default: the config's ``baseline``)."""
     folder, rows = _resolve(results)
     if not rows:
@@ -334,14 +342,19 @@ def write_report(
     out = Path(out_dir) if out_dir else folder
     out.mkdir(parents=True, exist_ok=True)
     md = markdown_table(table)
-    written = [out / "report.md", out / "summary.csv"]
-    with open(written[1], "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    fast = speed.speed(rows)
+    written = [out / "report.md", out / "summary.csv", out / "speed.csv"]
+    for path, records in ((written[1], table), (written[2], fast)):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
     title = rows[0].get("experiment", folder.name)
+    smd = speed.markdown_table(fast)
     doc = (f"# {title}\n\n{len(rows)} samples from `{results}`. Each cell: estimate [95% interval], a cluster "
-           f"bootstrap over prompts, then samples within a prompt ({n_boot} draws, seed {seed}).\n\n{md}")  # fmt: skip
+           f"bootstrap over prompts, then samples within a prompt ({n_boot} draws, seed {seed}).\n\n{md}"
+           f"\n## Speed\n\n{_SPEED_NOTE}\n\n{smd}")  # fmt: skip
+    md += f"\nSpeed (over batches, not samples):\n\n{smd}"
     if baseline:
         diffs = differences(rows, baseline, names, n_boot=n_boot, seed=seed)
         dmd = differences_table(diffs)

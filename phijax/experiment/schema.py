@@ -30,7 +30,7 @@ from phijax.sampling import CANDLE_ORDER, LLAMACPP_ORDER, Sampler
 SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(Sampler))
 METRICS = (
     "length", "distinct_1", "distinct_2", "self_bleu", "repetition", "mean_logprob", "perplexity",
-    "judge_logprob", "judge_perplexity", "tok_s",
+    "judge_logprob", "judge_perplexity",
 )  # fmt: skip
 REPORT_ONLY = ("judge", "baseline", "metrics")
 """Keys that change the report, not the samples: left out of the config hash."""
@@ -102,6 +102,12 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _known_metrics(cls, value: list[str]) -> list[str]:
         for m in value:
+            if m == "tok_s":
+                raise ValueError(
+                    "'tok_s' is not a metric: speed is a batch's, not a sample's, and every "
+                    "report gives it beside the metrics (report.md's Speed section, speed.csv); "
+                    "leave it out of metrics"
+                )
             if m not in METRICS:
                 raise ValueError(
                     f"unknown metric {m!r}{_suggest(m, METRICS)}; known: {', '.join(METRICS)}"

@@ -36,24 +36,21 @@ def test_summarize():
             "text": "a b",
             "tokens": [1, 2],
             "logprobs": [-1.0, -3.0],
-            "timings": {"decode_tok_s": 10.0},
         },
         {
             "prompt_id": "p",
             "text": "a c",
             "tokens": [1, 3],
             "logprobs": [-2.0, -2.0],
-            "timings": {"decode_tok_s": 30.0},
         },
     ]
-    out = metrics.summarize(rows, ["length", "mean_logprob", "perplexity", "tok_s", "distinct_1"])
+    out = metrics.summarize(rows, ["length", "mean_logprob", "perplexity", "distinct_1"])
     assert out == pytest.approx(
         {
             "samples": 2,
             "length": 2,
             "mean_logprob": -2.0,
             "perplexity": math.exp(2),
-            "tok_s": 20.0,
             "distinct_1": 0.75,
         }
     )

@@ -87,8 +87,19 @@ def test_cli_run_and_report_on_the_demo(tmp_path, capsys):
         assert f"| {strategy} |" in out
     assert "distinct_2" in out and "self_bleu" in out and "judge_perplexity" in out
     assert "Differences from greedy (paired)" in out and "Δ mean_logprob" in out
+    assert "Speed (over batches, not samples)" in out and "tok_s" not in out
     folder = tmp_path / "demo"
     assert (folder / "report.md").exists() and (folder / "differences.csv").exists()
+    with open(folder / "speed.csv", newline="") as f:
+        speed = {r["strategy"]: r for r in csv.DictReader(f)}
+    # 2 samples: the four strategies of one stage order share one generate() call, the
+    # candle order has its own; speed is per call
+    for name in ("temp_1.0", "top_p_0.9", "min_p_0.1"):
+        assert {**speed[name], "strategy": "greedy"} == speed["greedy"]
+    assert speed["(all)"]["batches"] == "2" and speed["candle_seed"]["batches"] == "1"
+    assert int(speed["(all)"]["decode_tokens"]) == sum(
+        int(speed[name]["decode_tokens"]) for name in ("greedy", "candle_seed")
+    )
     assert (folder / "quality_diversity.png").stat().st_size > 1000
     rows = read_results(folder / RESULTS)
     assert all(isinstance(r["judge_logprob"], float) and r["judge_tokens"] > 0 for r in rows)

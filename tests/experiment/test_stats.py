@@ -28,7 +28,7 @@ def _rows(strategy="s", shift=0.0, noise=1.0, seed=0):
             ).round(4)
             tokens = r.integers(0, 2 + p, length).tolist()  # small vocabularies repeat 4-grams
             rows.append({"strategy": strategy, "prompt_id": prompt, "seed": 0, "sample": s, "text": " ".join(map(str, tokens)),
-                         "tokens": tokens, "logprobs": lp.tolist(), "timings": {"decode_tok_s": 10.0 + p}})  # fmt: skip
+                         "tokens": tokens, "logprobs": lp.tolist()})  # fmt: skip
     return rows
 
 
@@ -105,7 +105,6 @@ def test_every_metric_has_an_interval_around_it_and_it_is_reproducible():
         "repetition",
         "mean_logprob",
         "perplexity",
-        "tok_s",
     } <= set(names)
     for row in table:
         for m in names:
