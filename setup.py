@@ -1,6 +1,7 @@
 """Builds the CPU kernel for packed and bf16 weights (``phijax/kernels``); everything else is in
-pyproject.toml. Each build is optional: without a C++ compiler the install still succeeds
-and those weights use the pure-JAX path (``phijax.kernels.status()`` says why)."""
+pyproject.toml. Each build is optional: without a C++ compiler, or without jaxlib in the build
+environment, the install still succeeds and those weights use the pure-JAX path
+(``phijax.kernels.status()`` says why)."""
 
 import os
 import platform
@@ -10,18 +11,23 @@ from importlib.util import find_spec
 from setuptools import Extension, setup
 
 
-def _xla_ffi_include() -> str:
-    """The XLA FFI headers that jaxlib ships (a build requirement in pyproject.toml)."""
-    return os.path.join(os.path.dirname(find_spec("jaxlib").origin), "include")
+def _xla_ffi_include() -> str | None:
+    """The XLA FFI headers that jaxlib ships (a build requirement in pyproject.toml), or None
+    where jaxlib cannot be imported (``pip install --no-build-isolation`` without it)."""
+    spec = find_spec("jaxlib")
+    if spec is None or spec.origin is None:
+        return None
+    include = os.path.join(os.path.dirname(spec.origin), "include")
+    return include if os.path.isfile(os.path.join(include, "xla", "ffi", "api", "ffi.h")) else None
 
 
-def _kernel(isa: str, flags: list[str]) -> Extension:
+def _kernel(isa: str, flags: list[str], include: str) -> Extension:
     name = f"_cpu_matmul_{isa}"
     macros = [("PHIJAX_MODULE", name)] + ([(f"PHIJAX_{isa.upper()}", "1")] if flags else [])
     return Extension(
         f"phijax.kernels.{name}",
         sources=["phijax/kernels/cpu_matmul.cc"],
-        include_dirs=[_xla_ffi_include()],
+        include_dirs=[include],
         define_macros=macros,
         extra_compile_args=["/std:c++17", "/O2"]
         if sys.platform == "win32"
@@ -31,8 +37,23 @@ def _kernel(isa: str, flags: list[str]) -> Extension:
     )
 
 
-kernels = [_kernel("generic", [])]
-if platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32":
-    kernels += [_kernel("avx2", ["-mavx2", "-mfma"]), _kernel("avx512", ["-mavx512f", "-mfma"])]
+def _kernels() -> list[Extension]:
+    include = _xla_ffi_include()
+    if include is None:
+        print(
+            "phijax: jaxlib (and its XLA FFI headers) is not importable in this build "
+            "environment, so the CPU kernel is not built; packed and bf16 weights will use "
+            "XLA's products. Install jaxlib first, or build without --no-build-isolation.",
+            file=sys.stderr,
+        )
+        return []
+    kernels = [_kernel("generic", [], include)]
+    if platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32":
+        kernels += [
+            _kernel("avx2", ["-mavx2", "-mfma"], include),
+            _kernel("avx512", ["-mavx512f", "-mfma"], include),
+        ]
+    return kernels
 
-setup(ext_modules=kernels)
+
+setup(ext_modules=_kernels())

@@ -6,29 +6,39 @@ without help a :class:`~phijax.model.quant.QuantArray` buys memory, not speed, o
 CPU; and its bf16 matrix-vector product is 10x slower than f32's. :func:`matmul`
 decodes each block in registers and multiplies it in f32 (``cpu_matmul.cc``): the same
 weights as the f32 mode, bit for bit, read at a quarter (packed) or half (bf16) of their
-bytes. It is built at install time (``setup.py``) for AVX-512, AVX2 and any CPU;
-:func:`status` says which one runs, or why none does, in which case
-:func:`~phijax.model.layers.linear` keeps its pure-JAX path.
+bytes. It is built at install time (``setup.py``) for AVX-512, AVX2 and any CPU
+(:data:`BUILDS`); each build this CPU runs registers its own FFI target and must pass a
+check against numpy before it is used. :func:`status` says which build
+:func:`~phijax.model.layers.linear` uses, or why none, in which case it keeps its
+pure-JAX path.
 
-``PHIJAX_CPU_KERNEL=0`` turns the kernel off; ``=avx2`` or ``=generic`` picks a build.
+``PHIJAX_CPU_KERNEL``: unset, ``1``, ``on`` or ``true`` use the fastest build this CPU
+runs; ``0``, ``off`` or ``false`` turn the kernel off; ``avx512``, ``avx2`` or
+``generic`` pick a build.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import ModuleType
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phijax.errors import UnsupportedError
+from phijax.errors import ConfigError, UnsupportedError
 from phijax.model.quant import QuantArray, dense
 
+BUILDS: tuple[str, ...] = ("avx512", "avx2", "generic")
+"""The kernel's builds (``setup.py``), fastest first."""
 TARGET = "phijax_cpu_matmul"
+"""The prefix of the builds' FFI targets: build ``b`` registers ``f"{TARGET}_{b}"``."""
+ENV = "PHIJAX_CPU_KERNEL"
 MAX_ROWS = 256
 """Rows of ``x`` up to which :func:`applies` picks the kernel. Its time grows with the rows
 (each weight block is decoded once per tile of 8 rows, then multiplied on the vector units),
@@ -42,93 +52,235 @@ product overtakes the kernel's f32 arithmetic between 4 and 8 rows, while its
 matrix-vector product is 3-6x slower than the kernel (``[16384, 3072]``: kernel 4.2 / 6.4 /
 9.8 ms at 1 / 4 / 8 rows, XLA bf16 26.9 / 9.1 / 7.8, f32 8.6 / 18.9 / 20.4; AMD EPYC)."""
 _FALLBACK = "packed and bf16 weights use XLA's products"  # what runs when the kernel cannot
+_SWITCH = {"": "auto", "1": "auto", "on": "auto", "true": "auto"}
+_SWITCH |= {"0": "off", "off": "off", "false": "off"} | {b: b for b in BUILDS}
 
 
-@functools.cache
-def _build() -> tuple[ModuleType | None, str]:
-    """The kernel build this CPU runs, registered with XLA, and a line that says which (or
-    why none)."""
-    wanted = os.environ.get("PHIJAX_CPU_KERNEL", "").strip().lower()
-    if wanted in ("0", "off", "false", "no"):
-        return None, "off (PHIJAX_CPU_KERNEL=0)"
-    try:
-        generic = importlib.import_module("phijax.kernels._cpu_matmul_generic")
-    except ImportError as e:
-        return None, (
-            f"not built ({e}); {_FALLBACK}. Reinstall phijax with a C++ compiler (g++ or "
-            "clang++) on the PATH to build it."
+def requested(value: str | None = None) -> str:
+    """What ``value`` (default: ``$PHIJAX_CPU_KERNEL``) asks for: ``"auto"`` (unset, ``1``,
+    ``on``, ``true``: the fastest build this CPU runs), ``"off"`` (``0``, ``off``, ``false``)
+    or a name from :data:`BUILDS`; anything else raises :class:`ConfigError`."""
+    raw = os.environ.get(ENV, "") if value is None else value
+    choice = _SWITCH.get(raw.strip().lower())
+    if choice is None:
+        raise ConfigError(
+            f"{ENV}={raw!r} is not understood: use 1/on/true (the fastest build this CPU "
+            f"runs), 0/off/false (no kernel), or a build: {', '.join(BUILDS)}."
         )
-    order = [isa for isa in ("avx512", "avx2") if isa in generic.supported()] + ["generic"]
-    if wanted:
-        if wanted not in order:
-            return None, f"PHIJAX_CPU_KERNEL={wanted!r}: this CPU runs {order}"
-        order = [wanted]
-    for isa in order:
-        try:
-            module = importlib.import_module(f"phijax.kernels._cpu_matmul_{isa}")
-        except ImportError:
-            continue
-        jax.ffi.register_ffi_target(TARGET, module.handler(), platform="cpu")
-        return module, module.isa()
-    return None, f"no build for this CPU among {order}"
+    return choice
+
+
+def target(build: str) -> str:
+    """The FFI target that ``build`` registers."""
+    return f"{TARGET}_{build}"
+
+
+def _missing(name: str, error: ImportError) -> str:
+    """Why extension module ``name`` did not import, and what to do about it."""
+    here = Path(__file__).resolve().parent
+    if not isinstance(error, ModuleNotFoundError):
+        return f"not loadable ({error}; reinstall phijax to rebuild it for this Python and jaxlib)"
+    root = here.parents[1]
+    if (root / "setup.py").is_file() and (root / "pyproject.toml").is_file():
+        return (
+            f"not built in the source tree {root}, which Python imports phijax from (it "
+            "shadows any installed copy): build it there with `pip install -e .` (a C++ "
+            "compiler on the PATH), or run Python outside the checkout"
+        )
+    return (
+        f"not built (no {name} in {here}; reinstall phijax with a C++ compiler, g++ or "
+        "clang++, on the PATH and jaxlib importable at build time)"
+    )
 
 
 @functools.cache
-def _checked() -> tuple[bool, str]:
-    """Registered and agreeing with the pure-JAX product on a small case (a build made for
-    another jaxlib, say, fails here instead of inside a user's step)."""
-    module, line = _build()
+def _cpu() -> tuple[tuple[str, ...], str]:
+    """The builds this CPU runs, fastest first, as the portable build reports them (a vector
+    build cannot ask safely: its own code may use the instructions in question); or ``()``
+    and why the portable build did not import."""
+    name = "_cpu_matmul_generic"
+    try:
+        generic = importlib.import_module(f"{__name__}.{name}")
+    except ImportError as e:
+        return (), _missing(name, e)
+    runs = {*generic.supported(), "generic"}
+    return tuple(b for b in BUILDS if b in runs), ""
+
+
+def _known(build: str) -> str:
+    if build not in BUILDS:
+        raise ConfigError(f"CPU kernel build {build!r}: the builds are {', '.join(BUILDS)}.")
+    return build
+
+
+@functools.cache
+def _load(build: str) -> tuple[ModuleType | None, str]:
+    """``build`` imported and registered as :func:`target` ``(build)``, or ``None`` and why
+    not."""
+    runs, why = _cpu()
+    if why:
+        return None, why
+    if build not in runs:
+        return None, f"this CPU does not run it (it runs {', '.join(runs)})"
+    name = f"_cpu_matmul_{build}"
+    try:
+        module = importlib.import_module(f"{__name__}.{name}")
+    except ImportError as e:
+        return None, _missing(name, e)
+    jax.ffi.register_ffi_target(target(build), module.handler(), platform="cpu")
+    return module, ""
+
+
+@functools.cache
+def _checked(build: str) -> str:
+    """'' when ``build`` is registered and agrees with numpy on every code layout (a build
+    made for another jaxlib, or a wrong one, fails here instead of inside a user's step);
+    otherwise why not."""
+    module, why = _load(_known(build))
     if module is None:
-        return False, line
+        return why
     try:  # in a thread of its own: JAX's trace state is per thread, so this runs eagerly
         with ThreadPoolExecutor(1) as pool:  # even when the first use is inside a jit trace
-            error = pool.submit(_self_check).result()
+            error = pool.submit(_self_check, build).result()
     except Exception as e:  # any failure of a foreign build means: do not use it
         error = f"{type(e).__name__}: {e}"
-    if error:
-        return False, f"{line}: failed its check ({error}); {_FALLBACK}"
-    return True, line
+    return f"failed its check ({error})" if error else ""
 
 
-def _self_check() -> str:
-    """The kernel against numpy on a small packed weight with mins and a bf16 weight; '' when
-    they agree."""
+def _pack(codes: np.ndarray, group: int) -> np.ndarray:
+    """4-bit ``codes [rows, cols]`` two per byte, QuantArray's order: in each group, byte j
+    holds code j (low half) and code j + group/2 (high half)."""
+    rows, cols = codes.shape
+    g = codes.reshape(rows, cols // group, 2, group // 2)
+    return (g[:, :, 0] | g[:, :, 1] << 4).reshape(rows, cols // 2).astype(np.uint8)
+
+
+def _self_check(build: str) -> str:
+    """``build`` against numpy on every code layout (int8 codes in blocks of 16 and 32,
+    4-bit codes in groups of 32 and 64, with and without mins, bf16), with 9 rows of x (tiles
+    of 8 or 4 and a remainder) and 7 weight rows (pairs and a remainder); '' when every
+    product is within f32 rounding of the exact one, else which layout is wrong."""
     rng = np.random.default_rng(0)
-    packed = QuantArray(
-        jnp.asarray(rng.integers(-128, 128, (24, 64)), jnp.int8),
-        jnp.asarray(rng.random((24, 2)), jnp.float32),
-        jnp.asarray(rng.random((24, 2)), jnp.float32),
-    )
-    x = rng.standard_normal((3, 64)).astype(np.float32)
-    for w in (packed, jnp.asarray(rng.standard_normal((24, 64)), jnp.bfloat16)):
-        got = np.asarray(jax.jit(_call)(x, w))
-        if not np.allclose(got, x @ np.asarray(dense(w, jnp.float32)).T, rtol=1e-4, atol=1e-4):
-            return f"wrong results for a {type(w).__name__} weight"
+    out, cols = 7, 128
+    x = rng.standard_normal((9, cols)).astype(np.float32)
+    cases: dict[str, tuple[jax.Array | QuantArray, np.ndarray]] = {}
+    for nibbles, block, with_mins in [
+        (0, 16, True),
+        (0, 32, False),
+        (32, 32, True),
+        (64, 32, True),
+        (64, 32, False),
+    ]:
+        lo, hi = (0, 16) if nibbles else (-128, 128)
+        codes = rng.integers(lo, hi, (out, cols))
+        scales = (rng.integers(1, 64, (out, cols // block)) / 64).astype(np.float32)
+        mins = rng.standard_normal(scales.shape).astype(np.float32) if with_mins else None
+        w = np.repeat(scales, block, 1) * codes.astype(np.float32)  # exact: dyadic scales
+        if with_mins:
+            w = w - np.repeat(mins, block, 1)  # one rounding, like the kernel's fmsub
+        values = _pack(codes, nibbles) if nibbles else codes.astype(np.int8)
+        q = QuantArray(
+            jnp.asarray(values),
+            jnp.asarray(scales),
+            None if mins is None else jnp.asarray(mins),
+            nibbles,
+        )
+        name = f"4-bit groups of {nibbles}" if nibbles else f"int8 blocks of {block}"
+        cases[f"{name}, {'with' if with_mins else 'no'} mins"] = (q, w)
+    bf16 = jnp.asarray(rng.standard_normal((out, cols)), jnp.bfloat16)
+    cases["bf16"] = (bf16, np.asarray(bf16.astype(jnp.float32)))
+    weights = [w for w, _ in cases.values()]
+    got = jax.jit(lambda x, ws: [_call(build, None, x, w) for w in ws])(x, weights)
+    x64 = x.astype(np.float64)
+    for (name, (_, w)), y in zip(cases.items(), got, strict=True):
+        w64 = w.astype(np.float64)
+        bound = cols * np.finfo(np.float32).eps * (np.abs(x64) @ np.abs(w64).T)
+        if not np.all(np.abs(np.asarray(y) - x64 @ w64.T) <= bound):
+            return f"wrong products for {name}"
     return ""
 
 
-def status() -> str:
-    """Which kernel build runs on this CPU, or why none does."""
-    return _checked()[1]
+def builds() -> tuple[str, ...]:
+    """The builds present here, run by this CPU and passing their check, fastest first
+    (whatever ``PHIJAX_CPU_KERNEL`` says)."""
+    return tuple(b for b in BUILDS if not _checked(b))
 
 
-def available() -> bool:
-    return jax.default_backend() == "cpu" and _checked()[0]
+def _chosen() -> tuple[str | None, str]:
+    """The build :func:`linear <phijax.model.layers.linear>` uses (``None``: the pure path)
+    and the line :func:`status` shows."""
+    wanted = requested()
+    if wanted == "off":
+        return None, f"off ({ENV}={os.environ.get(ENV)!r}); {_FALLBACK}"
+    if wanted != "auto":
+        why = _checked(wanted)
+        return (None, f"{wanted}: {why}; {_FALLBACK}") if why else (wanted, wanted)
+    runs, why = _cpu()
+    if why:
+        return None, f"{why}; {_FALLBACK}"
+    passed = []
+    for build in runs:
+        why = _checked(build)
+        if not why:
+            return build, build + (f" ({'; '.join(passed)})" if passed else "")
+        passed.append(f"{build}: {why}")
+    return None, f"{'; '.join(passed)}; {_FALLBACK}"
+
+
+def chosen() -> str | None:
+    """The build :func:`~phijax.model.layers.linear` uses on this CPU, or ``None``."""
+    return _chosen()[0]
+
+
+def status(build: str | None = None) -> str:
+    """Which build :func:`~phijax.model.layers.linear` uses on this CPU, or why none does;
+    with ``build``, that build's name if it runs here, or why not."""
+    if build is None:
+        return _chosen()[1]
+    why = _checked(_known(build))
+    return f"{build}: {why}" if why else build
+
+
+def available(build: str | None = None) -> bool:
+    """Whether the kernel runs here (``build``: that build; default: the one chosen)."""
+    if jax.default_backend() != "cpu":
+        return False
+    return chosen() is not None if build is None else not _checked(_known(build))
+
+
+def row_limit(w: jax.Array | QuantArray) -> int | None:
+    """Rows of ``x`` up to which ``linear`` multiplies ``w`` on the kernel: :data:`MAX_ROWS`
+    for a QuantArray, :data:`BF16_MAX_ROWS` for bf16, ``None`` for any other dtype."""
+    if isinstance(w, QuantArray):
+        return MAX_ROWS
+    return BF16_MAX_ROWS if w.dtype == jnp.bfloat16 else None
+
+
+def fits(w: jax.Array | QuantArray) -> bool:
+    """Whether the kernel takes ``w`` (``cpu_matmul.cc``'s rules): one matrix of a width that
+    is a multiple of 32; bf16, or int8 codes in blocks of 16 or 32, or 4-bit codes in groups of
+    32 or 64 with blocks of 32; mins, if any, shaped like the scales."""
+    if not isinstance(w, QuantArray):
+        return w.dtype == jnp.bfloat16 and w.ndim == 2 and w.shape[1] % 32 == 0
+    cols = w.shape[-1]
+    if w.values.ndim != 2 or cols % 32 or w.scales.ndim != 2 or cols % w.scales.shape[1]:
+        return False
+    if w.mins is not None and w.mins.shape != w.scales.shape:
+        return False
+    if w.nibbles:
+        return w.nibbles in (32, 64) and w.block == 32 and w.values.dtype == jnp.uint8
+    return w.block in (16, 32) and w.values.dtype == jnp.int8
 
 
 def applies(x: jax.Array, w: jax.Array | QuantArray) -> bool:
     """Whether :func:`~phijax.model.layers.linear` should use the kernel for ``x [..., in]``
-    and ``w``: one packed matrix of at most :data:`MAX_ROWS` rows, or one bf16 matrix of at
-    most :data:`BF16_MAX_ROWS` (not a layer stack), on CPU, outside a device mesh (XLA
-    cannot split a foreign call's operands; the pure path shards)."""
-    if isinstance(w, QuantArray):
-        limit, ndim = MAX_ROWS, w.values.ndim
-    elif w.dtype == jnp.bfloat16:
-        limit, ndim = BF16_MAX_ROWS, w.ndim
-    else:
-        return False
+    and ``w``: a weight it :func:`fits`, at most :func:`row_limit` rows of ``x`` (under
+    ``vmap``, :func:`matmul` recounts them with the batch), on CPU, outside a device mesh
+    (XLA cannot split a foreign call's operands; the pure path shards)."""
+    limit = row_limit(w)
     return (
-        ndim == 2
+        limit is not None
+        and fits(w)
         and int(np.prod(x.shape[:-1])) <= limit
         and jax.sharding.get_abstract_mesh().empty
         and available()
@@ -141,45 +293,79 @@ def reference(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
     return jnp.dot(x, dense(w, jnp.float32).T, preferred_element_type=jnp.float32)
 
 
-@jax.custom_jvp
-def matmul(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
+def matmul(
+    x: jax.Array,
+    w: jax.Array | QuantArray,
+    *,
+    build: str | None = None,
+    max_rows: int | None = None,
+) -> jax.Array:
     """``x [rows, in] @ w.T`` → ``[rows, out]`` f32 by the kernel, for a packed or bf16
-    ``w [out, in]``. Differentiable (the derivatives are :func:`reference`'s) and batchable
-    like any JAX function."""
-    return _call(x.astype(jnp.float32), w)
+    ``w [out, in]`` that it :func:`fits`. ``build``: one of :func:`builds` (default: the one
+    :func:`status` names). ``max_rows``: when ``vmap`` folds a batch into more rows than this,
+    the batched product is the pure one (``linear`` passes :func:`row_limit`; ``None``: no
+    limit). Differentiable (the derivatives are :func:`reference`'s) and batchable like any
+    JAX function."""
+    if build is None:
+        build, line = _chosen()
+        if build is None:
+            raise UnsupportedError(f"phijax's CPU kernel is {line}")
+    elif why := _checked(_known(build)):
+        raise UnsupportedError(f"phijax's CPU kernel build {build} is {why}")
+    return _matmul(build, max_rows, x, w)
 
 
-@matmul.defjvp
-def _matmul_jvp(primals, tangents):
-    return matmul(*primals), jax.jvp(reference, primals, tangents)[1]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _matmul(build: str, max_rows: int | None, x: jax.Array, w) -> jax.Array:
+    return _call(build, max_rows, x.astype(jnp.float32), w)
 
 
-def _call(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
-    if _build()[0] is None:
-        raise UnsupportedError(f"phijax's CPU kernel is {_build()[1]}")
+@_matmul.defjvp
+def _matmul_jvp(build, max_rows, primals, tangents):
+    return _matmul(build, max_rows, *primals), jax.jvp(reference, primals, tangents)[1]
+
+
+def _call(build: str, max_rows: int | None, x: jax.Array, w) -> jax.Array:
     empty = jnp.zeros((0,), jnp.float32)
     if not isinstance(w, QuantArray):
-        return _ffi(0)(x, w, empty, empty)
-    return _ffi(w.nibbles)(x, w.values, w.scales, empty if w.mins is None else w.mins)
+        return _ffi(build, 0, max_rows)(x, w, empty, empty)
+    mins = empty if w.mins is None else w.mins
+    return _ffi(build, w.nibbles, max_rows)(x, w.values, w.scales, mins)
+
+
+def _pure(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
+    """:func:`reference`, with a packed weight tied to ``x`` by a zero-valued data dependency
+    so that XLA decodes it where it is used (as ``linear``'s pure path does)."""
+    if isinstance(w, QuantArray) and x.size:
+        tie = (x.reshape(-1)[0] * 0).astype(w.values.dtype)
+        w = dataclasses.replace(w, values=w.values + tie)
+    return reference(x, w)
 
 
 @functools.cache
-def _ffi(nibbles: int):
-    """The foreign call for one code layout, batched by folding a batch of ``x`` into its
-    rows (weights shared) or, when the weights carry the batch too, one call per item."""
+def _ffi(build: str, nibbles: int, max_rows: int | None):
+    """The foreign call of ``build`` for one code layout, batched by folding a batch of ``x``
+    into its rows (weights shared; the pure product beyond ``max_rows`` rows) or, when the
+    weights carry the batch too, one call per item."""
 
     @jax.custom_batching.custom_vmap
     def call(x, values, scales, mins):
         out = jax.ShapeDtypeStruct((x.shape[0], values.shape[0]), jnp.float32)
-        return jax.ffi.ffi_call(TARGET, out)(x, values, scales, mins, nibbles=np.int64(nibbles))
+        return jax.ffi.ffi_call(target(build), out)(
+            x, values, scales, mins, nibbles=np.int64(nibbles)
+        )
 
     @call.def_vmap
     def _batched(axis_size, in_batched, x, values, scales, mins):
         if not any(in_batched[1:]):
             size, rows, cols = x.shape
-            return call(x.reshape(size * rows, cols), values, scales, mins).reshape(
-                size, rows, -1
-            ), True
+            folded = x.reshape(size * rows, cols)
+            if max_rows is not None and size * rows > max_rows:
+                w = values
+                if values.dtype != jnp.bfloat16:
+                    w = QuantArray(values, scales, mins if mins.ndim == 2 else None, nibbles)
+                return _pure(folded, w).reshape(size, rows, -1), True
+            return call(folded, values, scales, mins).reshape(size, rows, -1), True
         args = [
             a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
             for a, b in zip((x, values, scales, mins), in_batched, strict=True)

@@ -293,12 +293,13 @@ struct Job {
   }
 };
 
-// The weight behind the buffers, or an error naming what disagrees. ``nibbles``: 0 for int8
-// codes, 32 or 64 for packed 4-bit codes; bf16 codes are a dense weight (scales, mins empty).
 ffi::Unexpected<ffi::Error> bad(const char* message) {
   return ffi::Unexpected<ffi::Error>(ffi::Error::InvalidArgument(message));
 }
 
+// The weight behind the buffers, or an error naming what disagrees (the target is registered
+// for any caller, so every extent the loops read is checked here). ``nibbles``: 0 for int8
+// codes, 32 or 64 for packed 4-bit codes; bf16 codes are a dense weight (scales, mins empty).
 ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::Buffer<ffi::F32> scales,
                                ffi::Buffer<ffi::F32> mins, int64_t nibbles) {
   const auto cd = codes.dimensions(), sd = scales.dimensions();
@@ -318,11 +319,14 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::Buffer<f
     return bad("cpu_matmul: codes must be int8, uint8 nibbles in groups of 32 or 64, or bf16");
   }
   const int64_t groups = sd.size() == 2 ? sd[1] : 0, block = groups > 0 ? cols / groups : 0;
-  const bool with_mins = mins.element_count() != 0;
   if (sd.size() != 2 || cd[1] != (packed ? cols / 2 : cols) || sd[0] != rows || groups * block != cols ||
-      (block != 16 && block != 32) || (packed && (block != 32 || cols % nibbles != 0)) ||
-      (with_mins && mins.element_count() != scales.element_count())) {
-    return bad("cpu_matmul: shapes of x, codes, scales and mins disagree");
+      (block != 16 && block != 32) || (packed && (block != 32 || cols % nibbles != 0))) {
+    return bad("cpu_matmul: shapes of x, codes and scales disagree");
+  }
+  const bool with_mins = mins.element_count() != 0;
+  const auto md = mins.dimensions();
+  if (with_mins && (md.size() != 2 || md[0] != rows || md[1] != groups)) {
+    return bad("cpu_matmul: mins must be [rows, groups] like scales, or empty");
   }
   return Weight{data, scales.typed_data(), with_mins ? mins.typed_data() : nullptr, rows, cols, cd[1], groups};
 }
@@ -335,6 +339,10 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   const int64_t m = xd[0], cols = xd[1];
   auto w = weight_of(cols, codes, scales, mins, nibbles);
   if (w.has_error()) return w.error();
+  const auto yd = y->dimensions();
+  if (yd.size() != 2 || yd[0] != m || yd[1] != w->rows) {
+    return ffi::Error::InvalidArgument("cpu_matmul: the output must be [rows of x, rows of the weight]");
+  }
   auto job = std::make_shared<Job>();
   job->problem = Problem{*w, x.typed_data(), y->typed_data(), m};
   job->fn = pick(codes.element_type() == ffi::DataType::BF16, nibbles, w->groups ? cols / w->groups : 0,

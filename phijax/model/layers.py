@@ -43,11 +43,13 @@ def linear(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
     memory, and 1.5-2x slower products: ``benchmarks/bench_products.py``).
 
     On CPU a QuantArray or a bf16 weight goes to :func:`phijax.kernels.matmul` (decoded in
-    registers: 2-4x the f32 product at one row) when :func:`phijax.kernels.applies`.
+    registers: 2-4x the f32 product at one row) when :func:`phijax.kernels.applies`; under
+    ``vmap`` the kernel recounts the rows with the batch and keeps the same row limit.
     """
     if kernels.applies(x, w):
         *lead, n = x.shape
-        return kernels.matmul(x.reshape(-1, n), w).reshape(*lead, -1)
+        y = kernels.matmul(x.reshape(-1, n), w, max_rows=kernels.row_limit(w))
+        return y.reshape(*lead, -1)
     if isinstance(w, QuantArray):
         tie = (x.reshape(-1)[0] * 0).astype(w.values.dtype)  # zero, but a data dependency on x
         w = dataclasses.replace(w, values=w.values + tie)

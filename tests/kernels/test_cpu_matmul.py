@@ -1,22 +1,20 @@
-"""phijax.kernels: the CPU kernel for packed and bf16 weights, against the weights it must
-reproduce.
+"""phijax.kernels: every build of the CPU kernel, against the weights it must reproduce.
 
 The kernel decodes each block in registers and multiplies in f32, so two things are
-checked separately: the weights it uses are the file's, bit for bit (a product with the
-identity rows returns them exactly: one non-zero term per sum), and its sums differ from an
-exact (float64) product by rounding alone, at most ``cols · eps · Σ|w·x|`` for any order of
-summation (the standard bound on f32 dot products), so no tolerance here depends on the CPU.
+checked separately, for every build this CPU runs (``build`` fixture, conftest.py) and every
+code layout: the weights it uses are the file's as ``gguf.quants.dequantize`` decodes them,
+bit for bit (a product with the identity rows returns them exactly: one non-zero term per
+sum), and its sums differ from an exact (float64) product by rounding alone, at most
+``cols · eps · Σ|w·x|`` for any order of summation (the standard bound on f32 dot
+products), so no tolerance here depends on the CPU. Rows of x run across the tile edges
+(tiles of 8 rows in the AVX-512 build, 4 in the others): 1-9 and 255-257.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
-import subprocess
-import sys
 
+import gguf
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,94 +23,125 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
 from phijax import kernels
+from phijax.errors import ConfigError
 from phijax.gguf import relayout
 from phijax.model.layers import linear
-from phijax.model.quant import QuantArray, dense
+from phijax.model.quant import QuantArray
 
 from blocks import random_blocks
 
 F32_EPS = float(np.finfo(np.float32).eps)
+ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 255, 256, 257)
+OUT = 37  # weight rows: pairs of rows per tile and a remainder; chunks end mid-way
+
+
+def file_weight(
+    qtype: QT, rows: int = OUT, seed: int = 0, cols: int | None = None
+) -> tuple[QuantArray, np.ndarray]:
+    """Random blocks of ``qtype`` (every bit field hit) as the QuantArray ``quantized=True``
+    loads, and as ``gguf.quants.dequantize`` decodes them ``[rows, cols]`` (default: 3 blocks
+    per row for types of 32 elements, one for k-quants of 256)."""
+    elems, _ = GGML_QUANT_SIZES[qtype]
+    cols = cols or (3 * elems if elems == 32 else elems)
+    raw = random_blocks(qtype, rows * cols // elems, seed=seed + int(qtype))
+    want = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
+    return relayout.relayout(raw, qtype, (rows, cols)), want
+
+
+def numpy_weight(w: QuantArray) -> np.ndarray:
+    """``scales · codes - mins`` in f32 by numpy, unpacking 4-bit codes itself (byte j of a
+    group of g holds code j low, code j + g/2 high): independent of QuantArray's decoding."""
+    values = np.asarray(w.values)
+    if w.nibbles:
+        groups = values.reshape(values.shape[0], -1, w.nibbles // 2)
+        values = np.concatenate([groups & 15, groups >> 4], axis=-1).reshape(values.shape[0], -1)
+    block = values.shape[1] // w.scales.shape[1]
+    out = np.repeat(np.asarray(w.scales), block, 1) * values.astype(np.float32)
+    return out if w.mins is None else out - np.repeat(np.asarray(w.mins), block, 1)
+
+
+def without_mins(qtype: QT) -> tuple[QuantArray, np.ndarray]:
+    """4-bit codes without mins (no file type has them, but a QuantArray may)."""
+    w = dataclasses.replace(file_weight(qtype)[0], mins=None)
+    return w, numpy_weight(w)
+
+
+def fused() -> tuple[QuantArray, np.ndarray]:
+    """q|k|v-style rows of three types: brought to blocks of 16 with mins, int8 codes."""
+    parts = [file_weight(QT.Q6_K, 8), file_weight(QT.Q4_K, 8), file_weight(QT.Q8_0, 8, cols=256)]
+    return relayout.concatenate([w for w, _ in parts]), np.concatenate([d for _, d in parts])
+
+
+def bf16() -> tuple[jax.Array, np.ndarray]:
+    w = jnp.asarray(np.random.default_rng(5).standard_normal((OUT, 96)), jnp.bfloat16)
+    return w, np.asarray(w.astype(jnp.float32))
+
+
 QUANTIZED = sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name)
-
-pytestmark = pytest.mark.skipif(
-    not kernels.available(), reason=f"the CPU kernel is {kernels.status()}"
-)
-
-
-def packed(qtype: QT, rows: int = 24, blocks_per_row: int = 2, seed: int = 0) -> QuantArray:
-    """A QuantArray re-laid out from random blocks of ``qtype``, every bit field hit."""
-    elems = GGML_QUANT_SIZES[qtype][0]
-    raw = random_blocks(qtype, rows * blocks_per_row, seed=seed + int(qtype))
-    return relayout.relayout(raw, qtype, (rows, elems * blocks_per_row))
+LAYOUTS = {t.name: lambda t=t: file_weight(t) for t in QUANTIZED} | {
+    "Q4_K-without-mins": lambda: without_mins(QT.Q4_K),
+    "Q4_1-without-mins": lambda: without_mins(QT.Q4_1),
+    "fused-Q6_K-Q4_K-Q8_0": fused,
+    "bf16": bf16,
+}
+"""Every code layout: int8 codes in blocks of 16 (Q2_K with mins, Q3_K, Q6_K) and 32 (Q8_0,
+Q5_K with mins, ...), 4-bit codes in groups of 32 (Q4_1) and 64 (Q4_K), with and without
+mins, mixed parts, and bf16."""
 
 
-def assert_rounding_close(got, x, w: jax.Array | QuantArray) -> None:
+def assert_rounding_close(got, x, w: np.ndarray) -> None:
     """``got`` = ``x @ w.T`` up to f32 rounding: within cols · eps · Σ|w·x| of the exact sum."""
-    x64, w64 = np.asarray(x, np.float64), np.asarray(dense(w, jnp.float32), np.float64)
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
     bound = x64.shape[-1] * F32_EPS * (np.abs(x64) @ np.abs(w64).T)
     np.testing.assert_array_less(np.abs(np.asarray(got) - x64 @ w64.T), bound + 1e-30)
 
 
-@pytest.mark.skipif(
-    shutil.which("c++") is None or sys.platform != "linux",
-    reason="the kernel is built where a C++ compiler is",
-)
-def test_kernel_is_built_and_runs_here():
-    """Where phijax was installed with a compiler (CI), the kernel must be active: a failed
-    build would otherwise only show as slow packed weights."""
-    assert kernels.available(), kernels.status()
+def test_kernel_is_built_and_runs_here(expected_builds):
+    """Where phijax was installed with a compiler (CI: a compiler on the PATH now), every
+    build this CPU runs must load and pass its check, and ``linear`` must use the fastest:
+    a failed build would otherwise only show as slow packed weights."""
+    missing = [kernels.status(b) for b in expected_builds if b not in kernels.builds()]
+    assert not missing, "\n".join(missing)
+    if kernels.requested() == "auto":
+        assert kernels.available() and kernels.chosen() == expected_builds[0], kernels.status()
 
 
-@pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
-def test_kernel_uses_the_files_weights_bit_for_bit(qtype: QT):
-    """Every packed type (int8 codes with blocks of 16 or 32, with or without mins; 4-bit
-    codes two per byte): identity rows give back the dequantized weight exactly."""
-    w = packed(qtype)
-    eye = jnp.eye(w.shape[1], dtype=jnp.float32)
-    np.testing.assert_array_equal(np.asarray(kernels.matmul(eye, w)).T, w.dequantize())
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_against_gguf(build: str, layout: str):
+    """The identity rows give back the file's weights bit for bit, and every row count
+    across the tile edges is the exact product up to f32 rounding."""
+    w, want = LAYOUTS[layout]()
+    if isinstance(w, QuantArray) and "without" not in layout:
+        np.testing.assert_array_equal(numpy_weight(w), want)  # the helper is the reference too
+    cols = want.shape[1]
+    x = np.random.default_rng(cols).standard_normal((max(ROWS), cols)).astype(np.float32)
+
+    def products(x, eye, w):
+        return [kernels.matmul(a, w, build=build) for a in [eye, *(x[:r] for r in ROWS)]]
+
+    identity, *got = jax.jit(products)(x, np.eye(cols, dtype=np.float32), w)
+    np.testing.assert_array_equal(np.asarray(identity).T, want)
+    for rows, y in zip(ROWS, got, strict=True):
+        assert y.shape == (rows, want.shape[0])
+        assert_rounding_close(y, x[:rows], want)
 
 
-def test_kernel_decodes_fused_and_mins_free_layouts_exactly():
-    """A fused weight of mixed types (blocks of 16 with mins), and 4-bit codes without mins
-    (no file type has them, but a QuantArray may)."""
-    fused = relayout.concatenate([packed(QT.Q6_K, 8), packed(QT.Q4_K, 8), packed(QT.Q8_0, 8, 16)])
-    no_mins = dataclasses.replace(packed(QT.Q4_K), mins=None)
-    for w in (fused, no_mins):
-        eye = jnp.eye(w.shape[1], dtype=jnp.float32)
-        np.testing.assert_array_equal(np.asarray(kernels.matmul(eye, w)).T, w.dequantize())
-
-
-def test_bf16_weights_are_used_exactly():
-    """A bf16 weight widens to f32 exactly: identity rows give it back."""
-    w = jnp.asarray(np.random.default_rng(5).standard_normal((40, 96)), jnp.bfloat16)
-    eye = jnp.eye(96, dtype=jnp.float32)
-    np.testing.assert_array_equal(np.asarray(kernels.matmul(eye, w)).T, w.astype(jnp.float32))
-    x = np.random.default_rng(6).standard_normal((5, 96)).astype(np.float32)
-    assert_rounding_close(kernels.matmul(x, w), x, w)
-
-
-@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q6_K, QT.Q5_K, QT.Q4_1, QT.Q8_0], ids=str)
-@pytest.mark.parametrize("rows", [1, 5, 8, 9, 64])
-def test_products_are_exact_up_to_f32_rounding(qtype: QT, rows: int):
-    w = packed(qtype, rows=37, blocks_per_row=3)  # 37 outputs: chunks end mid-way
-    x = np.random.default_rng(rows).standard_normal((rows, w.shape[1])).astype(np.float32)
-    assert_rounding_close(jax.jit(kernels.matmul)(x, w), x, w)
-
-
-def test_rows_do_not_depend_on_the_batch():
-    """Each output row is summed the same way in a batch of 1, 3 or 17 rows (tiles of 8 and
-    a remainder), so a sample's logits do not depend on what else is in the batch."""
-    w = packed(QT.Q4_K, rows=40, blocks_per_row=2)
+def test_rows_do_not_depend_on_the_batch(build: str):
+    """Each output row is summed the same way in a batch of 1, 3 or 17 rows (tiles of 8 or 4
+    and a remainder), so a sample's logits do not depend on what else is in the batch."""
+    w, _ = file_weight(QT.Q4_K, rows=40)
     x = np.random.default_rng(1).standard_normal((17, w.shape[1])).astype(np.float32)
-    full = np.asarray(kernels.matmul(x, w))
+    full = np.asarray(kernels.matmul(x, w, build=build))
     for lo, hi in [(0, 1), (5, 8), (16, 17), (3, 14)]:
-        np.testing.assert_array_equal(np.asarray(kernels.matmul(x[lo:hi], w)), full[lo:hi])
+        np.testing.assert_array_equal(
+            np.asarray(kernels.matmul(x[lo:hi], w, build=build)), full[lo:hi]
+        )
 
 
-def test_derivatives_are_the_pure_products():
+def test_derivatives_are_the_pure_products(default_kernel):
     """grad and jvp (activations and scales/mins) equal the pure-JAX product's: the kernel
     defines its derivatives through :func:`kernels.reference`."""
-    w = packed(QT.Q4_K, rows=16)
+    w, _ = file_weight(QT.Q4_K, rows=16)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((3, w.shape[1])), jnp.float32)
 
     def loss(f):
@@ -130,70 +159,117 @@ def test_derivatives_are_the_pure_products():
     np.testing.assert_allclose(tangent, kernels.reference(dx, w), rtol=1e-5, atol=1e-4)
 
 
-def test_vmap_over_activations_and_over_weights():
-    w = packed(QT.Q4_K, rows=16)
+def test_vmap_over_activations_and_over_weights(default_kernel):
+    w, _ = file_weight(QT.Q4_K, rows=16)
     x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 2, w.shape[1])), jnp.float32)
     batched = jax.vmap(kernels.matmul, in_axes=(0, None))(x, w)
     for i in range(4):  # a batch of activations folds into rows: the same sums
         np.testing.assert_array_equal(batched[i], kernels.matmul(x[i], w))
-    stack = jax.tree.map(lambda *a: jnp.stack(a), *[packed(QT.Q4_K, 16, seed=s) for s in range(3)])
+    parts = [file_weight(QT.Q4_K, 16, seed=s)[0] for s in range(3)]
+    stack = jax.tree.map(lambda *a: jnp.stack(a), *parts)
     per_weight = jax.vmap(kernels.matmul, in_axes=(None, 0))(x[0], stack)
     for i in range(3):
         np.testing.assert_array_equal(per_weight[i], kernels.matmul(x[0], stack[i]))
 
 
-def test_linear_picks_the_kernel_for_small_row_counts_only():
+def kernel_calls(fn, *args) -> int:
+    """Foreign calls to any build in ``fn``'s lowering."""
+    return jax.jit(fn).lower(*args).as_text().count(f"@{kernels.TARGET}_")
+
+
+def test_linear_picks_the_kernel_for_small_row_counts_only(default_kernel):
     """linear() on CPU: the kernel up to MAX_ROWS rows of a packed matrix (BF16_MAX_ROWS of a
     bf16 one); more rows and f32 weights take XLA's products."""
-    w = packed(QT.Q4_K, rows=16)
+    w, _ = file_weight(QT.Q4_K, rows=16)
 
-    def compiled_text(rows: int, weight) -> str:
-        x = jnp.zeros((1, rows, w.shape[1]), jnp.float32)
-        return jax.jit(linear).lower(x, weight).as_text()
+    def calls(rows: int, weight) -> int:
+        return kernel_calls(linear, jnp.zeros((1, rows, w.shape[1]), jnp.float32), weight)
 
-    assert kernels.TARGET in compiled_text(1, w)
-    assert kernels.TARGET in compiled_text(kernels.MAX_ROWS, w)
-    assert kernels.TARGET not in compiled_text(kernels.MAX_ROWS + 1, w)
+    assert calls(1, w) == calls(kernels.MAX_ROWS, w) == 1
+    assert calls(kernels.MAX_ROWS + 1, w) == 0
     bf16 = w.dequantize(jnp.bfloat16)
-    assert kernels.TARGET in compiled_text(kernels.BF16_MAX_ROWS, bf16)
-    assert kernels.TARGET not in compiled_text(kernels.BF16_MAX_ROWS + 1, bf16)
-    assert kernels.TARGET not in compiled_text(1, w.dequantize())  # f32: XLA's product
+    assert calls(kernels.BF16_MAX_ROWS, bf16) == 1
+    assert calls(kernels.BF16_MAX_ROWS + 1, bf16) == 0
+    assert calls(1, w.dequantize()) == 0  # f32: XLA's product
     x = jnp.ones((1, 3, w.shape[1]), jnp.float32)
     np.testing.assert_allclose(linear(x, w), kernels.reference(x[0], w)[None], rtol=1e-5, atol=1e-3)
 
 
-ISA_RUN = """
-import json, numpy as np, jax.numpy as jnp
-from phijax import kernels
-from phijax.model.quant import QuantArray, dense
-rng = np.random.default_rng(0)
-codes, scales, mins = rng.integers(0, 256, (40, 128)), rng.random((40, 8)), rng.random((40, 8))
-w = QuantArray(jnp.asarray(codes, jnp.uint8), jnp.asarray(scales, jnp.float32),
-               jnp.asarray(mins, jnp.float32), 64)
-x = rng.standard_normal((9, 256)).astype(np.float32)
-ratio = None
-if kernels.available():  # the error over the f32 rounding bound (assert_rounding_close's)
-    x64, w64 = x.astype(np.float64), np.asarray(w.dequantize(), np.float64)
-    err = np.abs(np.asarray(kernels.matmul(x, w)) - x64 @ w64.T)
-    ratio = float((err / (256 * np.finfo(np.float32).eps * (np.abs(x64) @ np.abs(w64).T))).max())
-print(json.dumps([kernels.status(), ratio]))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("isa", ["0", "generic", "avx2", "avx512"])
-def test_every_build_this_cpu_runs_agrees(isa: str):
-    """PHIJAX_CPU_KERNEL picks a build (or turns the kernel off); every build this CPU runs
-    computes the products up to f32 rounding."""
-    env = {**os.environ, "PHIJAX_CPU_KERNEL": isa}
-    out = subprocess.run(
-        [sys.executable, "-c", ISA_RUN], env=env, capture_output=True, text=True, timeout=120
+@pytest.mark.parametrize("kind", ["packed", "bf16"])
+def test_vmap_counts_the_batched_rows(default_kernel, kind: str):
+    """Under vmap the row limit counts every example's rows: 64 examples of 256 rows are
+    16,384 rows of one product, past where the kernel is faster, so XLA's product runs;
+    a batch within the limit stays on the kernel. Both give the same products."""
+    q, _ = file_weight(QT.Q4_K, rows=16)
+    w = q if kind == "packed" else q.dequantize(jnp.bfloat16)
+    limit = kernels.row_limit(w)
+    per_example = jnp.zeros((1, limit, q.shape[1]), jnp.float32)
+    assert kernel_calls(linear, per_example, w) == 1
+    many = jnp.zeros((64, 1, limit, q.shape[1]), jnp.float32)
+    assert kernel_calls(jax.vmap(linear, in_axes=(0, None)), many, w) == 0
+    nested = jnp.zeros((2, 2, 1, limit, q.shape[1]), jnp.float32)  # 4x the limit, by two vmaps
+    assert (
+        kernel_calls(jax.vmap(jax.vmap(linear, in_axes=(0, None)), in_axes=(0, None)), nested, w)
+        == 0
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    status, ratio = json.loads(out.stdout.strip().splitlines()[-1])
-    if isa == "0":
-        assert status.startswith("off") and ratio is None
-    elif "this CPU runs" in status:
-        pytest.skip(status)
-    else:
-        assert status.startswith(isa) and ratio is not None and ratio < 1, (status, ratio)
+    few = jnp.zeros((2, 1, limit // 2, q.shape[1]), jnp.float32)
+    assert kernel_calls(jax.vmap(linear, in_axes=(0, None)), few, w) == 1
+    x = np.random.default_rng(4).standard_normal((3, 1, limit, q.shape[1])).astype(np.float32)
+    got = jax.vmap(linear, in_axes=(0, None))(x, w)
+    exact = numpy_weight(q) if kind == "packed" else np.asarray(w.astype(jnp.float32))
+    assert_rounding_close(got.reshape(-1, 16), x.reshape(-1, q.shape[1]), exact)
+
+
+def test_linear_takes_the_pure_path_where_the_kernel_does_not_fit(default_kernel):
+    """The kernel needs widths that are multiples of 32: a bf16 weight 48 wide, or a valid
+    QuantArray of three blocks of 16, go to XLA's product (before: INVALID_ARGUMENT)."""
+    rng = np.random.default_rng(6)
+    bf16 = jnp.asarray(rng.standard_normal((24, 48)), jnp.bfloat16)
+    packed = QuantArray(
+        jnp.asarray(rng.integers(-32, 32, (24, 48)), jnp.int8),
+        jnp.asarray(rng.integers(1, 64, (24, 3)) / 64, jnp.float32),
+        jnp.asarray(rng.random((24, 3)), jnp.float32),
+    )
+    x = rng.standard_normal((1, 2, 48)).astype(np.float32)
+    for w, exact in [(bf16, np.asarray(bf16.astype(jnp.float32))), (packed, numpy_weight(packed))]:
+        assert not kernels.fits(w) and not kernels.applies(x, w)
+        assert kernel_calls(linear, x, w) == 0
+        assert_rounding_close(linear(x, w)[0], x[0], exact)
+    wide = QuantArray(packed.values[:, :32], packed.scales[:, :2], packed.mins[:, :2])
+    assert kernels.fits(bf16[:, :32]) and kernels.fits(wide)  # the same kinds, 32 wide
+    assert not kernels.fits(dataclasses.replace(wide, mins=wide.mins.reshape(-1)))
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [("", "auto"), ("1", "auto"), ("on", "auto"), ("TRUE", "auto"), (" true ", "auto")]
+    + [("0", "off"), ("off", "off"), ("false", "off")]
+    + [(b, b) for b in kernels.BUILDS]
+    + [("AVX2", "avx2")],
+)
+def test_the_switch_reads_every_spelling(value: str, want: str):
+    assert kernels.requested(value) == want
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "avx", "sse4", "auto"])
+def test_the_switch_rejects_anything_else(value: str, monkeypatch):
+    with pytest.raises(ConfigError, match=r"PHIJAX_CPU_KERNEL=.*1/on/true.*0/off/false.*avx512"):
+        kernels.requested(value)
+    monkeypatch.setenv(kernels.ENV, value)
+    with pytest.raises(ConfigError, match="PHIJAX_CPU_KERNEL"):
+        kernels.status()
+
+
+def test_the_switch_turns_the_kernel_on_off_or_picks_a_build(expected_builds, monkeypatch):
+    """``1``/``on``/``true`` use the fastest build (they used to turn it off), ``0``/``off``
+    turn it off, a build name picks that build."""
+    for value in ("1", "on", "true", ""):
+        monkeypatch.setenv(kernels.ENV, value)
+        assert kernels.chosen() == expected_builds[0], kernels.status()
+    for value in ("0", "off", "false"):
+        monkeypatch.setenv(kernels.ENV, value)
+        assert kernels.chosen() is None and not kernels.available()
+        assert kernels.status().startswith(f"off (PHIJAX_CPU_KERNEL={value!r})")
+    for build in expected_builds:
+        monkeypatch.setenv(kernels.ENV, build)
+        assert kernels.chosen() == build and kernels.status() == build

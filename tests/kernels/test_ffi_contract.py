@@ -1,0 +1,58 @@
+"""The kernel's FFI targets are registered for any caller, so their handler must refuse every
+buffer it cannot use with INVALID_ARGUMENT instead of reading or writing out of bounds. Called
+here the way any caller can, through ``jax.ffi.ffi_call``, in a subprocess: before the
+handler checked its output, an output of ``[1, 1]`` for a 200,000-row weight segfaulted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CALLS = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from phijax import kernels
+
+x = np.ones((1, 64), np.float32)
+codes, scales = np.ones((24, 64), np.int8), np.ones((24, 2), np.float32)
+tall = np.ones((200_000, 64), np.int8), np.ones((200_000, 2), np.float32)
+empty = np.zeros((0,), np.float32)
+cases = {
+    "valid": ((1, 24), x, codes, scales, empty),
+    "valid with mins": ((1, 24), x, codes, scales, np.ones((24, 2), np.float32)),
+    "output [1, 1] for 200,000 weight rows": ((1, 1), x, *tall, empty),
+    "output [2, 24] for 1 row of x": ((2, 24), x, codes, scales, empty),
+    "output [24], 1-D": ((24,), x, codes, scales, empty),
+    "mins [48] next to scales [24, 2]": ((1, 24), x, codes, scales, np.ones(48, np.float32)),
+    "mins [2, 24] next to scales [24, 2]": ((1, 24), x, codes, scales, np.ones((2, 24), np.float32)),
+}
+results = {}
+for build in sys.argv[1:]:
+    kernels.status(build)  # imports and registers the build's target
+    for name, (shape, *args) in cases.items():
+        out = jax.ShapeDtypeStruct(shape, jnp.float32)
+        try:
+            y = jax.ffi.ffi_call(kernels.target(build), out)(*args, nibbles=np.int64(0))
+            results[f"{build}: {name}"] = f"accepted {float(np.asarray(y).ravel()[0])}"
+        except Exception as e:
+            results[f"{build}: {name}"] = f"{type(e).__name__}: {e}"
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_the_handler_rejects_wrong_shapes(expected_builds):
+    out = subprocess.run(
+        [sys.executable, "-c", CALLS, *expected_builds], capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0, out.stderr[-3000:]  # a crash (SIGSEGV: -11) fails here
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    for build in expected_builds:
+        assert results.pop(f"{build}: valid") == "accepted 64.0"
+        assert results.pop(f"{build}: valid with mins") == "accepted 0.0"
+    assert len(results) == 5 * len(expected_builds)
+    for name, result in results.items():
+        assert "INVALID_ARGUMENT" in result and "cpu_matmul" in result, (name, result)
