@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,7 +128,10 @@ def _load(build: str) -> tuple[ModuleType | None, str]:
         module = importlib.import_module(f"{__name__}.{name}")
     except ImportError as e:
         return None, _missing(name, e)
-    jax.ffi.register_ffi_target(target(build), module.handler(), platform="cpu")
+    try:
+        jax.ffi.register_ffi_target(target(build), module.handler(), platform="cpu")
+    except Exception as e:  # a build for another jaxlib may be refused here
+        return None, f"not registered with XLA ({type(e).__name__}: {e})"
     return module, ""
 
 
@@ -157,20 +161,15 @@ def _pack(codes: np.ndarray, group: int) -> np.ndarray:
 
 def _self_check(build: str) -> str:
     """``build`` against numpy on every code layout (int8 codes in blocks of 16 and 32,
-    4-bit codes in groups of 32 and 64, with and without mins, bf16), with 9 rows of x (tiles
+    4-bit codes in groups of 32 and 64, each with and without mins; bf16), with 9 rows of x (tiles
     of 8 or 4 and a remainder) and 7 weight rows (pairs and a remainder); '' when every
     product is within f32 rounding of the exact one, else which layout is wrong."""
     rng = np.random.default_rng(0)
     out, cols = 7, 128
     x = rng.standard_normal((9, cols)).astype(np.float32)
     cases: dict[str, tuple[jax.Array | QuantArray, np.ndarray]] = {}
-    for nibbles, block, with_mins in [
-        (0, 16, True),
-        (0, 32, False),
-        (32, 32, True),
-        (64, 32, True),
-        (64, 32, False),
-    ]:
+    layouts = [(0, 16), (0, 32), (32, 32), (64, 32)]  # (nibbles, block)
+    for (nibbles, block), with_mins in itertools.product(layouts, (True, False)):
         lo, hi = (0, 16) if nibbles else (-128, 128)
         codes = rng.integers(lo, hi, (out, cols))
         scales = (rng.integers(1, 64, (out, cols // block)) / 64).astype(np.float32)
@@ -218,13 +217,13 @@ def _chosen() -> tuple[str | None, str]:
     runs, why = _cpu()
     if why:
         return None, f"{why}; {_FALLBACK}"
-    passed = []
+    refused = []
     for build in runs:
         why = _checked(build)
         if not why:
-            return build, build + (f" ({'; '.join(passed)})" if passed else "")
-        passed.append(f"{build}: {why}")
-    return None, f"{'; '.join(passed)}; {_FALLBACK}"
+            return build, build + (f" ({'; '.join(refused)})" if refused else "")
+        refused.append(f"{build}: {why}")
+    return None, f"{'; '.join(refused)}; {_FALLBACK}"
 
 
 def chosen() -> str | None:
@@ -263,7 +262,8 @@ def fits(w: jax.Array | QuantArray) -> bool:
     if not isinstance(w, QuantArray):
         return w.dtype == jnp.bfloat16 and w.ndim == 2 and w.shape[1] % 32 == 0
     cols = w.shape[-1]
-    if w.values.ndim != 2 or cols % 32 or w.scales.ndim != 2 or cols % w.scales.shape[1]:
+    groups = w.scales.shape[-1]
+    if w.values.ndim != 2 or w.scales.ndim != 2 or cols % 32 or not groups or cols % groups:
         return False
     if w.mins is not None and w.mins.shape != w.scales.shape:
         return False
