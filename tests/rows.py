@@ -24,7 +24,7 @@ def experiment_config(tmp_path: Path, name: str = "exp", **changes: Any) -> Path
         "chat": False,
         "prompts": ["hello there", "a b c", "the end", "once upon"],
         "strategies": {"greedy": {"temperature": 0}, "hot": {"temperature": 1.5}, "nucleus": {"top_p": 0.8},
-                       "seedlike": {"order": "candle", "repetition_penalty": 1.2}},
+                       "candle": {"order": "candle", "repetition_penalty": 1.2}},
         "samples": 2,
         "seeds": [0, 1],
         "max_new_tokens": 12,
