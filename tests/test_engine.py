@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,17 +102,24 @@ def test_decode_attends_to_a_bucket_of_the_filled_cache(sliding, monkeypatch):
 
 def test_generate_streams_text_and_reports_finish(smollm2_model):
     pieces: dict[int, list[str]] = {0: [], 1: []}
+    start = time.perf_counter()
     g = smollm2_model.generate(
         ["<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n", "Once upon a time"],
         sampler=GREEDY,
         max_new_tokens=60,
         stream=lambda row, text: pieces[row].append(text),
     )
+    wall = time.perf_counter() - start
     assert ["".join(pieces[i]) for i in (0, 1)] == g.texts
     assert g.finish_reasons[0] == "stop" and g.finish_reasons[1] == "length"
     assert len(g.tokens[1]) == 60 and len(g.logprobs[1]) == 60
     assert all(lp <= 0 for lp in g.logprobs[0] + g.logprobs[1])
-    assert g.timings["decode_tok_s"] > 0
+    # the rates are the counts over the phases' seconds, which lie within the call: every
+    # prompt token prefilled, every new token but each row's first (prefill samples it) decoded
+    t = g.timings
+    assert min(t["prefill_s"], t["decode_s"]) > 0 and t["prefill_s"] + t["decode_s"] <= wall
+    assert round(t["prefill_tok_s"] * t["prefill_s"]) == sum(map(len, g.prompt_tokens))
+    assert round(t["decode_tok_s"] * t["decode_s"]) == sum(map(len, g.tokens)) - 2
 
 
 def test_chat_applies_the_template(smollm2_model):

@@ -55,10 +55,29 @@ def test_spm_merges_rank_by_merged_score():
     assert spm_merges(vocab, scores) == [("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]
 
 
-def test_known_pre_tokenizers_compile():
+# "It's 2024!  ok\n" as each family's regex splits it (llama.cpp's llama-vocab.cpp patterns)
+SPLITS = {
+    "gpt2": ["It", "'s", " 2024", "!", " ", " ok", "\n"],  # a number whole, with its space
+    "llama3": ["It", "'s", " ", "202", "4", "!", " ", " ok", "\n"],  # digits by three
+    "digits": ["It", "'s", " ", "2", "0", "2", "4", "!", " ", " ok", "\n"],  # digit by digit
+    "gpt-4o": ["It's", " ", "202", "4", "!", " ", " ok", "\n"],  # a contraction on its word
+}
+FAMILY = {"default": "gpt2", "gpt2": "gpt2", "gpt-2": "gpt2", "phi-2": "gpt2", "llama-bpe": "llama3",
+          "llama3": "llama3", "dbrx": "llama3", "smollm": "digits", "qwen2": "digits", "gpt-4o": "gpt-4o"}  # fmt: skip
+
+
+def test_known_pre_tokenizers_split_as_their_family():
+    assert set(FAMILY) == set(PRE_TOKENIZERS)
+    text = "It's 2024!  ok\n"
+    # "ba" is a token no merge reaches: only llama 3's vocabularies take whole-word tokens
+    # before merging (llama.cpp's ignore_merges)
+    meta = {**GPT2_META, "tokenizer.ggml.tokens": [*GPT2_META["tokenizer.ggml.tokens"], "ba"],
+            "tokenizer.ggml.token_type": np.array([1, 1, 1, 3, 1], np.int32)}  # fmt: skip
     for name in PRE_TOKENIZERS:
-        meta = {**GPT2_META, "tokenizer.ggml.pre": name}
-        assert build(GGUFVocab.from_metadata(meta, "m")).encode("It's 2024!  ok\n").ids is not None
+        tok = build(GGUFVocab.from_metadata({**meta, "tokenizer.ggml.pre": name}, "m"))
+        pieces = [text[a:b] for _, (a, b) in tok.pre_tokenizer.pre_tokenize_str(text)]
+        assert pieces == SPLITS[FAMILY[name]], name
+        assert tok.encode("ba").ids == ([4] if name in ("llama-bpe", "llama3") else [1, 0]), name
 
 
 def test_file_without_a_vocabulary(tmp_path):
