@@ -1,6 +1,6 @@
 """A 4k phi3 file without a window key, past 2047 tokens: the window the model was trained with.
 
-The seed's own file (Phi-3-mini-4k-instruct-q4.gguf) has no
+Microsoft's Phi-3-mini-4k-instruct-q4.gguf (docs/formats.md) has no
 ``phi3.attention.sliding_window`` key, yet HF's config for the model says 2047.
 The fixture is a tiny phi3 with the same header facts (context 4096, no window
 key) and HF ``Phi3ForCausalLM`` logits on a 2600-token prompt, run with

@@ -37,7 +37,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 
 
 def reference_activations(path: Path, config, ids: list[int]) -> dict[str, np.ndarray]:
-    """HF Phi3's forward pass in float64 (reference.md §3), recording every named point."""
+    """HF Phi3's forward pass in float64 (docs/formats.md), recording every named point."""
     w, c = _weights(path), config
     s, hd, rot = len(ids), c.head_dim, c.rotary_dim
 
