@@ -1,10 +1,11 @@
 """phijax: a JAX research engine for Microsoft's Phi-3 family of models."""
 
 from phijax import errors, gguf, model, steps
+from phijax.batching import Padded, pad
 from phijax.config import Phi3Config
 from phijax.engine import Model, load
 from phijax.generation import Generation
-from phijax.model.forward import forward
+from phijax.model.forward import forward, unembed
 from phijax.sampling import Sampler
 from phijax.tokenizer import Tokenizer
 
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Generation",
     "Model",
+    "Padded",
     "Phi3Config",
     "Sampler",
     "Tokenizer",
@@ -22,5 +24,7 @@ __all__ = [
     "gguf",
     "load",
     "model",
+    "pad",
     "steps",
+    "unembed",
 ]

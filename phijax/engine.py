@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phijax import hub, kernels, plan, sampling, steps
+from phijax import batching, hub, kernels, plan, sampling, steps
+from phijax.batching import Padded, bucket
 from phijax.cache import KVCache
 from phijax.config import Phi3Config, resolve_sliding_window
 from phijax.errors import ConfigError, ContextLengthError, ResourceError
@@ -55,12 +56,6 @@ from phijax.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 256
 DECODE_STEPS = 16
-MIN_BUCKET = 16
-
-
-def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-    """The smallest power of two ≥ max(n, minimum)."""
-    return 1 << max(int(n) - 1, minimum - 1).bit_length()
 
 
 def default_dtype() -> Any:
@@ -230,73 +225,154 @@ class Model:
 
     def logits(
         self,
-        ids: Sequence[int] | Sequence[Sequence[int]],
+        inputs: str | Sequence[int] | Sequence[str | Sequence[int]],
         *,
         edits: Mapping[str, Any] | None = None,
-    ) -> np.ndarray | list[np.ndarray]:
-        """f32 logits ``[seq, vocab]`` for one token-id sequence, or a list of them for a list.
+        padded: bool = False,
+    ) -> np.ndarray | list[np.ndarray] | Padded:
+        """f32 logits ``[seq, vocab]`` of one sequence (a string or token ids), or a list of
+        them for a list (ragged: each row trimmed to its length); ``padded=True`` returns
+        :class:`~phijax.batching.Padded` (``values [batch, longest, vocab]``, ``lengths``).
 
-        ``edits``: ``{name: array | fn}`` (see :meth:`activations` for the names); an array
-        is added (broadcast to ``[seq, hidden]``), a function ``fn(x, positions)`` replaces
-        the value. Edited calls run each sequence at its exact length through
-        :func:`phijax.forward` (compiled once per length).
+        Rows run together in buckets of padded length and batch size (one compiled step per
+        bucket). ``edits``: ``{name: array | fn}`` (see :meth:`activations` for the names);
+        an array is added (``[hidden]``, or ``[seq, hidden]`` when every row has ``seq``
+        tokens), a function ``fn(x [seq, hidden], positions [seq])`` replaces the value, row
+        by row (with a function, rows are grouped by their exact length, so it sees no
+        padding).
         """
-        single = len(ids) > 0 and isinstance(ids[0], (int, np.integer))
-        batch = [list(map(int, ids))] if single else [list(map(int, s)) for s in ids]
-        if any(len(s) == 0 for s in batch):
-            raise ConfigError("logits() needs non-empty token sequences.")
-        self._check_ids(batch)
-        cache_len = self.cache_len_for(max(len(s) for s in batch))
-        if edits:
-            rows = [self._activations(s, (), edits)[0] for s in batch]
-        else:
-            rows, _ = self._prefill(batch, cache_len, all_logits=True)
-        return rows[0] if single else rows
+        rows, single = self._rows(inputs, "logits")
+        out = self._run(rows, (), True, edits)
+        if padded:
+            stacked = batching.stack(out, [len(r) for r in rows])
+            return Padded(stacked.values["logits"], stacked.lengths)
+        return out[0]["logits"] if single else [r["logits"] for r in out]
 
     def activations(
         self,
-        ids: Sequence[int],
-        names: Sequence[str] | None = None,
+        inputs: str | Sequence[int] | Sequence[str | Sequence[int]],
+        names: str | Sequence[str] | None = None,
         *,
         edits: Mapping[str, Any] | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Activations of one token-id sequence at the named points (all when ``names`` is None).
+        padded: bool = False,
+    ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]] | Padded:
+        """Activations at the named points (all when ``names`` is None) of one sequence (a
+        string or token ids): a dict; of a list of them: a list of dicts, one per row, each
+        trimmed to its length; ``padded=True``: :class:`~phijax.batching.Padded` (``values``
+        a dict of ``[batch, longest, ...]`` arrays, ``lengths``).
 
         ``embed``, ``layers.{i}.resid_pre|attn_out|mlp_out|resid_post`` and ``final`` are
         ``[seq, hidden]``; ``layers.{i}.attn_weights`` ``[heads, seq, seq]``; ``logits``
-        ``[seq, vocab]`` (see :mod:`phijax.model.hooks`). Only the named points are kept
-        on the device. ``edits`` as in :meth:`logits`; captures show edited values.
+        ``[seq, vocab]`` (see :mod:`phijax.model.hooks`). Only the named points are kept,
+        only the layers they need run, and a list runs in batches (as in :meth:`logits`).
+        ``edits`` as in :meth:`logits`; captures show edited values.
         """
-        ids = [int(t) for t in ids]
-        if not ids:
-            raise ConfigError("activations() needs a non-empty token sequence.")
-        self._check_ids([ids])
-        self.cache_len_for(len(ids))
+        rows, single = self._rows(inputs, "activations")
         n_layers = self.config.num_layers
+        names = (names,) if isinstance(names, str) else names
         wanted = all_names(n_layers) if names is None else tuple(names)
         for name in wanted:
             check_name(name, n_layers)
-        logits, captured = self._activations(ids, tuple(n for n in wanted if n != "logits"), edits)
-        out = {name: np.asarray(value) for name, value in captured.items()}
-        if "logits" in wanted:
-            out["logits"] = logits
-        return {name: out[name] for name in wanted}
+        captures = tuple(dict.fromkeys(n for n in wanted if n != "logits"))
+        out = self._run(rows, captures, "logits" in wanted, edits)
+        out = [{name: r[name] for name in wanted} for r in out]
+        if padded:
+            return batching.stack(out, [len(r) for r in rows])
+        return out[0] if single else out
 
     @on_mesh
-    def _activations(self, ids, names, edits):
+    def _run(self, rows, names, head, edits) -> list[dict[str, np.ndarray]]:
+        """Id rows through :func:`phijax.steps.activations` in (length, batch) buckets →
+        per row, its captures ``names`` (and ``"logits"`` if ``head``), trimmed."""
         arrays, fns = split_edits(edits, self.config.num_layers)
-        check_broadcast(arrays, (len(ids), self.config.hidden_size))
-        logits, captured = steps.activations(
-            self.params, jnp.asarray(ids, jnp.int32), None, arrays, edit_fns=fns, names=names
-        )
-        return np.asarray(logits), captured
+        for n in sorted(set(map(len, rows))):
+            check_broadcast(arrays, (n, self.config.hidden_size))
+        out: list[dict[str, np.ndarray]] = [{} for _ in rows]
+        if not names and not head:
+            return out
+        per_row = partial(batching.row_bytes, self.config, names=names, head=head)
+        for group in batching.groups(list(map(len, rows)), per_row, exact=bool(fns)):
+            tokens, lengths = batching.pack(rows, group)
+            logits, captured = steps.activations(
+                self.params,
+                put_batch(tokens, self.mesh),
+                edit_arrays=batching.pad_edits(arrays, group.length),
+                lengths=put_batch(lengths, self.mesh),
+                edit_fns=fns,
+                names=names,
+                head=head,
+            )
+            if head:
+                captured = {**captured, "logits": logits}
+            trimmed = batching.trim(captured, [len(rows[i]) for i in group.rows])
+            for i, values in zip(group.rows, trimmed, strict=True):
+                out[i] = values
+        return out
 
-    def embed(self, ids: Sequence[int]) -> jax.Array:
+    def _rows(self, inputs, method: str) -> tuple[list[list[int]], bool]:
+        """``inputs`` (a string, ids, or a list of either) as checked id rows that fit."""
+        rows, single = batching.as_rows(inputs, self.tokenizer.encode_batch, f"{method}(inputs)")
+        self._check_ids(rows)
+        self.cache_len_for(max(map(len, rows)))
+        return rows, single
+
+    def embed(
+        self, inputs: str | Sequence[int] | Sequence[str | Sequence[int]], *, padded: bool = False
+    ) -> jax.Array | list[jax.Array] | Padded:
         """Token embeddings ``[seq, hidden]`` (a JAX array: the input of
-        ``phijax.forward(params, embeds=...)``, e.g. for gradients)."""
-        ids = [int(t) for t in ids]
-        self._check_ids([ids])
-        return embed(self.params, jnp.asarray(ids, jnp.int32))
+        ``phijax.forward(params, embeds=...)``, e.g. for gradients) of one sequence, a list
+        of them for a list, or with ``padded=True`` :class:`~phijax.batching.Padded`
+        (``values [batch, bucket, hidden]``, ``lengths``: ``forward``'s ``embeds`` and
+        ``lengths``). An integer JAX array (``[seq]`` or ``[batch, seq]``, traced too:
+        ``jax.vmap(m.embed)``) is looked up as it is."""
+        if isinstance(inputs, jax.Array) and jnp.issubdtype(inputs.dtype, jnp.integer):
+            if inputs.ndim not in (1, 2):
+                raise ConfigError(
+                    f"embed(inputs): got an int array of shape {list(inputs.shape)}; "
+                    "give [seq] or [batch, seq] ids."
+                )
+            if not isinstance(inputs, jax.core.Tracer):
+                self._check_ids(np.asarray(inputs).reshape(-1, inputs.shape[-1]).tolist())
+            return embed(self.params, inputs)
+        rows, single = self._rows(inputs, "embed")
+        if padded:
+            tokens, lengths = batching.pad(rows)
+            return Padded(embed(self.params, tokens), np.asarray(lengths))
+        out = [embed(self.params, jnp.asarray(r, jnp.int32)) for r in rows]
+        return out[0] if single else out
+
+    def unembed(self, x: Any) -> jax.Array:
+        """The final norm and head: a residual-stream value ``x [..., hidden]`` (e.g. each
+        layer's ``resid_post``) → f32 logits ``[..., vocab]``, for the logit lens."""
+        return steps.unembed(self.params, x)
+
+    def with_params(self, params: Phi3) -> Model:
+        """A Model running ``params`` (e.g. trained or edited weights) with this one's
+        tokenizer, limits and mesh. ``params`` must have this model's tree structure, leaf
+        shapes and dtypes (``jax.tree.map`` over ``m.params`` keeps them), so every compiled
+        step is reused: new values never recompile. Neither model is copied."""
+        old_leaves, old_def = jax.tree.flatten_with_path(self.params)
+        new_leaves, new_def = jax.tree.flatten_with_path(params)
+        if new_def != old_def:
+            raise ConfigError(
+                f"with_params(params): got {type(params).__name__} of another structure; "
+                "give this model's parameter tree with new values, e.g. "
+                "jax.tree.map(lambda w: w, m.params) (docs/research.md lists its leaves)."
+            )
+        for (path, old), (_, new) in zip(old_leaves, new_leaves, strict=True):
+            if np.shape(new) != old.shape or jnp.result_type(new) != old.dtype:
+                raise ConfigError(
+                    f"with_params(params): leaf {jax.tree_util.keystr(path)} is "
+                    f"{jnp.result_type(new).name} {list(np.shape(new))}; this model's is "
+                    f"{old.dtype.name} {list(old.shape)} (cast or reshape it: another shape "
+                    "or dtype would need other compiled steps)."
+                )
+        if self.mesh is not None:  # onto the old weights' shards
+            params = jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), params, self.params)
+        model = Model(params, self.tokenizer, path=self.path, max_seq_len=self.max_seq_len)
+        model.mesh, model.load_summary = self.mesh, self.load_summary
+        model.prefill_chunk = self.prefill_chunk
+        return model
 
     # -- generation ---------------------------------------------------------
 
@@ -497,17 +573,17 @@ class Model:
         """Log-probabilities ``[len(continuation)]`` of each continuation's tokens after its
         prompt, under the model (perplexity: ``exp(-mean)``). Strings are encoded (the
         continuation without BOS); lists pair up prompt ``i`` with continuation ``i``."""
-        prompts = self._prompt_ids(prompts, chat=False)
-        single = isinstance(continuations, str) or _is_ids(continuations)
-        conts = [continuations] if single else list(continuations)
-        if len(conts) != len(prompts):
-            raise ConfigError(f"score() got {len(prompts)} prompts but {len(conts)} continuations.")
-        cont_ids = [
-            self.tokenizer.encode(c, add_bos=False) if isinstance(c, str) else [int(t) for t in c]
-            for c in conts
-        ]
-        if any(not c for c in cont_ids):
-            raise ConfigError("score() needs non-empty continuations.")
+        prompts, _ = self._rows(prompts, "score")
+        cont_ids, _ = batching.as_rows(
+            continuations,
+            lambda texts: self.tokenizer.encode_batch(texts, add_bos=False),
+            "score(continuations)",
+        )
+        if len(cont_ids) != len(prompts):
+            raise ConfigError(
+                f"score() got {len(prompts)} prompts but {len(cont_ids)} continuations; "
+                "give one continuation per prompt."
+            )
         seqs = [p + c for p, c in zip(prompts, cont_ids, strict=True)]
         self._check_ids(seqs)
         logits = self.logits(seqs)
@@ -562,7 +638,7 @@ class Model:
                     self.tokenizer.encode_chat(messages) if chat else self.tokenizer.encode(p)
                 )
             else:
-                out.append([int(t) for t in p])
+                out.append(batching.ids_of(p, f"prompts[{len(out)}]"))
             if not out[-1]:
                 raise ConfigError("a prompt encodes to no tokens; give some text or token ids.")
         self._check_ids(out)

@@ -17,6 +17,7 @@ from phijax import sampling
 from phijax.cache import KVCache
 from phijax.model import hooks as hk
 from phijax.model.forward import decoder, embed, forward_with_activations
+from phijax.model.forward import unembed as _unembed
 from phijax.model.phi3 import Phi3
 
 
@@ -148,5 +149,8 @@ def decode(
     return (*out, done, cache, sstate)
 
 
-activations = jax.jit(forward_with_activations, static_argnames=("edit_fns", "names"))
+activations = jax.jit(forward_with_activations, static_argnames=("edit_fns", "names", "head"))
 activations.__doc__ = forward_with_activations.__doc__
+
+unembed = jax.jit(_unembed)
+unembed.__doc__ = _unembed.__doc__

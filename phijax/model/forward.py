@@ -4,19 +4,24 @@
 embeddings through every layer (over a KV cache, or a chunk attending to
 itself) to logits, with edits and captures at named points
 (:mod:`phijax.model.hooks`). The engine jits it per shape bucket;
-:func:`forward` is its one-sequence form for research code, and composes with
-``jax.jit``, ``jax.grad`` (with respect to embeddings or weights) and ``jax.vmap``.
+:func:`forward` is its form for research code (one sequence, or a right-padded
+batch with per-row lengths), and composes with ``jax.jit``, ``jax.grad`` (with
+respect to embeddings or weights) and ``jax.vmap``. :func:`unembed` is the
+final norm and head alone (the logit lens).
 """
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from phijax.batching import pad
 from phijax.cache import KVCache
 from phijax.errors import ConfigError
 from phijax.model import hooks as hk
@@ -74,14 +79,18 @@ def decoder(
     attend_len: int | None = None,
     hooks: hk.Hooks = hk.NO_HOOKS,
     logit_index: jax.Array | None = None,
-) -> tuple[jax.Array, KVCache | None]:
+    depth: int | None = None,
+    head: bool = True,
+) -> tuple[jax.Array | None, KVCache | None]:
     """Embeddings ``x [batch, seq, hidden]`` at ``positions [batch, seq]`` → f32 logits.
 
     With ``cache``, the chunk's keys and values are written at its positions and
     attention reads the first ``attend_len`` slots, of which ``kv_len [batch]`` are
     valid after this chunk; without, the chunk attends to itself (``kv_len`` valid
-    tokens per row). Returns logits ``[batch, seq, vocab]`` (or ``[batch, n, vocab]``
-    at the offsets ``logit_index [batch, n]``) and the updated cache.
+    tokens per row: keys past it are masked, so right padding changes nothing before
+    it). Returns logits ``[batch, seq, vocab]`` (or ``[batch, n, vocab]`` at the offsets
+    ``logit_index [batch, n]``) and the updated cache. ``depth``: run only the first
+    ``depth`` layers; ``head=False``: no logits (``None``), for a pass that only captures.
     """
     c = params.config
     b, s, _ = x.shape
@@ -106,7 +115,8 @@ def decoder(
             return x, None, None
         return x, constrain(lc.k, CACHE_AXES, c), constrain(lc.v, CACHE_AXES, c)
 
-    if params.layout == "stacked" and not hooks.per_layer:
+    depth = c.num_layers if depth is None else depth
+    if params.layout == "stacked" and not hooks.per_layer and depth == c.num_layers:
 
         def step(carry, xs):
             x, k, v = layer(*carry, *xs, "layers", hk.NO_HOOKS)
@@ -114,14 +124,33 @@ def decoder(
 
         (x, k, v), _ = jax.lax.scan(step, (x, k, v), (params.stacked(), jnp.arange(c.num_layers)))
     else:
-        for i in range(c.num_layers):
+        for i in range(depth):
             x, k, v = layer(x, k, v, params.layer(i), i, f"layers.{i}", hooks)
+    cache = None if cache is None else KVCache(k, v, kv_len)
+    if not (head or hooks.wants("final")):
+        return None, cache
     if logit_index is not None:
         x = jnp.take_along_axis(x, logit_index[:, :, None], axis=1)
         positions = jnp.take_along_axis(positions, logit_index, axis=1)
     x = hooks("final", rms_norm(x, params.final_norm[...], c.rms_norm_eps), positions)
-    logits = hooks("logits", linear(x, params.head()), positions)
-    return logits, None if cache is None else KVCache(k, v, kv_len)
+    if not head:
+        return None, cache
+    return hooks("logits", linear(x, params.head()), positions), cache
+
+
+def unembed(params: Phi3, x: jax.Array) -> jax.Array:
+    """The final norm and the head: ``x [..., hidden]`` → f32 logits ``[..., vocab]`` (the
+    logit lens reads a layer's ``resid_post`` through it; no hooks apply)."""
+    c = params.config
+    if np.ndim(x) < 1 or np.shape(x)[-1] != c.hidden_size:
+        raise ConfigError(
+            f"unembed(x): x has shape {list(np.shape(x))}; give [..., {c.hidden_size}] "
+            "(a residual-stream value such as layers.{i}.resid_post)."
+        )
+    x = jnp.asarray(x).astype(params.dtype)
+    flat = x.reshape(1, -1, c.hidden_size)
+    logits = linear(rms_norm(flat, params.final_norm[...], c.rms_norm_eps), params.head())
+    return logits.reshape(*x.shape[:-1], -1)
 
 
 def _value(param):
@@ -133,38 +162,177 @@ def forward_with_activations(
     tokens: jax.Array | None = None,
     embeds: jax.Array | None = None,
     edit_arrays: Mapping[str, jax.Array] | None = None,
+    lengths: jax.Array | None = None,
     *,
     edit_fns: hk.EditFns = (),
     names: Sequence[str] = (),
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One sequence (``tokens [seq]`` or ``embeds [seq, hidden]``) → f32 logits
-    ``[seq, vocab]`` and the activations ``names`` (only those are kept)."""
-    if (tokens is None) == (embeds is None):
-        raise ConfigError("forward() takes exactly one of tokens [seq] or embeds [seq, hidden].")
-    if embeds is None:
-        chex.assert_rank(tokens, 1)
-        embeds = embed(params, tokens)
-    chex.assert_rank(embeds, 2)
-    chex.assert_axis_dimension(embeds, 1, params.config.hidden_size)
-    s = embeds.shape[0]
-    positions = jnp.arange(s, dtype=jnp.int32)[None]
+    head: bool = True,
+) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+    """One sequence (``tokens [seq]`` or ``embeds [seq, hidden]``) or a right-padded batch
+    (``tokens [batch, seq]`` or ``embeds [batch, seq, hidden]``, ``lengths [batch]`` valid
+    tokens per row; a scalar for one sequence; default: all) → f32 logits ``[(batch,) seq,
+    vocab]`` (``None`` unless ``head``) and the activations ``names`` (only those are kept;
+    without ``head``, only the layers they need run). Positions past a row's length hold
+    values to be trimmed: they do not affect the row's valid positions."""
+    x, lengths, batched = _inputs(params, tokens, embeds, lengths)
+    b, s, hidden = x.shape
+    n_layers = params.config.num_layers
+    for name in names:
+        hk.check_name(name, n_layers)
+    hk.check_broadcast(edit_arrays or {}, (b, s, hidden) if batched else (s, hidden))
+    head = head or "logits" in names
+    positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
     hooks = hk.Hooks(edit_arrays, edit_fns, frozenset(names))
-    logits, _ = decoder(params, embeds[None], positions, jnp.full((1,), s, jnp.int32), hooks=hooks)
-    return logits[0], {name: value[0] for name, value in hooks.captured.items()}
+    logits, _ = decoder(
+        params, x, positions, lengths, hooks=hooks, depth=hk.depth(names, n_layers, head), head=head
+    )
+    captured = dict(hooks.captured)
+    if not batched:
+        logits = None if logits is None else logits[0]
+        captured = {name: value[0] for name, value in captured.items()}
+    return logits, captured
+
+
+def _inputs(params, tokens, embeds, lengths) -> tuple[jax.Array, jax.Array, bool]:
+    """The validated inputs of a pass: embeddings ``[batch, seq, hidden]``, int32 lengths
+    ``[batch]``, and whether the input was batched. Shapes and dtypes are static under
+    ``jit``, so a wrong one is a ConfigError at trace time."""
+    hidden = params.config.hidden_size
+    if (tokens is None) == (embeds is None):
+        raise ConfigError(
+            "forward() takes exactly one of tokens ([seq] or [batch, seq] int ids) or "
+            "embeds ([seq, hidden] or [batch, seq, hidden])."
+        )
+    if embeds is None:
+        if jnp.ndim(tokens) not in (1, 2) or not jnp.issubdtype(
+            jnp.result_type(tokens), jnp.integer
+        ):
+            raise ConfigError(
+                f"tokens: got {_describe(tokens)}; give int ids [seq] or [batch, seq] (with "
+                "lengths= for padded rows), or a ragged list of id lists (padded for you). "
+                "Encode text with m.tokenizer.encode."
+            )
+        _check_vocab(tokens, params.config.vocab_size)
+        x = embed(params, tokens)
+    else:
+        if (
+            jnp.ndim(embeds) not in (2, 3)
+            or jnp.shape(embeds)[-1] != hidden
+            or not jnp.issubdtype(jnp.result_type(embeds), jnp.floating)
+        ):
+            raise ConfigError(
+                f"embeds: got {_describe(embeds)}; give floats [seq, {hidden}] or "
+                f"[batch, seq, {hidden}] (m.embed(ids) makes them)."
+            )
+        x = jnp.asarray(embeds)
+    batched = x.ndim == 3
+    x = x if batched else x[None]
+    b, s, _ = x.shape
+    if lengths is None:
+        return x, jnp.full((b,), s, jnp.int32), batched
+    want = (b,) if batched else ()
+    if jnp.shape(lengths) != want or not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
+        raise ConfigError(
+            f"lengths: got {_describe(lengths)}; give ints of shape {list(want)} (valid tokens "
+            f"{'per row' if batched else 'of the sequence'}, 1..{s})."
+        )
+    if not isinstance(lengths, jax.core.Tracer):
+        bad = np.asarray(lengths)[(np.asarray(lengths) < 1) | (np.asarray(lengths) > s)]
+        if bad.size:
+            raise ConfigError(f"lengths: {int(bad[0])} is outside 1..{s} (the padded length).")
+    return x, jnp.reshape(jnp.asarray(lengths, jnp.int32), (b,)), batched
+
+
+def _check_vocab(tokens, vocab: int) -> None:
+    """ConfigError for a concrete id outside the vocabulary (a traced one cannot be read)."""
+    if isinstance(tokens, jax.core.Tracer):
+        return
+    ids = np.asarray(tokens)
+    bad = ids[(ids < 0) | (ids >= vocab)]
+    if bad.size:
+        raise ConfigError(f"tokens: id {int(bad[0])} is outside the vocabulary (0..{vocab - 1}).")
+
+
+def _describe(x) -> str:
+    try:
+        return f"{jnp.result_type(x).name} {list(jnp.shape(x))}"
+    except TypeError:
+        return type(x).__name__
 
 
 def forward(
     params: Phi3,
-    tokens: jax.Array | None = None,
+    tokens: Any = None,
     *,
-    embeds: jax.Array | None = None,
+    embeds: Any = None,
+    lengths: Any = None,
     edits: Mapping[str, Any] | None = None,
-) -> jax.Array:
-    """f32 logits ``[seq, vocab]`` of one sequence: int ``tokens [seq]`` or ``embeds [seq, hidden]``.
+    capture: str | Sequence[str] | None = None,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+    """f32 logits of one sequence or a batch; pure: ``jax.jit``, ``jax.grad`` (with respect
+    to ``embeds``, ``params`` or edit arrays) and ``jax.vmap`` compose with it.
 
-    Pure: ``jax.jit``, ``jax.grad`` (with respect to ``embeds`` or ``params``) and
-    ``jax.vmap`` compose with it. ``edits``: ``{name: array | fn}`` at the points of
-    :mod:`phijax.model.hooks` (an array is added, a function replaces the value).
+    - ``tokens [seq]`` → ``[seq, vocab]``; ``tokens [batch, seq]`` → ``[batch, seq, vocab]``,
+      with ``lengths [batch]`` valid tokens per row for right-padded rows (a scalar for one
+      sequence; default: every position). Padding is masked in attention, so a row's valid
+      logits equal its own unpadded call's (up to f32 summation order); its padded positions
+      hold values to be trimmed. A ragged list of id rows is padded for you to a bucket
+      (:func:`phijax.pad`): row ``i``'s logits are ``out[i, :len(rows[i])]``.
+    - ``embeds [seq, hidden]`` or ``[batch, seq, hidden]`` instead of tokens (``m.embed``).
+    - ``edits``: ``{name: array | fn}`` at the points of :mod:`phijax.model.hooks`: an array
+      is added (it broadcasts to the value: ``[hidden]``, ``[seq, hidden]``, or per row
+      ``[batch, 1 | seq, hidden]``); a function ``fn(x [seq, hidden], positions [seq])``
+      replaces the value, applied to each row separately (vmapped over the batch).
+    - ``capture``: names to read; then returns ``(logits, {name: value})``, each value with
+      the input's batch axis (``[batch, seq, hidden]``; ``attn_weights [batch, heads, seq,
+      seq]``).
     """
+    if isinstance(tokens, (list, tuple)) and _rank(tokens) == 2 and _ragged(tokens):
+        if lengths is not None:
+            raise ConfigError("forward(): give lengths= with a padded array, not a ragged list.")
+        tokens, lengths = pad(tokens)
+    if isinstance(embeds, (list, tuple)) and _rank(embeds) == 3 and _ragged(embeds):
+        if lengths is not None:
+            raise ConfigError("forward(): give lengths= with a padded array, not a ragged list.")
+        embeds, lengths = pad(embeds)
+    tokens, embeds = _array(tokens, "tokens"), _array(embeds, "embeds")
+    lengths = _array(lengths, "lengths")
+    names = (capture,) if isinstance(capture, str) else tuple(capture or ())
     arrays, fns = hk.split_edits(edits, params.config.num_layers)
-    return forward_with_activations(params, tokens, embeds, arrays, edit_fns=fns)[0]
+    logits, captured = forward_with_activations(
+        params, tokens, embeds, arrays, lengths, edit_fns=fns, names=names
+    )
+    return logits if capture is None else (logits, captured)
+
+
+def _rank(x) -> int:
+    """The rank of a (nested) list of rows, judged by its first elements. Tracer-safe."""
+    if isinstance(x, (list, tuple)):
+        return 1 + (_rank(x[0]) if x else 0)
+    return x.ndim if hasattr(x, "ndim") else np.ndim(x)
+
+
+def _ragged(rows) -> bool:
+    return len({len(r) for r in rows}) > 1
+
+
+_FORMS = {
+    "tokens": "int ids [seq] or [batch, seq]",
+    "embeds": "floats [seq, hidden] or [batch, seq, hidden]",
+    "lengths": "ints: [batch] valid tokens per row, or one for one sequence",
+}
+
+
+def _array(x, arg: str):
+    """A Python list or numpy input as a JAX array (ConfigError if it is not numbers)."""
+    if x is None or isinstance(x, jax.Array):
+        return x
+    try:
+        a = np.asarray(x)
+    except jax.errors.TracerArrayConversionError:  # a list holding traced values
+        return jnp.asarray(x)
+    except (TypeError, ValueError):  # ragged nesting
+        a = np.asarray(None)
+    if a.dtype.kind not in "biuf":
+        raise ConfigError(f"{arg}: got {reprlib.repr(x)}, not numbers; give {_FORMS[arg]}.")
+    return jnp.asarray(a)

@@ -1,6 +1,7 @@
 """Named points inside the forward pass: where activations are read and edited.
 
-Names (``[seq, hidden]`` per sequence unless stated):
+Names (``[seq, hidden]`` per sequence unless stated; a batch adds a leading
+``[batch]`` axis):
 
 - ``embed``: the token embeddings;
 - ``layers.{i}.resid_pre``: the residual stream entering layer ``i``;
@@ -11,18 +12,21 @@ Names (``[seq, hidden]`` per sequence unless stated):
 - ``final``: after the final norm; ``logits`` ``[seq, vocab]``.
 
 An edit is an array, *added* to the value (it broadcasts to ``[seq, hidden]``:
-a steering vector ``[hidden]``, or one row per position), or a function
+a steering vector ``[hidden]``, or one row per position; for a batch, also
+``[batch, 1 | seq, hidden]``, one edit per row), or a function
 ``fn(x [seq, hidden], positions [seq]) -> x`` that *replaces* it (activation
-patching). Arrays are traced, so new values never recompile; functions are
-static (a new function object compiles anew). Edits apply before the value is
-read, so a capture shows the edited value and later layers see it.
+patching); in a batch a function sees one row at a time (it is vmapped over the
+rows, padded positions included). Arrays are traced, so new values never
+recompile; functions are static (a new function object compiles anew). Edits
+apply before the value is read, so a capture shows the edited value and later
+layers see it.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -65,6 +69,15 @@ def check_name(name: str, num_layers: int, *, editable: bool = False) -> str:
     return name
 
 
+def depth(names: Iterable[str], num_layers: int, head: bool) -> int:
+    """How many layers a pass must run to produce ``names``: all of them for the head,
+    ``final`` or ``logits``; else up to the deepest layer named (0 for ``embed`` alone)."""
+    names = list(names)
+    if head or "final" in names or "logits" in names:
+        return num_layers
+    return max((int(m[1]) + 1 for n in names if (m := _LAYER_NAME.fullmatch(n))), default=0)
+
+
 def split_edits(
     edits: Mapping[str, Any] | None, num_layers: int
 ) -> tuple[dict[str, jax.Array], EditFns]:
@@ -87,7 +100,8 @@ def split_edits(
 
 
 def check_broadcast(arrays: Mapping[str, jax.Array], shape: tuple[int, ...]) -> None:
-    """ConfigError unless every added edit (but a ``logits`` bias) broadcasts to ``shape``."""
+    """ConfigError unless every added edit (but a ``logits`` bias) broadcasts to ``shape``
+    (``[seq, hidden]``, or ``[batch, seq, hidden]`` for a batch)."""
     for name, a in arrays.items():
         if name == "logits":
             continue
@@ -100,7 +114,9 @@ def check_broadcast(arrays: Mapping[str, jax.Array], shape: tuple[int, ...]) -> 
                 f"edits[{name!r}] has shape {list(a.shape)}, which does not broadcast to "
                 f"{list(shape)}; give a [hidden] vector"
                 + (
-                    " or [seq, hidden] rows."
+                    ", [seq, hidden] rows, or per row [batch, 1 or seq, hidden]."
+                    if len(shape) == 3
+                    else " or [seq, hidden] rows."
                     if shape[0] > 1
                     else " (generate() edits every position)."
                 )
