@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phijax import batching, hub, kernels, plan, sampling, steps
+from phijax import batching, hub, kernels, plan, sampling, scoring, steps
 from phijax.batching import Padded, bucket
 from phijax.cache import KVCache
 from phijax.config import Phi3Config, resolve_sliding_window
@@ -565,35 +565,52 @@ class Model:
             yield chunk
         request.timings["decode_s"] = time.perf_counter() - t0 - request.timings["prefill_s"]
 
+    @on_mesh
+    def loglikelihood(
+        self,
+        contexts: str | Sequence[int] | Sequence[str | Sequence[int]],
+        continuations: str | Sequence[int] | Sequence[str | Sequence[int]],
+        *,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+    ) -> list[tuple[float, bool]]:
+        """``(log-probability of the continuation after its context, whether every token is
+        the model's argmax)`` per pair, as lm_eval's ``loglikelihood`` defines them.
+
+        Text pairs are split as lm_eval splits them: the continuation is what it adds to the
+        context's tokens inside ``context + continuation`` (a SentencePiece vocabulary's
+        dummy prefix adds a token to text encoded alone); token ids are used as given; an
+        empty context is the BOS token (else EOS). Each sequence keeps its last
+        ``max_length`` input tokens (default: the model's context); rows run in batches of
+        at most ``batch_size``, with the log-softmax on the device (:mod:`phijax.scoring`).
+        """
+        pairs, _ = scoring.as_pairs(self.tokenizer, contexts, continuations, method="loglikelihood")
+        limit = scoring.resolve_max_length(max_length, self._limit())
+        return scoring.loglikelihood(
+            self.params, pairs, max_length=limit, batch_size=batch_size, mesh=self.mesh
+        )
+
+    @on_mesh
     def score(
         self,
         prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
         continuations: str | Sequence[int] | Sequence[str | Sequence[int]],
+        *,
+        max_length: int | None = None,
+        batch_size: int | None = None,
     ) -> list[np.ndarray]:
         """Log-probabilities ``[len(continuation)]`` of each continuation's tokens after its
-        prompt, under the model (perplexity: ``exp(-mean)``). Strings are encoded (the
-        continuation without BOS); lists pair up prompt ``i`` with continuation ``i``."""
-        prompts, _ = self._rows(prompts, "score")
-        cont_ids, _ = batching.as_rows(
-            continuations,
-            lambda texts: self.tokenizer.encode_batch(texts, add_bos=False),
-            "score(continuations)",
+        prompt (perplexity: ``exp(-mean)``); pairs and options as in :meth:`loglikelihood`,
+        whose sums these are."""
+        pairs, _ = scoring.as_pairs(
+            self.tokenizer, prompts, continuations, method="score",
+            names=("prompts", "continuations"),
+        )  # fmt: skip
+        limit = scoring.resolve_max_length(max_length, self._limit())
+        scores = scoring.score_pairs(
+            self.params, pairs, max_length=limit, batch_size=batch_size, mesh=self.mesh
         )
-        if len(cont_ids) != len(prompts):
-            raise ConfigError(
-                f"score() got {len(prompts)} prompts but {len(cont_ids)} continuations; "
-                "give one continuation per prompt."
-            )
-        seqs = [p + c for p, c in zip(prompts, cont_ids, strict=True)]
-        self._check_ids(seqs)
-        logits = self.logits(seqs)
-        out = []
-        for p, c, lg in zip(prompts, cont_ids, logits, strict=True):
-            logp = np.asarray(
-                jax.nn.log_softmax(jnp.asarray(lg[len(p) - 1 : len(p) - 1 + len(c)]), axis=-1)
-            )
-            out.append(logp[np.arange(len(c)), c])
-        return out
+        return [s.logprobs for s in scores]
 
     def _breaker_mask(self, strings: tuple[str, ...]) -> np.ndarray:
         """bool ``[vocab]``: the tokens whose text contains a DRY sequence breaker."""

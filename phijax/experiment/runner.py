@@ -31,6 +31,7 @@ from phijax.errors import ConfigError
 from phijax.experiment.provenance import file_sha256, provenance
 from phijax.experiment.schema import ExperimentConfig, ModelSpec, Prompt
 from phijax.sampling import Sampler
+from phijax.scoring import encode_pair
 
 RESULTS = "samples.jsonl"
 PROVENANCE = "provenance.json"
@@ -283,10 +284,12 @@ def judge(
 
     Each row gets ``judge_logprob`` (mean log-probability per token of its text after its
     prompt, under the judge; null for an empty continuation), ``judge_tokens`` (the judge's
-    token count) and ``judge`` (the judge file's sha256 prefix and chat flag). After each batch
-    the results file is replaced atomically, so a killed run resumes with no lost or duplicated
-    scores, and a row scored by another judge is scored again. ``model``: the generator, reused
-    when the judge is the same model spec.
+    token count: its text's tokens as they stand after the prompt, split as lm_eval does, so
+    the scores are ``Model.loglikelihood``'s over the prompt and text) and ``judge`` (the
+    judge file's sha256 prefix and chat flag). After each batch the results file is replaced
+    atomically, so a killed run resumes with no lost or duplicated scores, and a row scored by
+    another judge is scored again. ``model``: the generator, reused when the judge is the same
+    model spec.
     """
     import jax
 
@@ -328,12 +331,16 @@ def judge(
         pairs.setdefault((rows[i]["prompt"], rows[i]["text"]), []).append(i)
     encoded = []
     for (prompt, text), members in pairs.items():
-        cont = tok.encode(text, add_bos=False) if text else []
+        ctx, cont = (
+            encode_pair(tok, _judge_prompt(tok, prompt, config, spec.chat), text)
+            if text
+            else ([], [])
+        )
         if not cont:  # nothing to score
             for i in members:
                 rows[i].update(judge_logprob=None, judge_tokens=0, judge=judge_id)
             continue
-        encoded.append((_judge_prompt(tok, prompt, config, spec.chat), cont, members))
+        encoded.append((ctx, cont, members))
     encoded.sort(key=lambda e: len(e[0]) + len(e[1]))
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"{config.name} judge", unit="sample",
                disable=None if progress else True)  # fmt: skip
@@ -353,13 +360,14 @@ def judge(
     return len(todo)
 
 
-def _judge_prompt(tok: Any, text: str, config: ExperimentConfig, chat: bool) -> list[int]:
+def _judge_prompt(tok: Any, text: str, config: ExperimentConfig, chat: bool) -> str:
+    """The prompt as the judge reads it: the text, or the judge's chat rendering of it."""
     if not chat:
-        return tok.encode(text)
+        return text
     messages = ([{"role": "system", "content": config.system}] if config.system else []) + [
         {"role": "user", "content": text}
     ]
-    return tok.encode_chat(messages)
+    return tok.apply_chat_template(messages)
 
 
 def _prompt_text(model: Any, text: str, config: ExperimentConfig) -> str | list[int]:
