@@ -584,7 +584,7 @@ class Model:
         ``max_length`` input tokens (default: the model's context); rows run in batches of
         at most ``batch_size``, with the log-softmax on the device (:mod:`phijax.scoring`).
         """
-        pairs, _ = scoring.as_pairs(self.tokenizer, contexts, continuations, method="loglikelihood")
+        pairs = scoring.as_pairs(self.tokenizer, contexts, continuations, method="loglikelihood")
         limit = scoring.resolve_max_length(max_length, self._limit())
         return scoring.loglikelihood(
             self.params, pairs, max_length=limit, batch_size=batch_size, mesh=self.mesh
@@ -602,7 +602,7 @@ class Model:
         """Log-probabilities ``[len(continuation)]`` of each continuation's tokens after its
         prompt (perplexity: ``exp(-mean)``); pairs and options as in :meth:`loglikelihood`,
         whose sums these are."""
-        pairs, _ = scoring.as_pairs(
+        pairs = scoring.as_pairs(
             self.tokenizer, prompts, continuations, method="score",
             names=("prompts", "continuations"),
         )  # fmt: skip

@@ -59,12 +59,13 @@ def prefix_id(tokenizer: Tokenizer) -> int:
 
 
 def encode(tokenizer: Tokenizer, text: str, *, add_special: bool | None = None) -> list[int]:
-    """Token ids of ``text`` as lm_eval's ``hf`` model encodes them: ``add_special=None``
-    adds BOS where the vocabulary does, except when ``text`` already starts with the
-    prefix token's text (a chat template that writes BOS itself)."""
-    add = tokenizer.add_bos if add_special is None else add_special
-    if add_special is None and add and tokenizer.bos_id is not None:
-        add = not text.startswith(tokenizer.decode([prefix_id(tokenizer)]))
+    """Token ids of ``text`` as lm_eval's ``hf`` model encodes them (HF's
+    ``add_special_tokens``): BOS where the vocabulary adds one, none with
+    ``add_special=False``, and with ``None`` none either when ``text`` already starts with
+    the BOS token's text (a chat template that writes BOS itself)."""
+    add = tokenizer.add_bos and add_special is not False
+    if add and add_special is None and tokenizer.bos_id is not None:
+        add = not text.startswith(tokenizer.decode([tokenizer.bos_id]))
     return tokenizer.encode(text, add_bos=add)
 
 
@@ -92,16 +93,16 @@ def as_pairs(
     *,
     method: str,
     names: tuple[str, str] = ("contexts", "continuations"),
-) -> tuple[list[Pair], bool]:
+) -> list[Pair]:
     """User inputs (one string or id sequence each, or lists of them, paired by position)
-    as (context ids, continuation ids) pairs, and whether one pair was given.
+    as (context ids, continuation ids) pairs.
 
     Text pairs split as :func:`encode_pair`; ids stay as given (an empty context becomes
     the prefix token); a text context before continuation ids is encoded on its own. Text
     after a token-id context cannot be split as it would be in context: ConfigError.
     """
-    ctxs, single = _items(contexts, f"{method}({names[0]})")
-    conts, _ = _items(continuations, f"{method}({names[1]})")
+    ctxs = _items(contexts, f"{method}({names[0]})")
+    conts = _items(continuations, f"{method}({names[1]})")
     if len(ctxs) != len(conts):
         raise ConfigError(
             f"{method}() got {len(ctxs)} {names[0]} but {len(conts)} {names[1]}; "
@@ -126,15 +127,17 @@ def as_pairs(
                 "give a non-empty continuation."
             )
         pairs.append((c_ids, k_ids))
-    return pairs, single
+    return pairs
 
 
-def _items(x: Any, arg: str) -> tuple[list[str | list[int]], bool]:
-    """One string or id sequence (→ one item), or a list of them."""
+def _items(x: Any, arg: str) -> list[str | list[int]]:
+    """One string or id sequence (→ one item), or a list of them, or a 2-D id array."""
     if isinstance(x, str):
-        return [x], True
+        return [x]
     if _ids(x) is not None:
-        return [_ids(x)], True
+        return [_ids(x)]
+    if isinstance(x, (np.ndarray, jax.Array)) and x.ndim == 2 and _ids(x[0]) is not None:
+        return [_ids(row) for row in x]
     if isinstance(x, (np.ndarray, jax.Array)) or not isinstance(x, Sequence) or not x:
         raise ConfigError(f"{arg}: give a string, token ids, or a non-empty list of either.")
     items = []
@@ -143,7 +146,7 @@ def _items(x: Any, arg: str) -> tuple[list[str | list[int]], bool]:
         if ids is None and not isinstance(item, str):
             raise ConfigError(f"{arg}[{i}] = {item!r}: give a string or token ids.")
         items.append(item if ids is None else ids)
-    return items, False
+    return items
 
 
 def _ids(x: Any, *, allow_empty: bool = False) -> list[int] | None:

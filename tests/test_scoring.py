@@ -77,8 +77,13 @@ def test_pairs_reject_what_cannot_be_split(phi3_tok):
         scoring.as_pairs(phi3_tok, [[1, 450]], [" Paris"], method="loglikelihood")
     with pytest.raises(ConfigError, match="adds no tokens"):
         scoring.as_pairs(phi3_tok, "Paris", "", method="loglikelihood")
-    pairs, single = scoring.as_pairs(phi3_tok, [[], "Hi"], [[3681], [3681]], method="x")
-    assert pairs == [([phi3_tok.bos_id], [3681]), (phi3_tok.encode("Hi"), [3681])] and not single
+    pairs = scoring.as_pairs(phi3_tok, [[], "Hi"], [[3681], [3681]], method="x")
+    assert pairs == [([phi3_tok.bos_id], [3681]), (phi3_tok.encode("Hi"), [3681])]
+    rows = np.array([[1, 450], [1, 3681]])  # a 2-D id array is a list of rows
+    assert scoring.as_pairs(phi3_tok, rows, rows[:, 1:], method="x") == [
+        ([1, 450], [450]),
+        ([1, 3681], [3681]),
+    ]
 
 
 def test_plan_is_independent_of_input_order():
