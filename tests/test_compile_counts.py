@@ -1,0 +1,89 @@
+"""Every entry point pads lengths to buckets: twenty prompt lengths in one bucket compile once.
+
+A compile is what a jit trace precedes (tests/tracing.py counts traces). The first length
+of the sweep may compile (a new shape); the nineteen after it, in the same length bucket
+(34..53 → 64) and the same row bucket, must not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import phijax
+from phijax import Sampler
+
+from tracing import count_traces
+
+FIXTURES = Path(__file__).parent / "fixtures" / "model"
+LENGTHS = range(34, 54)  # within the 64 bucket (batching.bucket), also as score inputs (n - 1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return phijax.load(FIXTURES / "gqa.gguf", progress=False)
+
+
+def _prompts(model, lengths=LENGTHS) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(1, model.config.vocab_size, n).tolist() for n in lengths]
+
+
+def _traces_after_first(call, prompts) -> list[int]:
+    """Traces made by each call after the first (which may compile its shape)."""
+    call(prompts[0])
+    counts = []
+    for p in prompts[1:]:
+        with count_traces() as traces:
+            call(p)
+        counts.append(len(traces))
+    return counts
+
+
+CALLS = {
+    "logits": lambda m, p: m.logits(p),
+    "activations": lambda m, p: m.activations(p, ["layers.1.resid_post"]),
+    "activations+edit": lambda m, p: m.activations(
+        p, "layers.0.mlp_out", edits={"layers.0.resid_post": np.ones(64, np.float32)}
+    ),
+    "embed": lambda m, p: m.embed([p], padded=True),
+    "score": lambda m, p: m.score([p[:-3]], [p[-3:]]),
+    "loglikelihood": lambda m, p: m.loglikelihood([p[:-3]], [p[-3:]]),
+    "generate": lambda m, p: m.generate(p, sampler=Sampler.greedy(), max_new_tokens=4),
+    "generate+edit": lambda m, p: m.generate(
+        p,
+        sampler=Sampler.greedy(),
+        max_new_tokens=4,
+        edits={"layers.1.resid_post": np.full(64, 0.1, np.float32)},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_twenty_lengths_in_one_bucket_compile_once(model, name):
+    call = CALLS[name]
+    assert _traces_after_first(lambda p: call(model, p), _prompts(model)) == [0] * 19
+
+
+def test_jitted_forward_on_padded_rows_compiles_once_per_bucket(model):
+    """``phijax.pad`` (outside the jit) buckets the longest row, so ``jax.jit(phijax.forward)``
+    sees one shape for the whole sweep. (A ragged Python list passed *into* a jitted function
+    is a pytree whose structure is part of jit's cache key: each new length retraces.)"""
+    fwd = jax.jit(phijax.forward)
+
+    def call(p):
+        tokens, lengths = phijax.pad([p, p[:5]])
+        return fwd(model.params, tokens, lengths=lengths)
+
+    assert _traces_after_first(call, _prompts(model)) == [0] * 19
+
+
+def test_a_new_bucket_does_compile(model):
+    """The counter sees compiles: a length in the next bucket (65 → 128) traces again."""
+    model.logits(_prompts(model, [40])[0])
+    with count_traces() as traces:
+        model.logits(_prompts(model, [65])[0])
+    assert len(traces) >= 1
