@@ -10,6 +10,8 @@ the cluster bootstrap (``stats``) can resample rows and pair them across strateg
   other samples of its prompt, averaged; lower is more diverse.
 - ``repetition``: fraction of a sample's 4-grams that repeat an earlier 4-gram of the
   same sample (degenerate loops), averaged.
+- ``accuracy``: the mean of rows' ``correct`` (0/1: the extracted answer equals the task
+  item's target; rows of configs with a ``task``, see ``tasks``).
 - ``length``: new tokens per sample; ``mean_logprob``: mean per-token log-probability
   under the generating model (token-weighted); ``perplexity``: exp(-mean_logprob).
 - ``judge_logprob``: the same under a judge model (rows scored by ``judge``);
@@ -71,7 +73,14 @@ def row_metrics(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[st
     ones = np.ones(n)
     out: dict[str, Metric] = {}
     for m in names:
-        if m == "length":
+        if m == "accuracy":
+            if not any(r.get("correct") is not None for r in rows):
+                continue
+            values = np.array(
+                [np.nan if r.get("correct") is None else float(r["correct"]) for r in rows]
+            )
+            out[m] = (values, np.where(np.isnan(values), 0.0, 1.0), _identity)
+        elif m == "length":
             out[m] = (np.array([len(r["tokens"]) for r in rows], float), ones, _identity)
         elif m in ("distinct_1", "distinct_2"):
             out[m] = _distinct_shares(rows, by_prompt, int(m[-1]))

@@ -8,6 +8,10 @@ rerun drops it, skips every batch already written and generates the rest: no
 duplicate and no lost rows, and the same tokens a clean run would have produced
 (batches are formed from the whole plan, so a rerun's batches are the clean run's).
 
+A config with a ``task`` makes one prompt per task item, and each row also gets the item's
+``target``, the ``answer`` extracted from its text (null when none is found) and ``correct``
+(1 when the answer matches the target, else 0): the ``accuracy`` metric (``tasks``).
+
 Under ``jax.distributed`` (several processes, e.g. one per host) the batches are dealt
 out over the processes: process ``i`` of ``n`` generates every ``n``-th batch from the
 ``i``-th into its own shard, ``samples-{i}-of-{n}.jsonl``. Readers merge every shard of a
@@ -30,6 +34,7 @@ from tqdm.auto import tqdm
 from phijax.errors import ConfigError
 from phijax.experiment.provenance import file_sha256, provenance
 from phijax.experiment.schema import ExperimentConfig, ModelSpec, Prompt
+from phijax.experiment.tasks import Task, TaskItem, load_task
 from phijax.sampling import Sampler
 from phijax.scoring import encode_pair
 
@@ -126,8 +131,18 @@ def _seeds(config: ExperimentConfig, out: Path, processes: int) -> list[int]:
     return [seed]
 
 
-def plan(config: ExperimentConfig, seeds: list[int], base_dir: Path | None = None) -> list[Job]:
-    prompts = config.prompt_list(base_dir)
+def plan(
+    config: ExperimentConfig,
+    seeds: list[int],
+    base_dir: Path | None = None,
+    task: Task | None = None,
+) -> list[Job]:
+    """Every (strategy, seed, prompt) job; ``task``: the config's task, already loaded."""
+    prompts = (
+        [Prompt(id=i.id, text=i.text) for i in task.items]
+        if task is not None
+        else config.prompt_list(base_dir)
+    )
     return [
         Job(name, sampler, prompt, seed)
         for name, sampler in config.strategy_samplers().items()
@@ -186,7 +201,8 @@ def run(
                 f"this one {config_hash[:12]}). Use another output folder (--output) or another name."
             )
     seeds = _seeds(config, out, count)
-    jobs = plan(config, seeds, base_dir)
+    task = load_task(config.task, base_dir) if config.task is not None else None
+    jobs = plan(config, seeds, base_dir, task)
     done = {_key(r) for r in read_folder(out, repair=results)}
     mine = list(_batches(jobs, config.samples, config.batch_size))[index::count]
     todo = [
@@ -206,7 +222,7 @@ def run(
         bar = tqdm(total=total, initial=total - left, desc=config.name if count == 1 else f"{config.name} [{index}/{count}]",
                    unit="sample", disable=None if progress else True)  # fmt: skip
         for batch in todo:
-            bar.update(_generate_batch(model, config, batch, done, prov, results))
+            bar.update(_generate_batch(model, config, batch, done, prov, results, task))
         bar.close()
     if config.judge is not None:  # this process's shard, and a share of earlier runs' files
         current = {shard_name(i, count) for i in range(count)}
@@ -224,8 +240,11 @@ def _generate_batch(
     done: set,
     prov: dict[str, Any],
     results: Path,
+    task: Task | None = None,
 ) -> int:
-    """Generate one batch and append its rows not yet ``done``; returns how many were written."""
+    """Generate one batch and append its rows not yet ``done``, graded when there is a
+    ``task``; returns how many were written."""
+    items = {i.id: i for i in task.items} if task is not None else {}
     prompts = [_prompt_text(model, j.prompt.text, config) for j in batch]
     g = model.generate(
         prompts, sampler=[j.sampler for j in batch], seed=batch[0].seed, num_samples=config.samples,
@@ -247,6 +266,7 @@ def _generate_batch(
                 "tokens": g.tokens[r],
                 "logprobs": [round(lp, 6) for lp in g.logprobs[r]],
                 "finish_reason": g.finish_reasons[r],
+                **(_graded(task, items[job.prompt.id], g.texts[r]) if task is not None else {}),
                 "timings": {k: round(v, 4) for k, v in g.timings.items()},
                 "sampler": _sampler_dict(job.sampler),
                 "config_hash": prov["config_hash"],
@@ -256,6 +276,11 @@ def _generate_batch(
         )
     _write(results, rows)
     return len(rows)
+
+
+def _graded(task: Task, item: TaskItem, text: str) -> dict[str, Any]:
+    answer, correct = task.grade(item, text)
+    return {"target": item.target, "answer": answer, "correct": int(correct)}
 
 
 def _load(spec: ModelSpec, progress: bool) -> Any:

@@ -1,6 +1,7 @@
 """Experiment configs: YAML validated by a typed pydantic schema, CLI overrides, sweeps.
 
-A config names a model, prompts, a base ``sampler`` and named ``strategies``
+A config names a model, prompts (or a ``task``: items with targets, graded for
+accuracy, see ``tasks``), a base ``sampler`` and named ``strategies``
 (each a set of :class:`~phijax.Sampler` fields over the base), how many samples
 per prompt, seeds, and an optional ``sweep`` over any key. Unknown keys are
 rejected with a "did you mean" suggestion; bad values name the key and the
@@ -25,11 +26,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from phijax.errors import ConfigError
+from phijax.experiment.tasks import ExtractSpec, TaskSpec, load_task
 from phijax.sampling import CANDLE_ORDER, LLAMACPP_ORDER, Sampler
 
 SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(Sampler))
 METRICS = (
-    "length", "distinct_1", "distinct_2", "self_bleu", "repetition", "mean_logprob", "perplexity",
+    "accuracy", "length", "distinct_1", "distinct_2", "self_bleu", "repetition", "mean_logprob", "perplexity",
     "judge_logprob", "judge_perplexity",
 )  # fmt: skip
 REPORT_ONLY = ("judge", "baseline", "metrics")
@@ -73,6 +75,7 @@ class ExperimentConfig(_Strict):
     model: ModelSpec
     prompts: list[Prompt] = Field(default_factory=list)
     prompts_file: str | None = None
+    task: TaskSpec | None = None
     chat: bool = True
     system: str | None = None
     sampler: dict[str, Any] = Field(default_factory=dict)
@@ -144,9 +147,13 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _prompts_given(self) -> ExperimentConfig:
-        if not self.prompts and not self.prompts_file:
+        if self.task is not None and (self.prompts or self.prompts_file):
             raise ValueError(
-                "give prompts (a list) or prompts_file (a text file, one prompt a line)"
+                "a task gives the prompts (one per item); leave out prompts and prompts_file"
+            )
+        if not self.prompts and not self.prompts_file and self.task is None:
+            raise ValueError(
+                "give prompts (a list), prompts_file (a text file, one prompt a line) or a task"
             )
         ids = [p.id for p in self.prompts]
         if len(set(ids)) != len(ids):
@@ -161,6 +168,8 @@ class ExperimentConfig(_Strict):
         data = self.model_dump(mode="json", exclude=set(REPORT_ONLY))
         if not data["model"]["quantized"]:  # the key's default: hashes made before it stay valid
             del data["model"]["quantized"]
+        if data["task"] is None:  # likewise
+            del data["task"]
         blob = json.dumps(
             data,
             sort_keys=True,
@@ -169,6 +178,9 @@ class ExperimentConfig(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def prompt_list(self, base_dir: Path | None = None) -> list[Prompt]:
+        """The prompts: the config's, its prompts_file's lines, or its task's items."""
+        if self.task is not None:
+            return [Prompt(id=i.id, text=i.text) for i in load_task(self.task, base_dir).items]
         prompts = list(self.prompts)
         if self.prompts_file:
             path = Path(self.prompts_file)
@@ -298,7 +310,12 @@ def _describe(err: dict[str, Any]) -> str:
         parent = (
             ExperimentConfig
             if len(err["loc"]) == 1
-            else {"model": ModelSpec, "judge": JudgeSpec}.get(str(err["loc"][0]))
+            else {
+                "model": ModelSpec,
+                "judge": JudgeSpec,
+                "task": TaskSpec,
+                "task.extract": ExtractSpec,
+            }.get(".".join(str(p) for p in err["loc"][:-1]))
         )
         fields = parent.model_fields if parent is not None else {}
         return f"unknown key {key!r}{_suggest(str(err['loc'][-1]), fields)}"
