@@ -8,6 +8,7 @@ load of the same file reuses the compiled steps, and ``del model`` frees it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 import jax
@@ -16,9 +17,13 @@ import jax.numpy as jnp
 from phijax import sampling
 from phijax.cache import KVCache
 from phijax.model import hooks as hk
+from phijax.model.attention import attention_mask
 from phijax.model.forward import decoder, embed, forward_with_activations
 from phijax.model.forward import unembed as _unembed
+from phijax.model.layers import Context, decoder_layer, linear, rms_norm
 from phijax.model.phi3 import Phi3
+from phijax.model.rope import inverse_frequencies, rope_angles, rope_scale
+from phijax.sharding import constrain
 
 
 @partial(
@@ -149,8 +154,101 @@ def decode(
     return (*out, done, cache, sstate)
 
 
-activations = jax.jit(forward_with_activations, static_argnames=("edit_fns", "names", "head"))
-activations.__doc__ = forward_with_activations.__doc__
+whole_pass = jax.jit(forward_with_activations, static_argnames=("edit_fns", "names", "head"))
+whole_pass.__doc__ = forward_with_activations.__doc__
 
 unembed = jax.jit(_unembed)
 unembed.__doc__ = _unembed.__doc__
+
+
+# -- research passes one layer at a time ----------------------------------------
+#
+# A research pass (logits, activations, scores of a padded batch) jitted whole unrolls every
+# layer into one program: its compile time grows with depth (SmolLM2's 30 layers: 8-12 s on
+# a loaded 2-core machine). Called one layer at a time, every layer with the same edits and
+# captures (most of them: none) runs one compiled program, so a first call compiles about
+# one layer, not all of them, and runs as fast: prefill-size work per layer dwarfs a
+# dispatch (docs/benchmarks.md, "Compile time"). Only for one array per layer (the
+# ``layers`` layout); ``stacked`` weights already run under one ``lax.scan``.
+
+_LAYER = "layer"  # the generic name the hooks of layer i take inside the shared layer step
+
+
+def _local(spec: Mapping, i: int) -> dict:
+    """The entries of ``spec`` (keyed by hook name) that belong to layer ``i``, renamed to
+    the shared layer step's generic names."""
+    prefix = f"layers.{i}."
+    return {f"{_LAYER}.{n[len(prefix) :]}": v for n, v in spec.items() if n.startswith(prefix)}
+
+
+@partial(jax.jit, static_argnames=("edit_fns", "names"))
+def _embed_step(params, tokens, lengths, edit_arrays, *, edit_fns, names):
+    c = params.config
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    factors = None if params.rope_factors is None else params.rope_factors[...]
+    cos, sin = rope_angles(positions, inverse_frequencies(c, factors), rope_scale(c))
+    mask = attention_mask(positions, lengths, tokens.shape[1], c.sliding_window)
+    hooks = hk.Hooks(edit_arrays, edit_fns, names)
+    x = hooks("embed", embed(params, tokens), positions)
+    return (x, positions, cos, sin, mask), hooks.captured
+
+
+@partial(jax.jit, static_argnames=("config", "edit_fns", "names"))
+def _layer_step(p, x, shared, edit_arrays, *, config, edit_fns, names):
+    positions, cos, sin, mask = shared
+    hooks = hk.Hooks(edit_arrays, edit_fns, names)
+    ctx = Context(config, positions, cos, sin, mask, None)
+    x, _ = decoder_layer(p, x, ctx, None, hooks, _LAYER)
+    return constrain(x, ("batch", None, "embed"), config), hooks.captured
+
+
+@partial(jax.jit, static_argnames=("edit_fns", "names", "head"))
+def _head_step(params, x, positions, edit_arrays, *, edit_fns, names, head):
+    c = params.config
+    hooks = hk.Hooks(edit_arrays, edit_fns, names)
+    x = hooks("final", rms_norm(x, params.final_norm[...], c.rms_norm_eps), positions)
+    logits = hooks("logits", linear(x, params.head()), positions) if head else None
+    return logits, hooks.captured
+
+
+def activations(
+    params: Phi3,
+    tokens: jax.Array | None = None,
+    embeds: jax.Array | None = None,
+    edit_arrays: Mapping[str, jax.Array] | None = None,
+    lengths: jax.Array | None = None,
+    *,
+    edit_fns: hk.EditFns = (),
+    names: Sequence[str] = (),
+    head: bool = True,
+) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+    """:func:`~phijax.model.forward.forward_with_activations`, compiled: for right-padded
+    ``tokens [batch, seq]`` with ``lengths [batch]`` and one array per layer, one jitted
+    step per layer (the same values); otherwise :data:`whole_pass`, one program."""
+    if params.layout != "layers" or embeds is not None or lengths is None or tokens.ndim != 2:
+        return whole_pass(
+            params, tokens, embeds, edit_arrays, lengths,
+            edit_fns=edit_fns, names=names, head=head,
+        )  # fmt: skip
+    c = params.config
+    fns, arrays, wanted = dict(edit_fns), dict(edit_arrays or {}), frozenset(names)
+
+    def spec(selected_fns, selected_arrays, selected_names):
+        return tuple(sorted(selected_fns.items())), selected_arrays, frozenset(selected_names)
+
+    def top(keys):  # the non-layer points among ``keys``
+        return {n: v for n, v in keys.items() if not n.startswith("layers.")}
+
+    f, a, n = spec(top(fns), top(arrays), {x for x in wanted if x == "embed"})
+    (x, *shared), captured = _embed_step(params, tokens, lengths, a, edit_fns=f, names=n)
+    captured = dict(captured)
+    for i in range(hk.depth(names, c.num_layers, head)):
+        own = {x: None for x in wanted if x.startswith(f"layers.{i}.")}
+        f, a, n = spec(_local(fns, i), _local(arrays, i), _local(own, i))
+        x, got = _layer_step(params.layer(i), x, shared, a, config=c, edit_fns=f, names=n)
+        captured.update({f"layers.{i}.{k[len(_LAYER) + 1 :]}": v for k, v in got.items()})
+    if not (head or "final" in wanted):
+        return None, captured
+    f, a, n = spec(top(fns), top(arrays), wanted & {"final", "logits"})
+    logits, got = _head_step(params, x, shared[0], a, edit_fns=f, names=n, head=head)
+    return logits, {**captured, **got}
