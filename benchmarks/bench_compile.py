@@ -10,7 +10,9 @@ Each measurement runs in a fresh Python process, so JAX's in-memory caches are e
 Per call (``--model``, default ``pypi:smollm2``, loaded f32): ``m.logits`` of a 40-token
 text; ``m.activations`` of it with one capture name (``layers.{L/2}.resid_post``);
 ``m.generate`` of it, 8 new tokens, greedy; the same with an edit (a steering vector
-added at ``layers.{L/2}.resid_post``). Reported: the load (not part of the call), the
+added at ``layers.{L/2}.resid_post``). ``logits@whole`` and ``activations@whole``: those calls with the whole pass as one
+program (``phijax.steps.whole_pass``), for comparison with the per-layer steps. Reported:
+the load (not part of the call), the
 first call's seconds, the second call's (compiled, in memory), and of the first call the
 jit traces, XLA compiles and seconds spent in XLA's backend compile (from
 ``jax.monitoring``'s compile events).
@@ -41,6 +43,9 @@ TEXT = (
     "as his father had, and lit the lamp that guided the fishing boats home through the fog."
 )
 CALLS = ("logits", "activations", "generate", "generate+edit")
+# the same research calls through one program for the whole pass (phijax.steps.whole_pass),
+# what logits and activations compiled before they ran one layer at a time
+WHOLE = ("logits@whole", "activations@whole")
 SWEEP = range(33, 53)
 
 
@@ -81,7 +86,11 @@ def _call(m, which: str, text) -> None:
 def child(model: str, which: str) -> dict:
     """One call's first and second run in this (fresh) process."""
     import phijax
+    from phijax import steps
 
+    if which.endswith("@whole"):
+        which = which.removesuffix("@whole")
+        steps.activations = steps.whole_pass
     t0 = time.perf_counter()
     m = phijax.load(model, progress=False)
     load_s = time.perf_counter() - t0
@@ -156,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="pypi:smollm2")
     parser.add_argument("--reps", type=int, default=1, help="cold/warm pairs per call (median)")
-    parser.add_argument("--calls", nargs="+", default=list(CALLS), choices=CALLS)
+    parser.add_argument("--calls", nargs="+", default=[*CALLS, *WHOLE], choices=[*CALLS, *WHOLE])
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
     parser.add_argument("--child", help=argparse.SUPPRESS)
