@@ -34,6 +34,14 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
     return 1 << max(int(n) - 1, minimum - 1).bit_length()
 
 
+def research_bucket(n: int) -> int:
+    """The padded length of a research row: a multiple of :data:`MIN_BUCKET` up to 64, then
+    :func:`bucket`. Sentences are short, and padding 33-token rows to 64 doubled their work
+    (``benchmarks/bench_research.py``: 48% of the computed positions were real, 200
+    sentences of 8-46 tokens); the extra shape costs one more compile of one layer."""
+    return -(-max(int(n), 1) // MIN_BUCKET) * MIN_BUCKET if n <= 64 else bucket(n)
+
+
 class Padded(NamedTuple):
     """Right-padded results: ``values`` (an array ``[batch, seq, ...]``, or a dict of them)
     and ``lengths [batch]``; row ``i`` is valid up to ``lengths[i]`` along its seq axes."""
@@ -120,21 +128,20 @@ def row_bytes(config: Phi3Config, length: int, names: Sequence[str], head: bool)
 def groups(
     lengths: Sequence[int], per_row_bytes: Callable[[int], int], *, exact: bool = False
 ) -> list[Group]:
-    """Rows grouped by padded length (a :func:`bucket`, or the exact length when ``exact``),
-    then split into batches of at most ``ROW_CAP`` rows and ``BATCH_BYTES`` (by
-    ``per_row_bytes(length)``). A group that fits pads to a power of two; larger ones split
-    into full batches of the cap, so a sweep compiles one shape per length bucket."""
+    """Rows grouped by padded length (a :func:`research_bucket`, or the exact length when
+    ``exact``), then split into batches of at most ``ROW_CAP`` rows and ``BATCH_BYTES`` (by
+    ``per_row_bytes(length)``). Each batch pads its rows to a power of two, so a sweep
+    compiles at most one shape per (length bucket, row bucket)."""
     by_length: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
-        by_length.setdefault(n if exact else bucket(n), []).append(i)
+        by_length.setdefault(n if exact else research_bucket(n), []).append(i)
     out = []
     for length, rows in sorted(by_length.items()):
         fit = max(1, BATCH_BYTES // per_row_bytes(length))
         cap = min(ROW_CAP, 1 << (fit.bit_length() - 1))
-        if len(rows) <= cap:
-            out.append(Group(rows, bucket(len(rows), 1), length))
-        else:
-            out.extend(Group(rows[s : s + cap], cap, length) for s in range(0, len(rows), cap))
+        for s in range(0, len(rows), cap):
+            part = rows[s : s + cap]
+            out.append(Group(part, bucket(len(part), 1), length))
     return out
 
 

@@ -2,7 +2,7 @@
 
 A compile is what a jit trace precedes (tests/tracing.py counts traces). The first length
 of the sweep may compile (a new shape); the nineteen after it, in the same length bucket
-(34..53 → 64) and the same row bucket, must not.
+(70..89 → 128) and the same row bucket, must not.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from phijax import Sampler
 from tracing import count_traces
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model"
-LENGTHS = range(34, 54)  # within the 64 bucket (batching.bucket), also as score inputs (n - 1)
+LENGTHS = range(70, 90)  # within the 128 bucket of every entry point, also as score inputs (n - 1)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_jitted_forward_on_padded_rows_compiles_once_per_bucket(model):
 
 
 def test_a_new_bucket_does_compile(model):
-    """The counter sees compiles: a length in the next bucket (65 → 128) traces again."""
+    """The counter sees compiles: a length in another bucket (140 → 256) traces again."""
     model.logits(_prompts(model, [40])[0])
     with count_traces() as traces:
-        model.logits(_prompts(model, [65])[0])
+        model.logits(_prompts(model, [140])[0])
     assert len(traces) >= 1

@@ -68,13 +68,16 @@ def check_many_strings(m, texts, monkeypatch):
     name = "layers.15.resid_post"
     calls = spy_activations(monkeypatch)
     together = m.activations(texts, names=[name])
-    buckets = [phijax.batching.bucket(len(m.tokenizer.encode(t))) for t in texts]
+    lengths = [len(m.tokenizer.encode(t)) for t in texts]
+    buckets = [-(-n // 16) * 16 if n <= 64 else phijax.batching.bucket(n) for n in lengths]
     assert len(together) == len(texts)
-    # one call, batched: one step per length bucket and batch of up to ROW_CAP (64) rows
-    cap = phijax.batching.ROW_CAP
-    want = sorted((min(cap, phijax.batching.bucket(buckets.count(b), 1)), b) for b in buckets)
-    assert sorted(set(calls)) == sorted(set(want))
-    assert len(calls) == sum(-(-buckets.count(b) // cap) for b in set(buckets))
+    # one call, batched: one step per length bucket (multiples of 16 up to 64) and batch of up
+    # to ROW_CAP (64) rows, each batch's rows padded to a power of two
+    cap, expected = phijax.batching.ROW_CAP, []
+    for b in set(buckets):
+        full, rest = divmod(buckets.count(b), cap)
+        expected += [(cap, b)] * full + ([(phijax.batching.bucket(rest, 1), b)] if rest else [])
+    assert sorted(calls) == sorted(expected)
     for text, got in zip(texts, together, strict=True):
         want = m.activations(text, [name])
         assert list(got) == [name]
