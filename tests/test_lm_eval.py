@@ -157,10 +157,12 @@ def test_phijax_eval_cli(tmp_path, smollm2_gguf):
 
 
 def _parity_module():
-    spec = importlib.util.spec_from_file_location("parity", ROOT / "eval_tasks" / "parity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    name = "eval_tasks_parity"
+    if name not in sys.modules:  # registered first: its dataclasses look their module up
+        spec = importlib.util.spec_from_file_location(name, ROOT / "eval_tasks" / "parity.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 @pytest.mark.slow
