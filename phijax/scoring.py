@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phijax.batching import BATCH_BYTES, ROW_CAP, bucket, row_bytes
+from phijax.batching import BATCH_BYTES, ROW_CAP, bucket, research_bucket, row_bytes
 from phijax.errors import ConfigError, ContextLengthError
 from phijax.model.forward import forward
 from phijax.model.phi3 import Phi3
@@ -190,12 +190,12 @@ def plan(
 ) -> list[tuple[list[int], int, int]]:
     """Batches ``(rows, batch, width)``: rows sorted longest first (ties by ``keys``, so the
     batches do not depend on the order of the input), grouped by padded width
-    (:func:`~phijax.batching.bucket`), at most ``batch_size`` rows (default: what
+    (:func:`~phijax.batching.research_bucket`), at most ``batch_size`` rows (default: what
     ``BATCH_BYTES`` holds by ``per_row_bytes(width)``, up to ``ROW_CAP``) padded to a power
     of two."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], keys[i]))
     out = []
-    for width, members in itertools.groupby(order, key=lambda i: bucket(lengths[i])):
+    for width, members in itertools.groupby(order, key=lambda i: research_bucket(lengths[i])):
         members = list(members)
         fit = max(1, BATCH_BYTES // per_row_bytes(width))
         cap = min(batch_size or ROW_CAP, fit)
