@@ -1,0 +1,173 @@
+"""Evaluation throughput: ``phijax eval`` against lm_eval's ``hf`` model on the same GGUF.
+
+Runs the local multiple-choice tasks (``eval_tasks/``: phijax_facts_mc and phijax_cloze_mc)
+once with ``phijax eval`` and once with ``lm_eval run --model hf`` (transformers loading the
+GGUF, f32, CPU), each in a fresh process, one after the other, offline, with the arguments
+``eval_tasks/parity.py`` uses (``max_length``, ``softmax_dtype=float64`` for hf) and the
+same ``--batch_size`` on both sides. Reported per engine:
+
+* process wall time: Python start, imports, model load, compiles and evaluation;
+* lm_eval's ``total_evaluation_time_seconds`` from the results file (from lm_eval's
+  tracker creation to saving the results: model load and evaluation, not the imports);
+* loglikelihood requests (one per choice, counted from ``--log_samples``) and requests/s
+  over the process wall time, and the ratio phijax / hf;
+* phijax's compiles: its process runs with ``PHIJAX_NO_CACHE=1`` (no persistent JAX
+  compilation cache: every program is compiled, "compiles included" is cold) and
+  ``JAX_LOG_COMPILES=1``; the "Compiling" lines of its stderr are counted, and the
+  "Finished XLA compilation ... in S sec" lines summed (XLA time only, not tracing).
+
+Needs ``pip install 'phijax[eval]' torch transformers accelerate``; run from anywhere::
+
+    python benchmarks/bench_eval.py [--model SOURCE] [--batch-size 8] [--max-length 64] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import cpu_name, print_table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "eval_tasks"))
+from parity import read_run  # noqa: E402
+
+TASKS = "phijax_facts_mc,phijax_cloze_mc"
+XLA_SECONDS = re.compile(r"Finished XLA compilation of .* in ([0-9.]+) sec")
+
+
+@dataclass
+class Run:
+    """One engine's evaluation: times in seconds, requests counted from the logged samples."""
+
+    wall_s: float
+    lm_eval_s: float
+    requests: int
+    accuracy: dict[str, float]
+    compiles: int | None = None
+    xla_compile_s: float | None = None
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.wall_s
+
+
+def argv_for(backend: str, gguf: Path, out: Path, *, max_length: int, batch_size: int) -> list[str]:
+    """The command line of one engine, as eval_tasks/parity.py runs it (without a chat template)."""
+    common = [
+        "--tasks", TASKS, "--include_path", str(ROOT / "eval_tasks"), "--log_samples",
+        "--output_path", str(out), "--batch_size", str(batch_size), "--device", "cpu",
+    ]  # fmt: skip
+    if backend == "phijax":
+        model = ["-m", "phijax.cli", "eval", "--model", str(gguf)]
+        model += ["--model_args", f"max_length={max_length}"]
+    else:
+        args = f"pretrained={gguf.parent},gguf_file={gguf.name},dtype=float32"
+        args += f",softmax_dtype=float64,max_length={max_length}"
+        model = ["-m", "lm_eval", "run", "--model", "hf", "--model_args", args]
+    return [sys.executable, *model, *common]
+
+
+def run(backend: str, gguf: Path, out: Path, *, max_length: int, batch_size: int) -> Run:
+    """One evaluation in a fresh process, timed from spawn to exit; samples logged under ``out``."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if backend == "phijax":
+        env |= {"PHIJAX_NO_CACHE": "1", "JAX_LOG_COMPILES": "1"}
+    argv = argv_for(backend, gguf, out, max_length=max_length, batch_size=batch_size)
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{backend} run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    samples, results = read_run(out)
+    requests = sum(len(row["resps"]) for rows in samples.values() for row in rows)
+    accuracy = {task: results["results"][task]["acc,none"] for task in sorted(samples)}
+    r = Run(wall, float(results["total_evaluation_time_seconds"]), requests, accuracy)
+    if backend == "phijax":
+        r.compiles = sum("Compiling " in line for line in proc.stderr.splitlines())
+        r.xla_compile_s = sum(float(s) for s in XLA_SECONDS.findall(proc.stderr))
+    return r
+
+
+def machine_lines() -> list[str]:
+    import jax
+    import lm_eval
+    import torch
+    import transformers
+
+    import phijax
+
+    load = os.getloadavg()
+    return [
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable); "
+        f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) at start",
+        f"versions: python {platform.python_version()}, phijax {phijax.__version__}, jax "
+        f"{jax.__version__}, torch {torch.__version__} (threads {torch.get_num_threads()}), "
+        f"transformers {transformers.__version__}, lm_eval {lm_eval.__version__}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="pypi:smollm2", help="a phijax source of a GGUF file")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8, help="both engines'")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_eval")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    from phijax.hub import resolve
+
+    gguf = Path(resolve(args.model))
+    for line in machine_lines():
+        print(line)
+    runs = {
+        backend: run(
+            backend,
+            gguf,
+            args.out / backend,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+        )
+        for backend in ("phijax", "hf")
+    }
+    ours, theirs = runs["phijax"], runs["hf"]
+    if ours.requests != theirs.requests:
+        raise RuntimeError(f"request counts differ: phijax {ours.requests}, hf {theirs.requests}")
+    rows = [
+        ["loglikelihood requests", str(ours.requests), str(theirs.requests), "", TASKS],
+        ["process wall time", f"{ours.wall_s:.1f} s", f"{theirs.wall_s:.1f} s",
+         f"{theirs.wall_s / ours.wall_s:.2f}x faster", "spawn to exit: imports, load, compiles"],
+        ["**requests/s (process)**", f"{ours.requests_per_s:.2f}", f"{theirs.requests_per_s:.2f}",
+         f"**{ours.requests_per_s / theirs.requests_per_s:.2f}x**", "acceptance: at least 2x"],
+        ["lm_eval's total_evaluation_time_seconds", f"{ours.lm_eval_s:.1f} s",
+         f"{theirs.lm_eval_s:.1f} s", f"{theirs.lm_eval_s / ours.lm_eval_s:.2f}x faster",
+         "load + evaluation, not imports"],
+        ["imports and startup (wall - lm_eval's)", f"{ours.wall_s - ours.lm_eval_s:.1f} s",
+         f"{theirs.wall_s - theirs.lm_eval_s:.1f} s", "", ""],
+        ["compiles (cold, PHIJAX_NO_CACHE=1)", str(ours.compiles), "", "",
+         f"'Compiling' lines, JAX_LOG_COMPILES=1; XLA compile time {ours.xla_compile_s:.1f} s"],
+        *[[f"acc {task}", f"{ours.accuracy[task]:.4f}", f"{theirs.accuracy[task]:.4f}", "", ""]
+          for task in ours.accuracy],
+    ]  # fmt: skip
+    header = ["metric", "phijax eval", "lm_eval hf", "phijax / hf", "note"]
+    if not args.markdown:
+        rows = [[c.replace("**", "") for c in row] for row in rows]
+    print_table(header, rows, args.markdown)
+    print(f"batch size {args.batch_size} (both), max_length {args.max_length}, f32, CPU; {gguf}")
+    print("command: python " + shlex.join(["benchmarks/bench_eval.py", *(argv or sys.argv[1:])]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
