@@ -74,7 +74,7 @@ def measure(
             for i in range(b)
         ]
     cache_len = model.cache_len_for(64 + 200)
-    logits, prefill_cache = model._prefill(prompts, cache_len, all_logits=False)
+    logits, prefill_cache = model._prefill(prompts, cache_len)
     history = jnp.zeros((b, cache_len), jnp.int32).at[:, :64].set(jnp.asarray(prompts))
     base = sampling.base_keys(0, range(b))
     keys = sampling.step_keys(base, jnp.int32(3))

@@ -179,12 +179,11 @@ class Model:
         prompts: Sequence[Sequence[int]],
         cache_len: int,
         *,
-        all_logits: bool,
         edit_arrays: dict[str, jax.Array] | None = None,
         edit_fns: EditFns = (),
     ):
-        """Run the prompts (a batch padded to a power of two); returns per-row logits
-        (last position, or all positions) and the filled cache."""
+        """Run the prompts (a batch padded to a power of two) in chunks; returns each row's
+        last-position logits ``[batch, vocab]`` and the filled cache."""
         n = len(prompts)
         b = bucket(n, 1)
         lengths = np.array([len(p) for p in prompts] + [1] * (b - n), np.int32)
@@ -210,13 +209,9 @@ class Model:
                 put_batch(last, self.mesh),
                 edit_arrays or {},
                 attend_len=min(bucket(start + chunk, 128), cache_len),
-                all_logits=all_logits,
                 edit_fns=edit_fns,
             )
             outputs.append(logits)
-        if all_logits:
-            full = np.concatenate([np.asarray(o) for o in outputs], axis=1)
-            return [full[i, : lengths[i]] for i in range(n)], cache
         last_chunk = (lengths - 1) // chunk
         stacked = np.stack([np.asarray(o)[:, 0] for o in outputs])  # [chunks, b, vocab]
         return stacked[last_chunk, np.arange(b)], cache
@@ -514,7 +509,6 @@ class Model:
         last_logits, prompt_cache = self._prefill(
             request.prompts,
             request.cache_len,
-            all_logits=False,
             edit_arrays=request.edit_arrays,
             edit_fns=request.edit_fns,
         )

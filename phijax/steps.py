@@ -28,7 +28,7 @@ from phijax.sharding import constrain
 
 @partial(
     jax.jit,
-    static_argnames=("attend_len", "all_logits", "edit_fns"),
+    static_argnames=("attend_len", "edit_fns"),
     donate_argnames=("cache",),
 )
 def prefill(
@@ -41,11 +41,10 @@ def prefill(
     edit_arrays: dict[str, jax.Array],
     *,
     attend_len: int,
-    all_logits: bool,
     edit_fns: hk.EditFns = (),
 ) -> tuple[jax.Array, KVCache]:
     """One prefill chunk ``tokens [batch, chunk]`` at ``positions [batch, chunk]`` into the
-    cache. Logits ``[batch, chunk, vocab]``, or ``[batch, 1, vocab]`` at ``logit_index``."""
+    cache; logits ``[batch, 1, vocab]`` at each row's offset ``logit_index [batch, 1]``."""
     hooks = hk.Hooks(edit_arrays, edit_fns)
     return decoder(
         params,
@@ -55,7 +54,7 @@ def prefill(
         cache=cache,
         attend_len=attend_len,
         hooks=hooks,
-        logit_index=None if all_logits else logit_index,
+        logit_index=logit_index,
     )
 
 

@@ -67,7 +67,7 @@ def test_chunked_prefill_matches_one_pass(sliding, chunk):
     whole = sliding.logits(prompts)
     sliding.prefill_chunk = chunk
     try:
-        last, _ = sliding._prefill(prompts, sliding.cache_len_for(64), all_logits=False)
+        last, _ = sliding._prefill(prompts, sliding.cache_len_for(64))
         gen_chunked = sliding.generate(prompts, sampler=GREEDY, max_new_tokens=10)
     finally:
         sliding.prefill_chunk = engine.PREFILL_CHUNK

@@ -208,9 +208,7 @@ def _largest_all_gather(model) -> tuple[int, int]:
     kv_len = sharding.put_batch(np.full((b,), s, np.int32), model.mesh)
     last = sharding.put_batch(np.zeros((b, 1), np.int32), model.mesh)
     with jax.set_mesh(model.mesh):
-        lowered = steps.prefill.lower(
-            model.params, ids, pos, cache, kv_len, last, {}, attend_len=n, all_logits=False
-        )
+        lowered = steps.prefill.lower(model.params, ids, pos, cache, kv_len, last, {}, attend_len=n)
     hlo = lowered.compile().as_text()
     sizes = [
         np.prod([int(d) for d in dims.split(",") if d]) * 4
