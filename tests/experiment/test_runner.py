@@ -83,7 +83,7 @@ def test_cli_run_and_report_on_the_demo(tmp_path, capsys):
 
     assert main(_small_run("demo.yaml", tmp_path)) == 0
     out = capsys.readouterr().out
-    for strategy in ("greedy", "temp_1.0", "top_p_0.9", "min_p_0.1", "candle_seed"):
+    for strategy in ("greedy", "temp_1.0", "top_p_0.9", "min_p_0.1", "candle"):
         assert f"| {strategy} |" in out
     assert "distinct_2" in out and "self_bleu" in out and "judge_perplexity" in out
     assert "Differences from greedy (paired)" in out and "Δ mean_logprob" in out
@@ -96,9 +96,9 @@ def test_cli_run_and_report_on_the_demo(tmp_path, capsys):
     # candle order has its own; speed is per call
     for name in ("temp_1.0", "top_p_0.9", "min_p_0.1"):
         assert {**speed[name], "strategy": "greedy"} == speed["greedy"]
-    assert speed["(all)"]["batches"] == "2" and speed["candle_seed"]["batches"] == "1"
+    assert speed["(all)"]["batches"] == "2" and speed["candle"]["batches"] == "1"
     assert int(speed["(all)"]["decode_tokens"]) == sum(
-        int(speed[name]["decode_tokens"]) for name in ("greedy", "candle_seed")
+        int(speed[name]["decode_tokens"]) for name in ("greedy", "candle")
     )
     assert (folder / "quality_diversity.png").stat().st_size > 1000
     rows = read_results(folder / RESULTS)
