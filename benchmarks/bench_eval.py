@@ -40,7 +40,7 @@ from _common import cpu_name, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "eval_tasks"))
-from parity import read_run  # noqa: E402
+from parity import command, read_run  # noqa: E402
 
 TASKS = "phijax_facts_mc,phijax_cloze_mc"
 XLA_SECONDS = re.compile(r"Finished XLA compilation of .* in ([0-9.]+) sec")
@@ -65,19 +65,9 @@ class Run:
 
 
 def argv_for(backend: str, gguf: Path, out: Path, *, max_length: int, batch_size: int) -> list[str]:
-    """The command line of one engine, as eval_tasks/parity.py runs it (without a chat template)."""
-    common = [
-        "--tasks", TASKS, "--include_path", str(ROOT / "eval_tasks"), "--log_samples",
-        "--output_path", str(out), "--batch_size", str(batch_size), "--device", "cpu",
-    ]  # fmt: skip
-    if backend == "phijax":
-        model = ["-m", "phijax.cli", "eval", "--model", str(gguf)]
-        model += ["--model_args", f"max_length={max_length}"]
-    else:
-        args = f"pretrained={gguf.parent},gguf_file={gguf.name},dtype=float32"
-        args += f",softmax_dtype=float64,max_length={max_length}"
-        model = ["-m", "lm_eval", "run", "--model", "hf", "--model_args", args]
-    return [sys.executable, *model, *common]
+    """The command line of one engine on the multiple-choice tasks, as eval_tasks/parity.py
+    runs it (without a chat template)."""
+    return command(backend, gguf, out, max_length=max_length, batch_size=batch_size, tasks=TASKS)
 
 
 def run(backend: str, gguf: Path, out: Path, *, max_length: int, batch_size: int) -> Run:

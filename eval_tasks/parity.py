@@ -61,13 +61,20 @@ class Parity:
         return out
 
 
-def run_lm_eval(
-    backend: str, gguf: Path, out: Path, *, max_length: int, chat: bool, batch_size: int
-) -> None:
-    """One evaluation in a fresh process, offline, samples logged under ``out`` (emptied)."""
-    shutil.rmtree(out, ignore_errors=True)
+def command(
+    backend: str,
+    gguf: Path,
+    out: Path,
+    *,
+    max_length: int,
+    batch_size: int,
+    chat: bool = False,
+    tasks: str = TASKS,
+) -> list[str]:
+    """The command line of one engine ("phijax" or "hf") on the same GGUF, f32 on CPU, its
+    samples logged under ``out``."""
     common = [
-        "--tasks", TASKS, "--include_path", str(ROOT / "eval_tasks"), "--log_samples",
+        "--tasks", tasks, "--include_path", str(ROOT / "eval_tasks"), "--log_samples",
         "--output_path", str(out), "--batch_size", str(batch_size), "--device", "cpu",
     ]  # fmt: skip
     if chat:
@@ -79,11 +86,18 @@ def run_lm_eval(
         args = f"pretrained={gguf.parent},gguf_file={gguf.name},dtype=float32"
         args += f",softmax_dtype=float64,max_length={max_length}"
         argv = ["-m", "lm_eval", "run", "--model", "hf", "--model_args", args]
+    return [sys.executable, *argv, *common]
+
+
+def run_lm_eval(
+    backend: str, gguf: Path, out: Path, *, max_length: int, chat: bool, batch_size: int
+) -> None:
+    """One evaluation in a fresh process, offline, samples logged under ``out`` (emptied)."""
+    shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     env["TOKENIZERS_PARALLELISM"] = "false"
-    proc = subprocess.run(
-        [sys.executable, *argv, *common], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    argv = command(backend, gguf, out, max_length=max_length, batch_size=batch_size, chat=chat)
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{backend} run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
 
