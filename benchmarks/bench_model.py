@@ -239,8 +239,9 @@ def w_bytes(rows: int, cols: int) -> int:
 
 
 class DecodeSpy:
-    """Counts the model's decode calls and steps; with ``stop_after``, ends every row with a
-    stop token at the last step of that call, so ``generate()`` returns (timings included)."""
+    """Counts the model's decode calls and steps after the first token's; with ``stop_after``,
+    ends every row with a stop token at the last step of that call, so ``generate()``
+    returns (timings included)."""
 
     def __init__(self, model: phijax.Model, stop_after: int | None = None):
         self.model, self.stop_after = model, stop_after
@@ -249,13 +250,17 @@ class DecodeSpy:
     def __enter__(self) -> DecodeSpy:
         decode = self.decode = steps.decode  # the module-level jitted step
 
-        def spy(*args, **kwargs):
-            out_tok, *rest = decode(*args, **kwargs)
+        def spy(params, state, count, *args, **kwargs):
+            first = bool(state.fresh)  # the first token's call: no forward pass
+            out, state = decode(params, state, count, *args, **kwargs)
+            if first:
+                return out, state
             self.calls += 1
-            self.steps += int(kwargs.get("steps", engine.DECODE_STEPS))
+            self.steps += int(count)
             if self.stop_after is not None and self.calls >= self.stop_after:
-                out_tok = out_tok.at[:, -1].set(self.model.tokenizer.stop_ids[0])
-            return (out_tok, *rest)
+                stop = self.model.tokenizer.stop_ids[0]
+                out = out._replace(tokens=out.tokens.at[:, int(count) - 1].set(stop))
+            return out, state
 
         steps.decode = spy
         return self

@@ -86,10 +86,14 @@ def measure(
         state = sampling.init_state(history, jnp.full((b,), 64, jnp.int32), params)
 
         def decode(params=params, state=state, order=s.order):
+            start = steps.DecodeState(
+                jax.tree.map(jnp.copy, prefill_cache), jnp.zeros((b,), jnp.int32),
+                jnp.asarray(logits), jnp.bool_(False), jax.tree.map(jnp.copy, state),
+                jnp.zeros((b,), bool), jnp.int32(1),
+            )  # fmt: skip
             return steps.decode(
-                model.params, jax.tree.map(jnp.copy, prefill_cache), jnp.zeros((b,), jnp.int32),
-                jnp.zeros((b,), bool), jnp.full((b,), 10**6, jnp.int32), stop, base, jnp.int32(1),
-                jax.tree.map(jnp.copy, state), params, {},
+                model.params, start, jnp.int32(DECODE_STEPS), jnp.full((b,), 10**6, jnp.int32),
+                stop, base, params, {},
                 attend_len=128, steps=DECODE_STEPS, order=order, top_n=0,
             )  # fmt: skip
 

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -499,6 +500,29 @@ class Model:
         b = bucket(n, 1)
         return max(b, self._decode_plan.get(b, b))
 
+    def _compile_decode(
+        self, b: int, cache_len: int, sstate, base, stop_ids, sparams, edit_arrays, **static
+    ) -> Future | None:
+        """Start compiling the decode step for a request's shapes (``b`` rows, a
+        ``cache_len`` cache) on a background thread, so it compiles while the prefill
+        compiles and runs; the first decode call then finds it compiled. On a mesh (where
+        the arrays' shardings are part of the type) the step compiles at its first call."""
+        if self.mesh is not None:
+            return None
+        kv = jax.ShapeDtypeStruct(
+            KVCache.shape_for(self.config, b, cache_len), kv_dtype(self.dtype)
+        )
+        rows = jax.ShapeDtypeStruct((b,), jnp.int32)
+        state = steps.DecodeState(
+            KVCache(kv, kv, rows), rows, jax.ShapeDtypeStruct((b, self.config.vocab_size), jnp.float32),
+            jax.ShapeDtypeStruct((), jnp.bool_), sstate, jax.ShapeDtypeStruct((b,), jnp.bool_),
+            jax.ShapeDtypeStruct((), jnp.int32),
+        )  # fmt: skip
+        return steps.compile_later(
+            steps.decode, self.params, state, jax.ShapeDtypeStruct((), jnp.int32), rows,
+            stop_ids, base, sparams, edit_arrays, **static,
+        )  # fmt: skip
+
     @on_mesh
     def _device_loop(self, request: _Request, outputs: list[RowOutput]) -> Iterator[_Chunk]:
         """Prefill, the first sampled token, then ``DECODE_STEPS`` tokens per compiled call
@@ -506,6 +530,28 @@ class Model:
         t0 = time.perf_counter()
         n = len(request.rows)
         b = self.decode_batch(n)
+        padding = [request.samplers[0].replace(temperature=0.0)] * (b - n)
+        row_samplers = request.samplers + padding
+        sparams = sampling.stack(row_samplers, self.config.vocab_size, self._breaker_mask)
+        history = np.zeros((b, request.cache_len), np.int32)
+        prompt_len = np.ones(b, np.int32)
+        for r, (i, _) in enumerate(request.rows):
+            history[r, : len(request.prompts[i])] = request.prompts[i]
+            prompt_len[r] = len(request.prompts[i])
+        sstate = sampling.init_state(jnp.asarray(history), jnp.asarray(prompt_len), sparams)
+        base = sampling.base_keys(request.seed, [s for _, s in request.rows] + [0] * (b - n))
+        stop_dev = jnp.asarray(sorted(request.stop_ids) or [-1], jnp.int32)
+        static = {
+            "steps": DECODE_STEPS,
+            "order": row_samplers[0].order,
+            "top_n": request.top_logprobs,
+            "edit_fns": request.edit_fns,
+        }
+        first_attend = min(bucket(int(prompt_len.max()) + DECODE_STEPS, 128), request.cache_len)
+        compiled = self._compile_decode(
+            b, request.cache_len, sstate, base, stop_dev, sparams, request.edit_arrays,
+            attend_len=first_attend, **static,
+        )  # fmt: skip
         last_logits, prompt_cache = self._prefill(
             request.prompts,
             request.cache_len,
@@ -520,42 +566,25 @@ class Model:
         )
         del prompt_cache
         cache = put_cache(cache, self.mesh)  # rows over "data" again after the gather
-        padding = [request.samplers[0].replace(temperature=0.0)] * (b - n)
-        row_samplers = request.samplers + padding
-        sparams = sampling.stack(row_samplers, self.config.vocab_size, self._breaker_mask)
-        order = row_samplers[0].order
-        history = np.zeros((b, request.cache_len), np.int32)
-        prompt_len = np.ones(b, np.int32)
-        for r, (i, _) in enumerate(request.rows):
-            history[r, : len(request.prompts[i])] = request.prompts[i]
-            prompt_len[r] = len(request.prompts[i])
-        sstate = sampling.init_state(jnp.asarray(history), jnp.asarray(prompt_len), sparams)
-        base = sampling.base_keys(request.seed, [s for _, s in request.rows] + [0] * (b - n))
-        top_n = request.top_logprobs
-        *first, sstate = steps.sample(
-            jnp.take(last_logits, take, axis=0), base, jnp.int32(0), sstate, sparams,
-            order=order, top_n=top_n,
-        )  # fmt: skip
-        tok, lp, alt_ids, alt_lp = map(np.asarray, first)
-        request.timings["prefill_s"] = time.perf_counter() - t0
-        yield _Chunk(tok[:, None], lp[:, None], alt_ids[:, None], alt_lp[:, None])
-        stop_dev = jnp.asarray(sorted(request.stop_ids) or [-1], jnp.int32)
-        step = 1
-        last = jnp.asarray(tok)
+        first = jnp.take(jnp.asarray(last_logits), take, axis=0)
+        state = steps.start_decode(cache, first, sstate, np.arange(b) >= n)
+        if compiled is not None:
+            compiled.result()  # its errors are the step's own: raised here, as the call would
+        count = 1  # the first token alone, so it streams before the next ones are computed
         while not all(o.done for o in outputs):
             done = np.array([o.done for o in outputs] + [True] * (b - n))
             budget = [request.max_new_tokens - len(o.tokens) for o in outputs] + [0] * (b - n)
-            filled = int(np.asarray(cache.lengths).max())
+            filled = int(np.asarray(state.cache.lengths).max())
             attend = min(bucket(filled + DECODE_STEPS, 128), request.cache_len)
-            toks, lps, alt_ids, alt_lp, _, cache, sstate = steps.decode(
-                self.params, cache, last, jnp.asarray(done), jnp.asarray(budget, jnp.int32),
-                stop_dev, base, jnp.int32(step), sstate, sparams, request.edit_arrays,
-                attend_len=attend, steps=DECODE_STEPS, order=order, top_n=top_n,
-                edit_fns=request.edit_fns,
+            out, state = steps.decode(
+                self.params, state._replace(done=jnp.asarray(done)), jnp.int32(count),
+                jnp.asarray(budget, jnp.int32), stop_dev, base, sparams, request.edit_arrays,
+                attend_len=attend, **static,
             )  # fmt: skip
-            chunk = _Chunk(*map(np.asarray, (toks, lps, alt_ids, alt_lp)))
-            last = jnp.asarray(np.maximum(chunk.tokens[:, -1], 0))  # live rows hold their last
-            step += DECODE_STEPS
+            chunk = _Chunk(*map(np.asarray, out))
+            if count == 1:
+                request.timings["prefill_s"] = time.perf_counter() - t0
+            count = DECODE_STEPS
             yield chunk
         request.timings["decode_s"] = time.perf_counter() - t0 - request.timings["prefill_s"]
 

@@ -292,7 +292,8 @@ class SamplerState(NamedTuple):
 
 def init_state(history: jax.Array, prompt_len: jax.Array, params: SamplerParams) -> SamplerState:
     """State before the first sampled token: ``history`` holds the prompts (padded)."""
-    return SamplerState(history, prompt_len, prompt_len, 2.0 * params.mirostat_tau)
+    # length: its own buffer (it is donated to decode, which keeps prompt_len unchanged)
+    return SamplerState(history, prompt_len, jnp.array(prompt_len), 2.0 * params.mirostat_tau)
 
 
 def accept(state: SamplerState, tokens: jax.Array) -> SamplerState:
@@ -406,17 +407,20 @@ def dry_match_lengths(history, length, start, breakers):
     j = jnp.arange(seq)[None, :]
     is_breaker = jnp.take_along_axis(breakers, history, axis=1)
     last = length[:, None] - 1
-    run = jnp.ones((b, seq), jnp.bool_)
-    total = jnp.zeros((b, seq), jnp.int32)
-    for m in range(DRY_MAX_MATCH):
-        a, c = j - 1 - m, last - m  # compare history[a] with history[c]
+
+    def extend(m, carry):  # compare history[j - 1 - m] with history[last - m]
+        run, total = carry
+        a, c = j - 1 - m, last - m
         valid = (a >= start[:, None]) & (j < last + 1) & (c > a)
         ha = history[rows, jnp.clip(a, 0, seq - 1)]
         hc = history[rows, jnp.clip(c, 0, seq - 1)]
         ba = is_breaker[rows, jnp.clip(a, 0, seq - 1)]
         run = run & valid & (ha == hc) & ~ba
-        total = total + run
-    return total
+        return run, total + run
+
+    # a loop, not 64 unrolled gathers: the unrolled form doubled the sampler's compile time
+    start_carry = (jnp.ones((b, seq), jnp.bool_), jnp.zeros((b, seq), jnp.int32))
+    return jax.lax.fori_loop(0, DRY_MAX_MATCH, extend, start_carry)[1]
 
 
 def _dry(logits, state: SamplerState, p: SamplerParams):

@@ -9,7 +9,9 @@ load of the same file reuses the compiled steps, and ``del model`` frees it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,26 +71,57 @@ def _sample(logits, base_keys, step, sstate, sparams, *, order, top_n):
     return tokens, logprobs, alt_ids, alt_lp, sstate
 
 
-sample = jax.jit(_sample, static_argnames=("order", "top_n"))
-sample.__doc__ = """One token per row from ``logits [batch, vocab]`` with step ``step``'s keys,
-its logprob, and the top ``top_n`` alternatives' ids and logprobs ``[batch, top_n]``."""
+class DecodeState(NamedTuple):
+    """What the decode loop carries from one call to the next (donated to each call).
+
+    ``cache``; ``tokens [batch]``: each row's last sampled token; ``logits [batch, vocab]``
+    f32: the prefill's last logits, which the first step samples from instead of running
+    a forward pass (while ``fresh``); ``sampler``: the sampler's state; ``done [batch]``:
+    rows that take no more tokens (a stop id, the budget, or the caller's own stop);
+    ``step``: the index of the next token, which picks the PRNG keys of its draw."""
+
+    cache: KVCache
+    tokens: jax.Array
+    logits: jax.Array
+    fresh: jax.Array
+    sampler: sampling.SamplerState
+    done: jax.Array
+    step: jax.Array
+
+
+class DecodeOut(NamedTuple):
+    """One decode call's tokens ``[batch, steps]`` (-1 where a row was done), their
+    logprobs, and the top alternatives' ids and logprobs ``[batch, steps, top_n]``."""
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    alt_ids: jax.Array
+    alt_lp: jax.Array
+
+
+def start_decode(
+    cache: KVCache, logits: jax.Array, sampler: sampling.SamplerState, done: jax.Array
+) -> DecodeState:
+    """The loop's state after a prefill: ``logits [batch, vocab]`` are each row's last."""
+    b = logits.shape[0]
+    return DecodeState(
+        cache, jnp.zeros((b,), jnp.int32), jnp.asarray(logits, jnp.float32), jnp.bool_(True),
+        sampler, jnp.asarray(done), jnp.int32(0),
+    )  # fmt: skip
 
 
 @partial(
     jax.jit,
     static_argnames=("attend_len", "steps", "order", "top_n", "edit_fns"),
-    donate_argnames=("cache", "sstate"),
+    donate_argnames=("state",),
 )
 def decode(
     params: Phi3,
-    cache: KVCache,
-    tokens: jax.Array,
-    done: jax.Array,
+    state: DecodeState,
+    count: jax.Array,
     budget: jax.Array,
     stop_ids: jax.Array,
     base_keys: jax.Array,
-    step0: jax.Array,
-    sstate: sampling.SamplerState,
     sparams: sampling.SamplerParams,
     edit_arrays: dict[str, jax.Array],
     *,
@@ -97,60 +130,83 @@ def decode(
     order: tuple[str, ...],
     top_n: int,
     edit_fns: hk.EditFns = (),
-):
-    """Up to ``steps`` sampled steps from the last tokens ``[batch]`` in one ``while_loop``,
-    which ends early once every row is done (a stop id, or ``budget [batch]`` more tokens
-    taken), so a short request or an early stop costs no forward passes past its end.
-    Returns tokens (-1 once done), logprobs, top alternatives ``[batch, steps(, top_n)]``,
-    stop flags, the cache and the sampler state."""
-    b = tokens.shape[0]
+) -> tuple[DecodeOut, DecodeState]:
+    """Up to ``count <= steps`` sampled tokens per row in one ``while_loop``, which ends
+    early once every row is done (a stop id, or ``budget [batch]`` more tokens taken), so
+    a short request or an early stop costs no forward passes past its end. Each step runs
+    the forward pass of the last tokens (unless the state's logits are fresh from the
+    prefill), then samples. ``count`` is traced: the first call takes one token (it
+    streams as soon as it exists) with the same compiled program as the later calls, so
+    the sampler chain compiles once per generate, not twice."""
+    b = state.tokens.shape[0]
     hooks = hk.Hooks(edit_arrays, edit_fns)
 
-    def step(carry):
-        t, cache, sstate, tok, done, out = carry
-        pos = cache.lengths
-        live = ~done
-        kv_len = jnp.where(live, pos + 1, pos)
+    def forward(s: DecodeState) -> tuple[jax.Array, KVCache]:
+        pos = s.cache.lengths
         logits, cache = decoder(
             params,
-            embed(params, tok[:, None]),
+            embed(params, s.tokens[:, None]),
             pos[:, None],
-            kv_len,
-            cache=cache,
+            jnp.where(s.done, pos, pos + 1),
+            cache=s.cache,
             attend_len=attend_len,
             hooks=hooks,
         )
-        nxt, lp, alt_ids, alt_lp, new_sstate = _sample(
-            logits[:, 0], base_keys, step0 + t, sstate, sparams, order=order, top_n=top_n
+        return logits[:, 0].astype(jnp.float32), cache
+
+    def step(carry):
+        t, s, out = carry
+        logits, cache = jax.lax.cond(s.fresh, lambda s: (s.logits, s.cache), forward, s)
+        live = ~s.done
+        nxt, lp, alt_ids, alt_lp, new_sampler = _sample(
+            logits, base_keys, s.step, s.sampler, sparams, order=order, top_n=top_n
         )
-        sstate = jax.tree.map(
+        sampler = jax.tree.map(
             lambda new, old: jnp.where(live.reshape(-1, *[1] * (new.ndim - 1)), new, old),
-            new_sstate,
-            sstate,
+            new_sampler,
+            s.sampler,
         )
-        nxt = jnp.where(live, nxt, tok)
-        out = (
-            out[0].at[:, t].set(jnp.where(live, nxt, -1)),
-            out[1].at[:, t].set(jnp.where(live, lp, 0.0)),
-            out[2].at[:, t].set(alt_ids),
-            out[3].at[:, t].set(alt_lp),
+        nxt = jnp.where(live, nxt, s.tokens)
+        out = DecodeOut(
+            out.tokens.at[:, t].set(jnp.where(live, nxt, -1)),
+            out.logprobs.at[:, t].set(jnp.where(live, lp, 0.0)),
+            out.alt_ids.at[:, t].set(alt_ids),
+            out.alt_lp.at[:, t].set(alt_lp),
         )
-        done = done | jnp.isin(nxt, stop_ids) | (t + 1 >= budget)
-        return t + 1, cache, sstate, nxt, done, out
+        done = s.done | jnp.isin(nxt, stop_ids) | (t + 1 >= budget)
+        return (
+            t + 1,
+            DecodeState(cache, nxt, logits, jnp.bool_(False), sampler, done, s.step + 1),
+            out,
+        )
 
     def more(carry):
-        t, *_, done, _ = carry
-        return (t < steps) & ~jnp.all(done)
+        t, s, _ = carry
+        return (t < count) & ~jnp.all(s.done)
 
-    out = (
+    out = DecodeOut(
         jnp.full((b, steps), -1, jnp.int32),
         jnp.zeros((b, steps), jnp.float32),
         jnp.zeros((b, steps, top_n), jnp.int32),
         jnp.zeros((b, steps, top_n), jnp.float32),
     )
-    carry = (jnp.int32(0), cache, sstate, tokens, done, out)
-    _, cache, sstate, _, done, out = jax.lax.while_loop(more, step, carry)
-    return (*out, done, cache, sstate)
+    _, state, out = jax.lax.while_loop(more, step, (jnp.int32(0), state, out))
+    return out, state
+
+
+_COMPILER = ThreadPoolExecutor(1, thread_name_prefix="phijax-compile")
+
+
+def compile_later(step, *args, **kwargs) -> Future | None:
+    """``step.lower(*args, **kwargs).compile()`` on a background thread, so XLA compiles it
+    on another core while the caller runs something else. The later call of ``step`` on
+    arrays of these types finds the executable in JAX's caches (the lowering is cached by
+    its inputs' types, the executable on the lowering). ``args`` may hold
+    ``jax.ShapeDtypeStruct`` for arrays that do not exist yet. A ``step`` that is not a
+    jitted function (a caller's wrapper) compiles at its call, as usual (returns None)."""
+    if not hasattr(step, "lower"):
+        return None
+    return _COMPILER.submit(lambda: step.lower(*args, **kwargs).compile())
 
 
 whole_pass = jax.jit(forward_with_activations, static_argnames=("edit_fns", "names", "head"))

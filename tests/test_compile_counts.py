@@ -87,3 +87,24 @@ def test_a_new_bucket_does_compile(model):
     with count_traces() as traces:
         model.logits(_prompts(model, [140])[0])
     assert len(traces) >= 1
+
+
+def test_a_first_generate_compiles_decode_once_and_no_separate_sampler(model, caplog):
+    """The first token is sampled inside the decode step (the sampler chain compiles once
+    per generate, not twice), and the decode step compiled on the background thread while
+    the prefill ran is the one the decode calls use: one XLA compile of it, none after."""
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)  # global: the compile thread must log too
+    try:
+        with caplog.at_level("WARNING"):
+            model.generate(  # a shape no other test here compiles: 3 rows, top-2 alternatives
+                _prompts(model, [9])[0], sampler=Sampler.greedy(), max_new_tokens=20,
+                num_samples=3, top_logprobs=2,
+            )  # fmt: skip
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+    compiled = [
+        r.getMessage() for r in caplog.records if "Finished XLA compilation" in r.getMessage()
+    ]
+    assert sum("jit(decode)" in m for m in compiled) == 1, compiled
+    assert not any("jit(_sample)" in m or "jit(sample)" in m for m in compiled), compiled

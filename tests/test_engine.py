@@ -92,9 +92,9 @@ def test_decode_attends_to_a_bucket_of_the_filled_cache(sliding, monkeypatch):
     seen = []
     decode = steps.decode
 
-    def spy(params, cache, *args, **kwargs):
-        seen.append((kwargs["attend_len"], cache.max_seq))
-        return decode(params, cache, *args, **kwargs)
+    def spy(params, state, *args, **kwargs):
+        seen.append((kwargs["attend_len"], state.cache.max_seq))
+        return decode(params, state, *args, **kwargs)
 
     monkeypatch.setattr(steps, "decode", spy)
     sliding.generate([7] * 10, max_new_tokens=200)
