@@ -9,7 +9,7 @@ continuation, ``context + continuation`` and the context are encoded, and the co
 is the difference. Token-id inputs are used as given.
 
 :func:`score_pairs` runs (context ids, continuation ids) pairs through
-:func:`phijax.forward` in batches grouped by padded length, left-truncated as lm_eval's
+:func:`phijax.steps.activations` in batches grouped by padded length, left-truncated as lm_eval's
 ``hf`` model does (``(context + continuation)[-(max_length + 1):][:-1]``). Log-softmax,
 the gather of each target's log-probability and the greedy check run on the device, so
 only ``[batch, seq]`` log-probabilities and flags reach the host, never ``[seq, vocab]``
@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phijax import steps
 from phijax.batching import BATCH_BYTES, ROW_CAP, bucket, research_bucket, row_bytes
 from phijax.errors import ConfigError, ContextLengthError
-from phijax.model.forward import forward
 from phijax.model.phi3 import Phi3
 from phijax.sharding import put_batch
 from phijax.tokenizer import Tokenizer
@@ -170,16 +170,22 @@ def _is_id(x: Any) -> bool:
 
 
 @jax.jit
+def _target_scores(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1), jnp.argmax(logits, axis=-1) == targets
+
+
 def token_scores(
     params: Phi3, tokens: jax.Array, lengths: jax.Array, targets: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """``tokens [batch, seq]`` (right-padded, ``lengths [batch]`` valid) → the log-probability
     of ``targets [batch, seq]`` at each position (f32 ``[batch, seq]``) and whether each
     target is the argmax there (bool ``[batch, seq]``). Positions past a row's length hold
-    values to be dropped."""
-    logits = forward(params, tokens, lengths=lengths)  # f32 [batch, seq, vocab], on the device
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1), jnp.argmax(logits, axis=-1) == targets
+    values to be dropped. The forward pass runs one jitted layer at a time
+    (:func:`phijax.steps.activations`: a new bucket compiles one layer, not all of them);
+    the logits stay on the device."""
+    logits, _ = steps.activations(params, tokens, lengths=lengths)
+    return _target_scores(logits, targets)
 
 
 def plan(
