@@ -197,17 +197,16 @@ def plan(
     """Batches ``(rows, batch, width)``: rows sorted longest first (ties by ``keys``, so the
     batches do not depend on the order of the input), grouped by padded width
     (:func:`~phijax.batching.research_bucket`), at most ``batch_size`` rows (default: what
-    ``BATCH_BYTES`` holds by ``per_row_bytes(width)``, up to ``ROW_CAP``) padded to a power
-    of two."""
+    ``BATCH_BYTES`` holds by ``per_row_bytes(width)``, up to ``ROW_CAP``), every batch of a
+    width padded to one power of two, so each width compiles one batch shape."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], keys[i]))
     out = []
     for width, members in itertools.groupby(order, key=lambda i: research_bucket(lengths[i])):
         members = list(members)
         fit = max(1, BATCH_BYTES // per_row_bytes(width))
         cap = min(batch_size or ROW_CAP, fit)
-        for s in range(0, len(members), cap):
-            rows = members[s : s + cap]
-            out.append((rows, bucket(len(rows), 1), width))
+        batch = bucket(min(cap, len(members)), 1)  # a group's last batch pads to the same size
+        out.extend((members[s : s + cap], batch, width) for s in range(0, len(members), cap))
     return out
 
 

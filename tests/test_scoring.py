@@ -92,7 +92,7 @@ def test_plan_is_independent_of_input_order():
     per_row = lambda width: scoring.BATCH_BYTES // 2  # noqa: E731 - two rows fit
     batches = scoring.plan(lengths, keys, None, per_row)
     assert [(len(rows), b, w) for rows, b, w in batches] == [
-        (1, 1, 128), (2, 2, 48), (2, 2, 32), (2, 2, 16), (1, 1, 16)
+        (1, 1, 128), (2, 2, 48), (2, 2, 32), (2, 2, 16), (1, 2, 16)
     ]  # fmt: skip
     perm = [6, 2, 0, 7, 5, 1, 4, 3]
     moved = scoring.plan([lengths[i] for i in perm], [keys[i] for i in perm], None, per_row)
