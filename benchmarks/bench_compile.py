@@ -17,7 +17,7 @@ first call's seconds, the second call's (compiled, in memory), and of the first 
 jit traces, XLA compiles and seconds spent in XLA's backend compile (from
 ``jax.monitoring``'s compile events).
 
-The sweep (one process, warm cache): 20 prompt lengths (33..52, one length bucket) through
+The sweep (one process, warm cache): 20 prompt lengths (70..89, one length bucket: 128) through
 ``logits``, ``activations`` and ``generate`` (prefill and decode); the number of jit traces
 each call made after the first (0 means the 20 lengths compiled once).
 
@@ -46,7 +46,7 @@ CALLS = ("logits", "activations", "generate", "generate+edit")
 # the same research calls through one program for the whole pass (phijax.steps.whole_pass),
 # what logits and activations compiled before they ran one layer at a time
 WHOLE = ("logits@whole", "activations@whole")
-SWEEP = range(33, 53)
+SWEEP = range(70, 90)  # one bucket of every entry point (the research calls: 65..128 → 128)
 
 
 def _events():
