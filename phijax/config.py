@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from phijax.errors import ConfigError, UnsupportedError
+from phijax.errors import ConfigError, UnsupportedError, short_repr
 
 if TYPE_CHECKING:
     from phijax.gguf import GGUFFile
@@ -159,7 +159,7 @@ class Phi3Config:
             # float(): NaN and inf are not integers (int() would raise on them).
             if not numeric or (kind is int and not float(value).is_integer()):
                 raise ConfigError(
-                    f"{f.path}: {key} = {_short(value)} must be a {kind.__name__}. {_FIX}"
+                    f"{f.path}: {key} = {short_repr(value)} must be a {kind.__name__}. {_FIX}"
                 )
             return kind(value)
 
@@ -180,7 +180,7 @@ class Phi3Config:
         scaling = meta.get(scaling_key)
         if scaling is not None and not isinstance(scaling, str):
             raise ConfigError(
-                f"{f.path}: {scaling_key} = {_short(scaling)} must be a string. {_FIX}"
+                f"{f.path}: {scaling_key} = {short_repr(scaling)} must be a string. {_FIX}"
             )
         if scaling not in _GGUF_ROPE_SCALINGS:
             raise UnsupportedError(
@@ -310,16 +310,6 @@ _GGUF_ROPE_SCALINGS = (None, "", "none", "linear", "longrope")
 _BLOCK = re.compile(r"blk\.(\d+)\.")
 
 
-def _short(value: object) -> str:
-    """``repr`` of a metadata value, cut to a readable length for error messages."""
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        value = value.tolist()
-    if isinstance(value, list) and len(value) > 8:
-        value = [*value[:8], "..."]
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
-
-
 def _gguf_key(c: Phi3Config, field: str) -> str:
     return f"{c.architecture}.{_GGUF_KEYS[field]} ({getattr(c, field)})"
 
@@ -373,7 +363,7 @@ def _check_against_tensors(c: Phi3Config, f: GGUFFile) -> None:
     declared = f.metadata.get(f"{arch}.vocab_size")
     if declared is not None and declared != c.vocab_size:
         raise ConfigError(
-            f"{f.path}: {arch}.vocab_size = {_short(declared)} but tensor 'token_embd.weight' "
+            f"{f.path}: {arch}.vocab_size = {short_repr(declared)} but tensor 'token_embd.weight' "
             f"has {c.vocab_size} rows. {_FIX}"
         )
     tokens = f.metadata.get("tokenizer.ggml.tokens")

@@ -3,6 +3,7 @@
 Messages name the file, key or value at fault and say what to do about it.
 Where a family is also a familiar Python category (a bad value, a missing
 key), it subclasses that builtin too, so generic handlers keep working.
+:func:`short_repr` shows a value in a message, cut to a readable length.
 """
 
 from __future__ import annotations
@@ -38,3 +39,18 @@ class HubError(PhijaxError):
 
 class ResourceError(PhijaxError):
     """The request does not fit the machine (memory for weights and KV cache)."""
+
+
+def short_repr(value: object) -> str:
+    """``repr`` of a value for an error message, cut to a readable length.
+
+    Numpy arrays and scalars show as Python values; a list longer than 8 shows its
+    first 8 items, and the text stops at 80 characters (a GGUF array can hold a
+    whole vocabulary).
+    """
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        value = value.tolist()
+    if isinstance(value, list) and len(value) > 8:
+        value = [*value[:8], "..."]
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from phijax.errors import TokenizerError
+from phijax.errors import TokenizerError, short_repr
 
 # gguf.TokenType values
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -130,7 +130,7 @@ class GGUFVocab:
         pre = meta.get("tokenizer.ggml.pre")
         if pre is not None and not isinstance(pre, str):
             raise TokenizerError(
-                f"{where}: tokenizer.ggml.pre = {_short(pre)} must be a string ({_FIX})."
+                f"{where}: tokenizer.ggml.pre = {short_repr(pre)} must be a string ({_FIX})."
             )
         if model == "gpt2" and (pre or "default") not in PRE_TOKENIZERS:
             raise TokenizerError(
@@ -156,7 +156,7 @@ class GGUFVocab:
             value = meta.get(f"tokenizer.ggml.{key}", default)
             if not isinstance(value, (bool, int)):
                 raise TokenizerError(
-                    f"{where}: tokenizer.ggml.{key} = {_short(value)} must be a boolean ({_FIX})."
+                    f"{where}: tokenizer.ggml.{key} = {short_repr(value)} must be a boolean ({_FIX})."
                 )
             flags[key] = bool(value)
         return cls(
@@ -194,16 +194,6 @@ class GGUFVocab:
 _FIX = "the vocabulary is corrupt: download or re-convert the model"
 
 
-def _short(value: Any) -> str:
-    """A metadata value for an error message, cut short (vocabularies are long)."""
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if isinstance(value, list) and len(value) > 8:
-        value = [*value[:8], "..."]
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
-
-
 def _numbers(value: Any, n: int, key: str, where: str, kind: type) -> np.ndarray | None:
     """``tokenizer.ggml.<key>``: None if absent, else a numeric array of one entry per token."""
     if value is None:
@@ -216,7 +206,7 @@ def _numbers(value: Any, n: int, key: str, where: str, kind: type) -> np.ndarray
             value = None
     if not isinstance(value, np.ndarray) or value.ndim != 1 or not np.issubdtype(value.dtype, kind):
         raise TokenizerError(
-            f"{where}: tokenizer.ggml.{key} = {_short(given)} must be an array of "
+            f"{where}: tokenizer.ggml.{key} = {short_repr(given)} must be an array of "
             f"{'integers' if kind is np.integer else 'numbers'}, one per token ({_FIX})."
         )
     if len(value) != n:
