@@ -17,7 +17,7 @@ from phijax.errors import ConfigError, PhijaxError
 def _inspect(args: argparse.Namespace) -> int:
     from phijax.gguf import GGUFFile
     from phijax.hub import resolve
-    from phijax.inspect import format_summary, summarize
+    from phijax.summary import format_summary, summarize
 
     f = GGUFFile(resolve(args.source))
     summary = summarize(f)

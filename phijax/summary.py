@@ -1,4 +1,5 @@
-"""A readable summary of a GGUF file: what ``gguf-dump`` prints, organized for a person.
+"""A readable summary of a GGUF file, behind ``phijax inspect``: what ``gguf-dump`` prints,
+organized for a person.
 
 ``summarize`` returns plain data (JSON-ready); ``format_summary`` renders it.
 """
@@ -61,7 +62,7 @@ def summarize(f: GGUFFile) -> dict[str, Any]:
         "sliding_window": None if config is None else _window(config, f.path),
         "arch_keys": None
         if config
-        else {k: _short(v) for k, v in meta.items() if arch and k.startswith(f"{arch}.")},
+        else {k: _json_value(v) for k, v in meta.items() if arch and k.startswith(f"{arch}.")},
         "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1]["bytes"])),
         "tokenizer": _tokenizer_summary(meta),
     }
@@ -79,7 +80,9 @@ def _config_dict(config: Phi3Config) -> dict[str, Any]:
     return asdict(config)
 
 
-def _short(value: Any) -> Any:
+def _json_value(value: Any) -> Any:
+    """A metadata value for the JSON summary: Python values, an array over 8 items as
+    ``"<array of N>"``. Not :func:`phijax.errors.short_repr`: this is data, not message text."""
     if hasattr(value, "__len__") and not isinstance(value, str) and len(value) > 8:
         return f"<array of {len(value)}>"
     return value.tolist() if hasattr(value, "tolist") else value
