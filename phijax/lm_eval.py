@@ -77,7 +77,7 @@ def sampler_for(gen_kwargs: dict[str, Any]) -> Sampler:
         fields.update(
             repetition_penalty=kwargs["repetition_penalty"], repeat_last_n=-1, penalize_prompt=True
         )
-    return Sampler(**fields)
+    return Sampler.from_mapping(fields)  # unknown keys were refused above, by their gen_kwargs name
 
 
 def render_chat(

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -204,12 +204,22 @@ class Sampler:
         return cls(temperature=temperature, top_p=top_p, repetition_penalty=repeat_penalty,
                    repeat_last_n=repeat_last_n, order=CANDLE_ORDER)  # fmt: skip
 
+    @classmethod
+    def from_mapping(cls, fields: Mapping[str, Any], *, drop_unknown: bool = False) -> Sampler:
+        """A Sampler from field names and values (a stored row, mapped lm_eval gen_kwargs).
+
+        Keys that are not fields raise a ConfigError naming them, or with ``drop_unknown``
+        are left out."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - names)
+        if unknown and not drop_unknown:
+            raise ConfigError(
+                f"Sampler fields {unknown} do not exist; use {', '.join(sorted(names))}."
+            )
+        return cls(**{k: v for k, v in fields.items() if k in names})
+
     def replace(self, **changes: Any) -> Sampler:
         return dataclasses.replace(self, **changes)
-
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0
 
 
 class SamplerParams(NamedTuple):

@@ -304,6 +304,15 @@ def test_bad_values_name_the_field(kwargs, field):
         Sampler(**kwargs)
 
 
+def test_from_mapping_refuses_or_drops_unknown_keys():
+    fields = {"temperature": 0.5, "top_k": 40, "no_repeat_ngram_size": 3}
+    with pytest.raises(ConfigError, match=r"\['no_repeat_ngram_size'\] do not exist; use .*top_k"):
+        Sampler.from_mapping(fields)
+    assert Sampler.from_mapping(fields, drop_unknown=True) == Sampler(temperature=0.5, top_k=40)
+    with pytest.raises(ConfigError, match=r"Sampler\.top_k = "):  # values are still validated
+        Sampler.from_mapping({"top_k": -1}, drop_unknown=True)
+
+
 def test_mixed_orders_in_one_batch_are_refused():
     with pytest.raises(ConfigError, match="share their stage order"):
         sampling.stack([Sampler(), Sampler.candle()], V)

@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from phijax import kernels
 from phijax.experiment.schema import ExperimentConfig
 from phijax.pypi_models import cache_dir
 
@@ -36,7 +37,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -45,8 +47,6 @@ def _version(name: str) -> str | None:
 
 def cpu_kernel(platform_name: str) -> str | None:
     """Which build of the packed-weight kernel runs (it sums in its own order), on CPU."""
-    from phijax import kernels
-
     return kernels.status() if platform_name == "cpu" else None
 
 
@@ -67,7 +67,7 @@ def provenance(model: Any, config: ExperimentConfig, seeds: list[int]) -> dict[s
             "sliding_window": model.sliding_window,
         },
         "versions": {
-            name: _version(name)
+            name: package_version(name)
             for name in ("phijax", "jax", "jaxlib", "flax", "tokenizers", "gguf", "numpy")
         },
         "device": {

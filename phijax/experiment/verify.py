@@ -10,18 +10,16 @@ with ``provenance.json`` first, and each difference is reported as a warning.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from phijax.errors import ConfigError
-from phijax.experiment.provenance import cpu_kernel, file_sha256
+from phijax.experiment.provenance import cpu_kernel, file_sha256, package_version
 from phijax.experiment.runner import (
     PROVENANCE,
     _load,
@@ -49,24 +47,20 @@ def row_name(row: dict[str, Any]) -> str:
 
 
 def sampler_of(row: dict[str, Any]) -> Sampler:
-    """The row's Sampler, rebuilt from its stored fields."""
+    """The row's Sampler, rebuilt from its stored fields. Fields this phijax's Sampler lacks
+    (rows of another version, which :func:`provenance_warnings` reports) are left out."""
     fields = {
         k: tuple(map(tuple, v)) if k == "logit_bias" else tuple(v) if isinstance(v, list) else v
         for k, v in row["sampler"].items()
     }
-    known = {f.name for f in dataclasses.fields(Sampler)}
-    return Sampler(**{k: v for k, v in fields.items() if k in known})
+    return Sampler.from_mapping(fields, drop_unknown=True)
 
 
 def provenance_warnings(prov: dict[str, Any], model: Any) -> list[str]:
     """Each way this machine differs from the one that made the rows."""
     import jax
 
-    now = {
-        "phijax": _version("phijax"),
-        "jax": _version("jax"),
-        "jaxlib": _version("jaxlib"),
-    }
+    now = {name: package_version(name) for name in ("phijax", "jax", "jaxlib")}
     out = []
     for name, version in now.items():
         then = prov.get("versions", {}).get(name)
@@ -87,13 +81,6 @@ def provenance_warnings(prov: dict[str, Any], model: Any) -> list[str]:
             f"model file sha256 {str(then_sha)[:12]}… made these rows, this one is {sha[:12]}…"
         )
     return out
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def verify(
