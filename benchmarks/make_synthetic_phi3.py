@@ -34,7 +34,7 @@ from phijax import pypi_models
 from phijax.config import Phi3Config
 from phijax.gguf import GGUFFile
 from phijax.gguf.synthetic import PHI3_MEDIUM, PHI3_MINI, PHI3_MINI_Q4_KEYS, write_phi3_mini_q4
-from phijax.pypi_models import cache_dir
+from phijax.paths import cache_dir
 
 SIZES = {"mini": PHI3_MINI, "medium": PHI3_MEDIUM}
 

@@ -42,7 +42,7 @@ from phijax.model.forward import embed
 from phijax.model.hooks import EditFns, all_names, check_broadcast, check_name, split_edits
 from phijax.model.phi3 import LAYOUTS, Phi3
 from phijax.model.rope import longrope_factors
-from phijax.pypi_models import cache_dir
+from phijax.paths import cache_dir
 from phijax.sampling import Sampler
 from phijax.sharding import (
     check_mesh,

@@ -28,7 +28,7 @@ from filelock import FileLock
 
 from phijax import kernels
 from phijax.model.layers import linear
-from phijax.pypi_models import cache_dir
+from phijax.paths import cache_dir
 
 # Batch buckets whose padding is measured: from 8 rows, products are matrix-matrix anyway.
 SMALL_BATCHES = (1, 2, 4)

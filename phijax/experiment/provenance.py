@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from phijax import kernels
 from phijax.experiment.schema import ExperimentConfig
-from phijax.pypi_models import cache_dir
+from phijax.paths import cache_dir
 
 
 def file_sha256(path: Path) -> str:

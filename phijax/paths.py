@@ -1,0 +1,17 @@
+"""phijax's cache folder, one root for everything it keeps between runs.
+
+Under it: ``models/`` (PyPI-shipped GGUF files), ``jax/`` (compiled programs),
+``plans.json`` (measured decode padding), ``sha256/`` (file hashes for provenance).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+
+def cache_dir() -> Path:
+    """phijax's cache folder: ``$PHIJAX_CACHE`` or the platform's user cache (``~/.cache/phijax``)."""
+    return Path(os.environ.get("PHIJAX_CACHE") or platformdirs.user_cache_dir("phijax"))
