@@ -36,7 +36,7 @@ from phijax.gguf.relayout import relayout
 from phijax.gguf.synthetic import random_blocks
 from phijax.model.attention import attention
 from phijax.model.layers import linear
-from phijax.model.quant import QuantArray
+from phijax.quant import QuantArray
 
 STEPS = 16
 

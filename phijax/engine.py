@@ -766,7 +766,7 @@ def load(
     under a scan, the accelerator default); see :func:`phijax.model.phi3.default_layout`.
     ``progress``: a progress bar while loading, and the load summary on stderr.
     ``quantized``: keep every quantized matrix as its integers and block scales
-    (:class:`~phijax.model.quant.QuantArray`, a lossless re-layout, 0.75-1.25 bytes per
+    (:class:`~phijax.quant.QuantArray`, a lossless re-layout, 0.75-1.25 bytes per
     weight), decoded inside each compiled step: under a quarter of the f32 memory.
     ``mesh``: a ``jax.make_mesh((d, m), ("data", "model"))`` mesh: weights split over
     "model" (heads, ffn, vocabulary), batch and KV cache over "data", by the rules of

@@ -13,7 +13,7 @@ there is one rank-``rank`` update shared by q, k and v (or gate and up): ``a`` i
 
 :func:`apply` merges the adapters into the tree: dense leaves keep their tree, shapes and
 dtypes, so ``m.with_params(apply(m.params, adapters))`` reuses every compiled step. A
-targeted :class:`~phijax.model.quant.QuantArray` (``quantized=True`` loads) becomes its
+targeted :class:`~phijax.quant.QuantArray` (``quantized=True`` loads) becomes its
 decoded weight plus the update, a dense array of the compute dtype: that tree runs in
 :func:`phijax.forward` (training over the frozen codes works), but it is not the quantized
 model's tree, so ``with_params`` refuses it; generate with the same file loaded without
@@ -35,7 +35,7 @@ import numpy as np
 
 from phijax.errors import ConfigError
 from phijax.model.phi3 import Phi3, layer_shapes
-from phijax.model.quant import QuantArray, dense
+from phijax.quant import QuantArray, dense
 
 MATRICES = ("qkv", "o_proj", "gate_up", "down")
 FORMAT = "phijax-lora/1"

@@ -137,7 +137,7 @@ def weight_axes(name: str, stacked: bool) -> tuple[str | None, ...]:
 
 
 def place(value, axes: tuple[str | None, ...], mesh: Mesh | None, config: Phi3Config):
-    """``value`` (an array or a :class:`~phijax.model.quant.QuantArray`) on ``mesh`` with the sharding of its
+    """``value`` (an array or a :class:`~phijax.quant.QuantArray`) on ``mesh`` with the sharding of its
     logical ``axes``; unchanged when ``mesh`` is None. A QuantArray's values, scales and
     mins share the row axis; each part's column axis is split only if its own size divides."""
     if mesh is None:

@@ -13,7 +13,7 @@ import pytest
 import phijax
 from phijax import lora
 from phijax.errors import ConfigError
-from phijax.model.quant import QuantArray
+from phijax.quant import QuantArray
 
 from numerics import assert_logits_close, f32_atol
 

@@ -230,7 +230,7 @@ def _run(model, prompts, max_new: int) -> tuple[list[np.ndarray], dict[str, list
 
 def _worker(smollm2: str, out: str) -> None:
     """Each model on one device (``ref``) and on every mesh; writes report.json, logits.npz."""
-    from phijax.model.quant import QuantArray
+    from phijax.quant import QuantArray
 
     assert jax.device_count() == 4, "run with XLA_FLAGS=--xla_force_host_platform_device_count=4"
     gqa = np.load(FIXTURES / "gqa.npz")

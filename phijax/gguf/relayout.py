@@ -1,4 +1,4 @@
-"""GGUF blocks → :class:`~phijax.model.quant.QuantArray`, on the device, without requantizing.
+"""GGUF blocks → :class:`~phijax.quant.QuantArray`, on the device, without requantizing.
 
 Each quantized ggml type is split into what its formula multiplies: integer
 codes with the zero point removed (int8; Q4_K and Q4_1 codes, 0..15, stay the file's
@@ -38,7 +38,7 @@ from phijax.gguf.dequant import (
     _nibbles,
     _split_bits,
 )
-from phijax.model.quant import QuantArray
+from phijax.quant import QuantArray
 
 Parts = tuple[jax.Array, jax.Array, jax.Array | None]  # codes [n, elems], scales, mins [n, groups]
 

@@ -28,7 +28,7 @@ from phijax.gguf import relayout
 from phijax.gguf.dequant import dequantize
 from phijax.gguf.reader import GGUFFile
 from phijax.model.phi3 import LAYER_PARAMS, Phi3, layer_shapes
-from phijax.model.quant import QuantArray
+from phijax.quant import QuantArray
 from phijax.sharding import place, weight_axes, zeros
 
 

@@ -2,7 +2,7 @@
 
 XLA:CPU does not fuse an int8 → float convert into a matrix product: it writes the
 decoded weight to memory first (about 1 G weights/s, ``docs/benchmarks.md``), so
-without help a :class:`~phijax.model.quant.QuantArray` buys memory, not speed, on
+without help a :class:`~phijax.quant.QuantArray` buys memory, not speed, on
 CPU; and its bf16 matrix-vector product is 10x slower than f32's. :func:`matmul`
 decodes each block in registers and multiplies it in f32 (``cpu_matmul.cc``): the same
 weights as the f32 mode, bit for bit, read at a quarter (packed) or half (bf16) of their
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phijax.errors import ConfigError, UnsupportedError
-from phijax.model.quant import QuantArray, dense
+from phijax.quant import QuantArray, dense
 
 BUILDS: tuple[str, ...] = ("avx512", "avx2", "generic")
 """The kernel's builds (``setup.py``), fastest first."""

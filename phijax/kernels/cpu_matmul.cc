@@ -1,4 +1,4 @@
-// y[m, n] = sum_k x[m, k] * w[n, k] for a packed weight (phijax.model.quant.QuantArray:
+// y[m, n] = sum_k x[m, k] * w[n, k] for a packed weight (phijax.quant.QuantArray:
 // w = scales * codes - mins per block of a row) or a bf16 weight, decoded in registers and
 // multiplied in f32.
 //

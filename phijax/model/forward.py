@@ -28,8 +28,8 @@ from phijax.model import hooks as hk
 from phijax.model.attention import attention_mask
 from phijax.model.layers import Context, LayerCache, decoder_layer, linear, rms_norm
 from phijax.model.phi3 import Phi3
-from phijax.model.quant import QuantArray
 from phijax.model.rope import inverse_frequencies, rope_angles, rope_scale
+from phijax.quant import QuantArray
 from phijax.sharding import CACHE_AXES, constrain
 
 

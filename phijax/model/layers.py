@@ -18,8 +18,8 @@ from phijax import kernels
 from phijax.config import Phi3Config
 from phijax.model.attention import attention, kv_dtype
 from phijax.model.hooks import Hooks
-from phijax.model.quant import QuantArray, dense
 from phijax.model.rope import apply_rope
+from phijax.quant import QuantArray, dense
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:

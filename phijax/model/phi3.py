@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from phijax.config import Phi3Config
-from phijax.model.quant import QuantArray
+from phijax.quant import QuantArray
 
 LAYER_PARAMS = ("attn_norm", "qkv", "o_proj", "ffn_norm", "gate_up", "down")
 LAYOUTS = ("stacked", "layers")

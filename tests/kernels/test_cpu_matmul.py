@@ -26,7 +26,7 @@ from phijax import kernels
 from phijax.errors import ConfigError
 from phijax.gguf import relayout
 from phijax.model.layers import linear
-from phijax.model.quant import QuantArray
+from phijax.quant import QuantArray
 
 from blocks import random_blocks
 

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType as QT
 import phijax
 from phijax import Sampler, kernels
 from phijax.gguf.synthetic import write_phi3
-from phijax.model.quant import QuantArray
+from phijax.quant import QuantArray
 
 from numerics import assert_logits_close, f32_atol
 from tracing import step_calls
