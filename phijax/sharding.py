@@ -233,26 +233,6 @@ def on_mesh(method):
     return call
 
 
-def plan(config: Phi3Config, mesh, layout: str = "layers") -> dict[str, PartitionSpec]:
-    """Each dense parameter's PartitionSpec on ``mesh`` (a Mesh or an AbstractMesh, to plan
-    for devices you do not have) and the cache's at batch 1: which axes split, which not."""
-    from phijax.model.phi3 import layer_shapes
-
-    mesh = check_mesh(mesh) if isinstance(mesh, Mesh) else mesh
-    units = axis_units(config)
-    stacked = layout == "stacked"
-    vocab = (config.vocab_size, config.hidden_size)
-    shapes = {"embed": vocab, "final_norm": (config.hidden_size,)}
-    if not config.tie_word_embeddings:
-        shapes["lm_head"] = vocab
-    out = {n: spec(weight_axes(n, False), s, mesh, units) for n, s in shapes.items()}
-    for n, s in layer_shapes(config).items():
-        s = (config.num_layers, *s) if stacked else s
-        out[n] = spec(weight_axes(n, stacked), s, mesh, units)
-    out["kv_cache"] = spec(CACHE_AXES, KVCache.shape_for(config, 1, 1), mesh, units)
-    return out
-
-
 def replicated_axes(config: Phi3Config, mesh) -> list[str]:
     """The logical axes that the rules would split but that fall back to replicated on
     ``mesh`` (their units or dimension do not divide): for the load summary."""
@@ -297,7 +277,6 @@ __all__ = [
     "describe",
     "on_mesh",
     "place",
-    "plan",
     "put_batch",
     "put_cache",
     "replicated_axes",

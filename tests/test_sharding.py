@@ -26,6 +26,7 @@ from jax.sharding import AbstractMesh, AxisType, Mesh, PartitionSpec
 import phijax
 from phijax import sharding
 from phijax.errors import ConfigError
+from phijax.model import phi3
 
 from numerics import assert_logits_close
 
@@ -70,11 +71,11 @@ def test_plan_for_devices_we_do_not_have(tiny_config):
     """Phi-3-medium's 10 kv heads split 2 ways, not 4: attention replicates on model=4."""
     medium = tiny_config.replace(num_heads=40, num_kv_heads=10, head_dim=128, hidden_size=5120,
                                  intermediate_size=17920, vocab_size=32064, num_layers=40)  # fmt: skip
-    on2 = sharding.plan(medium, _abstract(1, 2), layout="stacked")
+    on2 = phi3.sharding_plan(medium, _abstract(1, 2), layout="stacked")
     assert on2["qkv"] == PartitionSpec(None, "model", None)
     assert on2["o_proj"] == PartitionSpec(None, None, "model")
     assert on2["kv_cache"] == PartitionSpec(None, None, "model", None, None)
-    on4 = sharding.plan(medium, _abstract(1, 4))
+    on4 = phi3.sharding_plan(medium, _abstract(1, 4))
     assert on4["qkv"] == on4["o_proj"] == PartitionSpec(None, None)
     assert on4["gate_up"] == PartitionSpec("model", None) and on4["embed"][0] == "model"
     assert sharding.replicated_axes(medium, _abstract(1, 4)) == ["qkv_out", "q_heads", "kv_heads"]

@@ -14,9 +14,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh, PartitionSpec
 
+from phijax.cache import KVCache
 from phijax.config import Phi3Config
 from phijax.quant import QuantArray
+from phijax.sharding import CACHE_AXES, axis_units, check_mesh, spec, weight_axes
 
 LAYER_PARAMS = ("attn_norm", "qkv", "o_proj", "ffn_norm", "gate_up", "down")
 LAYOUTS = ("stacked", "layers")
@@ -33,6 +36,25 @@ def layer_shapes(c: Phi3Config) -> dict[str, tuple[int, ...]]:
         "gate_up": (2 * c.intermediate_size, c.hidden_size),
         "down": (c.hidden_size, c.intermediate_size),
     }
+
+
+def sharding_plan(config: Phi3Config, mesh, layout: str = "layers") -> dict[str, PartitionSpec]:
+    """Each dense parameter's PartitionSpec on ``mesh`` (a Mesh or an AbstractMesh, to plan
+    for devices you do not have) and the cache's at batch 1: which axes split, which not
+    (the rules of :mod:`phijax.sharding` applied to :func:`layer_shapes`)."""
+    mesh = check_mesh(mesh) if isinstance(mesh, Mesh) else mesh
+    units = axis_units(config)
+    stacked = layout == "stacked"
+    vocab = (config.vocab_size, config.hidden_size)
+    shapes = {"embed": vocab, "final_norm": (config.hidden_size,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head"] = vocab
+    out = {n: spec(weight_axes(n, False), s, mesh, units) for n, s in shapes.items()}
+    for n, s in layer_shapes(config).items():
+        s = (config.num_layers, *s) if stacked else s
+        out[n] = spec(weight_axes(n, stacked), s, mesh, units)
+    out["kv_cache"] = spec(CACHE_AXES, KVCache.shape_for(config, 1, 1), mesh, units)
+    return out
 
 
 def default_layout() -> str:
