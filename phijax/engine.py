@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -110,14 +110,10 @@ class _Request:
         )
 
 
-class _Chunk(NamedTuple):
-    """Sampled tokens ``[rows, t]`` (-1 where a row had stopped), their logprobs and the top
-    alternatives ``[rows, t, top_n]``, as they come back from the device."""
-
-    tokens: np.ndarray
-    logprobs: np.ndarray
-    alt_ids: np.ndarray
-    alt_lp: np.ndarray
+def _attend_len(filled: int, cache_len: int) -> int:
+    """The cache positions a decode call attends to: a bucket of what the next
+    ``DECODE_STEPS`` steps can fill, so decode cost follows the tokens present."""
+    return min(bucket(filled + DECODE_STEPS, 128), cache_len)
 
 
 class Model:
@@ -513,7 +509,7 @@ class Model:
             KVCache.shape_for(self.config, b, cache_len), kv_dtype(self.dtype)
         )
         rows = jax.ShapeDtypeStruct((b,), jnp.int32)
-        state = steps.DecodeState(
+        state = steps.DecodeState(  # the types steps.start_decode gives (checked by a test)
             KVCache(kv, kv, rows), rows, jax.ShapeDtypeStruct((b, self.config.vocab_size), jnp.float32),
             jax.ShapeDtypeStruct((), jnp.bool_), sstate, jax.ShapeDtypeStruct((b,), jnp.bool_),
             jax.ShapeDtypeStruct((), jnp.int32),
@@ -524,7 +520,9 @@ class Model:
         )  # fmt: skip
 
     @on_mesh
-    def _device_loop(self, request: _Request, outputs: list[RowOutput]) -> Iterator[_Chunk]:
+    def _device_loop(
+        self, request: _Request, outputs: list[RowOutput]
+    ) -> Iterator[steps.DecodeOut]:
         """Prefill, the first sampled token, then ``DECODE_STEPS`` tokens per compiled call
         until every row is done (read from ``outputs``, which the caller keeps)."""
         t0 = time.perf_counter()
@@ -547,7 +545,7 @@ class Model:
             "top_n": request.top_logprobs,
             "edit_fns": request.edit_fns,
         }
-        first_attend = min(bucket(int(prompt_len.max()) + DECODE_STEPS, 128), request.cache_len)
+        first_attend = _attend_len(int(prompt_len.max()), request.cache_len)
         compiled = self._compile_decode(
             b, request.cache_len, sstate, base, stop_dev, sparams, request.edit_arrays,
             attend_len=first_attend, **static,
@@ -575,13 +573,13 @@ class Model:
             done = np.array([o.done for o in outputs] + [True] * (b - n))
             budget = [request.max_new_tokens - len(o.tokens) for o in outputs] + [0] * (b - n)
             filled = int(np.asarray(state.cache.lengths).max())
-            attend = min(bucket(filled + DECODE_STEPS, 128), request.cache_len)
+            attend = _attend_len(filled, request.cache_len)
             out, state = steps.decode(
                 self.params, state._replace(done=jnp.asarray(done)), jnp.int32(count),
                 jnp.asarray(budget, jnp.int32), stop_dev, base, sparams, request.edit_arrays,
                 attend_len=attend, **static,
             )  # fmt: skip
-            chunk = _Chunk(*map(np.asarray, out))
+            chunk = jax.tree.map(np.asarray, out)  # the same fields, on the host
             if count == 1:
                 request.timings["prefill_s"] = time.perf_counter() - t0
             count = DECODE_STEPS

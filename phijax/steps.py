@@ -91,7 +91,8 @@ class DecodeState(NamedTuple):
 
 class DecodeOut(NamedTuple):
     """One decode call's tokens ``[batch, steps]`` (-1 where a row was done), their
-    logprobs, and the top alternatives' ids and logprobs ``[batch, steps, top_n]``."""
+    logprobs, and the top alternatives' ids and logprobs ``[batch, steps, top_n]`` (device
+    arrays; the engine maps them to numpy for the host's bookkeeping)."""
 
     tokens: jax.Array
     logprobs: jax.Array

@@ -119,10 +119,10 @@ class _Cursor:
         length = struct.Struct("<Q").unpack_from
         out = []
         for _ in range(count):
-            if size - pos < 8 or length(buf, pos)[0] > size - pos - 8:
+            n = length(buf, pos)[0] if size - pos >= 8 else size
+            if n > size - pos - 8:
                 self.pos = pos
                 return [*out, self.string(what)]  # raises the truncation error
-            n = length(buf, pos)[0]
             out.append(buf[pos + 8 : pos + 8 + n])
             pos += 8 + n
         self.pos = pos
