@@ -19,13 +19,17 @@ import jax.numpy as jnp
 from phijax import sampling
 from phijax.cache import KVCache
 from phijax.model import hooks as hk
-from phijax.model.attention import attention_mask
-from phijax.model.forward import decoder, embed, forward_with_activations
+from phijax.model.forward import (
+    decoder,
+    embed,
+    final,
+    forward_with_activations,
+    run_layer,
+    shared_context,
+)
 from phijax.model.forward import unembed as _unembed
-from phijax.model.layers import Context, decoder_layer, linear, rms_norm
+from phijax.model.layers import Context
 from phijax.model.phi3 import Phi3
-from phijax.model.rope import inverse_frequencies, rope_angles, rope_scale
-from phijax.sharding import constrain
 
 
 @partial(
@@ -239,32 +243,24 @@ def _local(spec: Mapping, i: int) -> dict:
 
 @partial(jax.jit, static_argnames=("edit_fns", "names"))
 def _embed_step(params, tokens, lengths, edit_arrays, *, edit_fns, names):
-    c = params.config
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    factors = None if params.rope_factors is None else params.rope_factors[...]
-    cos, sin = rope_angles(positions, inverse_frequencies(c, factors), rope_scale(c))
-    mask = attention_mask(positions, lengths, tokens.shape[1], c.sliding_window)
+    ctx = shared_context(params, positions, lengths, tokens.shape[1])
     hooks = hk.Hooks(edit_arrays, edit_fns, names)
     x = hooks("embed", embed(params, tokens), positions)
-    return (x, positions, cos, sin, mask), hooks.captured
+    return (x, ctx.positions, ctx.cos, ctx.sin, ctx.mask), hooks.captured
 
 
 @partial(jax.jit, static_argnames=("config", "edit_fns", "names"))
 def _layer_step(p, x, shared, edit_arrays, *, config, edit_fns, names):
-    positions, cos, sin, mask = shared
     hooks = hk.Hooks(edit_arrays, edit_fns, names)
-    ctx = Context(config, positions, cos, sin, mask, None)
-    x, _ = decoder_layer(p, x, ctx, None, hooks, _LAYER)
-    return constrain(x, ("batch", None, "embed"), config), hooks.captured
+    x, _ = run_layer(p, x, Context(config, *shared, None), None, hooks, _LAYER)
+    return x, hooks.captured
 
 
 @partial(jax.jit, static_argnames=("edit_fns", "names", "head"))
 def _head_step(params, x, positions, edit_arrays, *, edit_fns, names, head):
-    c = params.config
     hooks = hk.Hooks(edit_arrays, edit_fns, names)
-    x = hooks("final", rms_norm(x, params.final_norm[...], c.rms_norm_eps), positions)
-    logits = hooks("logits", linear(x, params.head()), positions) if head else None
-    return logits, hooks.captured
+    return final(params, x, positions, hooks, head), hooks.captured
 
 
 def activations(

@@ -96,23 +96,16 @@ def decoder(
     b, s, _ = x.shape
     chex.assert_shape(positions, (b, s))
     chex.assert_shape(kv_len, (b,))
-    n_keys = s if cache is None else attend_len
-    cos, sin = rope_angles(
-        positions, inverse_frequencies(c, _value(params.rope_factors)), rope_scale(c)
-    )
-    mask = attention_mask(positions, kv_len, n_keys, c.sliding_window)
-    ctx = Context(c, positions, cos, sin, mask, attend_len)
+    ctx = shared_context(params, positions, kv_len, s if cache is None else attend_len, attend_len)
     x = hooks("embed", x, positions)
     k, v = (None, None) if cache is None else (cache.k, cache.v)
 
     def layer(x, k, v, p, i, name, hooks):
-        lc = None if cache is None else LayerCache(k, v, i)
-        x, lc = decoder_layer(p, x, ctx, lc, hooks, name)
-        # on a mesh: the stream's rows over "data", the cache where its rules put it (else
-        # XLA may split the cache update by the q|k|v rows and gather the whole cache back)
-        x = constrain(x, ("batch", None, "embed"), c)
+        x, lc = run_layer(p, x, ctx, None if cache is None else LayerCache(k, v, i), hooks, name)
         if lc is None:
             return x, None, None
+        # on a mesh: the cache where its rules put it (else XLA may split the cache update
+        # by the q|k|v rows and gather the whole cache back)
         return x, constrain(lc.k, CACHE_AXES, c), constrain(lc.v, CACHE_AXES, c)
 
     depth = c.num_layers if depth is None else depth
@@ -132,10 +125,40 @@ def decoder(
     if logit_index is not None:
         x = jnp.take_along_axis(x, logit_index[:, :, None], axis=1)
         positions = jnp.take_along_axis(positions, logit_index, axis=1)
+    return final(params, x, positions, hooks, head), cache
+
+
+def shared_context(
+    params: Phi3,
+    positions: jax.Array,
+    kv_len: jax.Array,
+    n_keys: int,
+    attend_len: int | None = None,
+) -> Context:
+    """What every layer of one pass shares: the rope angles at ``positions [batch, seq]``
+    and the mask over ``n_keys`` keys, of which ``kv_len [batch]`` are valid."""
+    c = params.config
+    factors = _value(params.rope_factors)
+    cos, sin = rope_angles(positions, inverse_frequencies(c, factors), rope_scale(c))
+    mask = attention_mask(positions, kv_len, n_keys, c.sliding_window)
+    return Context(c, positions, cos, sin, mask, attend_len)
+
+
+def run_layer(
+    p, x: jax.Array, ctx: Context, lc: LayerCache | None, hooks: hk.Hooks, name: str
+) -> tuple[jax.Array, LayerCache | None]:
+    """One decoder layer, its output stream pinned to its rows' sharding on a mesh."""
+    x, lc = decoder_layer(p, x, ctx, lc, hooks, name)
+    return constrain(x, ("batch", None, "embed"), ctx.config), lc
+
+
+def final(
+    params: Phi3, x: jax.Array, positions: jax.Array, hooks: hk.Hooks, head: bool = True
+) -> jax.Array | None:
+    """The final norm (hook ``final``), then with ``head`` the logits (hook ``logits``)."""
+    c = params.config
     x = hooks("final", rms_norm(x, params.final_norm[...], c.rms_norm_eps), positions)
-    if not head:
-        return None, cache
-    return hooks("logits", linear(x, params.head()), positions), cache
+    return hooks("logits", linear(x, params.head()), positions) if head else None
 
 
 def unembed(params: Phi3, x: jax.Array) -> jax.Array:
@@ -148,8 +171,7 @@ def unembed(params: Phi3, x: jax.Array) -> jax.Array:
             "(a residual-stream value such as layers.{i}.resid_post)."
         )
     x = jnp.asarray(x).astype(params.dtype)
-    flat = x.reshape(1, -1, c.hidden_size)
-    logits = linear(rms_norm(flat, params.final_norm[...], c.rms_norm_eps), params.head())
+    logits = final(params, x.reshape(1, -1, c.hidden_size), None, hk.NO_HOOKS)
     return logits.reshape(*x.shape[:-1], -1)
 
 
