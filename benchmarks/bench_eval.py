@@ -29,8 +29,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ from _common import cpu_name, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "eval_tasks"))
-from parity import command, read_run  # noqa: E402
+from parity import read_run, run_lm_eval  # noqa: E402
 
 TASKS = "phijax_facts_mc,phijax_cloze_mc"
 XLA_SECONDS = re.compile(r"Finished XLA compilation of .* in ([0-9.]+) sec")
@@ -64,25 +62,15 @@ class Run:
         return self.requests / self.wall_s
 
 
-def argv_for(backend: str, gguf: Path, out: Path, *, max_length: int, batch_size: int) -> list[str]:
-    """The command line of one engine on the multiple-choice tasks, as eval_tasks/parity.py
-    runs it (without a chat template)."""
-    return command(backend, gguf, out, max_length=max_length, batch_size=batch_size, tasks=TASKS)
-
-
 def run(backend: str, gguf: Path, out: Path, *, max_length: int, batch_size: int) -> Run:
     """One evaluation in a fresh process, timed from spawn to exit; samples logged under ``out``."""
-    shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    if backend == "phijax":
-        env |= {"PHIJAX_NO_CACHE": "1", "JAX_LOG_COMPILES": "1"}
-    argv = argv_for(backend, gguf, out, max_length=max_length, batch_size=batch_size)
+    env = {"PHIJAX_NO_CACHE": "1", "JAX_LOG_COMPILES": "1"} if backend == "phijax" else {}
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = run_lm_eval(
+        backend, gguf, out, max_length=max_length, chat=False, batch_size=batch_size,
+        tasks=TASKS, env=env,
+    )  # fmt: skip
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{backend} run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     samples, results = read_run(out)
     requests = sum(len(row["resps"]) for rows in samples.values() for row in rows)
     accuracy = {task: results["results"][task]["acc,none"] for task in sorted(samples)}

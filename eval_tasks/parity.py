@@ -90,16 +90,28 @@ def command(
 
 
 def run_lm_eval(
-    backend: str, gguf: Path, out: Path, *, max_length: int, chat: bool, batch_size: int
-) -> None:
-    """One evaluation in a fresh process, offline, samples logged under ``out`` (emptied)."""
+    backend: str,
+    gguf: Path,
+    out: Path,
+    *,
+    max_length: int,
+    chat: bool,
+    batch_size: int,
+    tasks: str = TASKS,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """One evaluation in a fresh process, offline, samples logged under ``out`` (emptied);
+    ``env``: more environment variables for it. Returns the finished process."""
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    argv = command(backend, gguf, out, max_length=max_length, batch_size=batch_size, chat=chat)
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    full = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full["TOKENIZERS_PARALLELISM"] = "false"
+    argv = command(
+        backend, gguf, out, max_length=max_length, batch_size=batch_size, chat=chat, tasks=tasks
+    )
+    proc = subprocess.run(argv, cwd=ROOT, env=full, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{backend} run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
 
 
 def read_run(out: Path) -> tuple[dict[str, list[dict]], dict[str, Any]]:

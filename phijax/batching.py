@@ -97,13 +97,13 @@ def as_rows(
         if _is_tracer(inputs):
             ids_of(inputs, arg)  # raises: traced
         return [ids_of(row, f"{arg}[{i}]") for i, row in enumerate(np.asarray(inputs))], False
-    if not isinstance(inputs, Sequence) or not inputs or all(_is_id(t) for t in inputs):
+    if not isinstance(inputs, Sequence) or not inputs or all(is_id(t) for t in inputs):
         return [ids_of(inputs, arg)], True
     texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
     encoded = dict(zip(texts, encode([inputs[i] for i in texts]) if texts else [], strict=True))
     rows = []
     for i, x in enumerate(inputs):
-        if _is_id(x):
+        if is_id(x):
             raise ConfigError(
                 f"{arg} mixes token ids and sequences ({arg}[{i}] = {x!r}); give {ACCEPTED}."
             )
@@ -111,7 +111,8 @@ def as_rows(
     return rows, False
 
 
-def _is_id(x: Any) -> bool:
+def is_id(x: Any) -> bool:
+    """Whether ``x`` is one token id (a Python or numpy integer, not a bool)."""
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 

@@ -509,7 +509,10 @@ class Model:
             KVCache.shape_for(self.config, b, cache_len), kv_dtype(self.dtype)
         )
         rows = jax.ShapeDtypeStruct((b,), jnp.int32)
-        state = steps.DecodeState(  # the types steps.start_decode gives (checked by a test)
+        # the types steps.start_decode gives (a mismatch compiles decode twice, which
+        # tests/test_compile_counts.py's first-generate test fails on); jax.eval_shape of it
+        # would trace once per call
+        state = steps.DecodeState(
             KVCache(kv, kv, rows), rows, jax.ShapeDtypeStruct((b, self.config.vocab_size), jnp.float32),
             jax.ShapeDtypeStruct((), jnp.bool_), sstate, jax.ShapeDtypeStruct((b,), jnp.bool_),
             jax.ShapeDtypeStruct((), jnp.int32),

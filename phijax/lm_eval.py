@@ -148,13 +148,9 @@ class PhijaxLM(TemplateLM):
             self.model = pretrained
         else:
             self.model = phijax.load(str(pretrained), dtype=dtype, quantized=bool(quantized))
-        c = self.model.config
-        limit = min(self.model.max_seq_len or c.context_length, c.context_length)
-        self._max_length = limit if max_length is None else int(max_length)
-        if not 1 <= self._max_length <= limit:
-            raise ConfigError(
-                f"max_length={max_length} is outside 1..{limit} (the model's context); lower it."
-            )
+        self._max_length = scoring.resolve_max_length(
+            None if max_length is None else int(max_length), self.model._limit()
+        )
         self._batch_size = _batch_size(batch_size)
         self.seed = int(seed)
         self.source = str(self.model.path)

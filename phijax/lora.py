@@ -159,9 +159,10 @@ def apply(params: Phi3, adapters: Adapters) -> Phi3:
                 return _merged(dense(w, params.dtype), delta(adapters, name))
         elif params.layout == "stacked" and len(keys) == 2 and keys[0] in by_matrix:
             stack = dense(w, params.dtype)
-            for layer, name in by_matrix[keys[0]]:
-                stack = stack.at[layer].set(_merged(stack[layer], delta(adapters, name)))
-            return stack
+            layers, names = zip(*by_matrix[keys[0]], strict=True)
+            rows = np.asarray(layers)  # one scatter: each layer once, as the names are unique
+            deltas = jnp.stack([delta(adapters, n) for n in names])
+            return stack.at[rows].set(_merged(stack[rows], deltas))
         return w
 
     return jax.tree_util.tree_map_with_path(

@@ -27,7 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from phijax import steps
-from phijax.batching import BATCH_BYTES, ROW_CAP, bucket, research_bucket, row_bytes
+from phijax.batching import (
+    BATCH_BYTES,
+    ROW_CAP,
+    Group,
+    bucket,
+    is_id,
+    pack,
+    research_bucket,
+    row_bytes,
+)
 from phijax.errors import ConfigError, ContextLengthError
 from phijax.model.phi3 import Phi3
 from phijax.sharding import put_batch
@@ -134,8 +143,8 @@ def _items(x: Any, arg: str) -> list[str | list[int]]:
     """One string or id sequence (→ one item), or a list of them, or a 2-D id array."""
     if isinstance(x, str):
         return [x]
-    if _ids(x) is not None:
-        return [_ids(x)]
+    if (ids := _ids(x)) is not None:
+        return [ids]
     if isinstance(x, (np.ndarray, jax.Array)) and x.ndim == 2 and _ids(x[0]) is not None:
         return [_ids(row) for row in x]
     if isinstance(x, (np.ndarray, jax.Array)) or not isinstance(x, Sequence) or not x:
@@ -155,15 +164,11 @@ def _ids(x: Any, *, allow_empty: bool = False) -> list[int] | None:
         if x.ndim != 1 or (x.size and not jnp.issubdtype(x.dtype, jnp.integer)):
             return None
         ids = np.asarray(x).astype(np.int64).tolist()
-    elif isinstance(x, Sequence) and not isinstance(x, (str, bytes)) and all(map(_is_id, x)):
+    elif isinstance(x, Sequence) and not isinstance(x, (str, bytes)) and all(map(is_id, x)):
         ids = [int(t) for t in x]
     else:
         return None
     return ids if ids or allow_empty else None
-
-
-def _is_id(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 # -- scoring on the device ----------------------------------------------------------------------
@@ -193,8 +198,8 @@ def plan(
     keys: Sequence[Any],
     batch_size: int | None,
     per_row_bytes: Any,
-) -> list[tuple[list[int], int, int]]:
-    """Batches ``(rows, batch, width)``: rows sorted longest first (ties by ``keys``, so the
+) -> list[Group]:
+    """Batches (:class:`~phijax.batching.Group`: rows, batch, width): rows sorted longest first (ties by ``keys``, so the
     batches do not depend on the order of the input), grouped by padded width
     (:func:`~phijax.batching.research_bucket`), at most ``batch_size`` rows (default: what
     ``BATCH_BYTES`` holds by ``per_row_bytes(width)``, up to ``ROW_CAP``), every batch of a
@@ -206,7 +211,7 @@ def plan(
         fit = max(1, BATCH_BYTES // per_row_bytes(width))
         cap = min(batch_size or ROW_CAP, fit)
         batch = bucket(min(cap, len(members)), 1)  # a group's last batch pads to the same size
-        out.extend((members[s : s + cap], batch, width) for s in range(0, len(members), cap))
+        out.extend(Group(members[s : s + cap], batch, width) for s in range(0, len(members), cap))
     return out
 
 
@@ -241,19 +246,14 @@ def score_pairs(
     lengths = [len(s) - 1 for s in seqs]
     out: list[TokenScores | None] = [None] * len(seqs)
     per_row = lambda width: row_bytes(params.config, width, (), True)  # noqa: E731
-    for rows, batch, width in plan(lengths, seqs, batch_size, per_row):
-        tokens = np.zeros((batch, width), np.int32)
-        targets = np.zeros((batch, width), np.int32)
-        valid = np.ones(batch, np.int32)
-        for r, i in enumerate(rows):
-            tokens[r, : lengths[i]] = seqs[i][:-1]
-            targets[r, : lengths[i]] = seqs[i][1:]
-            valid[r] = lengths[i]
+    inputs, shifted = [s[:-1] for s in seqs], [s[1:] for s in seqs]
+    for group in plan(lengths, seqs, batch_size, per_row):
+        (tokens, valid), (targets, _) = pack(inputs, group), pack(shifted, group)
         lp, greedy = token_scores(
             params, put_batch(tokens, mesh), put_batch(valid, mesh), put_batch(targets, mesh)
         )
         lp, greedy = np.asarray(lp), np.asarray(greedy)
-        for r, i in enumerate(rows):
+        for r, i in enumerate(group.rows):
             n, k = lengths[i], len(pairs[i][1])
             out[i] = TokenScores(lp[r, n - k : n], greedy[r, n - k : n])
     return out
@@ -277,7 +277,7 @@ def resolve_max_length(max_length: int | None, limit: int) -> int:
     """``max_length`` (default: ``limit``, the model's usable context), checked against it."""
     if max_length is None:
         return limit
-    if not _is_id(max_length) or not 1 <= max_length <= limit:
+    if not is_id(max_length) or not 1 <= max_length <= limit:
         raise ConfigError(
             f"max_length={max_length!r} is outside 1..{limit} (the model's context, or "
             "max_seq_len); give a length in that range."
