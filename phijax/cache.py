@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +26,21 @@ class KVCache:
     v: jax.Array
     lengths: jax.Array
 
+    # The logical axes of ``k`` and ``v`` (phijax.sharding's names): the one place the
+    # cache's axis order is written; shapes, sharding and sizes all follow it.
+    AXES: ClassVar[tuple[str, ...]] = ("layers", "batch", "kv_heads", "seq", "head_dim")
+
     @staticmethod
     def shape_for(config: Phi3Config, batch: int, max_seq: int) -> tuple[int, ...]:
-        """The shape of ``k`` (and ``v``): the one place the cache's axis order is written."""
-        return (config.num_layers, batch, config.num_kv_heads, max_seq, config.head_dim)
+        """The shape of ``k`` (and ``v``), in the order of :attr:`AXES`."""
+        sizes = {
+            "layers": config.num_layers,
+            "batch": batch,
+            "kv_heads": config.num_kv_heads,
+            "seq": max_seq,
+            "head_dim": config.head_dim,
+        }
+        return tuple(sizes[axis] for axis in KVCache.AXES)
 
     @classmethod
     def create(cls, config: Phi3Config, batch: int, max_seq: int, dtype=jnp.float32) -> KVCache:
@@ -37,11 +49,11 @@ class KVCache:
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.k.shape[self.AXES.index("batch")]
 
     @property
     def max_seq(self) -> int:
-        return self.k.shape[3]
+        return self.k.shape[self.AXES.index("seq")]
 
     @staticmethod
     def bytes_for(config: Phi3Config, batch: int, max_seq: int, dtype=jnp.float32) -> int:

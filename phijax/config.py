@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from phijax.errors import ConfigError, UnsupportedError, short_repr
+from phijax.weight_schema import BY_NAME, LAYER_WEIGHTS, shape_matches
 
 if TYPE_CHECKING:
     from phijax.gguf import GGUFFile
@@ -163,10 +164,10 @@ class Phi3Config:
                 )
             return kind(value)
 
-        embed = f.tensor("token_embd.weight")
+        embed = f.tensor(_EMBED)
         if len(embed.shape) != 2:
             raise ConfigError(
-                f"{f.path}: tensor 'token_embd.weight' has shape {list(embed.shape)}; a token "
+                f"{f.path}: tensor {_EMBED!r} has shape {list(embed.shape)}; a token "
                 "embedding is [vocab, hidden]. The file is corrupt: download or convert it again."
             )
         num_heads = get("num_heads")
@@ -187,7 +188,7 @@ class Phi3Config:
                 f"{f.path}: {scaling_key} = {scaling!r} is not supported (supported: "
                 f"{', '.join(s for s in _GGUF_ROPE_SCALINGS if s)}). Use a model without it."
             )
-        factor_names = [f"rope_factors_{k}.weight" for k in ("long", "short")]
+        factor_names = list(BY_NAME["rope_factors"].tensors())
         longrope = scaling == "longrope" or any(n in f.tensors for n in factor_names)
         linear = scaling == "linear"
         if longrope and linear:
@@ -230,7 +231,7 @@ class Phi3Config:
                 rope_scaling_factor=get("rope_scaling_factor", 1.0, float) if linear else 1.0,
                 original_context_length=original_ctx,
                 rope_attn_factor=1.0 if attn_factor is None else attn_factor,
-                tie_word_embeddings="output.weight" not in f.tensors,
+                tie_word_embeddings=BY_NAME["lm_head"].gguf not in f.tensors,
             )
         except ConfigError as e:
             field = str(e).split(" ", 1)[0]
@@ -308,10 +309,23 @@ _FIX = "Fix the key (gguf-py's gguf_set_metadata.py) or re-convert the model."
 # <arch>.rope.scaling.type values (llama.cpp's names; "" and "none" mean no scaling).
 _GGUF_ROPE_SCALINGS = (None, "", "none", "linear", "longrope")
 _BLOCK = re.compile(r"blk\.(\d+)\.")
+_EMBED = BY_NAME["embed"].gguf  # the embedding tensor, which sizes the vocabulary and width
 
 
 def _gguf_key(c: Phi3Config, field: str) -> str:
     return f"{c.architecture}.{_GGUF_KEYS[field]} ({getattr(c, field)})"
+
+
+def _size_keys(c: Phi3Config, fields: tuple[str, ...]) -> str:
+    """The metadata keys behind config ``fields``, with their values, for a shape error."""
+    keys = [
+        f"{c.architecture}.attention.key_length or embedding_length / head_count "
+        f"(head_dim {c.head_dim})"
+        if name == "head_dim"
+        else _gguf_key(c, name)
+        for name in fields
+    ]
+    return ", ".join(keys)
 
 
 def _check_against_tensors(c: Phi3Config, f: GGUFFile) -> None:
@@ -323,10 +337,10 @@ def _check_against_tensors(c: Phi3Config, f: GGUFFile) -> None:
     would index past the embedding rows, LongRoPE factors of the wrong length.
     """
     arch = c.architecture
-    embed = f.tensor("token_embd.weight")
+    embed = f.tensor(_EMBED)
     if embed.shape[1] != c.hidden_size:
         raise ConfigError(
-            f"{f.path}: {arch}.embedding_length = {c.hidden_size} but tensor 'token_embd.weight' "
+            f"{f.path}: {arch}.embedding_length = {c.hidden_size} but tensor {_EMBED!r} "
             f"has shape {list(embed.shape)} (rows of {embed.shape[1]}). {_FIX}"
         )
     layers = {int(m.group(1)) for name in f.tensors if (m := _BLOCK.match(name))}
@@ -336,25 +350,15 @@ def _check_against_tensors(c: Phi3Config, f: GGUFFile) -> None:
             f"{f.path}: {arch}.block_count = {c.num_layers} but the file's layer tensors are "
             f"{found}. {_FIX}"
         )
-    heads = f"{arch}.attention.head_count ({c.num_heads}), head_count_kv ({c.num_kv_heads})"
-    heads += f" and key_length or embedding_length / head_count (head_dim {c.head_dim})"
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    expected = {  # layer 0 only: the loader checks every tensor against these shapes anyway
-        "blk.0.attn_qkv.weight": ((q + 2 * kv, c.hidden_size), heads),
-        "blk.0.attn_q.weight": ((q, c.hidden_size), heads),
-        "blk.0.attn_k.weight": ((kv, c.hidden_size), heads),
-        "blk.0.ffn_down.weight": (
-            (c.hidden_size, c.intermediate_size),
-            _gguf_key(c, "intermediate_size"),
-        ),
-    }
-    for name, (shape, keys) in expected.items():
-        info = f.tensors.get(name)
-        if info is not None and info.shape != shape:
-            raise ConfigError(
-                f"{f.path}: tensor {name!r} has shape {list(info.shape)} but the metadata "
-                f"({keys}) implies {list(shape)}. {_FIX}"
-            )
+    for spec in LAYER_WEIGHTS:  # layer 0 only: the loader checks every tensor anyway
+        for source in spec.sources(f.tensors, 0):
+            info, shape = f.tensors.get(source.tensor), source.shape(spec, c)
+            if info is not None and not shape_matches(info.shape, shape):
+                raise ConfigError(
+                    f"{f.path}: tensor {source.tensor!r} has shape {list(info.shape)} but the "
+                    f"metadata ({_size_keys(c, spec.sized_by)}) implies {list(shape)}. {_FIX}"
+                )
+    heads = _size_keys(c, ("num_heads", "num_kv_heads", "head_dim"))
     if arch == "llama" and c.head_dim % 2:
         raise ConfigError(
             f"{f.path}: head_dim = {c.head_dim} is odd, but llama files store q and k rows "
@@ -363,19 +367,18 @@ def _check_against_tensors(c: Phi3Config, f: GGUFFile) -> None:
     declared = f.metadata.get(f"{arch}.vocab_size")
     if declared is not None and declared != c.vocab_size:
         raise ConfigError(
-            f"{f.path}: {arch}.vocab_size = {short_repr(declared)} but tensor 'token_embd.weight' "
+            f"{f.path}: {arch}.vocab_size = {short_repr(declared)} but tensor {_EMBED!r} "
             f"has {c.vocab_size} rows. {_FIX}"
         )
     tokens = f.metadata.get("tokenizer.ggml.tokens")
     if isinstance(tokens, list) and len(tokens) > c.vocab_size:
         raise ConfigError(
             f"{f.path}: tokenizer.ggml.tokens has {len(tokens)} tokens but tensor "
-            f"'token_embd.weight' has only {c.vocab_size} rows, so token ids {c.vocab_size} and "
+            f"{_EMBED!r} has only {c.vocab_size} rows, so token ids {c.vocab_size} and "
             "up would index past the embedding. The file is corrupt: download or convert it again."
         )
     if c.rope_scaling == "longrope":
-        for kind in ("long", "short"):
-            name = f"rope_factors_{kind}.weight"
+        for name in BY_NAME["rope_factors"].tensors():
             info = f.tensors.get(name)
             if info is None or info.n_elements != c.rotary_dim // 2:
                 got = "absent" if info is None else f"shape {list(info.shape)}"

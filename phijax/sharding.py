@@ -20,6 +20,7 @@ The weights still stay where they are; the partitioner moves the small activatio
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from phijax.cache import KVCache
 from phijax.config import Phi3Config
 from phijax.errors import ConfigError
+from phijax.weight_schema import WEIGHTS, axis_sizes
 
 MESH_AXES = ("data", "model")
 
@@ -55,20 +57,10 @@ class ShardingRules:
 
 RULES = ShardingRules()
 
-# Each weight's logical axes, numpy layout [out, in] (a stacked weight adds "layers" first).
-WEIGHT_AXES: dict[str, tuple[str | None, ...]] = {
-    "embed": ("vocab", "embed"),
-    "lm_head": ("vocab", "embed"),
-    "final_norm": ("embed",),
-    "rope_factors": (None,),
-    "attn_norm": ("embed",),
-    "qkv": ("qkv_out", "embed"),
-    "o_proj": ("embed", "q_heads"),
-    "ffn_norm": ("embed",),
-    "gate_up": ("ffn_out", "embed"),
-    "down": ("embed", "ffn_in"),
-}
-CACHE_AXES = ("layers", "batch", "kv_heads", "seq", "head_dim")
+# Each weight's logical axes (numpy layout [out, in]; a stacked weight adds "layers" first)
+# and the cache's, as their own modules write them.
+WEIGHT_AXES: dict[str, tuple[str | None, ...]] = {w.name: w.axes for w in WEIGHTS}
+CACHE_AXES = KVCache.AXES
 
 
 def check_mesh(mesh: Mesh | None) -> Mesh | None:
@@ -163,8 +155,8 @@ def zeros(shape_dtype, axes: tuple[str | None, ...], mesh: Mesh | None, config: 
 
 
 def create_cache(config: Phi3Config, batch: int, max_seq: int, dtype, mesh: Mesh | None) -> KVCache:
-    """An empty :class:`KVCache` ``[layers, batch, kv_heads, max_seq, head_dim]``: batch over
-    "data", kv heads over "model" (each where it divides), allocated in place on the mesh."""
+    """An empty :class:`KVCache` (its axes :data:`CACHE_AXES`): batch over "data", kv heads
+    over "model" (each where it divides), allocated in place on the mesh."""
     if mesh is None:
         return KVCache.create(config, batch, max_seq, dtype)
     kv = jax.ShapeDtypeStruct(KVCache.shape_for(config, batch, max_seq), jnp.dtype(dtype))
@@ -235,23 +227,20 @@ def on_mesh(method):
 
 def replicated_axes(config: Phi3Config, mesh) -> list[str]:
     """The logical axes that the rules would split but that fall back to replicated on
-    ``mesh`` (their units or dimension do not divide): for the load summary."""
+    ``mesh`` (their units or dimension do not divide): for the load summary, in the order
+    of :class:`ShardingRules`. Sizes are the weights' and the cache's kv heads (its batch
+    and positions are the request's, not the model's)."""
     mesh = check_mesh(mesh) if isinstance(mesh, Mesh) else mesh
-    sizes = {
-        "vocab": config.vocab_size,
-        "qkv_out": (config.num_heads + 2 * config.num_kv_heads) * config.head_dim,
-        "q_heads": config.num_heads * config.head_dim,
-        "kv_heads": config.num_kv_heads,
-        "ffn_out": 2 * config.intermediate_size,
-        "ffn_in": config.intermediate_size,
-    }
+    cache = dict(zip(CACHE_AXES, KVCache.shape_for(config, 1, 1), strict=True))
+    sizes = {**axis_sizes(config), "kv_heads": cache["kv_heads"]}
     units = axis_units(config)
     return [
-        name
-        for name, dim in sizes.items()
-        if getattr(RULES, name)
-        and mesh.shape[getattr(RULES, name)] > 1
-        and spec((name,), (dim,), mesh, units) == PartitionSpec(None)
+        f.name
+        for f in dataclasses.fields(RULES)
+        if f.name in sizes
+        and getattr(RULES, f.name)
+        and mesh.shape[getattr(RULES, f.name)] > 1
+        and spec((f.name,), (sizes[f.name],), mesh, units) == PartitionSpec(None)
     ]
 
 

@@ -6,15 +6,15 @@ a per-layer array is put in as it is decoded; a ``[layers, ...]`` stack is
 allocated at its first layer and filled with donated updates. So the model
 never exists twice in memory.
 
-Layouts (docs/formats.md): ``phi3`` files carry fused ``attn_qkv`` (rows q, k,
-v) and ``ffn_up`` (rows gate, up). ``llama`` files carry separate tensors and
-their converter permuted q and k rows for interleaved rope; we undo that
-permutation (Phi-3 rotates halves) and fuse.
+Which tensors make which parameter is the weight table's (:mod:`phijax.weight_schema`;
+layouts: docs/formats.md): ``phi3`` files carry fused ``attn_qkv`` (rows q, k, v) and
+``ffn_up`` (rows gate, up). ``llama`` files carry separate tensors and their converter
+permuted q and k rows for interleaved rope; we undo that permutation (Phi-3 rotates
+halves) and fuse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 import jax
@@ -27,9 +27,10 @@ from phijax.errors import GGUFFormatError
 from phijax.gguf import relayout
 from phijax.gguf.dequant import dequantize
 from phijax.gguf.reader import GGUFFile
-from phijax.model.phi3 import LAYER_PARAMS, Phi3, layer_shapes
+from phijax.model.phi3 import Phi3
 from phijax.quant import QuantArray
 from phijax.sharding import place, weight_axes, zeros
+from phijax.weight_schema import BY_NAME, GLOBAL_WEIGHTS, LAYER_WEIGHTS, Source, shape_matches
 
 
 @partial(jax.jit, donate_argnums=0)
@@ -45,40 +46,17 @@ def unpermute_rope_rows(w, n_heads: int):
     return w.reshape(n_heads, rows // n_heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
 
 
-def _sources(f: GGUFFile, c: Phi3Config, i: int) -> dict[str, list[tuple[str, Callable | None]]]:
-    """For layer ``i``: each parameter's GGUF tensors (concatenated in order) and their transform."""
-    blk = f"blk.{i}"
-    permute = c.architecture == "llama"
-    fused_qkv = f"{blk}.attn_qkv.weight" in f.tensors
-    qkv = (
-        [(f"{blk}.attn_qkv.weight", None)]
-        if fused_qkv
-        else [
-            (
-                f"{blk}.attn_q.weight",
-                partial(unpermute_rope_rows, n_heads=c.num_heads) if permute else None,
-            ),
-            (
-                f"{blk}.attn_k.weight",
-                partial(unpermute_rope_rows, n_heads=c.num_kv_heads) if permute else None,
-            ),
-            (f"{blk}.attn_v.weight", None),
-        ]
-    )
-    fused_ffn = f"{blk}.ffn_gate.weight" not in f.tensors
-    gate_up = (
-        [(f"{blk}.ffn_up.weight", None)]
-        if fused_ffn
-        else [(f"{blk}.ffn_gate.weight", None), (f"{blk}.ffn_up.weight", None)]
-    )
-    return {
-        "attn_norm": [(f"{blk}.attn_norm.weight", None)],
-        "qkv": qkv,
-        "o_proj": [(f"{blk}.attn_output.weight", None)],
-        "ffn_norm": [(f"{blk}.ffn_norm.weight", None)],
-        "gate_up": gate_up,
-        "down": [(f"{blk}.ffn_down.weight", None)],
-    }
+def _sources(f: GGUFFile, i: int) -> dict[str, tuple[Source, ...]]:
+    """For layer ``i``: each parameter's GGUF tensors (rows concatenated in order), as the
+    weight table (:mod:`phijax.weight_schema`) finds them in ``f``."""
+    return {w.name: w.sources(f.tensors, i) for w in LAYER_WEIGHTS}
+
+
+def _transform(c: Phi3Config, source: Source):
+    """The rope un-permutation a ``llama`` file's q and k rows need, or ``None``."""
+    if c.architecture != "llama" or source.rope_heads is None:
+        return None
+    return partial(unpermute_rope_rows, n_heads=source.rope_heads(c))
 
 
 def _load(
@@ -87,7 +65,7 @@ def _load(
     """Tensor ``name`` on the device, checked against ``shape``: dequantized to ``dtype``, or
     kept as a :class:`QuantArray` when ``packed`` (a lossless re-layout of its blocks)."""
     info = f.tensor(name)
-    if info.shape != shape and not (len(shape) == 1 and info.shape == (1, *shape)):
+    if not shape_matches(info.shape, shape):
         raise GGUFFormatError(
             f"{f.path}: tensor {name!r} has shape {list(info.shape)}, expected {list(shape)} for this "
             "config. The file is inconsistent with its own metadata."
@@ -113,14 +91,14 @@ def _read(f: GGUFFile, info) -> np.ndarray:
     return buf
 
 
-def _packed_params(f: GGUFFile, c: Phi3Config, layers: range) -> set[str]:
+def _packed_params(f: GGUFFile, layers: range) -> set[str]:
     """The layer parameters to keep packed over ``layers``: those whose every source tensor
     has a quantized type (a stack needs one representation for all its layers)."""
     out = set()
-    for name in LAYER_PARAMS:
-        types = {f.tensor(t).ggml_type for i in layers for t, _ in _sources(f, c, i)[name]}
+    for w in LAYER_WEIGHTS:
+        types = {f.tensor(s.tensor).ggml_type for i in layers for s in _sources(f, i)[w.name]}
         if types <= relayout.QUANTIZED_TYPES:
-            out.add(name)
+            out.add(w.name)
     return out
 
 
@@ -130,7 +108,7 @@ def _stack_formats(f: GGUFFile, c: Phi3Config, packed: set[str]) -> dict[str, tu
     formats = {}
     for name in packed:
         types = {
-            f.tensor(t).ggml_type for i in range(c.num_layers) for t, _ in _sources(f, c, i)[name]
+            f.tensor(s.tensor).ggml_type for i in range(c.num_layers) for s in _sources(f, i)[name]
         }
         formats[name] = relayout.common_layout(types)
     return formats
@@ -146,7 +124,6 @@ def load_weights(
     as soon as it is decoded (:mod:`phijax.sharding`), so no device holds the whole model.
     """
     c = module.config
-    shapes = layer_shapes(c)
     total = sum(t.nbytes for t in f.tensors.values())
     bar = tqdm(
         total=total, desc="loading weights", unit="B", unit_scale=True, unit_divisor=1024,
@@ -165,40 +142,36 @@ def load_weights(
     def put(value, name, stacked=False):  # onto the mesh with its logical axes' sharding
         return place(value, weight_axes(name, stacked), mesh, c)
 
-    vocab = (c.vocab_size, c.hidden_size)
-    module.embed.set_value(put(load("token_embd.weight", vocab), "embed"))
-    norm = load("output_norm.weight", (c.hidden_size,), jnp.float32, False)
-    module.final_norm.set_value(put(norm, "final_norm"))
-    if module.lm_head is not None:
-        module.lm_head.set_value(put(load("output.weight", vocab), "lm_head"))
-    q_rows, kv_rows = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    part_rows = {"qkv": (q_rows, kv_rows, kv_rows), "gate_up": (c.intermediate_size,) * 2}
+    for spec in GLOBAL_WEIGHTS:
+        target = getattr(module, spec.name)
+        if spec.kinds or target is None:  # chosen by the caller (returned below), or absent
+            continue
+        (source,) = spec.sources(f.tensors)
+        value = load(source.tensor, spec.shape(c), spec.dtype(module.dtype), not spec.f32)
+        target.set_value(put(value, spec.name))
     stacked = module.layout == "stacked"
-    packed = _packed_params(f, c, range(c.num_layers)) if quantized and stacked else set()
+    packed = _packed_params(f, range(c.num_layers)) if quantized and stacked else set()
     formats = _stack_formats(f, c, packed)
     for i in range(c.num_layers):
         if quantized and not stacked:
-            packed = _packed_params(f, c, range(i, i + 1))
-        for param_name, parts in _sources(f, c, i).items():
+            packed = _packed_params(f, range(i, i + 1))
+        for param_name, parts in _sources(f, i).items():
             target = module.param(param_name, i)
-            dtype = jnp.float32 if param_name.endswith("norm") else module.dtype
+            spec = BY_NAME[param_name]
+            shape, dtype = spec.shape(c), spec.dtype(module.dtype)
             pieces = []
-            for k, (name, transform) in enumerate(parts):
+            for source in parts:
                 # each part of a fused weight is checked too: the rope un-permutation needs its rows
-                shape = (
-                    shapes[param_name]
-                    if len(parts) == 1
-                    else (part_rows[param_name][k], *shapes[param_name][1:])
-                )
-                w = load(name, shape, dtype, param_name in packed)
+                w = load(source.tensor, source.shape(spec, c), dtype, param_name in packed)
+                transform = _transform(c, source)
                 pieces.append(jax.tree.map(transform, w) if transform else w)
             if param_name in formats:
                 pieces = [relayout.to_layout(p, *formats[param_name]) for p in pieces]
             value = _concatenate(pieces)
-            if value.shape != shapes[param_name]:
+            if value.shape != shape:
                 raise GGUFFormatError(
                     f"{f.path}: layer {i} {param_name} assembles to {list(value.shape)}, expected "
-                    f"{list(shapes[param_name])}."
+                    f"{list(shape)}."
                 )
             if stacked:
                 stack = target.get_value()
@@ -214,10 +187,11 @@ def load_weights(
             else:
                 target.set_value(put(cast(value, dtype), param_name))
     bar.close()
+    factors = BY_NAME["rope_factors"]
     return {
-        kind: f.dequantize(f"rope_factors_{kind}.weight").reshape(-1)
-        for kind in ("long", "short")
-        if f"rope_factors_{kind}.weight" in f.tensors
+        kind: f.dequantize(name).reshape(-1)
+        for kind, name in zip(factors.kinds, factors.tensors(), strict=True)
+        if name in f.tensors
     }
 
 

@@ -20,39 +20,30 @@ from phijax.cache import KVCache
 from phijax.config import Phi3Config
 from phijax.quant import QuantArray
 from phijax.sharding import CACHE_AXES, axis_units, check_mesh, spec, weight_axes
+from phijax.weight_schema import GLOBAL_WEIGHTS, LAYER_WEIGHTS, WEIGHTS, WeightSpec
 
-LAYER_PARAMS = ("attn_norm", "qkv", "o_proj", "ffn_norm", "gate_up", "down")
+LAYER_PARAMS = tuple(w.name for w in LAYER_WEIGHTS)
 LAYOUTS = ("stacked", "layers")
 
 
 def layer_shapes(c: Phi3Config) -> dict[str, tuple[int, ...]]:
     """Per-layer parameter shapes (numpy layout), without the leading layer axis."""
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    return {
-        "attn_norm": (c.hidden_size,),
-        "qkv": (q + 2 * kv, c.hidden_size),
-        "o_proj": (c.hidden_size, q),
-        "ffn_norm": (c.hidden_size,),
-        "gate_up": (2 * c.intermediate_size, c.hidden_size),
-        "down": (c.hidden_size, c.intermediate_size),
-    }
+    return {w.name: w.shape(c) for w in LAYER_WEIGHTS}
 
 
 def sharding_plan(config: Phi3Config, mesh, layout: str = "layers") -> dict[str, PartitionSpec]:
     """Each dense parameter's PartitionSpec on ``mesh`` (a Mesh or an AbstractMesh, to plan
     for devices you do not have) and the cache's at batch 1: which axes split, which not
-    (the rules of :mod:`phijax.sharding` applied to :func:`layer_shapes`)."""
+    (the rules of :mod:`phijax.sharding` applied to the weight table's shapes)."""
     mesh = check_mesh(mesh) if isinstance(mesh, Mesh) else mesh
     units = axis_units(config)
-    stacked = layout == "stacked"
-    vocab = (config.vocab_size, config.hidden_size)
-    shapes = {"embed": vocab, "final_norm": (config.hidden_size,)}
-    if not config.tie_word_embeddings:
-        shapes["lm_head"] = vocab
-    out = {n: spec(weight_axes(n, False), s, mesh, units) for n, s in shapes.items()}
-    for n, s in layer_shapes(config).items():
-        s = (config.num_layers, *s) if stacked else s
-        out[n] = spec(weight_axes(n, stacked), s, mesh, units)
+    longrope = config.rope_scaling == "longrope"
+    out = {}
+    for w in WEIGHTS:
+        if w.present(config, longrope):
+            stacked = layout == "stacked" and w.per_layer
+            shape = (config.num_layers, *w.shape(config)) if stacked else w.shape(config)
+            out[w.name] = spec(weight_axes(w.name, stacked), shape, mesh, units)
     out["kv_cache"] = spec(CACHE_AXES, KVCache.shape_for(config, 1, 1), mesh, units)
     return out
 
@@ -70,27 +61,30 @@ def default_layout() -> str:
     return "layers" if jax.default_backend() == "cpu" else "stacked"
 
 
-def _param_dtype(name: str, dtype):
-    return jnp.float32 if name.endswith("norm") else dtype
-
-
-def _placeholder(shape: tuple[int, ...], dtype, abstract: bool):
-    """Zeros, or only their shape and dtype (``abstract``: the loader fills them in)."""
+def _placeholder(w: WeightSpec, c: Phi3Config, dtype, abstract: bool, layers: int = 0):
+    """Table row ``w``'s parameter at compute ``dtype`` (``layers``: stacked over that many):
+    zeros, or only their shape and dtype (``abstract``: the loader fills them in)."""
+    shape = (layers, *w.shape(c)) if layers else w.shape(c)
+    dtype = w.dtype(dtype)
     return nnx.Param(jax.ShapeDtypeStruct(shape, dtype) if abstract else jnp.zeros(shape, dtype))
 
 
 class LayerParams(nnx.Module):
-    """One decoder layer's weights (the ``layers`` layout): ``attn_norm [hidden]``,
-    ``qkv [q + 2 kv, hidden]``, ``o_proj [hidden, q]``, ``ffn_norm [hidden]``,
-    ``gate_up [2 ffn, hidden]``, ``down [hidden, ffn]``."""
+    """One decoder layer's weights (the ``layers`` layout): an attribute per per-layer row of
+    :data:`phijax.weight_schema.WEIGHTS` (``attn_norm``, ``qkv``, ``o_proj``, ``ffn_norm``,
+    ``gate_up``, ``down``), with that row's shape and dtype."""
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]], dtype, abstract: bool = False):
-        for name, shape in shapes.items():
-            setattr(self, name, _placeholder(shape, _param_dtype(name, dtype), abstract))
+    def __init__(self, config: Phi3Config, dtype, abstract: bool = False):
+        for w in LAYER_WEIGHTS:
+            setattr(self, w.name, _placeholder(w, config, dtype, abstract))
 
 
 class Phi3(nnx.Module):
     """Phi-3 weights at ``dtype`` (created abstract by the loader, which fills them in).
+
+    The parameters are the rows of :data:`phijax.weight_schema.WEIGHTS` (names, shapes,
+    dtypes); an absent optional one (``lm_head`` when tied, ``rope_factors`` without
+    ``longrope``) is ``None``.
 
     ``layout="stacked"``: each layer parameter is one array ``[layers, ...]``, applied
     with ``lax.scan`` (compile time independent of depth). ``layout="layers"``: one
@@ -118,20 +112,14 @@ class Phi3(nnx.Module):
         self.layout = layout or default_layout()
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout {self.layout!r}; use one of {LAYOUTS}")
-        vocab = (c.vocab_size, c.hidden_size)
-        self.embed = _placeholder(vocab, dtype, abstract)
-        shapes = layer_shapes(c)
+        for w in GLOBAL_WEIGHTS:
+            present = w.present(c, longrope)
+            setattr(self, w.name, _placeholder(w, c, dtype, abstract) if present else None)
         if self.layout == "stacked":
-            for name, shape in shapes.items():
-                dt = _param_dtype(name, dtype)
-                setattr(self, name, _placeholder((c.num_layers, *shape), dt, abstract))
+            for w in LAYER_WEIGHTS:
+                setattr(self, w.name, _placeholder(w, c, dtype, abstract, c.num_layers))
         else:
-            layers = [LayerParams(shapes, dtype, abstract) for _ in range(c.num_layers)]
-            self.layers = nnx.List(layers)
-        self.final_norm = _placeholder((c.hidden_size,), jnp.float32, abstract)
-        self.lm_head = None if c.tie_word_embeddings else _placeholder(vocab, dtype, abstract)
-        rope = (c.rotary_dim // 2,)
-        self.rope_factors = _placeholder(rope, jnp.float32, abstract) if longrope else None
+            self.layers = nnx.List([LayerParams(c, dtype, abstract) for _ in range(c.num_layers)])
 
     def param(self, name: str, layer: int) -> nnx.Param:
         """The parameter ``name`` of ``layer``: its own array (``layers``) or the stack."""
