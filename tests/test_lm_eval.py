@@ -25,7 +25,14 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 import phijax
 from phijax import scoring
 from phijax.errors import ConfigError
-from phijax.lm_eval import PhijaxLM, render_chat, sampler_for
+from phijax.lm_eval import (
+    LocalTaskManager,
+    PhijaxLM,
+    index_without_builtins,
+    local_tasks,
+    render_chat,
+    sampler_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LENGTH = 64
@@ -134,6 +141,39 @@ def test_model_args(smollm2_model, smollm2_gguf):
     assert by_path.max_length == 32 and by_path.model.path == smollm2_gguf
 
 
+def test_local_tasks_need_no_builtin_index(tmp_path):
+    """Only names lm_eval resolves alike without its built-in tasks skip their index."""
+    local = str(ROOT / "eval_tasks")
+    assert local_tasks(["phijax_facts_mc", "phijax_cloze_mc"], local)
+    assert local_tasks(["phijax_local"], local)  # a group of local tasks
+    assert not local_tasks(["phijax_facts_mc", "hellaswag"], local)  # a built-in task
+    assert not local_tasks(["phijax_facts_m?"], local)  # a glob may match built-in names
+    assert not local_tasks([str(ROOT / "eval_tasks" / "facts_mc.yaml")], local)
+    assert not local_tasks(["phijax_facts_mc"], None) and not local_tasks(None, local)
+    (tmp_path / "mixed.yaml").write_text("group: mixed\ntask:\n  - phijax_facts_mc\n  - arc_easy\n")
+    (tmp_path / "facts.yaml").write_text((ROOT / "eval_tasks" / "facts_mc.yaml").read_text())
+    (tmp_path / "tagged.yaml").write_text("tag: some_tag\ntask: tagged_task\n")
+    assert local_tasks(["phijax_facts_mc"], str(tmp_path))
+    assert not local_tasks(["mixed"], str(tmp_path))  # a local group with a built-in member
+    assert not local_tasks(["some_tag"], str(tmp_path))  # built-in tasks may share a tag
+
+
+def test_index_without_builtins_is_scoped():
+    import lm_eval.evaluator
+    import lm_eval.tasks
+
+    builtin = lm_eval.tasks.TaskManager
+    with index_without_builtins():
+        assert lm_eval.tasks.TaskManager is LocalTaskManager
+        manager = lm_eval.tasks.TaskManager(include_path=str(ROOT / "eval_tasks"))
+    assert lm_eval.tasks.TaskManager is builtin and lm_eval.evaluator.TaskManager is builtin
+    assert isinstance(manager, builtin)
+    assert manager.all_tasks == [
+        "phijax_cloze_mc", "phijax_facts_mc", "phijax_local", "phijax_short_answer_gen",
+        "phijax_texts_rolling",
+    ]  # fmt: skip
+
+
 def _offline_env() -> dict[str, str]:
     return {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -154,6 +194,54 @@ def test_phijax_eval_cli(tmp_path, smollm2_gguf):
     results = json.loads(path.read_text())["results"]
     assert 0 <= results["phijax_facts_mc"]["acc,none"] <= 1
     assert results["phijax_texts_rolling"]["word_perplexity,none"] > 1
+
+
+# Runs phijax eval in a process that records the folders lm_eval's task index reads.
+_RECORD_INDEX = """
+import json, sys
+from lm_eval.tasks._index import TaskIndex
+from phijax.lm_eval import run_cli
+
+build, roots = TaskIndex.build, []
+def recording(paths, **kwargs):
+    paths = list(paths)
+    roots.extend(str(p) for p in paths)
+    return build(paths, **kwargs)
+TaskIndex.build = staticmethod(recording)
+run_cli(sys.argv[1], sys.argv[2:])
+print("INDEXED " + json.dumps(roots))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_phijax_eval_skips_the_builtin_index(tmp_path, smollm2_gguf):
+    """``phijax eval`` on a local task reads no built-in task YAML and logs the same
+    samples as lm_eval's normal path (taken for the glob ``phijax_facts_m?``, which lm_eval
+    resolves against its full index): the same requests and the same log-likelihoods, exactly
+    (the same program on the same batches in the same environment)."""
+    import lm_eval.tasks
+
+    builtin_root = str(Path(lm_eval.tasks.__file__).parent)
+    parity, indexed = _parity_module(), {}
+    for name, tasks in (("local", "phijax_facts_mc"), ("normal", "phijax_facts_m?")):
+        cmd = [
+            sys.executable, "-c", _RECORD_INDEX, str(smollm2_gguf), "--tasks", tasks,
+            "--include_path", "eval_tasks", "--limit", "8", "--model_args",
+            f"max_length={MAX_LENGTH}", "--batch_size", "8", "--log_samples",
+            "--output_path", str(tmp_path / name), "--device", "cpu",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, env=_offline_env(), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        [line] = [x for x in proc.stdout.splitlines() if x.startswith("INDEXED ")]
+        indexed[name] = json.loads(line.removeprefix("INDEXED "))
+    assert indexed["local"] and builtin_root not in indexed["local"]
+    assert builtin_root in indexed["normal"]
+    (local, _), (normal, _) = (parity.read_run(tmp_path / n) for n in ("local", "normal"))
+    assert list(local) == list(normal) == ["phijax_facts_mc"]
+    rows = [(r["doc_id"], r["arguments"], r["resps"]) for r in local["phijax_facts_mc"]]
+    assert len(rows) == 8 and all(len(r[2]) == 4 for r in rows)
+    assert rows == [(r["doc_id"], r["arguments"], r["resps"]) for r in normal["phijax_facts_mc"]]
 
 
 def _parity_module():
