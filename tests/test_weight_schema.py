@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,7 +24,7 @@ from phijax.cache import KVCache
 from phijax.config import Phi3Config
 from phijax.errors import ConfigError
 from phijax.gguf import GGUFFile
-from phijax.gguf.synthetic import write_phi3
+from phijax.gguf.synthetic import PHI3_MINI, write_phi3
 from phijax.model import phi3
 from phijax.weight_schema import BY_NAME, WEIGHTS, shape_matches
 
@@ -157,3 +158,26 @@ def test_config_checks_every_layer_zero_tensor_against_the_table(phi3_longrope, 
     match = rf"{re.escape(repr(name))} has shape .* metadata \(.*{re.escape(sizes[row])}"
     with pytest.raises(ConfigError, match=match):
         Phi3Config.from_gguf(_Retyped(f, name, wrong))
+
+
+def _doc_rows() -> list[str]:
+    """The parameter table docs/architecture.md must hold: one line per row, shapes at
+    Phi-3-mini's sizes."""
+    lines = []
+    for w in WEIGHTS:
+        sources = " + ".join(f"`{p.tensor}`" for p in w.parts) or "same"
+        kinds = f" ({', '.join(w.kinds)})" if w.kinds else ""
+        axes = ", ".join(str(a) for a in w.axes)
+        extra = ("per layer" if w.per_layer else "") + ("; f32" if w.f32 else "")
+        extra += f"; only {w.when}" if w.when else ""
+        lines.append(
+            f"| `{w.name}` | {list(w.shape(PHI3_MINI))} | ({axes}) | `{w.gguf}`{kinds} "
+            f"| {sources} | {extra.strip('; ')} |"
+        )
+    return lines
+
+
+def test_architecture_doc_lists_every_row():
+    doc = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    missing = [line for line in _doc_rows() if line not in doc.splitlines()]
+    assert not missing, "docs/architecture.md lacks these table lines:\n" + "\n".join(_doc_rows())
