@@ -75,7 +75,7 @@ from _common import cpu_name, llama_cpp_version, print_table
 from bench_modes import MODES, mode_rows, real_text, run_mode, run_modes
 
 import phijax
-from phijax import Sampler, engine, hub, steps
+from phijax import Sampler, backend, driver, hub, loading, steps
 from phijax.errors import ContextLengthError
 from phijax.gguf import GGUFFile
 
@@ -153,7 +153,7 @@ def machine_lines() -> list[str]:
         f"RAM: {mem.get('MemTotal', 0) / 1e9:.1f} GB total, "
         f"{mem.get('MemAvailable', 0) / 1e9:.1f} GB available at start",
         f"JAX: backend {jax.default_backend()} [{', '.join(str(d) for d in jax.devices())}], "
-        f"compute dtype {jnp.dtype(engine.default_dtype()).name}",
+        f"compute dtype {jnp.dtype(backend.choose().compute_dtype).name}",
         f"versions: python {platform.python_version()}, jax {jax.__version__}, jaxlib "
         f"{jaxlib.__version__}, flax {flax.__version__}, numpy {np.__version__}, tokenizers "
         f"{tokenizers.__version__}, phijax {phijax.__version__}, {llama}",
@@ -297,7 +297,7 @@ class DecodeRun:
 def phijax_decode(model, prompts, new_tokens: int, stop_after: int | None = None) -> DecodeRun:
     with DecodeSpy(model, stop_after) as spy:
         g = model.generate(prompts, max_new_tokens=new_tokens, sampler=GREEDY)
-    wanted = len(prompts) * ((spy.calls * engine.DECODE_STEPS) if stop_after else new_tokens - 1)
+    wanted = len(prompts) * ((spy.calls * driver.DECODE_STEPS) if stop_after else new_tokens - 1)
     return DecodeRun(
         tokens=sum(max(len(t) - 1, 0) for t in g.tokens),
         wanted=wanted,
@@ -675,7 +675,7 @@ def main() -> None:
             import llama_cpp
         except ImportError:
             llama_note = "llama_cpp is not importable here; run under the reference environment"
-    engine.enable_compilation_cache()  # what phijax.load does; reported below
+    loading.enable_compilation_cache()  # what phijax.load does; reported below
     started = time.perf_counter()
     table = Table()
     bench_engine(args.model, sizes, reps, llama_cpp, table)

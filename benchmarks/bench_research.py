@@ -62,7 +62,7 @@ from _common import cpu_name, print_table
 from bench_model import PeakRSS, rss
 
 import phijax
-from phijax import engine, hub
+from phijax import backend, hub
 
 SUBJECTS = (
     "the old farmer", "a young engineer", "my neighbour", "the committee", "our teacher",
@@ -277,7 +277,7 @@ def machine_lines(load_at_start: str) -> list[str]:
         f"versions: python {platform.python_version()}, jax {jax.__version__}, phijax "
         f"{phijax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}, numpy {np.__version__}",
-        f"JAX backend {jax.default_backend()}, dtype {np.dtype(engine.default_dtype()).name}; "
+        f"JAX backend {jax.default_backend()}, dtype {np.dtype(backend.choose().compute_dtype).name}; "
         f"persistent compilation cache: {f'on ({cache})' if cache else 'off'}, "
         f"PHIJAX_NO_CACHE={os.environ.get('PHIJAX_NO_CACHE', '(unset)')}",
         "env: " + " ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in ENV_KEYS),

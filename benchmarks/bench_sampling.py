@@ -25,7 +25,7 @@ import numpy as np
 
 import phijax
 from phijax import Sampler, sampling, steps
-from phijax.engine import DECODE_STEPS
+from phijax.driver import DECODE_STEPS
 
 STRATEGIES = {
     "greedy": Sampler.greedy(),

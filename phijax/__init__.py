@@ -3,8 +3,9 @@
 from phijax import errors, gguf, model, steps
 from phijax.batching import Padded, pad
 from phijax.config import Phi3Config
-from phijax.engine import Model, load
+from phijax.engine import Model
 from phijax.generation import Generation
+from phijax.loading import load
 from phijax.model.forward import forward, unembed
 from phijax.sampling import Sampler
 from phijax.tokenizer import Tokenizer

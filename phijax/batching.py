@@ -116,6 +116,21 @@ def is_id(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+def check_vocab(rows: Any, vocab: int, where: str = "tokens") -> None:
+    """ConfigError naming the first concrete id of ``rows`` (id rows, or an int array of any
+    shape) outside ``0..vocab-1``; traced ids cannot be read and pass."""
+    if _is_tracer(rows):
+        return
+    for i, row in enumerate([rows] if isinstance(rows, (np.ndarray, jax.Array)) else rows):
+        ids = np.asarray(row, np.int64).reshape(-1)
+        bad = ids[(ids < 0) | (ids >= vocab)]
+        if bad.size:
+            at = "" if isinstance(rows, (np.ndarray, jax.Array)) else f" (row {i})"
+            raise ConfigError(
+                f"{where}{at}: token id {int(bad[0])} is outside the vocabulary (0..{vocab - 1})."
+            )
+
+
 def row_bytes(config: Phi3Config, length: int, names: Sequence[str], head: bool) -> int:
     """Estimated f32 bytes one row of ``length`` holds in a research pass: its outputs
     (logits if ``head``, and the captures ``names``) and one layer's temporaries."""

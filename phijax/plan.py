@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ import numpy as np
 from filelock import FileLock
 
 from phijax import kernels
+from phijax.backend import Backend
 from phijax.model.layers import linear
 from phijax.paths import cache_dir
 
@@ -50,11 +52,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _key(dtype, shape: tuple[int, int]) -> str:
+def _key(backend: Backend, shape: tuple[int, int]) -> str:
     device = jax.local_devices()[0]
     return "|".join(
-        [device.platform, device.device_kind, cpu_name(), jax.__version__, jnp.dtype(dtype).name]
-        + [f"kernel {kernels.status()}"]  # linear's small-row products run on it
+        [device.platform, device.device_kind, cpu_name(), jax.__version__, backend.dtype]
+        + [f"kernel {backend.kernel or kernels.status()}"]  # linear's small-row products
         + [str(s) for s in shape]
         + [f"v{VERSION}"]
     )
@@ -70,25 +72,27 @@ def _median_ms(fn, *args) -> float:
     return float(np.median(times)) * 1e3
 
 
-@jax.jit
-def _looped_linear(x: jax.Array, w: jax.Array) -> jax.Array:
+@partial(jax.jit, static_argnames="backend")
+def _looped_linear(x: jax.Array, w: jax.Array, backend: Backend) -> jax.Array:
     """``LOOP`` products ``linear(x, w)`` in a fori_loop, ``w`` loop-invariant (as in decode)."""
 
     def body(_, x):
-        return x + linear(x, w).mean(axis=-1, keepdims=True).astype(x.dtype)
+        return x + linear(x, w, backend).mean(axis=-1, keepdims=True).astype(x.dtype)
 
     return jax.lax.fori_loop(0, LOOP, body, x)
 
 
-def measure(dtype, shape: tuple[int, int]) -> dict[int, int]:
+def measure(backend: Backend, shape: tuple[int, int]) -> dict[int, int]:
     """For each small batch bucket, the padded row count (``>=`` it, ``<= MAX_ROWS``) whose
-    ``linear([rows, 1, in], [out, in])`` in ``dtype``, looped with the weight loop-invariant
-    as in the decode step, measures fastest here."""
+    ``linear([rows, 1, in], [out, in])`` in the backend's dtype, looped with the weight
+    loop-invariant as in the decode step, measures fastest here."""
+    dtype = backend.compute_dtype
     w = jnp.zeros(shape, dtype)
+    looped = partial(_looped_linear, backend=backend)
     cost = {}
     rows = 1
     while rows <= MAX_ROWS:
-        cost[rows] = _median_ms(_looped_linear, jnp.ones((rows, 1, shape[1]), dtype), w)
+        cost[rows] = _median_ms(looped, jnp.ones((rows, 1, shape[1]), dtype), w)
         rows *= 2
     plan = {}
     for b in SMALL_BATCHES:
@@ -99,12 +103,13 @@ def measure(dtype, shape: tuple[int, int]) -> dict[int, int]:
     return plan
 
 
-def decode_rows(dtype, shape: tuple[int, int]) -> dict[int, int]:
-    """The padding plan ``{batch bucket: rows}`` for decoding in ``dtype`` (identity for f32 and
-    off CPU); measured on first use on this machine, then read from the cache."""
-    if jnp.dtype(dtype) == jnp.float32 or jax.default_backend() != "cpu":
+def decode_rows(backend: Backend, shape: tuple[int, int]) -> dict[int, int]:
+    """The padding plan ``{batch bucket: rows}`` for decoding under ``backend`` (identity
+    unless :attr:`~phijax.backend.Backend.pads_decode`); measured on first use on this
+    machine, then read from the cache."""
+    if not backend.pads_decode:
         return {}
-    key = _key(dtype, shape)
+    key = _key(backend, shape)
     path = cache_dir() / "plans.json"
     disabled = os.environ.get("PHIJAX_NO_CACHE", "").strip() not in ("", "0")
     if not disabled:
@@ -112,12 +117,12 @@ def decode_rows(dtype, shape: tuple[int, int]) -> dict[int, int]:
         with FileLock(str(path) + ".lock"):
             plans = _read(path)
             if key not in plans:
-                plans[key] = {str(b): r for b, r in measure(dtype, shape).items()}
+                plans[key] = {str(b): r for b, r in measure(backend, shape).items()}
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(plans, indent=1))
                 os.replace(tmp, path)
             return {int(b): int(r) for b, r in plans[key].items()}
-    return measure(dtype, shape)
+    return measure(backend, shape)
 
 
 def _read(path) -> dict:

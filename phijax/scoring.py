@@ -32,6 +32,7 @@ from phijax.batching import (
     ROW_CAP,
     Group,
     bucket,
+    check_vocab,
     is_id,
     pack,
     research_bucket,
@@ -237,11 +238,7 @@ def score_pairs(
                 "shorten it or raise max_length (up to the model's context)."
             )
         seq = (ctx + cont)[-(max_length + 1) :]
-        bad = [t for t in seq if not 0 <= t < vocab]
-        if bad:
-            raise ConfigError(
-                f"pair {i}: token id {bad[0]} is outside the vocabulary (0..{vocab - 1})."
-            )
+        check_vocab(np.asarray(seq), vocab, f"pair {i}")
         seqs.append(seq)
     lengths = [len(s) - 1 for s in seqs]
     out: list[TokenScores | None] = [None] * len(seqs)

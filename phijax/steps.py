@@ -250,10 +250,10 @@ def _embed_step(params, tokens, lengths, edit_arrays, *, edit_fns, names):
     return (x, ctx.positions, ctx.cos, ctx.sin, ctx.mask), hooks.captured
 
 
-@partial(jax.jit, static_argnames=("config", "edit_fns", "names"))
-def _layer_step(p, x, shared, edit_arrays, *, config, edit_fns, names):
+@partial(jax.jit, static_argnames=("config", "backend", "edit_fns", "names"))
+def _layer_step(p, x, shared, edit_arrays, *, config, backend, edit_fns, names):
     hooks = hk.Hooks(edit_arrays, edit_fns, names)
-    x, _ = run_layer(p, x, Context(config, *shared, None), None, hooks, _LAYER)
+    x, _ = run_layer(p, x, Context(config, backend, *shared, None), None, hooks, _LAYER)
     return x, hooks.captured
 
 
@@ -297,7 +297,9 @@ def activations(
     for i in range(hk.depth(names, c.num_layers, head)):
         own = {x: None for x in wanted if x.startswith(f"layers.{i}.")}
         f, a, n = spec(_local(fns, i), _local(arrays, i), _local(own, i))
-        x, got = _layer_step(params.layer(i), x, shared, a, config=c, edit_fns=f, names=n)
+        x, got = _layer_step(
+            params.layer(i), x, shared, a, config=c, backend=params.backend, edit_fns=f, names=n
+        )
         captured.update({f"layers.{i}.{k[len(_LAYER) + 1 :]}": v for k, v in got.items()})
     if not (head or "final" in wanted):
         return None, captured

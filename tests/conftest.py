@@ -61,10 +61,10 @@ def phi3_vocab_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_model(smollm2_gguf):
-    """SmolLM2 loaded once for the whole session (f32 on CPU)."""
+    """SmolLM2 loaded once for the whole session, dense (f32 on CPU): the reference mode."""
     import phijax
 
-    return phijax.load(smollm2_gguf, progress=False)
+    return phijax.load(smollm2_gguf, progress=False, quantized=False)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import phijax
-from phijax import Sampler, engine, steps
+from phijax import Sampler, batching, driver, loading, steps
 from phijax.errors import ConfigError, ContextLengthError, ResourceError
 
 from numerics import assert_logits_close, f32_atol
@@ -31,8 +31,8 @@ def _prompts(model, lengths, seed=0):
 
 
 def test_bucket():
-    assert [engine.bucket(n) for n in (1, 16, 17, 100, 256)] == [16, 16, 32, 128, 256]
-    assert engine.bucket(3, 1) == 4
+    assert [batching.bucket(n) for n in (1, 16, 17, 100, 256)] == [16, 16, 32, 128, 256]
+    assert batching.bucket(3, 1) == 4
 
 
 def test_batch_rows_match_solo_runs(smollm2_model):
@@ -70,7 +70,7 @@ def test_chunked_prefill_matches_one_pass(sliding, chunk):
         last, _ = sliding._prefill(prompts, sliding.cache_len_for(64))
         gen_chunked = sliding.generate(prompts, sampler=GREEDY, max_new_tokens=10)
     finally:
-        sliding.prefill_chunk = engine.PREFILL_CHUNK
+        sliding.prefill_chunk = driver.PREFILL_CHUNK
     for a, b in zip(whole, last, strict=True):
         assert_logits_close(b, a[-1], sliding.config)
     assert gen_chunked.tokens == sliding.generate(prompts, sampler=GREEDY, max_new_tokens=10).tokens
@@ -176,7 +176,7 @@ def test_sliding_window_switch_changes_long_range_attention():
 
 
 def test_load_refuses_what_cannot_fit(monkeypatch):
-    monkeypatch.setattr(engine, "_available_memory", lambda: 10_000)
+    monkeypatch.setattr(loading, "available_memory", lambda: 10_000)
     with pytest.raises(ResourceError, match=r"plain.gguf: the weights need .* but 0.0 GB are free"):
         phijax.load(MODEL_FIXTURES / "plain.gguf", progress=False)
 

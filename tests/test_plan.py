@@ -6,29 +6,32 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 import phijax
-from phijax import Sampler, plan
+from phijax import Sampler, backend, plan
 
 TINY = Path(__file__).parent / "fixtures" / "model" / "gqa.gguf"
 
 
-def test_f32_is_never_padded():
-    assert plan.decode_rows(jnp.float32, (192, 64)) == {}
+CPU_BF16 = backend.choose(platform_name="cpu", dtype="bfloat16")
+
+
+def test_f32_and_accelerators_are_never_padded():
+    assert plan.decode_rows(backend.choose(platform_name="cpu", dtype="float32"), (192, 64)) == {}
+    assert plan.decode_rows(backend.choose(platform_name="gpu"), (192, 64)) == {}
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the plan is measured for XLA:CPU")
 def test_bf16_plan_is_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("PHIJAX_CACHE", str(tmp_path))
-    got = plan.decode_rows(jnp.bfloat16, (192, 64))
+    got = plan.decode_rows(CPU_BF16, (192, 64))
     assert set(got) == set(plan.SMALL_BATCHES)
     assert all(b <= rows <= plan.MAX_ROWS for b, rows in got.items())
     saved = json.loads((tmp_path / "plans.json").read_text())
     assert list(saved.values()) == [{str(b): r for b, r in got.items()}]
     monkeypatch.setattr(plan, "measure", lambda *a: pytest.fail("measured twice"))
-    assert plan.decode_rows(jnp.bfloat16, (192, 64)) == got
+    assert plan.decode_rows(CPU_BF16, (192, 64)) == got
 
 
 def test_padded_decode_rows_do_not_change_a_samples_tokens(monkeypatch):

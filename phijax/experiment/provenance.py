@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -13,6 +14,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from phijax import kernels
+from phijax.backend import Backend
 from phijax.experiment.schema import ExperimentConfig
 from phijax.paths import cache_dir
 
@@ -50,6 +52,13 @@ def cpu_kernel(platform_name: str) -> str | None:
     return kernels.status() if platform_name == "cpu" else None
 
 
+def backend_record(backend: Backend) -> dict[str, Any]:
+    """The backend policy's fields (what the rows' numbers depend on; not its reasons)."""
+    record = dataclasses.asdict(backend)
+    del record["why"]
+    return record
+
+
 def provenance(model: Any, config: ExperimentConfig, seeds: list[int]) -> dict[str, Any]:
     import jax
 
@@ -65,6 +74,7 @@ def provenance(model: Any, config: ExperimentConfig, seeds: list[int]) -> dict[s
             "architecture": model.config.architecture,
             "dtype": str(model.dtype.name if hasattr(model.dtype, "name") else model.dtype),
             "sliding_window": model.sliding_window,
+            "backend": backend_record(model.backend),
         },
         "versions": {
             name: package_version(name)

@@ -285,10 +285,7 @@ def _graded(task: Task, item: TaskItem, text: str) -> dict[str, Any]:
 
 
 def _load(spec: ModelSpec, progress: bool) -> Any:
-    return phijax.load(
-        spec.source, dtype=spec.dtype, quantized=spec.quantized, max_seq_len=spec.max_seq_len,
-        sliding_window=spec.sliding_window, tokenizer=spec.tokenizer, progress=progress,
-    )  # fmt: skip
+    return phijax.load(spec.source, progress=progress, **spec.load_options())
 
 
 def _rewrite(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from phijax.errors import ConfigError
 from phijax.experiment.tasks import ExtractSpec, TaskSpec, load_task
+from phijax.options import LoadOptions
 from phijax.sampling import CANDLE_ORDER, LLAMACPP_ORDER, Sampler
 
 SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(Sampler))
@@ -43,15 +44,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSpec(_Strict):
-    """What ``phijax.load`` gets."""
+class ModelSpec(LoadOptions):
+    """What ``phijax.load`` gets: ``source`` and its options (:class:`phijax.options.LoadOptions`)."""
 
     source: str
-    dtype: str | None = None
-    quantized: bool = False
-    max_seq_len: int | None = Field(default=None, gt=0)
-    sliding_window: Literal["auto", "on", "off"] = "auto"
-    tokenizer: str | None = None
+
+    def load_options(self) -> dict[str, Any]:
+        """The :class:`~phijax.options.LoadOptions` fields, as ``phijax.load`` keywords."""
+        return {name: getattr(self, name) for name in LoadOptions.model_fields}
 
 
 class JudgeSpec(ModelSpec):
@@ -166,8 +166,9 @@ class ExperimentConfig(_Strict):
         """sha256 of the canonical JSON of the validated config (what the samples were made
         with; the report-only keys ``judge``, ``baseline`` and ``metrics`` are left out)."""
         data = self.model_dump(mode="json", exclude=set(REPORT_ONLY))
-        if not data["model"]["quantized"]:  # the key's default: hashes made before it stay valid
-            del data["model"]["quantized"]
+        for name in ("quantized", "layout", "mesh", "policy"):  # options added later, unset or
+            if not data["model"][name]:  # off: the hash of a config made before them stays
+                del data["model"][name]
         if data["task"] is None:  # likewise
             del data["task"]
         blob = json.dumps(

@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from phijax.errors import ConfigError
-from phijax.experiment.provenance import cpu_kernel, file_sha256, package_version
+from phijax.experiment.provenance import (
+    backend_record,
+    cpu_kernel,
+    file_sha256,
+    package_version,
+)
 from phijax.experiment.runner import (
     PROVENANCE,
     _load,
@@ -71,8 +76,14 @@ def provenance_warnings(prov: dict[str, Any], model: Any) -> list[str]:
     if (then_dev.get("platform"), then_dev.get("kind")) != (device.platform, device.device_kind):
         out.append(f"rows made on {then_dev.get('platform')} {then_dev.get('kind')!r}, "
                    f"this is {device.platform} {device.device_kind!r}")  # fmt: skip
+    then_backend, backend = prov.get("model", {}).get("backend"), backend_record(model.backend)
+    if then_backend is not None and then_backend != backend:
+        out.append(f"rows made with backend {then_backend}, this is {backend}")
     then_kernel, kernel = then_dev.get("cpu_kernel"), cpu_kernel(device.platform)
-    if prov.get("config", {}).get("model", {}).get("quantized") and then_kernel != kernel:
+    packed = (then_backend or {}).get("packed") or prov.get("config", {}).get("model", {}).get(
+        "quantized"
+    )
+    if packed and then_kernel != kernel:
         out.append(f"rows made with the CPU kernel {then_kernel!r}, this is {kernel!r}")
     sha = file_sha256(Path(model.path))
     then_sha = prov.get("model", {}).get("sha256")

@@ -242,8 +242,6 @@ def status(build: str | None = None) -> str:
 
 def available(build: str | None = None) -> bool:
     """Whether the kernel runs here (``build``: that build; default: the one chosen)."""
-    if jax.default_backend() != "cpu":
-        return False
     return chosen() is not None if build is None else not _checked(_known(build))
 
 
@@ -275,15 +273,15 @@ def fits(w: jax.Array | QuantArray) -> bool:
 def applies(x: jax.Array, w: jax.Array | QuantArray) -> bool:
     """Whether :func:`~phijax.model.layers.linear` should use the kernel for ``x [..., in]``
     and ``w``: a weight it :func:`fits`, at most :func:`row_limit` rows of ``x`` (under
-    ``vmap``, :func:`matmul` recounts them with the batch), on CPU, outside a device mesh
-    (XLA cannot split a foreign call's operands; the pure path shards)."""
+    ``vmap``, :func:`matmul` recounts them with the batch), outside a device mesh (XLA
+    cannot split a foreign call's operands; the pure path shards). Whether the kernel runs
+    here at all is the backend policy's call (:class:`phijax.backend.Backend`)."""
     limit = row_limit(w)
     return (
         limit is not None
         and fits(w)
         and int(np.prod(x.shape[:-1])) <= limit
         and jax.sharding.get_abstract_mesh().empty
-        and available()
     )
 
 

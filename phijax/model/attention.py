@@ -7,17 +7,6 @@ import jax
 import jax.numpy as jnp
 
 
-def kv_dtype(dtype) -> jnp.dtype:
-    """The dtype of the KV cache and of attention: the compute dtype, but f32 on CPU.
-
-    XLA:CPU updates a bf16 cache by converting the whole stacked buffer to f32 and back
-    in every layer (60 whole-cache converts per SmolLM2 step; bf16 decode 3x slower than
-    f32 on Phi-3-mini at batch 32), and its small batched bf16 products are slow or, for
-    some shapes, unsupported (``DotThunk``: BF16 x BF16 = F32).
-    """
-    return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else dtype)
-
-
 def attention_mask(
     q_pos: jnp.ndarray, kv_len: jnp.ndarray, n_keys: int, window: int | None
 ) -> jnp.ndarray:

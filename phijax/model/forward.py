@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phijax.batching import pad
+from phijax.batching import check_vocab, pad
 from phijax.cache import KVCache
 from phijax.errors import ConfigError
 from phijax.model import hooks as hk
@@ -39,7 +39,7 @@ def embed(params: Phi3, tokens: jax.Array) -> jax.Array:
     table = params.embed[...]
     if isinstance(table, QuantArray):
         return table.take(tokens).dequantize(params.dtype)
-    if table.dtype.itemsize == 2:
+    if table.dtype.itemsize == 2 and params.backend.gather_words:
         return take_rows(table, tokens).astype(params.dtype)
     return jnp.take(table, tokens, axis=0).astype(params.dtype)
 
@@ -141,7 +141,7 @@ def shared_context(
     factors = _value(params.rope_factors)
     cos, sin = rope_angles(positions, inverse_frequencies(c, factors), rope_scale(c))
     mask = attention_mask(positions, kv_len, n_keys, c.sliding_window)
-    return Context(c, positions, cos, sin, mask, attend_len)
+    return Context(c, params.backend, positions, cos, sin, mask, attend_len)
 
 
 def run_layer(
@@ -158,7 +158,7 @@ def final(
     """The final norm (hook ``final``), then with ``head`` the logits (hook ``logits``)."""
     c = params.config
     x = hooks("final", rms_norm(x, params.final_norm[...], c.rms_norm_eps), positions)
-    return hooks("logits", linear(x, params.head()), positions) if head else None
+    return hooks("logits", linear(x, params.head(), params.backend), positions) if head else None
 
 
 def unembed(params: Phi3, x: jax.Array) -> jax.Array:
@@ -234,7 +234,7 @@ def _inputs(params, tokens, embeds, lengths) -> tuple[jax.Array, jax.Array, bool
                 "lengths= for padded rows), or a ragged list of id lists (padded for you). "
                 "Encode text with m.tokenizer.encode."
             )
-        _check_vocab(tokens, params.config.vocab_size)
+        check_vocab(tokens, params.config.vocab_size)
         x = embed(params, tokens)
     else:
         if (
@@ -263,16 +263,6 @@ def _inputs(params, tokens, embeds, lengths) -> tuple[jax.Array, jax.Array, bool
         if bad.size:
             raise ConfigError(f"lengths: {int(bad[0])} is outside 1..{s} (the padded length).")
     return x, jnp.reshape(jnp.asarray(lengths, jnp.int32), (b,)), batched
-
-
-def _check_vocab(tokens, vocab: int) -> None:
-    """ConfigError for a concrete id outside the vocabulary (a traced one cannot be read)."""
-    if isinstance(tokens, jax.core.Tracer):
-        return
-    ids = np.asarray(tokens)
-    bad = ids[(ids < 0) | (ids >= vocab)]
-    if bad.size:
-        raise ConfigError(f"tokens: id {int(bad[0])} is outside the vocabulary (0..{vocab - 1}).")
 
 
 def _describe(x) -> str:

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from phijax import kernels
+from phijax.backend import Backend
 from phijax.config import Phi3Config
-from phijax.model.attention import attention, kv_dtype
+from phijax.model.attention import attention
 from phijax.model.hooks import Hooks
 from phijax.model.rope import apply_rope
 from phijax.quant import QuantArray, dense
@@ -29,7 +30,7 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (weight * normed.astype(x.dtype)).astype(x.dtype)
 
 
-def linear(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
+def linear(x: jax.Array, w: jax.Array | QuantArray, backend: Backend) -> jax.Array:
     """``x [batch, seq, in] @ w.T`` for a weight in numpy layout ``w [out, in]``, f32 result.
 
     The one matmul of the model: a :class:`QuantArray` is decoded here, inside the step,
@@ -42,19 +43,22 @@ def linear(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
     it hoists that transpose and copies every weight once per call (+1x the weights in
     memory, and 1.5-2x slower products: ``benchmarks/bench_products.py``).
 
-    On CPU a QuantArray or a bf16 weight goes to :func:`phijax.kernels.matmul` (decoded in
-    registers: 2-4x the f32 product at one row) when :func:`phijax.kernels.applies`; under
-    ``vmap`` the kernel recounts the rows with the batch and keeps the same row limit.
+    A QuantArray or a bf16 weight goes to :func:`phijax.kernels.matmul` (decoded in
+    registers: 2-4x the f32 product at one row) when ``backend`` has a kernel build and
+    :func:`phijax.kernels.applies`; under ``vmap`` the kernel recounts the rows with the
+    batch and keeps the same row limit.
     """
-    if kernels.applies(x, w):
+    if backend.uses_kernel(x, w):
         *lead, n = x.shape
-        y = kernels.matmul(x.reshape(-1, n), w, max_rows=kernels.row_limit(w))
+        y = kernels.matmul(
+            x.reshape(-1, n), w, build=backend.kernel, max_rows=backend.kernel_rows(w)
+        )
         return y.reshape(*lead, -1)
     if isinstance(w, QuantArray):
         tie = (x.reshape(-1)[0] * 0).astype(w.values.dtype)  # zero, but a data dependency on x
         w = dataclasses.replace(w, values=w.values + tie)
     w = dense(w, x.dtype)
-    if w.dtype == jnp.float32 or jax.default_backend() != "cpu":
+    if w.dtype == jnp.float32 or not backend.weight_first:
         return jnp.einsum("bsi,oi->bso", x, w, preferred_element_type=jnp.float32)
     b, s, n = x.shape
     contract = (((1,), (1,)), ((), ()))
@@ -67,10 +71,12 @@ class Context(NamedTuple):
 
     ``positions [batch, seq]``; ``cos, sin [batch, seq, rotary_dim // 2]``;
     ``mask`` bool ``[batch, seq, keys]``; ``attend_len``: how many cache slots
-    attention reads (``None``: no cache, the chunk attends to itself).
+    attention reads (``None``: no cache, the chunk attends to itself); ``backend``: the
+    model's per-device choices.
     """
 
     config: Phi3Config
+    backend: Backend
     positions: jax.Array
     cos: jax.Array
     sin: jax.Array
@@ -106,7 +112,7 @@ def attention_block(
     b, s, _ = x.shape
     q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
-    qkv = linear(h, p["qkv"]).astype(x.dtype)
+    qkv = linear(h, p["qkv"], ctx.backend).astype(x.dtype)
     q = qkv[..., :q_size].reshape(b, s, c.num_heads, c.head_dim)
     k = qkv[..., q_size : q_size + kv_size].reshape(b, s, c.num_kv_heads, c.head_dim)
     v = qkv[..., q_size + kv_size :].reshape(b, s, c.num_kv_heads, c.head_dim)
@@ -121,20 +127,21 @@ def attention_block(
         keys = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)[:, :, : ctx.attend_len]
         values = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)[:, :, : ctx.attend_len]
         cache = LayerCache(k_all, v_all, i)
-    dt = kv_dtype(x.dtype)
+    dt = ctx.backend.kv_dtype
     out, weights = attention(
         q.astype(dt), keys.astype(dt), values.astype(dt), ctx.mask, return_weights=return_weights
     )
     out = out.astype(x.dtype).reshape(b, s, q_size)
-    return linear(out, p["o_proj"]).astype(x.dtype), cache, weights
+    return linear(out, p["o_proj"], ctx.backend).astype(x.dtype), cache, weights
 
 
-def mlp_block(p: dict[str, jax.Array], x: jax.Array, config: Phi3Config) -> jax.Array:
+def mlp_block(p: dict[str, jax.Array], x: jax.Array, ctx: Context) -> jax.Array:
     """down(silu(gate) · up) of ``rmsnorm(x)``; ``x [batch, seq, hidden]`` → same shape."""
-    h = rms_norm(x, p["ffn_norm"], config.rms_norm_eps)
-    gu = linear(h, p["gate_up"])
-    gate, up = gu[..., : config.intermediate_size], gu[..., config.intermediate_size :]
-    return linear((jax.nn.silu(gate) * up).astype(x.dtype), p["down"]).astype(x.dtype)
+    c = ctx.config
+    h = rms_norm(x, p["ffn_norm"], c.rms_norm_eps)
+    gu = linear(h, p["gate_up"], ctx.backend)
+    gate, up = gu[..., : c.intermediate_size], gu[..., c.intermediate_size :]
+    return linear((jax.nn.silu(gate) * up).astype(x.dtype), p["down"], ctx.backend).astype(x.dtype)
 
 
 def decoder_layer(
@@ -155,5 +162,5 @@ def decoder_layer(
     if weights is not None:
         hooks(weights_name, weights, ctx.positions)
     h = x + hooks(f"{name}.attn_out", attn, ctx.positions)
-    x = h + hooks(f"{name}.mlp_out", mlp_block(p, h, ctx.config), ctx.positions)
+    x = h + hooks(f"{name}.mlp_out", mlp_block(p, h, ctx), ctx.positions)
     return hooks(f"{name}.resid_post", x, ctx.positions), cache

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
+from phijax.backend import Backend
 from phijax.cache import KVCache
 from phijax.config import Phi3Config
 from phijax.quant import QuantArray
@@ -23,7 +24,6 @@ from phijax.sharding import CACHE_AXES, axis_units, check_mesh, spec, weight_axe
 from phijax.weight_schema import GLOBAL_WEIGHTS, LAYER_WEIGHTS, WEIGHTS, WeightSpec
 
 LAYER_PARAMS = tuple(w.name for w in LAYER_WEIGHTS)
-LAYOUTS = ("stacked", "layers")
 
 
 def layer_shapes(c: Phi3Config) -> dict[str, tuple[int, ...]]:
@@ -46,19 +46,6 @@ def sharding_plan(config: Phi3Config, mesh, layout: str = "layers") -> dict[str,
             out[w.name] = spec(weight_axes(w.name, stacked), shape, mesh, units)
     out["kv_cache"] = spec(CACHE_AXES, KVCache.shape_for(config, 1, 1), mesh, units)
     return out
-
-
-def default_layout() -> str:
-    """``layers`` on CPU, ``stacked`` elsewhere.
-
-    XLA:CPU cannot feed a slice of a stacked weight to its matrix-vector kernel:
-    inside a scan (or with static slices) it copies or loops naively, and batch-1
-    decode on Phi-3-mini shapes streams weights at 6.7 GB/s instead of 31 GB/s
-    (measured: benchmarks/, docs/benchmarks.md). Separate per-layer arrays reach
-    the bound; the price is a layer loop unrolled at trace time (compile time grows
-    with depth; the persistent compilation cache pays it once).
-    """
-    return "layers" if jax.default_backend() == "cpu" else "stacked"
 
 
 def _placeholder(w: WeightSpec, c: Phi3Config, dtype, abstract: bool, layers: int = 0):
@@ -88,11 +75,11 @@ class Phi3(nnx.Module):
 
     ``layout="stacked"``: each layer parameter is one array ``[layers, ...]``, applied
     with ``lax.scan`` (compile time independent of depth). ``layout="layers"``: one
-    array per layer and parameter, applied by an unrolled loop (see
-    :func:`default_layout`). The math is the same function either way.
+    array per layer and parameter, applied by an unrolled loop. ``backend``
+    (:class:`phijax.backend.Backend`) chooses the layout; the math is the same either way.
 
-    ``dtype`` is the compute dtype; a matrix may be a :class:`QuantArray` (``quantized=True``
-    loads), decoded to it inside each step. ``config`` is the effective config (its ``sliding_window`` is the one in force);
+    ``dtype`` is the backend's compute dtype; a matrix may be a :class:`QuantArray`
+    (packed weights), decoded to it inside each step. ``config`` is the effective config (its ``sliding_window`` is the one in force);
     ``rope_factors [rotary_dim // 2]`` is the LongRoPE factor set chosen at load
     (``None`` for plain rope). ``abstract=True`` makes shapes only, for the loader to
     fill in one tensor at a time (the weights never exist twice).
@@ -101,17 +88,15 @@ class Phi3(nnx.Module):
     def __init__(
         self,
         config: Phi3Config,
+        backend: Backend,
         *,
-        dtype=jnp.float32,
-        layout: str | None = None,
         longrope: bool = False,
         abstract: bool = False,
     ):
         c = self.config = config
-        self.dtype = jnp.dtype(dtype)  # the compute dtype (weights may be QuantArrays)
-        self.layout = layout or default_layout()
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout {self.layout!r}; use one of {LAYOUTS}")
+        self.backend = backend  # static: the per-device choices (phijax.backend)
+        self.dtype = dtype = backend.compute_dtype  # weights may be QuantArrays
+        self.layout = backend.layout
         for w in GLOBAL_WEIGHTS:
             present = w.present(c, longrope)
             setattr(self, w.name, _placeholder(w, c, dtype, abstract) if present else None)

@@ -37,7 +37,8 @@ from tracing import step_calls
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "model"
 TINY = sorted(p.stem for p in FIXTURES.glob("*.gguf"))
 BF16_U = 2.0**-8
-ACCELERATOR = {"layout": "stacked", "dtype": jnp.bfloat16}
+ACCELERATOR = {"policy": "gpu"}  # the accelerator's defaults, forced on this machine
+CPU_BF16 = {"layout": "stacked", "dtype": jnp.bfloat16}  # the same weights under the CPU policy
 TEXTS = [
     "The capital of France is",
     "Water boils at a temperature of",
@@ -59,6 +60,10 @@ def test_tiny_bf16_stacked_matches_hf(variant):
     ref = np.load(FIXTURES / f"{variant}.npz")
     meta = json.loads(str(ref["meta"]))
     model = phijax.load(FIXTURES / f"{variant}.gguf", progress=False, **ACCELERATOR, **meta["load"])
+    b = model.backend
+    assert (b.layout, b.dtype, b.kv_dtype, b.kernel, b.packed) == (
+        "stacked", "bfloat16", jnp.bfloat16, None, False
+    )  # fmt: skip
     assert model.params.layout == "stacked" and model.dtype == jnp.bfloat16
     assert model.params.qkv[...].dtype == jnp.bfloat16
     assert model.params.attn_norm[...].dtype == jnp.float32  # norms stay f32
@@ -74,7 +79,7 @@ def test_tiny_bf16_stacked_matches_hf(variant):
 
 @pytest.fixture(scope="module")
 def smollm2_bf16(smollm2_gguf):
-    return phijax.load(smollm2_gguf, progress=False, **ACCELERATOR)
+    return phijax.load(smollm2_gguf, progress=False, **CPU_BF16)
 
 
 @pytest.fixture(scope="module")

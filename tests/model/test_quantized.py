@@ -56,7 +56,7 @@ def test_tiny_quantized_matches_f32_and_hf(variant, layout):
     summation order (the CPU kernel sums in its own order; the f32 error model bounds it),
     and HF parity holds with the f32 mode's tolerance."""
     ref = np.load(FIXTURES / f"{variant}.npz")
-    f32 = phijax.load(FIXTURES / f"{variant}.gguf", progress=False, layout=layout)
+    f32 = phijax.load(FIXTURES / f"{variant}.gguf", progress=False, layout=layout, quantized=False)
     packed = phijax.load(
         FIXTURES / f"{variant}.gguf", progress=False, layout=layout, quantized=True
     )
@@ -132,7 +132,7 @@ def test_weights_of_any_width(tiny_config, tmp_path, mode: str):
     config = dataclasses.replace(tiny_config, hidden_size=48, num_heads=3, num_kv_heads=1)
     path = tmp_path / "narrow.gguf"
     write_phi3(path, config, qtypes={"ffn_down": QT.Q8_0})
-    f32 = phijax.load(path, progress=False)
+    f32 = phijax.load(path, progress=False, quantized=False)
     kw = {"dtype": "bfloat16"} if mode == "bf16" else {"quantized": True}
     model = phijax.load(path, progress=False, **kw)
     ids = list(range(3, 40))

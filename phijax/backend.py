@@ -1,0 +1,170 @@
+"""Every choice that depends on the device, made once: :class:`Backend`.
+
+XLA:CPU and the accelerators want different things (``docs/benchmarks.md`` has the
+measurements): on CPU a bf16 matrix-*vector* product is 10x slower than f32's, a bf16 KV
+cache is converted whole in every layer, a slice of a stacked weight misses the fast
+matrix-vector kernel, and packed weights are fastest through phijax's own kernel; on GPU
+and TPU bf16, a stacked ``scan`` and XLA's products are right. :func:`choose` turns the
+platform, the requested dtype and weight mode, the mesh and the kernel's status into one
+frozen, hashable :class:`Backend`, which :func:`phijax.load` stores on the parameters
+(``params.backend``, static: it is part of every compiled step's cache key) and which the
+model's functions read instead of asking JAX. :func:`platform` is the only reader of
+``jax.default_backend()`` in phijax; tests force either policy on any machine by passing
+``platform=``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from phijax import kernels
+from phijax.errors import ConfigError
+from phijax.quant import QuantArray
+
+LAYOUTS = ("layers", "stacked")
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def platform() -> str:
+    """The platform JAX computes on by default: ``"cpu"``, ``"gpu"`` or ``"tpu"``."""
+    return jax.default_backend()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The per-device choices of one loaded model (hashable: a jit static argument).
+
+    ``platform``: ``cpu``, ``gpu`` or ``tpu``. ``dtype``: the compute dtype's name
+    (weights that are not packed are stored in it). ``packed``: quantized matrices stay
+    :class:`~phijax.quant.QuantArray` blocks, decoded inside each product. ``layout``:
+    ``layers`` (one array per layer, an unrolled loop) or ``stacked`` (``[layers, ...]``
+    under a scan). ``kernel``: the CPU kernel build that multiplies packed and bf16
+    weights at few rows, or ``None`` (XLA's products). ``mesh``: whether the weights are
+    split over a device mesh. ``why``: the reasons for the defaults taken, for the load
+    summary (not part of the policy's identity).
+    """
+
+    platform: str
+    dtype: str
+    packed: bool
+    layout: str
+    kernel: str | None
+    mesh: bool = False
+    why: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def kv_dtype(self) -> jnp.dtype:
+        """The KV cache's and attention's dtype: the compute dtype, but f32 on CPU.
+
+        XLA:CPU updates a bf16 cache by converting the whole stacked buffer to f32 and back
+        in every layer (60 whole-cache converts per SmolLM2 step; bf16 decode 3x slower
+        than f32 on Phi-3-mini at batch 32), and its small batched bf16 products are slow
+        or, for some shapes, unsupported (``DotThunk``: BF16 x BF16 = F32).
+        """
+        return jnp.dtype(jnp.float32) if self.platform == "cpu" else self.compute_dtype
+
+    @property
+    def weight_first(self) -> bool:
+        """Whether a bf16 product is written ``w @ x.T`` (XLA:CPU: ``x @ w.T`` makes it
+        hoist a transposed copy of every weight out of the decode loop)."""
+        return self.platform == "cpu"
+
+    @property
+    def gather_words(self) -> bool:
+        """Whether a 16-bit embedding table is gathered as raw 16-bit words (XLA:CPU
+        gathers a bf16 table through an f32 copy of the whole table)."""
+        return self.platform == "cpu"
+
+    @property
+    def pads_decode(self) -> bool:
+        """Whether small decode batches are padded to the row count measured fastest
+        (:mod:`phijax.plan`): a bf16 model on CPU, whose matrix-vector products are slow."""
+        return self.platform == "cpu" and self.compute_dtype != jnp.float32
+
+    def kernel_rows(self, w: jax.Array | QuantArray) -> int | None:
+        """Rows of ``x`` up to which ``w`` is multiplied on the kernel (``None``: never)."""
+        return None if self.kernel is None else kernels.row_limit(w)
+
+    def uses_kernel(self, x: jax.Array, w: jax.Array | QuantArray) -> bool:
+        """Whether ``linear(x, w)`` runs on the kernel: a build is chosen, it takes ``w``,
+        and ``x`` has at most :meth:`kernel_rows` rows (outside any traced mesh)."""
+        return self.kernel is not None and kernels.applies(x, w)
+
+    def describe(self) -> str:
+        """One line for the load summary: dtype, weights, layout, products, and why."""
+        weights = "packed weights" if self.packed else "dense weights"
+        if self.kernel is not None:
+            products = f"CPU kernel {self.kernel}"
+        elif self.platform == "cpu" and (self.packed or self.dtype == "bfloat16"):
+            products = "XLA's products (" + ("on the mesh" if self.mesh else kernels.status()) + ")"
+        else:
+            products = "XLA's products"
+        line = f"{self.dtype}, {weights}, {self.layout} layout, {products}"
+        return line + (f" ({'; '.join(self.why)})" if self.why else "")
+
+
+def choose(
+    *,
+    platform_name: str | None = None,
+    dtype: Any = None,
+    quantized: bool | None = None,
+    layout: str | None = None,
+    mesh: bool = False,
+    fits_dense: bool = True,
+) -> Backend:
+    """The policy for a model: explicit arguments win; ``None`` takes the platform's default.
+
+    Defaults (measured, ``docs/benchmarks.md``): f32 on CPU, bf16 elsewhere; on CPU
+    packed weights when the kernel runs here (fastest at batch 1 and smallest: Phi-3-mini
+    decodes 2.6x f32's speed in a quarter of the memory), else dense, unless dense weights
+    do not fit (``fits_dense=False``); dense elsewhere. ``layers`` layout on CPU, ``stacked``
+    elsewhere: XLA:CPU cannot feed a slice of a stacked weight to its matrix-vector
+    kernel (inside a scan it copies or loops naively: batch-1 decode on Phi-3-mini shapes
+    streams 6.7 GB/s instead of 31), while separate per-layer arrays reach the bound; the
+    price is a layer loop unrolled at trace time, which the persistent compilation cache
+    pays once. The kernel only on CPU and outside a mesh.
+    """
+    name = platform_name or platform()
+    if name not in PLATFORMS:
+        raise ConfigError(f"platform = {name!r}; use one of {PLATFORMS}.")
+    cpu = name == "cpu"
+    why = []
+    try:
+        compute = jnp.dtype(dtype or (jnp.float32 if cpu else jnp.bfloat16))
+    except TypeError as e:
+        raise ConfigError(f"dtype = {dtype!r} is not a dtype: use 'float32' or 'bfloat16'.") from e
+    if compute not in (jnp.float32, jnp.bfloat16, jnp.float16):
+        raise ConfigError(f"dtype = {compute.name}; use float32, bfloat16 or float16.")
+    if layout not in (None, *LAYOUTS):
+        raise ConfigError(
+            f"layout = {layout!r}; use one of {LAYOUTS} (or None for the device's default)."
+        )
+    kernel = kernels.chosen() if cpu and not mesh else None
+    if quantized is None:
+        if not cpu or dtype is not None:
+            quantized = False
+        elif kernel is not None:
+            quantized = True
+            why.append("packed: the CPU kernel runs here, fastest at batch 1 and 4x smaller")
+        else:
+            quantized = not fits_dense
+            if quantized:
+                why.append("packed: dense f32 weights do not fit in free memory")
+    return Backend(
+        platform=name,
+        dtype=compute.name,
+        packed=bool(quantized),
+        layout=layout or ("layers" if cpu else "stacked"),
+        kernel=kernel,
+        mesh=mesh,
+        why=tuple(why),
+    )

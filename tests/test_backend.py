@@ -1,0 +1,91 @@
+"""The backend policy: one place decides every per-device choice, and tests can force either."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import phijax
+from phijax import backend, kernels
+from phijax.errors import ConfigError
+
+ROOT = Path(__file__).parent.parent
+TINY = Path(__file__).parent / "fixtures" / "model" / "gqa.gguf"
+
+
+def test_only_backend_reads_the_platform():
+    """``git grep default_backend phijax/`` finds one place: :func:`phijax.backend.platform`."""
+    found = [
+        p.relative_to(ROOT).as_posix()
+        for p in sorted((ROOT / "phijax").rglob("*.py"))
+        if "default_backend" in p.read_text()
+    ]
+    assert found == ["phijax/backend.py"]
+
+
+def test_cpu_policy():
+    b = backend.choose(platform_name="cpu")
+    assert (b.dtype, b.layout, b.kv_dtype, b.weight_first, b.gather_words) == (
+        "float32", "layers", jnp.float32, True, True
+    )  # fmt: skip
+    assert b.kernel == kernels.chosen()
+    assert b.packed == (kernels.chosen() is not None)  # packed where the kernel runs
+    assert not b.pads_decode  # f32 matrix-vector products are XLA:CPU's fast ones
+    bf16 = backend.choose(platform_name="cpu", dtype="bfloat16")
+    assert not bf16.packed and bf16.kv_dtype == jnp.float32 and bf16.pads_decode
+    assert not backend.choose(platform_name="cpu", quantized=False).packed
+    assert backend.choose(platform_name="cpu", mesh=True).kernel is None  # XLA splits products
+
+
+def test_cpu_policy_without_the_kernel(monkeypatch):
+    monkeypatch.setattr(kernels, "chosen", lambda: None)
+    assert not backend.choose(platform_name="cpu").packed  # dense f32 is faster than XLA's decode
+    tight = backend.choose(platform_name="cpu", fits_dense=False)
+    assert tight.packed and "do not fit" in tight.describe()
+
+
+@pytest.mark.parametrize("name", ["gpu", "tpu"])
+def test_accelerator_policy(name):
+    b = backend.choose(platform_name=name)
+    assert (b.dtype, b.layout, b.kv_dtype, b.kernel, b.packed) == (
+        "bfloat16", "stacked", jnp.bfloat16, None, False
+    )  # fmt: skip
+    assert not (b.weight_first or b.gather_words or b.pads_decode)
+    assert backend.choose(platform_name=name, quantized=True).packed
+
+
+def test_policy_is_a_static_argument():
+    """Hashable and equal by value (a jit cache key); the reasons do not change identity."""
+    a, b = backend.choose(platform_name="gpu"), backend.choose(platform_name="gpu")
+    assert a == b and hash(a) == hash(b)
+    assert a != backend.choose(platform_name="gpu", dtype="float32")
+    f = jax.jit(lambda x, policy: x.astype(policy.kv_dtype), static_argnames="policy")
+    assert f(jnp.ones(2), policy=a).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"platform_name": "npu"}, "platform = 'npu'"),
+        ({"dtype": "int8"}, "dtype = int8"),
+        ({"dtype": "nonsense"}, "not a dtype"),
+        ({"layout": "rows"}, "layout = 'rows'"),
+    ],
+)
+def test_bad_choices_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        backend.choose(**kwargs)
+
+
+def test_load_stores_and_reports_the_policy():
+    m = phijax.load(TINY, progress=False)
+    assert m.backend == m.params.backend == backend.choose()
+    assert m.backend.describe().split(" (")[0] in m.load_summary
+    forced = phijax.load(TINY, progress=False, policy="gpu")
+    assert forced.backend == backend.choose(platform_name="gpu")
+    ids = np.load(TINY.with_suffix(".npz"))["ids"].tolist()[:8]
+    assert forced.logits(ids).dtype == np.float32  # runs here, under the accelerator policy
