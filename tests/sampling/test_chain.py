@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from phijax import sampling
-from phijax.errors import ConfigError
 from phijax.sampling import Sampler
 
 V = 300
@@ -272,52 +271,3 @@ def test_logprobs_are_the_models_whatever_the_sampler():
     # both f32 log-softmax over 20 logits, possibly fused differently: a few eps relative
     np.testing.assert_allclose(lp, want, rtol=1e-6)
     assert int(tok[1]) == int(jnp.argmax(logits[1]))
-
-
-def test_key_rule():
-    base = sampling.base_keys(7, [0, 3])
-    keys = sampling.step_keys(base, jnp.int32(5))
-    root = jax.random.PRNGKey(7)
-    want = jax.random.fold_in(jax.random.fold_in(root, 3), 5)
-    np.testing.assert_array_equal(keys[1], want)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"temperature": -1}, "temperature"),
-        ({"top_p": 0}, "top_p"),
-        ({"top_p": 1.5}, "top_p"),
-        ({"top_k": -3}, "top_k"),
-        ({"min_p": 2}, "min_p"),
-        ({"repetition_penalty": 0}, "repetition_penalty"),
-        ({"repeat_last_n": -2}, "repeat_last_n"),
-        ({"temperature": float("nan")}, "temperature"),
-        ({"top_k": 2.5}, "top_k"),
-        ({"order": ("top_p", "banana")}, "order"),
-        ({"logit_bias": ((-1, 2.0),)}, "logit_bias"),
-        ({"penalize_prompt": "yes"}, "penalize_prompt"),
-    ],
-)
-def test_bad_values_name_the_field(kwargs, field):
-    with pytest.raises(ConfigError, match=rf"Sampler\.{field} = .*allowed"):
-        Sampler(**kwargs)
-
-
-def test_from_mapping_refuses_or_drops_unknown_keys():
-    fields = {"temperature": 0.5, "top_k": 40, "no_repeat_ngram_size": 3}
-    with pytest.raises(ConfigError, match=r"\['no_repeat_ngram_size'\] do not exist; use .*top_k"):
-        Sampler.from_mapping(fields)
-    assert Sampler.from_mapping(fields, drop_unknown=True) == Sampler(temperature=0.5, top_k=40)
-    with pytest.raises(ConfigError, match=r"Sampler\.top_k = "):  # values are still validated
-        Sampler.from_mapping({"top_k": -1}, drop_unknown=True)
-
-
-def test_mixed_orders_in_one_batch_are_refused():
-    with pytest.raises(ConfigError, match="share their stage order"):
-        sampling.stack([Sampler(), Sampler.candle()], V)
-
-
-def test_logit_bias_outside_the_vocabulary():
-    with pytest.raises(ConfigError, match="outside the vocabulary"):
-        sampling.stack([Sampler(logit_bias=((V, 1.0),))], V)
