@@ -31,7 +31,7 @@ import numpy as np
 from _common import cpu_name, print_table
 from gguf import GGMLQuantizationType as QT
 
-from phijax import kernels
+from phijax import backend, kernels
 from phijax.gguf.relayout import relayout
 from phijax.gguf.synthetic import random_blocks
 from phijax.model.attention import attention
@@ -78,8 +78,11 @@ def _weight_first(x, w):
     return y.T.reshape(b, s, -1).mean(axis=-1, keepdims=True)
 
 
+CPU = backend.choose(platform_name="cpu")
+
+
 def _linear(x, w):
-    return linear(x, w).mean(axis=-1, keepdims=True)
+    return linear(x, w, CPU).mean(axis=-1, keepdims=True)
 
 
 def _decoded(x, w):

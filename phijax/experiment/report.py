@@ -17,7 +17,7 @@ import numpy as np
 from phijax.errors import ConfigError
 from phijax.experiment import metrics, speed, stats
 from phijax.experiment.runner import PROVENANCE, read_folder, read_results, results_files
-from phijax.experiment.schema import METRICS, _suggest
+from phijax.experiment.schema import METRICS, suggest
 
 _SWEEP_LABEL = re.compile(r"^(?P<base>[^\[]+)\[(?P<point>.*)\]$")
 _SPEED_NOTE = (
@@ -83,7 +83,7 @@ def differences(
     groups = _groups(rows)
     if baseline not in groups:
         raise ConfigError(
-            f"baseline {baseline!r}: no such strategy in the results{_suggest(baseline, groups)}; "
+            f"baseline {baseline!r}: no such strategy in the results{suggest(baseline, groups)}; "
             f"give one of {', '.join(groups)}."
         )
     base = {stats.row_key(r): r for r in groups[baseline]}

@@ -212,7 +212,7 @@ def run(
         if any((j.strategy, j.prompt.id, j.seed, s) not in done for j in batch for s in range(config.samples))
     ]  # fmt: skip
     if todo:
-        model = model if model is not None else _load(config.model, progress)
+        model = model if model is not None else load_model(config.model, progress)
         prov = provenance(model, config, seeds)
         if index == 0 and not prov_path.exists():
             tmp = prov_path.with_suffix(".tmp")
@@ -246,7 +246,7 @@ def _generate_batch(
     """Generate one batch and append its rows not yet ``done``, graded when there is a
     ``task``; returns how many were written."""
     items = {i.id: i for i in task.items} if task is not None else {}
-    prompts = [_prompt_text(model, j.prompt.text, config) for j in batch]
+    prompts = [prompt_text(model, j.prompt.text, config) for j in batch]
     g = model.generate(
         prompts, sampler=[j.sampler for j in batch], seed=batch[0].seed, num_samples=config.samples,
         max_new_tokens=config.max_new_tokens, stop=config.stop,
@@ -284,7 +284,7 @@ def _graded(task: Task, item: TaskItem, text: str) -> dict[str, Any]:
     return {"target": item.target, "answer": answer, "correct": int(correct)}
 
 
-def _load(spec: ModelSpec, progress: bool) -> Any:
+def load_model(spec: ModelSpec, progress: bool) -> Any:
     return phijax.load(spec.source, progress=progress, **spec.load_options())
 
 
@@ -325,7 +325,9 @@ def judge(
     ):
         judge_model = model
     if judge_model is None:
-        judge_model = _load(ModelSpec(**spec.model_dump(exclude={"chat", "batch_size"})), progress)
+        judge_model = load_model(
+            ModelSpec(**spec.model_dump(exclude={"chat", "batch_size"})), progress
+        )
     sha = file_sha256(Path(judge_model.path))
     judge_id = f"{sha[:16]}:{'chat' if spec.chat else 'raw'}"
     prov_path = results.parent / PROVENANCE
@@ -391,7 +393,7 @@ def _judge_prompt(tok: Any, text: str, config: ExperimentConfig, chat: bool) -> 
     return tok.apply_chat_template(messages)
 
 
-def _prompt_text(model: Any, text: str, config: ExperimentConfig) -> str | list[int]:
+def prompt_text(model: Any, text: str, config: ExperimentConfig) -> str | list[int]:
     if not config.chat:
         return text
     messages = ([{"role": "system", "content": config.system}] if config.system else []) + [

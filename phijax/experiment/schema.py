@@ -113,7 +113,7 @@ class ExperimentConfig(_Strict):
                 )
             if m not in METRICS:
                 raise ValueError(
-                    f"unknown metric {m!r}{_suggest(m, METRICS)}; known: {', '.join(METRICS)}"
+                    f"unknown metric {m!r}{suggest(m, METRICS)}; known: {', '.join(METRICS)}"
                 )
         return value
 
@@ -216,7 +216,7 @@ class ExperimentConfig(_Strict):
                     strategy, _, field = rest.partition(".")
                     if strategy not in strategies:
                         raise ConfigError(
-                            f"sweep key {key!r}: no strategy {strategy!r}{_suggest(strategy, strategies)}."
+                            f"sweep key {key!r}: no strategy {strategy!r}{suggest(strategy, strategies)}."
                         )
                     _check_sampler_keys({field: value}, "sweep")
                     strategies[strategy][field] = value
@@ -247,10 +247,10 @@ def _make_sampler(base: Sampler, fields: dict[str, Any], where: str) -> Sampler:
 def _check_sampler_keys(fields: dict[str, Any], where: str) -> None:
     for key in fields:
         if key not in SAMPLER_FIELDS:
-            raise ValueError(f"{where}.{key} is not a sampler field{_suggest(key, SAMPLER_FIELDS)}")
+            raise ValueError(f"{where}.{key} is not a sampler field{suggest(key, SAMPLER_FIELDS)}")
 
 
-def _suggest(word: str, choices: Iterable[str]) -> str:
+def suggest(word: str, choices: Iterable[str]) -> str:
     near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {near[0]!r}?)" if near else ""
 
@@ -295,7 +295,7 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> ExperimentConfig
         names = config.strategy_samplers()
         if config.baseline is not None and config.baseline not in names:
             raise ConfigError(
-                f"baseline = {config.baseline!r}: no such strategy{_suggest(config.baseline, names)}; "
+                f"baseline = {config.baseline!r}: no such strategy{suggest(config.baseline, names)}; "
                 f"give one of {', '.join(names)}."
             )
     except ValidationError as e:
@@ -319,7 +319,7 @@ def _describe(err: dict[str, Any]) -> str:
             }.get(".".join(str(p) for p in err["loc"][:-1]))
         )
         fields = parent.model_fields if parent is not None else {}
-        return f"unknown key {key!r}{_suggest(str(err['loc'][-1]), fields)}"
+        return f"unknown key {key!r}{suggest(str(err['loc'][-1]), fields)}"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"

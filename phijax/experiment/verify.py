@@ -27,8 +27,8 @@ from phijax.experiment.provenance import (
 )
 from phijax.experiment.runner import (
     PROVENANCE,
-    _load,
-    _prompt_text,
+    load_model,
+    prompt_text,
     read_folder,
     result_dir,
 )
@@ -122,7 +122,7 @@ def verify(
     pick = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
     chosen = [rows[i] for i in sorted(pick)]
     if model is None:
-        model = _load(config.model, progress)
+        model = load_model(config.model, progress)
     report.warnings = provenance_warnings(prov, model)
     groups: dict[tuple[int, tuple[str, ...]], list[dict[str, Any]]] = {}
     for row in chosen:
@@ -131,7 +131,7 @@ def verify(
     for (group_seed, _), group in groups.items():
         num = max(int(r["sample"]) for r in group) + 1
         g = model.generate(
-            [_prompt_text(model, r["prompt"], config) for r in group], sampler=[sampler_of(r) for r in group],
+            [prompt_text(model, r["prompt"], config) for r in group], sampler=[sampler_of(r) for r in group],
             seed=group_seed, num_samples=num, max_new_tokens=config.max_new_tokens, stop=config.stop,
         )  # fmt: skip
         for i, row in enumerate(group):

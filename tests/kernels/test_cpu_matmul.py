@@ -22,10 +22,10 @@ import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
-from phijax import kernels
+from phijax import backend, kernels
 from phijax.errors import ConfigError
 from phijax.gguf import relayout
-from phijax.model.layers import linear
+from phijax.model.layers import linear as model_linear
 from phijax.quant import QuantArray
 
 from blocks import random_blocks
@@ -176,6 +176,12 @@ def test_vmap_over_activations_and_over_weights(default_kernel):
     per_weight = jax.vmap(kernels.matmul, in_axes=(None, 0))(x[0], stack)
     for i in range(3):
         np.testing.assert_array_equal(per_weight[i], kernels.matmul(x[0], stack[i]))
+
+
+def linear(x, w):
+    """The model's ``linear`` under the CPU policy (its kernel build: this CPU's, as the
+    ``default_kernel`` fixture set it up)."""
+    return model_linear(x, w, backend.choose(platform_name="cpu"))
 
 
 def kernel_calls(fn, *args) -> int:
