@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from phijax.plan import cpu_name
+from phijax.decode_padding import cpu_name
 
 __all__ = ["cpu_name", "llama_cpp_version", "print_table"]
 

@@ -87,7 +87,7 @@ class Backend:
     @property
     def pads_decode(self) -> bool:
         """Whether small decode batches are padded to the row count measured fastest
-        (:mod:`phijax.plan`): a bf16 model on CPU, whose matrix-vector products are slow."""
+        (:mod:`phijax.decode_padding`): a bf16 model on CPU, whose matrix-vector products are slow."""
         return self.platform == "cpu" and self.compute_dtype != jnp.float32
 
     def kernel_rows(self, w: jax.Array | QuantArray) -> int | None:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phijax import batching, driver, plan, scoring, steps
+from phijax import batching, decode_padding, driver, scoring, steps
 from phijax import request as requests
 from phijax.backend import Backend
 from phijax.batching import Padded, bucket
@@ -331,9 +331,9 @@ class Model:
 
     @cached_property
     def _decode_plan(self) -> dict[int, int]:
-        """Rows to pad a small decode batch to (measured per machine: :mod:`phijax.plan`)."""
+        """Rows to pad a small decode batch to (measured per machine: :mod:`phijax.decode_padding`)."""
         c = self.config
-        return plan.decode_rows(self.backend, (2 * c.intermediate_size, c.hidden_size))
+        return decode_padding.decode_rows(self.backend, (2 * c.intermediate_size, c.hidden_size))
 
     def decode_batch(self, n: int) -> int:
         """The compiled batch size for ``n`` decode rows: a power of two, padded further

@@ -194,7 +194,7 @@ def token_scores(
     return _target_scores(logits, targets)
 
 
-def plan(
+def batches(
     lengths: Sequence[int],
     keys: Sequence[Any],
     batch_size: int | None,
@@ -226,7 +226,7 @@ def score_pairs(
 ) -> list[TokenScores]:
     """Per-token scores of each pair's continuation after its context, left-truncated to
     ``max_length`` input tokens as lm_eval's ``hf`` model does; one jitted call per batch
-    of :func:`plan`. A continuation longer than ``max_length`` is a ContextLengthError."""
+    of :func:`batches`. A continuation longer than ``max_length`` is a ContextLengthError."""
     vocab = params.config.vocab_size
     seqs = []
     for i, (ctx, cont) in enumerate(pairs):
@@ -244,7 +244,7 @@ def score_pairs(
     out: list[TokenScores | None] = [None] * len(seqs)
     per_row = lambda width: row_bytes(params.config, width, (), True)  # noqa: E731
     inputs, shifted = [s[:-1] for s in seqs], [s[1:] for s in seqs]
-    for group in plan(lengths, seqs, batch_size, per_row):
+    for group in batches(lengths, seqs, batch_size, per_row):
         (tokens, valid), (targets, _) = pack(inputs, group), pack(shifted, group)
         lp, greedy = token_scores(
             params, put_batch(tokens, mesh), put_batch(valid, mesh), put_batch(targets, mesh)

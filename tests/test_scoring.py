@@ -90,14 +90,14 @@ def test_plan_is_independent_of_input_order():
     lengths = [5, 40, 17, 17, 100, 3, 40, 4]
     keys = [(n, i % 2) for i, n in enumerate(lengths)]
     per_row = lambda width: scoring.BATCH_BYTES // 2  # noqa: E731 - two rows fit
-    batches = scoring.plan(lengths, keys, None, per_row)
+    batches = scoring.batches(lengths, keys, None, per_row)
     assert [(len(rows), b, w) for rows, b, w in batches] == [
         (1, 1, 128), (2, 2, 48), (2, 2, 32), (2, 2, 16), (1, 2, 16)
     ]  # fmt: skip
     perm = [6, 2, 0, 7, 5, 1, 4, 3]
-    moved = scoring.plan([lengths[i] for i in perm], [keys[i] for i in perm], None, per_row)
+    moved = scoring.batches([lengths[i] for i in perm], [keys[i] for i in perm], None, per_row)
     assert [[perm[r] for r in rows] for rows, _, _ in moved] == [rows for rows, _, _ in batches]
-    assert max(len(rows) for rows, _, _ in scoring.plan(lengths, keys, 1, per_row)) == 1
+    assert max(len(rows) for rows, _, _ in scoring.batches(lengths, keys, 1, per_row)) == 1
 
 
 # -- the scorer ----------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def _seeds(config: ExperimentConfig, out: Path, processes: int) -> list[int]:
     return [seed]
 
 
-def plan(
+def jobs_for(
     config: ExperimentConfig,
     seeds: list[int],
     base_dir: Path | None = None,
@@ -203,7 +203,7 @@ def run(
             )
     seeds = _seeds(config, out, count)
     task = load_task(config.task, base_dir) if config.task is not None else None
-    jobs = plan(config, seeds, base_dir, task)
+    jobs = jobs_for(config, seeds, base_dir, task)
     done = {_key(r) for r in read_folder(out, repair=results)}
     mine = list(_batches(jobs, config.samples, config.batch_size))[index::count]
     todo = [
