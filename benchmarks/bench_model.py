@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _common import cpu_name, llama_cpp_version, print_table
-from bench_modes import MODES, mode_rows, real_text, run_mode, run_modes
+from bench_modes import MODES, mode_rows, print_backends, real_text, run_mode, run_modes
 
 import phijax
 from phijax import Sampler, backend, driver, hub, loading, steps
@@ -684,14 +684,14 @@ def main() -> None:
         results = run_modes(args.model, args.modes, batches=sizes.batches, new=sizes.new_tokens,
                             prompt=sizes.prefill_len, reps=reps, text=real_text())  # fmt: skip
         rows = mode_rows(results, sizes.batches, sizes.prefill_len, sizes.new_tokens)
-        mode_tables.append((args.model, list(results), rows))
+        mode_tables.append((args.model, results, rows))
     if args.phi3:
         results = bench_phi3(
             args.phi3.expanduser(), sizes, reps, llama_cpp, table, args.modes or ["f32"]
         )
         if results:
             rows = mode_rows(results, sizes.batches, sizes.phi3_prompt, sizes.phi3_new)
-            mode_tables.append((args.phi3.name, list(results), rows))
+            mode_tables.append((args.phi3.name, results, rows))
 
     for line in machine_lines():
         print(line)
@@ -701,9 +701,10 @@ def main() -> None:
         print("--quick: smoke-test sizes, numbers are meaningless")
     print(f"ratio columns: phijax / llama.cpp; total run {time.perf_counter() - started:.0f} s")
     table.print(args.markdown)
-    for name, modes, rows in mode_tables:
+    for name, results, rows in mode_tables:
         print(f"\nweight modes, {name} (each in its own process; ratios against f32)")
-        print_table(["metric", *modes, "note"], rows, args.markdown)
+        print_table(["metric", *results, "note"], rows, args.markdown)
+        print_backends(results)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Weight modes side by side: f32, quantized=True and bf16 on this machine, one model.
+"""Weight modes side by side: the default, f32, quantized=True and bf16 on this machine, one model.
+
+``default`` is ``phijax.load(source)`` with no options: whatever :func:`phijax.backend.choose`
+picks here (its choice is printed under the table); ``f32`` is ``quantized=False``.
 
 Each mode runs in a fresh process, so its memory is its own: load time, the load's
 peak RSS over the process's RSS after JAX started (``VmHWM - VmRSS``), the weights'
@@ -41,7 +44,8 @@ jax.block_until_ready(jax.tree.leaves(m.params))
 after = resource.getrusage(resource.RUSAGE_SELF)
 out = {"load_s": time.perf_counter() - start, "load_peak": status("VmHWM") - base,
        "load_sys_s": after.ru_stime - before.ru_stime,
-       "weights": sum(x.nbytes for x in jax.tree.leaves(m.params))}
+       "weights": sum(x.nbytes for x in jax.tree.leaves(m.params)),
+       "backend": m.backend.describe()}
 rng = np.random.default_rng(0)
 vocab = m.config.vocab_size
 greedy = Sampler.greedy()
@@ -62,7 +66,12 @@ out["peak"] = status("VmHWM") - base
 print(json.dumps(out))
 """
 
-MODES = {"f32": {}, "quantized": {"quantized": True}, "bf16": {"dtype": "bfloat16"}}
+MODES = {
+    "default": {},
+    "f32": {"quantized": False},
+    "quantized": {"quantized": True},
+    "bf16": {"dtype": "bfloat16"},
+}
 REAL_TEXT = Path(__file__).parents[1] / "docs" / "sampling.md"
 
 
@@ -143,6 +152,13 @@ def main() -> None:
                         prompt=args.prompt, reps=args.reps, text=text)  # fmt: skip
     rows = mode_rows(results, args.batch, args.prompt, args.new)
     print_table(["metric", *results, "note"], rows, args.markdown)
+    print_backends(results)
+
+
+def print_backends(results: dict[str, dict]) -> None:
+    """What each mode's load chose (the default's line is the backend policy's choice)."""
+    for mode, r in results.items():
+        print(f"{mode}: {r['backend']}")
 
 
 if __name__ == "__main__":
