@@ -159,9 +159,7 @@ def decode(
         )
         return logits[:, 0].astype(jnp.float32), cache
 
-    def step(carry):
-        t, s, out = carry
-        logits, cache = jax.lax.cond(s.fresh, lambda s: (s.logits, s.cache), forward, s)
+    def sampled(t, s: DecodeState, out: DecodeOut, logits: jax.Array):
         live = ~s.done
         nxt, lp, alt_ids, alt_lp, new_sampler = _sample(
             logits, base_keys, s.step, s.sampler, sparams, order=order, top_n=top_n
@@ -181,9 +179,14 @@ def decode(
         done = s.done | jnp.isin(nxt, stop_ids) | (t + 1 >= budget)
         return (
             t + 1,
-            DecodeState(cache, nxt, logits, jnp.bool_(False), sampler, done, s.step + 1),
+            DecodeState(s.cache, nxt, logits, jnp.bool_(False), sampler, done, s.step + 1),
             out,
         )
+
+    def step(carry):
+        t, s, out = carry
+        logits, cache = forward(s)
+        return sampled(t, s._replace(cache=cache), out, logits)
 
     def more(carry):
         t, s, _ = carry
@@ -195,7 +198,13 @@ def decode(
         jnp.zeros((b, steps, top_n), jnp.int32),
         jnp.zeros((b, steps, top_n), jnp.float32),
     )
-    _, state, out = jax.lax.while_loop(more, step, (jnp.int32(0), state, out))
+    # The first token after a prefill samples the prefill's logits. That step runs under a
+    # cond outside the loop, without the cache: a cache passed through a cond (one branch
+    # writing it, one not) is copied whole by XLA, in every step (2x the cache's memory).
+    carry = (jnp.int32(0), state._replace(cache=None), out)
+    first = state.fresh & more(carry)
+    t, s, out = jax.lax.cond(first, lambda c: sampled(*c, c[1].logits), lambda c: c, carry)
+    _, state, out = jax.lax.while_loop(more, step, (t, s._replace(cache=state.cache), out))
     return out, state
 
 
