@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
+from typing import Any
 
+from phijax import options
 from phijax.decode_padding import cpu_name
 
-__all__ = ["cpu_name", "llama_cpp_version", "print_table"]
+__all__ = [
+    "add_load_flags",
+    "cpu_name",
+    "llama_cpp_version",
+    "load_argv",
+    "load_kwargs",
+    "print_table",
+]
+
+
+def add_load_flags(parser: argparse.ArgumentParser) -> None:
+    """``phijax.load``'s options as flags (``--no-quantized``, ``--dtype``, ...; unset: the
+    device's default, as ``phijax.load`` chooses it)."""
+    options.add_flags(parser.add_argument_group("phijax.load options (unset: the default)"))
+
+
+def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The load options set on the command line, as ``phijax.load`` keywords."""
+    fields = options.LoadOptions.model_fields
+    return {k: v for k, v in options.from_flags(args).items() if v != fields[k].default}
+
+
+def load_argv(args: argparse.Namespace) -> list[str]:
+    """The load options set on the command line, as flags again (for a child process)."""
+    out = []
+    for key, value in load_kwargs(args).items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        else:
+            out += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return out
 
 
 def llama_cpp_version() -> str:

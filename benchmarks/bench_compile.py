@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import add_load_flags, load_argv, load_kwargs
+
 TEXT = (
     "The old lighthouse keeper climbed the spiral stairs each evening, counting the steps "
     "as his father had, and lit the lamp that guided the fishing boats home through the fog."
@@ -83,7 +85,7 @@ def _call(m, which: str, text) -> None:
         m.generate(text, max_new_tokens=8, sampler=phijax.Sampler.greedy(), edits=edits)
 
 
-def child(model: str, which: str) -> dict:
+def child(model: str, which: str, load: dict) -> dict:
     """One call's first and second run in this (fresh) process."""
     import phijax
     from phijax import steps
@@ -92,7 +94,7 @@ def child(model: str, which: str) -> dict:
         which = which.removesuffix("@whole")
         steps.activations = steps.whole_pass
     t0 = time.perf_counter()
-    m = phijax.load(model, progress=False)
+    m = phijax.load(model, progress=False, **load)
     load_s = time.perf_counter() - t0
     seen = _events()
     t0 = time.perf_counter()
@@ -105,11 +107,11 @@ def child(model: str, which: str) -> dict:
     return {"load_s": load_s, "first_s": first, "second_s": second, **first_events}
 
 
-def sweep(model: str) -> dict:
+def sweep(model: str, load: dict) -> dict:
     """Traces per call for each of 20 prompt lengths in one bucket, after the first."""
     import phijax
 
-    m = phijax.load(model, progress=False)
+    m = phijax.load(model, progress=False, **load)
     seen = _events()
     rng = __import__("numpy").random.default_rng(0)
     out = {}
@@ -124,14 +126,14 @@ def sweep(model: str) -> dict:
     return out
 
 
-def _run(model: str, mode: str, cache: Path) -> dict:
+def _run(model: str, mode: str, cache: Path, load_flags: list[str]) -> dict:
     env = {
         **os.environ,
         "JAX_COMPILATION_CACHE_DIR": str(cache),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
     }
     env.pop("PHIJAX_NO_CACHE", None)
-    cmd = [sys.executable, __file__, "--model", model, "--child", mode]
+    cmd = [sys.executable, __file__, "--model", model, "--child", mode, *load_flags]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{mode} failed:\n{done.stderr[-3000:]}")
@@ -169,9 +171,15 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_load_flags(parser)
     args = parser.parse_args()
+    load = load_kwargs(args)
     if args.child:
-        result = sweep(args.model) if args.child == "sweep" else child(args.model, args.child)
+        result = (
+            sweep(args.model, load)
+            if args.child == "sweep"
+            else child(args.model, args.child, load)
+        )
         print(json.dumps(result))
         return
 
@@ -187,8 +195,8 @@ def main() -> None:
         for _ in range(args.reps):
             cache = Path(tempfile.mkdtemp(prefix="phijax-jax-cache-"))
             try:
-                runs["cold"].append(_run(args.model, which, cache))
-                runs["warm"].append(_run(args.model, which, cache))
+                runs["cold"].append(_run(args.model, which, cache, load_argv(args)))
+                runs["warm"].append(_run(args.model, which, cache, load_argv(args)))
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
         for kind, results in runs.items():
@@ -208,7 +216,7 @@ def main() -> None:
     if not args.no_sweep:
         cache = Path(tempfile.mkdtemp(prefix="phijax-jax-cache-"))
         try:
-            counts = _run(args.model, "sweep", cache)
+            counts = _run(args.model, "sweep", cache, load_argv(args))
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         print()

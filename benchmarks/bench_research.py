@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from _common import cpu_name, print_table
+from _common import add_load_flags, cpu_name, load_kwargs, print_table
 from bench_model import PeakRSS, rss
 
 import phijax
@@ -175,12 +175,13 @@ def median_s(fn: Callable[[], object], reps: int) -> tuple[tuple[float, float], 
 
 
 def run_phijax(
-    source: str, texts: list[str], name: str, reps: int, check: list[int], cold_note: str
-) -> dict:
+    source: str, texts: list[str], name: str, reps: int, check: list[int], cold_note: str,
+    load: dict,
+) -> dict:  # fmt: skip
     """Load, then one cold and ``reps`` warm ``activations`` calls; the token ids, the
     captures of the ``check`` rows, and the runs."""
     peak = PeakRSS().start()
-    m = phijax.load(source, progress=False)
+    m = phijax.load(source, progress=False, **load)
     ids = m.tokenizer.encode_batch(texts)
     tokens = sum(map(len, ids))
     cold_s, _ = timed(lambda: m.activations(texts, names=[name]))
@@ -311,6 +312,7 @@ def main() -> None:
         help="let JAX's persistent compilation cache serve the cold call (default: off)",
     )
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    add_load_flags(parser)
     args = parser.parse_args()
 
     load_at_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -324,7 +326,7 @@ def main() -> None:
     by_length = np.argsort([len(t) for t in texts], kind="stable")
     check = sorted({int(by_length[0]), int(by_length[-1]), 1, len(texts) // 2})
 
-    ours = run_phijax(args.model, texts, name, args.reps, check, cold_note)
+    ours = run_phijax(args.model, texts, name, args.reps, check, cold_note, load_kwargs(args))
     gc.collect()  # phijax's model and outputs, before HF loads
     theirs = run_hf(
         hub.resolve(args.model), ours["ids"], args.layer, args.hf_batch, args.reps, check

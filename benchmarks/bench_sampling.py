@@ -22,6 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import add_load_flags, load_kwargs
 
 import phijax
 from phijax import Sampler, sampling, steps
@@ -115,11 +116,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 1])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--markdown", action="store_true")
+    add_load_flags(parser)
     parser.add_argument("--random-prompts", action="store_true",
                         help="random-token prompts (flat distributions: top-p/typical-p fall back to bisection)")  # fmt: skip
     args = parser.parse_args()
 
-    model = phijax.load(args.model, progress=False)
+    model = phijax.load(args.model, progress=False, **load_kwargs(args))
     print(
         f"CPU: {platform.processor() or platform.machine()}; jax {jax.__version__} {jax.default_backend()}; {model}"
     )
