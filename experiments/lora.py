@@ -117,7 +117,7 @@ def main() -> None:
     start = time.perf_counter()
 
     m = phijax.load(args.model, progress=False, quantized=args.quantized)
-    gen_model = phijax.load(args.model, progress=False) if args.quantized else m
+    gen_model = phijax.load(args.model, progress=False, quantized=False) if args.quantized else m
     eos = [] if m.tokenizer.eos_id is None else [m.tokenizer.eos_id]  # teaches it to stop
     rows = [m.tokenizer.encode(PROMPT + h) + eos for h in HAIKU]
     tokens, lengths = phijax.pad(rows)  # one shape for every batch: one compile

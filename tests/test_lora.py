@@ -25,7 +25,7 @@ forward = jax.jit(phijax.forward)  # one compile per tree and shape; eager runs 
 
 @pytest.fixture(scope="module")
 def f32():
-    return phijax.load(FIXTURE, progress=False)
+    return phijax.load(FIXTURE, progress=False, quantized=False)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_save_and_load_round_trip_exactly(trained, tmp_path, f32, batch):
 
 
 def test_stacked_layout_applies_the_same_update(trained, f32, batch):
-    stacked = phijax.load(FIXTURE, progress=False, layout="stacked")
+    stacked = phijax.load(FIXTURE, progress=False, layout="stacked", quantized=False)
     adapters, _ = trained
     tokens, lengths = batch
     got = forward(lora.apply(stacked.params, adapters), tokens, lengths=lengths)
