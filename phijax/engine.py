@@ -80,12 +80,15 @@ class Model:
 
     # -- shapes -------------------------------------------------------------
 
-    def _limit(self) -> int:
+    @property
+    def sequence_limit(self) -> int:
+        """The most tokens (prompt + new) one sequence may have: ``max_seq_len``, at most
+        the model's context."""
         return min(self.max_seq_len or self.config.context_length, self.config.context_length)
 
     def cache_len_for(self, needed: int) -> int:
         """Static cache length for sequences of up to ``needed`` tokens, or ContextLengthError."""
-        limit = self._limit()
+        limit = self.sequence_limit
         if needed > limit:
             which = (
                 "max_seq_len"
@@ -361,7 +364,7 @@ class Model:
         at most ``batch_size``, with the log-softmax on the device (:mod:`phijax.scoring`).
         """
         pairs = scoring.as_pairs(self.tokenizer, contexts, continuations, method="loglikelihood")
-        limit = scoring.resolve_max_length(max_length, self._limit())
+        limit = scoring.resolve_max_length(max_length, self.sequence_limit)
         return scoring.loglikelihood(
             self.params, pairs, max_length=limit, batch_size=batch_size, mesh=self.mesh
         )
@@ -382,7 +385,7 @@ class Model:
             self.tokenizer, prompts, continuations, method="score",
             names=("prompts", "continuations"),
         )  # fmt: skip
-        limit = scoring.resolve_max_length(max_length, self._limit())
+        limit = scoring.resolve_max_length(max_length, self.sequence_limit)
         scores = scoring.score_pairs(
             self.params, pairs, max_length=limit, batch_size=batch_size, mesh=self.mesh
         )

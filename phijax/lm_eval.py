@@ -160,7 +160,7 @@ class PhijaxLM(TemplateLM):
         else:
             self.model = phijax.load(str(pretrained), dtype=dtype, quantized=bool(quantized))
         self._max_length = scoring.resolve_max_length(
-            None if max_length is None else int(max_length), self.model._limit()
+            None if max_length is None else int(max_length), self.model.sequence_limit
         )
         self._batch_size = _batch_size(batch_size)
         self.seed = int(seed)
