@@ -43,7 +43,10 @@ Measured, in this order, and printed as one table:
   decode of 16 tokens), then each of ``--modes`` in its own process on the same file:
   load time and the load's peak RSS (each against llama.cpp's), first token cold (first
   call: tracing and compiling, or the persistent cache) and warm, decode at batch 1, 8 and
-  32 for 16 tokens (batch 1 against llama.cpp, every batch against f32). The f32 mode
+  32 for 16 tokens (batch 1 against llama.cpp, every batch against f32). Peak RSS twice:
+  for llama.cpp's own workload (load + batch 1, a second process of the mode) against
+  llama.cpp's peak (its mapped model file counts in its RSS), and for the whole run, whose
+  peak is batch 32's KV cache (``benchmarks/rss_stages.py`` splits it by stage). The f32 mode
   needs ~16 GB; a mode that fails (memory) is reported as such. Each load's CPU time in
   the kernel is noted, and after the modes a fresh process writes the f32 weight bytes
   of fresh memory (``np.ones``): the machine's floor under an f32 load.
@@ -76,6 +79,9 @@ from bench_modes import MODES, mode_rows, print_backends, real_text, run_mode, r
 
 import phijax
 from phijax import Sampler, backend, driver, hub, loading, steps
+from phijax.batching import bucket
+from phijax.cache import KVCache
+from phijax.config import Phi3Config
 from phijax.errors import ContextLengthError
 from phijax.gguf import GGUFFile
 
@@ -601,8 +607,14 @@ def bench_phi3(
         try:
             results[mode] = run_mode(path, mode, batches=sizes.batches, new=sizes.phi3_new,
                                      prompt=sizes.phi3_prompt, reps=reps, text=None)  # fmt: skip
+            # llama.cpp's own workload alone (batch 1), so the peaks compare like with like
+            alone = run_mode(path, mode, batches=(1,), new=sizes.phi3_new,
+                             prompt=sizes.phi3_prompt, reps=1, text=None)  # fmt: skip
+            results[mode]["peak_b1"] = alone["peak"]
         except RuntimeError as e:
             table.add(f"{mode}: phijax", "failed", note=str(e).splitlines()[0][:200])
+    c = Phi3Config.from_gguf(GGUFFile(path))
+    kv = KVCache.bytes_for(c, max(sizes.batches), bucket(20 + sizes.phi3_new + 1, 128))
     base = results.get("f32", {})
     if base:
         write_s = first_touch_s(weight_bytes)
@@ -625,8 +637,11 @@ def bench_phi3(
             vs_f32 = f"{ours[key] / base[key]:.2f}x f32" if base and mode != "f32" else ""
             table.add(f"{mode}: decode batch {b}, {sizes.phi3_new} tokens",
                       *_pair(ours, theirs if b == 1 else {}, key, lambda v: f"{v:.2f} tok/s"), vs_f32)  # fmt: skip
-        table.add(f"{mode}: peak RSS delta, load + all runs", *_pair(ours, theirs, "peak", gb),
-                  "llama.cpp n_ctx 512" if theirs else "")  # fmt: skip
+        table.add(f"{mode}: peak RSS delta, load + batch 1 (llama.cpp's runs)",
+                  *_pair(ours, theirs, "peak_b1", gb),
+                  "own process; llama.cpp n_ctx 512, its mapped file counted" if theirs else "")  # fmt: skip
+        table.add(f"{mode}: peak RSS delta, load + all runs", gb(ours["peak"]), None, None,
+                  f"batch {max(sizes.batches)}'s f32 KV cache alone is {gb(kv)}")  # fmt: skip
     return results
 
 
