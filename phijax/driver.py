@@ -166,17 +166,22 @@ def decode_chunks(
         params, request.prompts, request.cache_len, chunk_len=chunk_len, mesh=mesh,
         edit_arrays=request.edit_arrays, edit_fns=request.edit_fns,
     )  # fmt: skip
-    take = jnp.asarray([i for i, _ in request.rows] + [0] * (b - n), jnp.int32)
-    cache = KVCache(
-        jnp.take(prompt_cache.k, take, axis=1),
-        jnp.take(prompt_cache.v, take, axis=1),
-        jnp.take(prompt_cache.lengths, take),
-    )
+    sources = [i for i, _ in request.rows]
+    if sources == list(range(n)) and prompt_cache.batch == b:
+        # each row is its own prompt's row of the prefill (padding rows are done): no
+        # gather, which would hold a second whole cache while it copies
+        cache, first = prompt_cache, last_logits
+    else:
+        take = jnp.asarray(sources + [0] * (b - n), jnp.int32)
+        cache = KVCache(
+            jnp.take(prompt_cache.k, take, axis=1),
+            jnp.take(prompt_cache.v, take, axis=1),
+            jnp.take(prompt_cache.lengths, take),
+        )
+        cache = put_cache(cache, mesh)  # rows over "data" again after the gather
+        first = jnp.take(last_logits, take, axis=0)
     del prompt_cache
-    cache = put_cache(cache, mesh)  # rows over "data" again after the gather
-    state = steps.start_decode(
-        cache, jnp.take(last_logits, take, axis=0), sstate, np.arange(b) >= n
-    )
+    state = steps.start_decode(cache, first, sstate, np.arange(b) >= n)
     if compiled is not None:
         compiled.result()  # its errors are the step's own: raised here, as the call would
     status = RowStatus(np.zeros(n, np.bool_), np.full(n, request.max_new_tokens, np.int32))

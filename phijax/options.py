@@ -93,7 +93,9 @@ class LoadOptions(BaseModel):
             except (TypeError, ValueError):
                 shape = ()
             if len(shape) != 2 or min(shape) < 1:
-                raise ValueError(f"give two positive sizes DATA,MODEL, not {value!r}")
+                raise ValueError(
+                    "give a jax.sharding.Mesh, or two positive sizes DATA,MODEL such as 2,1"
+                )
             return shape
         return value
 
@@ -119,8 +121,9 @@ def parse(options: Mapping[str, Any], where: str = "phijax.load") -> LoadOptions
     except ValidationError as e:
         error = e.errors()[0]
         key = ".".join(map(str, error["loc"]))
+        why = error["msg"].removeprefix("Value error, ")
         raise ConfigError(
-            f"{where}: {key} = {options.get(key)!r}: {error['msg']} "
+            f"{where}: {key} = {options.get(key)!r}: {why} "
             f"({LoadOptions.model_fields[key].description})."
         ) from None
 

@@ -94,7 +94,7 @@ def test_rules_table_covers_every_parameter():
 @pytest.mark.parametrize(
     ("mesh", "match"),
     [
-        ("model", r"mesh = 'model' is not a jax.sharding.Mesh; make one with jax.make_mesh"),
+        ("model", r"mesh = 'model': give a jax.sharding.Mesh, or two positive sizes DATA,MODEL"),
         (
             Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("batch", "tp")),
             r"mesh axes \('batch', 'tp'\) must be exactly \('data', 'model'\)",
