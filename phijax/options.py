@@ -49,7 +49,9 @@ class LoadOptions(BaseModel):
         "does); on requires a window; off attends to the whole context",
     )
     tokenizer: Any = Field(
-        default=None, description="a tokenizer.json overriding the file's vocabulary"
+        default=None,
+        description="a tokenizer.json overriding the file's vocabulary",
+        json_schema_extra={"metavar": "TOKENIZER_JSON"},
     )
     layout: Literal["layers", "stacked"] | None = Field(
         default=None,
@@ -59,8 +61,9 @@ class LoadOptions(BaseModel):
     )
     mesh: Any = Field(
         default=None,
-        description="split over devices: DATA,MODEL (a ('data', 'model') mesh of that shape; "
-        "from Python also a jax.sharding.Mesh)",
+        description="split over devices: a ('data', 'model') mesh of that shape (from "
+        "Python also a jax.sharding.Mesh)",
+        json_schema_extra={"metavar": "DATA,MODEL"},
     )
 
     policy: Literal["cpu", "gpu", "tpu"] | None = Field(
@@ -141,7 +144,7 @@ def add_flags(parser: argparse.ArgumentParser | Any) -> None:
             parser.add_argument(flag, choices=kind, default=field.default, help=field.description)
         else:
             typ = int if int in kind else str
-            metavar = "DATA,MODEL" if name == "mesh" else name.upper()
+            metavar = (field.json_schema_extra or {}).get("metavar", name.upper())
             parser.add_argument(
                 flag, type=typ, default=None, metavar=metavar, help=field.description
             )
