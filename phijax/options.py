@@ -42,6 +42,7 @@ class LoadOptions(BaseModel):
         default=None,
         gt=0,
         description="a cap on prompt + new tokens (default: the model's context)",
+        json_schema_extra={"metavar": "N"},
     )
     sliding_window: Literal["auto", "on", "off"] = Field(
         default="auto",
