@@ -217,8 +217,8 @@ def test_unembed_is_the_final_norm_and_head(gqa, rows):
 @pytest.fixture(scope="module")
 def plain_and_q4():
     """Two fixture files of one config with different weights (compiled steps are shared)."""
-    a = phijax.load(FIXTURES / "plain.gguf", progress=False)
-    b = phijax.load(FIXTURES / "q4_0.gguf", progress=False)
+    a = phijax.load(FIXTURES / "plain.gguf", progress=False, quantized=False)
+    b = phijax.load(FIXTURES / "q4_0.gguf", progress=False, quantized=False)  # dense: one tree
     assert a.config == b.config
     return a, b
 
