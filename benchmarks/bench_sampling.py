@@ -89,7 +89,7 @@ def measure(
         def decode(params=params, state=state, order=s.order):
             start = steps.DecodeState(
                 jax.tree.map(jnp.copy, prefill_cache), jnp.zeros((b,), jnp.int32),
-                jnp.asarray(logits), jnp.bool_(False), jax.tree.map(jnp.copy, state),
+                jnp.copy(logits), jnp.bool_(False), jax.tree.map(jnp.copy, state),
                 jnp.zeros((b,), bool), jnp.int32(1),
             )  # fmt: skip
             return steps.decode(
