@@ -307,16 +307,19 @@ class Model:
     def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
         """Text of one continuation of ``prompt`` as it decodes (``generate``'s options);
         ``for piece in model.stream("Hi", chat=True): print(piece, end="")``."""
-        inspect.signature(Model.generate).bind(self, prompt, **options)  # generate's names only
+        bound = inspect.signature(Model.generate).bind(self, prompt, **options)
+        bound.apply_defaults()  # generate's defaults, written once
+        args = dict(bound.arguments)
+        del args["self"], args["prompts"]
         if (
-            options.pop("stream", None) is not None
-            or options.get("num_samples", 1) != 1
+            args.pop("stream") is not None
+            or args["num_samples"] != 1
             or not (isinstance(prompt, str) or requests.is_ids(prompt))
         ):
             raise ConfigError(
                 "stream() takes one prompt and one sample; use generate(stream=...) for more."
             )
-        request = requests.build(self.tokenizer, self.config, self.cache_len_for, prompt, **options)
+        request = requests.build(self.tokenizer, self.config, self.cache_len_for, prompt, **args)
         for _row, text in self._texts(request, request.outputs(self.tokenizer)):
             yield text
 

@@ -75,18 +75,18 @@ def build(
     cache_len_for: Callable[[int], int],
     prompts: Any,
     *,
-    sampler: Sampler | Sequence[Sampler] | None = None,
-    max_new_tokens: int = 100,
-    seed: int = 0,
-    num_samples: int = 1,
-    chat: bool = False,
-    stop: Sequence[str | int] = (),
-    top_logprobs: int = 0,
-    edits: Mapping[str, Any] | None = None,
+    sampler: Sampler | Sequence[Sampler] | None,
+    max_new_tokens: int,
+    seed: int,
+    num_samples: int,
+    chat: bool,
+    stop: Sequence[str | int],
+    top_logprobs: int,
+    edits: Mapping[str, Any] | None,
 ) -> Request:
-    """Validate a generate() call (its arguments as ``Model.generate`` documents them) and
-    prepare its rows, samplers, stops and sizes; ``cache_len_for(tokens)`` sizes the cache
-    (or raises ContextLengthError)."""
+    """Validate a generate() call (its arguments, and their defaults, as ``Model.generate``
+    documents them) and prepare its rows, samplers, stops and sizes; ``cache_len_for(tokens)``
+    sizes the cache (or raises ContextLengthError)."""
     if not _is_count(max_new_tokens):
         raise ConfigError(f"max_new_tokens = {max_new_tokens!r} must be a positive integer.")
     if not _is_count(num_samples):
