@@ -8,6 +8,9 @@ key), it subclasses that builtin too, so generic handlers keep working.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class PhijaxError(Exception):
     """Base class of every error phijax raises on purpose."""
@@ -54,3 +57,9 @@ def short_repr(value: object) -> str:
         value = [*value[:8], "..."]
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a misspelt ``word``, or ""."""
+    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""

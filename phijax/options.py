@@ -9,7 +9,6 @@ field here, with its description, and reaches all three.
 from __future__ import annotations
 
 import argparse
-import difflib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from phijax.errors import ConfigError
+from phijax.errors import ConfigError, suggest
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -114,10 +113,9 @@ def parse(options: Mapping[str, Any], where: str = "phijax.load") -> LoadOptions
     value and what to give instead (with a "did you mean" for a misspelt key)."""
     unknown = [k for k in options if k not in LoadOptions.model_fields]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], LoadOptions.model_fields, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
-            f"{where}: unknown option {unknown[0]!r}{hint}; the options are "
+            f"{where}: unknown option {unknown[0]!r}{suggest(unknown[0], LoadOptions.model_fields)}; "
+            "the options are "
             f"{', '.join(LoadOptions.model_fields)}."
         )
     try:

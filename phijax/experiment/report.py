@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from phijax.errors import ConfigError
+from phijax.errors import ConfigError, suggest
 from phijax.experiment import metrics, speed, stats
 from phijax.experiment.runner import PROVENANCE, read_folder, read_results, results_files
-from phijax.experiment.schema import METRICS, suggest
+from phijax.experiment.schema import METRICS
 
 _SWEEP_LABEL = re.compile(r"^(?P<base>[^\[]+)\[(?P<point>.*)\]$")
 _SPEED_NOTE = (

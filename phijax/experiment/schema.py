@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from phijax.errors import ConfigError
+from phijax.errors import ConfigError, suggest
 from phijax.experiment.tasks import ExtractSpec, TaskSpec, load_task
 from phijax.options import LoadOptions
 from phijax.sampling import CANDLE_ORDER, LLAMACPP_ORDER, Sampler
@@ -248,11 +247,6 @@ def _check_sampler_keys(fields: dict[str, Any], where: str) -> None:
     for key in fields:
         if key not in SAMPLER_FIELDS:
             raise ValueError(f"{where}.{key} is not a sampler field{suggest(key, SAMPLER_FIELDS)}")
-
-
-def suggest(word: str, choices: Iterable[str]) -> str:
-    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
