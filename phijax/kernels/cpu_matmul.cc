@@ -9,8 +9,9 @@
 // Exactness: a code times its scale is exact in f32 (phijax.gguf.dequant), so
 // fmsub(code, scale, min) rounds once, like QuantArray.dequantize's product-then-subtract:
 // the weights are the f32 mode's, bit for bit. Only the order of the sum differs (two
-// accumulators of L lanes per row, then a tree). Each output row is computed the same way
-// whatever the number of rows, so results do not depend on the batch.
+// accumulators of L lanes per output, for even and odd vectors of a step, then a tree).
+// Each output is computed the same way whatever the number of rows, so results do not
+// depend on the batch.
 //
 // Work: output columns are split into chunks claimed from an atomic counter by the caller
 // and by tasks on XLA's intra-op thread pool; the caller finishes any chunk left unclaimed,
@@ -43,7 +44,7 @@ constexpr const char* kIsa = "avx512";
 struct Simd {
   using V = __m512;
   static constexpr int kLanes = 16;
-  static constexpr int kMaxRows = 8;  // 8 x 2 accumulators of the 32 registers
+  static constexpr int kMaxRows = 4, kCols = 2;  // 4 rows x 2 columns x 2 accumulators of the 32 registers
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float v) { return _mm512_set1_ps(v); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
@@ -71,7 +72,7 @@ constexpr const char* kIsa = "avx2";
 struct Simd {
   using V = __m256;
   static constexpr int kLanes = 8;
-  static constexpr int kMaxRows = 4;  // 4 x 2 accumulators of the 16 registers
+  static constexpr int kMaxRows = 4, kCols = 1;  // 4 rows x 2 accumulators of the 16 registers
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float v) { return _mm256_set1_ps(v); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
@@ -105,7 +106,7 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
     float v[8];
   };
   static constexpr int kLanes = 8;
-  static constexpr int kMaxRows = 4;
+  static constexpr int kMaxRows = 4, kCols = 1;
   template <typename F>
   static V map(F f) {
     V r;
@@ -186,7 +187,10 @@ inline V decode(const uint8_t* row, int64_t k) {
 
 // y[r * ldy + c] = dot(x[r * ldx, :], w[n + c, :]) for r < kRows, c < kCols: each block of
 // a weight row is decoded once for kRows rows of x, and each x vector serves kCols weight rows.
-// One accumulator per (r, c), whatever the tile: the sums do not depend on the tiling.
+// Two accumulators per (r, c), one for the even and one for the odd vectors of each step,
+// whatever the tile: the sums do not depend on the tiling, and at one row of x the two
+// independent chains of fused multiply-adds keep the vector units busy (one chain waits
+// on each FMA's latency: Q4_K [16384, 3072] at one row 2.11 -> 1.47 ms, AMD EPYC Zen 4).
 template <Codes kCodes, int kBlock, bool kMins, int kRows, int kCols>
 void dot_tile(const Weight& w, int64_t n, const float* x, int64_t ldx, float* y, int64_t ldy) {
   const uint8_t* row[kCols];
@@ -197,11 +201,12 @@ void dot_tile(const Weight& w, int64_t n, const float* x, int64_t ldx, float* y,
     scales[c] = w.scales ? w.scales + (n + c) * w.groups : nullptr;
     mins[c] = kMins ? w.mins + (n + c) * w.groups : nullptr;
   }
-  V acc[kRows][kCols];
+  V acc[kRows][kCols][2];
   for (int r = 0; r < kRows; ++r) {
-    for (int c = 0; c < kCols; ++c) acc[r][c] = Simd::zero();
+    for (int c = 0; c < kCols; ++c) acc[r][c][0] = acc[r][c][1] = Simd::zero();
   }
   constexpr int kVectors = kStep<kCodes> / kLanes;
+  static_assert(kVectors % 2 == 0, "a step feeds both accumulators");
   for (int64_t k = 0; k < w.cols; k += kStep<kCodes>) {
     unrolled(std::make_integer_sequence<int, kVectors>{}, [&](auto i) {
       constexpr int kI = decltype(i)::value;
@@ -220,12 +225,12 @@ void dot_tile(const Weight& w, int64_t n, const float* x, int64_t ldx, float* y,
       }
       for (int r = 0; r < kRows; ++r) {
         const V xv = Simd::load(x + r * ldx + k + kI * kLanes);
-        for (int c = 0; c < kCols; ++c) acc[r][c] = Simd::fmadd(weight[c], xv, acc[r][c]);
+        for (int c = 0; c < kCols; ++c) acc[r][c][kI % 2] = Simd::fmadd(weight[c], xv, acc[r][c][kI % 2]);
       }
     });
   }
   for (int r = 0; r < kRows; ++r) {
-    for (int c = 0; c < kCols; ++c) y[r * ldy + c] = Simd::sum(acc[r][c]);
+    for (int c = 0; c < kCols; ++c) y[r * ldy + c] = Simd::sum(Simd::add(acc[r][c][0], acc[r][c][1]));
   }
 }
 
@@ -237,7 +242,7 @@ using RowsFn = void (*)(const Problem&, int64_t, int64_t);
 // (each x vector then serves two weight rows).
 template <Codes kCodes, int kBlock, bool kMins, int kRows>
 void tile_columns(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
-  constexpr int kCols = kRows == 1 ? 1 : 2;
+  constexpr int kCols = kRows == 1 ? 1 : Simd::kCols;
   const int64_t cols = p.w.cols, rows = p.w.rows;
   const float* x = p.x + m0 * cols;
   float* y = p.y + m0 * rows;
