@@ -102,9 +102,10 @@ class Backend:
     def describe(self) -> str:
         """One line for the load summary: dtype, weights, layout, products, and why."""
         weights = "packed weights" if self.packed else "dense weights"
-        if self.kernel is not None:
+        kernel_work = self.packed or self.dtype == "bfloat16"  # what the kernel multiplies
+        if self.kernel is not None and kernel_work:
             products = f"CPU kernel {self.kernel}"
-        elif self.platform == "cpu" and (self.packed or self.dtype == "bfloat16"):
+        elif self.platform == "cpu" and kernel_work:
             products = "XLA's products (" + ("on the mesh" if self.mesh else kernels.status()) + ")"
         else:
             products = "XLA's products"
@@ -120,6 +121,7 @@ def choose(
     layout: str | None = None,
     mesh: bool = False,
     fits_dense: bool = True,
+    has_quantized: bool = True,
 ) -> Backend:
     """The policy for a model: explicit arguments win; ``None`` takes the platform's default.
 
@@ -131,7 +133,8 @@ def choose(
     kernel (inside a scan it copies or loops naively: batch-1 decode on Phi-3-mini shapes
     streams 6.7 GB/s instead of 31), while separate per-layer arrays reach the bound; the
     price is a layer loop unrolled at trace time, which the persistent compilation cache
-    pays once. The kernel only on CPU and outside a mesh.
+    pays once. The kernel only on CPU and outside a mesh. ``has_quantized=False`` (a file
+    whose matrices are all floats) leaves nothing to pack: the weights are dense.
     """
     name = platform_name or platform()
     if name not in PLATFORMS:
@@ -149,7 +152,9 @@ def choose(
             f"layout = {layout!r}; use one of {LAYOUTS} (or None for the device's default)."
         )
     kernel = kernels.chosen() if cpu and not mesh else None
-    if quantized is None:
+    if not has_quantized:
+        quantized = False
+    elif quantized is None:
         if not cpu or dtype is not None:
             quantized = False
         elif kernel is not None:

@@ -39,6 +39,14 @@ def test_cpu_policy():
     assert not bf16.packed and bf16.kv_dtype == jnp.float32 and bf16.pads_decode
     assert not backend.choose(platform_name="cpu", quantized=False).packed
     assert backend.choose(platform_name="cpu", mesh=True).kernel is None  # XLA splits products
+    assert not backend.choose(platform_name="cpu", has_quantized=False).packed  # nothing to pack
+
+
+@pytest.mark.skipif(kernels.chosen() is None, reason="names the kernel: needs a build here")
+def test_summary_names_the_kernel_only_where_it_multiplies():
+    assert f"CPU kernel {kernels.chosen()}" in backend.choose(platform_name="cpu").describe()
+    dense = backend.choose(platform_name="cpu", quantized=False).describe()
+    assert "kernel" not in dense and "dense weights" in dense
 
 
 def test_cpu_policy_without_the_kernel(monkeypatch):
@@ -83,7 +91,7 @@ def test_bad_choices_are_config_errors(kwargs, match):
 
 def test_load_stores_and_reports_the_policy():
     m = phijax.load(TINY, progress=False)
-    assert m.backend == m.params.backend == backend.choose()
+    assert m.backend == m.params.backend == backend.choose(has_quantized=False)  # F32 file
     assert m.backend.describe().split(" (")[0] in m.load_summary
     forced = phijax.load(TINY, progress=False, policy="gpu")
     assert forced.backend == backend.choose(platform_name="gpu")
