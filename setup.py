@@ -21,9 +21,14 @@ def _xla_ffi_include() -> str | None:
     return include if os.path.isfile(os.path.join(include, "xla", "ffi", "api", "ffi.h")) else None
 
 
+VNNI_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
+"""The AVX-512 build plus integer dot products (int8 activations: ``vpdpbusd``)."""
+
+
 def _kernel(isa: str, flags: list[str], include: str) -> Extension:
     name = f"_cpu_matmul_{isa}"
-    macros = [("PHIJAX_MODULE", name)] + ([(f"PHIJAX_{isa.upper()}", "1")] if flags else [])
+    family = "AVX512" if isa.startswith("avx512") else isa.upper()
+    macros = [("PHIJAX_MODULE", name)] + ([(f"PHIJAX_{family}", "1")] if flags else [])
     return Extension(
         f"phijax.kernels.{name}",
         sources=["phijax/kernels/cpu_matmul.cc"],
@@ -31,7 +36,9 @@ def _kernel(isa: str, flags: list[str], include: str) -> Extension:
         define_macros=macros,
         extra_compile_args=["/std:c++17", "/O2"]
         if sys.platform == "win32"
-        else ["-std=c++17", "-O3", "-fvisibility=hidden", *flags],
+        # no contraction of a * b + c into one FMA where the source does not ask for one: the
+        # int8 activations must round x * scale first, as llama.cpp does (int8_dot.h)
+        else ["-std=c++17", "-O3", "-fvisibility=hidden", "-ffp-contract=off", *flags],
         language="c++",
         optional=True,
     )
@@ -52,6 +59,7 @@ def _kernels() -> list[Extension]:
         kernels += [
             _kernel("avx2", ["-mavx2", "-mfma"], include),
             _kernel("avx512", ["-mavx512f", "-mfma"], include),
+            _kernel("avx512vnni", [*VNNI_FLAGS, "-mfma"], include),
         ]
     return kernels
 

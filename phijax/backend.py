@@ -55,6 +55,7 @@ class Backend:
     layout: str
     kernel: str | None
     mesh: bool = False
+    activations: str = "f32"
     why: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     @property
@@ -90,6 +91,10 @@ class Backend:
         (:mod:`phijax.decode_padding`): a bf16 model on CPU, whose matrix-vector products are slow."""
         return self.platform == "cpu" and self.compute_dtype != jnp.float32
 
+    def activations_for(self, w: jax.Array | QuantArray) -> str:
+        """How ``linear`` treats its input for ``w``: int8 activations apply to packed weights."""
+        return self.activations if isinstance(w, QuantArray) else "f32"
+
     def kernel_rows(self, w: jax.Array | QuantArray) -> int | None:
         """Rows of ``x`` up to which ``w`` is multiplied on the kernel (``None``: never)."""
         return None if self.kernel is None else kernels.row_limit(w)
@@ -97,7 +102,7 @@ class Backend:
     def uses_kernel(self, x: jax.Array, w: jax.Array | QuantArray) -> bool:
         """Whether ``linear(x, w)`` runs on the kernel: a build is chosen, it takes ``w``,
         and ``x`` has at most :meth:`kernel_rows` rows (outside any traced mesh)."""
-        return self.kernel is not None and kernels.applies(x, w)
+        return self.kernel is not None and kernels.applies(x, w, self.activations_for(w))
 
     def describe(self) -> str:
         """One line for the load summary: dtype, weights, layout, products, and why."""
@@ -109,6 +114,8 @@ class Backend:
             products = "XLA's products (" + ("on the mesh" if self.mesh else kernels.status()) + ")"
         else:
             products = "XLA's products"
+        if self.activations == "int8":
+            weights += " with int8 activations (llama.cpp's rounding)"
         line = f"{self.dtype}, {weights}, {self.layout} layout, {products}"
         return line + (f" ({'; '.join(self.why)})" if self.why else "")
 
@@ -122,6 +129,7 @@ def choose(
     mesh: bool = False,
     fits_dense: bool = True,
     has_quantized: bool = True,
+    activations: str | None = None,
 ) -> Backend:
     """The policy for a model: explicit arguments win; ``None`` takes the platform's default.
 
@@ -164,6 +172,15 @@ def choose(
             quantized = not fits_dense
             if quantized:
                 why.append("packed: dense f32 weights do not fit in free memory")
+    activations = activations or "f32"
+    if activations not in kernels.ACTIVATIONS:
+        raise ConfigError(f"activations = {activations!r}; use one of {kernels.ACTIVATIONS}.")
+    if activations == "int8" and not (quantized and has_quantized):
+        raise ConfigError(
+            "activations = 'int8' rounds the inputs of packed products: it needs packed weights "
+            "(quantized=True, the CPU default where phijax's kernel runs) and a file with "
+            "quantized matrices."
+        )
     return Backend(
         platform=name,
         dtype=compute.name,
@@ -171,5 +188,6 @@ def choose(
         layout=layout or ("layers" if cpu else "stacked"),
         kernel=kernel,
         mesh=mesh,
+        activations=activations,
         why=tuple(why),
     )

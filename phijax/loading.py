@@ -140,6 +140,7 @@ def load(
         mesh=mesh is not None,
         fits_dense=free is None or dense < free,
         has_quantized=any(t.ggml_type in QUANTIZED_TYPES for t in f.tensors.values()),
+        activations=opts.activations,
     )
     needed = weight_bytes(f, policy.compute_dtype, policy.packed) // shards
     cache_len = min(opts.max_seq_len or 2048, config.context_length)

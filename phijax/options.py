@@ -66,6 +66,11 @@ class LoadOptions(BaseModel):
         json_schema_extra={"metavar": "DATA,MODEL"},
     )
 
+    activations: Literal["f32", "int8"] | None = Field(
+        default=None,
+        description="int8: round each packed product's input to int8 per block as llama.cpp does "
+        "(its numerics, and integer products on CPU); default f32",
+    )
     policy: Literal["cpu", "gpu", "tpu"] | None = Field(
         default=None,
         description="whose defaults to apply (default: the platform JAX runs on); e.g. gpu on "

@@ -38,6 +38,9 @@ class QuantArray:
     scales: jax.Array
     mins: jax.Array | None = None
     nibbles: int = field(default=0, metadata={"static": True})
+    activation_block: int = field(default=32, metadata={"static": True})
+    """The block llama.cpp rounds activations in for this weight's type (256 for k-quants,
+    32 for the others): :mod:`phijax.int8`'s, when activations are int8."""
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -55,6 +55,7 @@ def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...]) -> QuantArray:
         fields.scales.reshape(groups),
         None if fields.mins is None else fields.mins.reshape(groups),
         block_type.nibbles,
+        activation_block=GGML_QUANT_SIZES[qtype][0],
     )
 
 
@@ -113,5 +114,12 @@ def concatenate(parts: Sequence[QuantArray], axis: int = 0) -> QuantArray:
     """Rows of several QuantArrays as one (fused q|k|v or gate|up of any types)."""
     block = min(p.block for p in parts)
     with_mins = any(p.mins is not None for p in parts)
-    parts = [to_layout(p, block, with_mins, _shared(p.nibbles for p in parts)) for p in parts]
+    nibbles = _shared(p.nibbles for p in parts)
+    activation_block = min(p.activation_block for p in parts)  # 32 unless all are k-quants
+    parts = [
+        dataclasses.replace(
+            to_layout(p, block, with_mins, nibbles), activation_block=activation_block
+        )
+        for p in parts
+    ]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *parts)

@@ -32,11 +32,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phijax import int8
 from phijax.errors import ConfigError, UnsupportedError
 from phijax.quant import QuantArray, dense
 
-BUILDS: tuple[str, ...] = ("avx512", "avx2", "generic")
-"""The kernel's builds (``setup.py``), fastest first."""
+BUILDS: tuple[str, ...] = ("avx512vnni", "avx512", "avx2", "generic")
+"""The kernel's builds (``setup.py``), fastest first: ``avx512vnni`` is ``avx512`` plus
+integer dot products for int8 activations (the others run those with portable loops)."""
+ACTIVATIONS = ("f32", "int8")
+"""How the kernel multiplies: f32 activations (the f32 mode's products), or activations
+rounded to int8 per block as llama.cpp rounds them (:mod:`phijax.int8`, ``int8_dot.h``)."""
 TARGET = "phijax_cpu_matmul"
 """The prefix of the builds' FFI targets: build ``b`` registers ``f"{TARGET}_{b}"``."""
 ENV = "PHIJAX_CPU_KERNEL"
@@ -161,40 +166,55 @@ def _pack(codes: np.ndarray, group: int) -> np.ndarray:
 
 def _self_check(build: str) -> str:
     """``build`` against numpy on every code layout (int8 codes in blocks of 16 and 32,
-    4-bit codes in groups of 32 and 64, each with and without mins; bf16), with 9 rows of x (tiles
-    of 8 or 4 and a remainder) and 7 weight rows (pairs and a remainder); '' when every
-    product is within f32 rounding of the exact one, else which layout is wrong."""
+    4-bit codes in groups of 32 and 64, each with and without mins; bf16), with f32 and, for
+    packed layouts, int8 activations (:mod:`phijax.int8`'s rounding, in blocks of 256 and
+    32), with 9 rows of x (tiles of 4 and a remainder) and 7 weight rows (pairs and a
+    remainder); '' when every product is within f32 rounding of the exact one (of the rounded
+    activations, for int8), else which layout is wrong."""
     rng = np.random.default_rng(0)
-    out, cols = 7, 128
+    out, cols = 7, 256
     x = rng.standard_normal((9, cols)).astype(np.float32)
-    cases: dict[str, tuple[jax.Array | QuantArray, np.ndarray]] = {}
+    cases: dict[str, tuple[jax.Array | QuantArray, str, np.ndarray, np.ndarray]] = {}
     layouts = [(0, 16), (0, 32), (32, 32), (64, 32)]  # (nibbles, block)
     for (nibbles, block), with_mins in itertools.product(layouts, (True, False)):
         lo, hi = (0, 16) if nibbles else (-128, 128)
         codes = rng.integers(lo, hi, (out, cols))
         scales = (rng.integers(1, 64, (out, cols // block)) / 64).astype(np.float32)
         mins = rng.standard_normal(scales.shape).astype(np.float32) if with_mins else None
-        w = np.repeat(scales, block, 1) * codes.astype(np.float32)  # exact: dyadic scales
+        per_code = np.repeat(scales, block, 1)
+        w = per_code * codes.astype(np.float32)  # exact: dyadic scales
+        size = per_code * (np.abs(codes) + 128)  # int8 codes are offset by 128 for int8 activations
         if with_mins:
             w = w - np.repeat(mins, block, 1)  # one rounding, like the kernel's fmsub
+            size = size + np.abs(np.repeat(mins, block, 1))
         values = _pack(codes, nibbles) if nibbles else codes.astype(np.int8)
-        q = QuantArray(
-            jnp.asarray(values),
-            jnp.asarray(scales),
-            None if mins is None else jnp.asarray(mins),
-            nibbles,
-        )
         name = f"4-bit groups of {nibbles}" if nibbles else f"int8 blocks of {block}"
-        cases[f"{name}, {'with' if with_mins else 'no'} mins"] = (q, w)
+        name = f"{name}, {'with' if with_mins else 'no'} mins"
+        for act_block in int8.BLOCKS:
+            q = QuantArray(
+                jnp.asarray(values),
+                jnp.asarray(scales),
+                None if mins is None else jnp.asarray(mins),
+                nibbles,
+                act_block,
+            )
+            if act_block == 32:
+                cases[name] = (q, "f32", w, np.abs(w))
+            cases[f"{name}, int8 activations in blocks of {act_block}"] = (q, "int8", w, size)
     bf16 = jnp.asarray(rng.standard_normal((out, cols)), jnp.bfloat16)
-    cases["bf16"] = (bf16, np.asarray(bf16.astype(jnp.float32)))
-    weights = [w for w, _ in cases.values()]
-    got = jax.jit(lambda x, ws: [_call(build, None, x, w) for w in ws])(x, weights)
-    x64 = x.astype(np.float64)
-    for (name, (_, w)), y in zip(cases.items(), got, strict=True):
-        w64 = w.astype(np.float64)
-        bound = cols * np.finfo(np.float32).eps * (np.abs(x64) @ np.abs(w64).T)
-        if not np.all(np.abs(np.asarray(y) - x64 @ w64.T) <= bound):
+    w16 = np.asarray(bf16.astype(jnp.float32))
+    cases["bf16"] = (bf16, "f32", w16, np.abs(w16))
+    acts = [act for _, act, _, _ in cases.values()]
+    weights = [w for w, _, _, _ in cases.values()]
+    run = jax.jit(
+        lambda x, ws: [_call(build, None, a, x, w) for a, w in zip(acts, ws, strict=True)]
+    )
+    got = run(x, weights)
+    for (name, (q, act, w, size)), y in zip(cases.items(), got, strict=True):
+        xs = x if act == "f32" else np.asarray(int8.fake_quant(jnp.asarray(x), q.activation_block))
+        x64 = xs.astype(np.float64)
+        bound = cols * np.finfo(np.float32).eps * (np.abs(x64) @ size.astype(np.float64).T)
+        if not np.all(np.abs(np.asarray(y) - x64 @ w.astype(np.float64).T) <= bound):
             return f"wrong products for {name}"
     return ""
 
@@ -253,10 +273,15 @@ def row_limit(w: jax.Array | QuantArray) -> int | None:
     return BF16_MAX_ROWS if w.dtype == jnp.bfloat16 else None
 
 
-def fits(w: jax.Array | QuantArray) -> bool:
+def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     """Whether the kernel takes ``w`` (``cpu_matmul.cc``'s rules): one matrix of a width that
     is a multiple of 32; bf16, or int8 codes in blocks of 16 or 32, or 4-bit codes in groups of
-    32 or 64 with blocks of 32; mins, if any, shaped like the scales."""
+    32 or 64 with blocks of 32; mins, if any, shaped like the scales. int8 activations take
+    packed weights of a width that is a multiple of 64 (and of the activation block)."""
+    if activations == "int8" and (
+        not isinstance(w, QuantArray) or w.shape[-1] % max(64, w.activation_block)
+    ):
+        return False
     if not isinstance(w, QuantArray):
         return w.dtype == jnp.bfloat16 and w.ndim == 2 and w.shape[1] % 32 == 0
     cols = w.shape[-1]
@@ -270,7 +295,7 @@ def fits(w: jax.Array | QuantArray) -> bool:
     return w.block in (16, 32) and w.values.dtype == jnp.int8
 
 
-def applies(x: jax.Array, w: jax.Array | QuantArray) -> bool:
+def applies(x: jax.Array, w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     """Whether :func:`~phijax.model.layers.linear` should use the kernel for ``x [..., in]``
     and ``w``: a weight it :func:`fits`, at most :func:`row_limit` rows of ``x`` (under
     ``vmap``, :func:`matmul` recounts them with the batch), outside a device mesh (XLA
@@ -279,15 +304,18 @@ def applies(x: jax.Array, w: jax.Array | QuantArray) -> bool:
     limit = row_limit(w)
     return (
         limit is not None
-        and fits(w)
+        and fits(w, activations)
         and int(np.prod(x.shape[:-1])) <= limit
         and jax.sharding.get_abstract_mesh().empty
     )
 
 
-def reference(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
-    """``x [rows, in] @ w.T`` in f32 by decoding ``w`` first: the pure-JAX product."""
+def reference(x: jax.Array, w: jax.Array | QuantArray, activations: str = "f32") -> jax.Array:
+    """``x [rows, in] @ w.T`` in f32 by decoding ``w`` first: the pure-JAX product (with
+    ``activations="int8"``, of ``x`` rounded by :func:`phijax.int8.fake_quant`)."""
     x = x.astype(jnp.float32)
+    if activations == "int8" and isinstance(w, QuantArray):
+        x = int8.fake_quant(x, w.activation_block)
     return jnp.dot(x, dense(w, jnp.float32).T, preferred_element_type=jnp.float32)
 
 
@@ -297,60 +325,76 @@ def matmul(
     *,
     build: str | None = None,
     max_rows: int | None = None,
+    activations: str = "f32",
 ) -> jax.Array:
     """``x [rows, in] @ w.T`` → ``[rows, out]`` f32 by the kernel, for a packed or bf16
     ``w [out, in]`` that it :func:`fits`. ``build``: one of :func:`builds` (default: the one
     :func:`status` names). ``max_rows``: when ``vmap`` folds a batch into more rows than this,
     the batched product is the pure one (``linear`` passes :func:`row_limit`; ``None``: no
-    limit). Differentiable (the derivatives are :func:`reference`'s) and batchable like any
-    JAX function."""
+    limit). ``activations``: ``"f32"``, or ``"int8"`` (a packed ``w`` only): ``x`` rounded
+    per block as llama.cpp rounds it (:mod:`phijax.int8`), multiplied in integers.
+    Differentiable (the derivatives are :func:`reference`'s) and batchable like any JAX
+    function."""
+    if activations not in ACTIVATIONS:
+        raise ConfigError(f"activations = {activations!r}; use one of {ACTIVATIONS}.")
+    if activations == "int8" and not fits(w, activations):
+        raise UnsupportedError(
+            "int8 activations take a packed weight whose width is a multiple of 64 (and of "
+            f"its activation block); got {type(w).__name__} of shape {tuple(w.shape)}."
+        )
     if build is None:
         build, line = _chosen()
         if build is None:
             raise UnsupportedError(f"phijax's CPU kernel is {line}")
     elif why := _checked(_known(build)):
         raise UnsupportedError(f"phijax's CPU kernel build {build} is {why}")
-    return _matmul(build, max_rows, x, w)
+    return _matmul(build, max_rows, activations, x, w)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _matmul(build: str, max_rows: int | None, x: jax.Array, w) -> jax.Array:
-    return _call(build, max_rows, x.astype(jnp.float32), w)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _matmul(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -> jax.Array:
+    return _call(build, max_rows, activations, x.astype(jnp.float32), w)
 
 
 @_matmul.defjvp
-def _matmul_jvp(build, max_rows, primals, tangents):
-    return _matmul(build, max_rows, *primals), jax.jvp(reference, primals, tangents)[1]
+def _matmul_jvp(build, max_rows, activations, primals, tangents):
+    tangent = jax.jvp(functools.partial(reference, activations=activations), primals, tangents)[1]
+    return _matmul(build, max_rows, activations, *primals), tangent
 
 
-def _call(build: str, max_rows: int | None, x: jax.Array, w) -> jax.Array:
+# The kernel's ``act`` attribute: how it rounds activations (int8_dot.h's Act).
+_ACT = {("f32", 32): 0, ("f32", 256): 0, ("int8", 256): 1, ("int8", 32): 2}
+
+
+def _call(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -> jax.Array:
     empty = jnp.zeros((0,), jnp.float32)
     if not isinstance(w, QuantArray):
-        return _ffi(build, 0, max_rows)(x, w, empty, empty)
+        return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty)
     mins = empty if w.mins is None else w.mins
-    return _ffi(build, w.nibbles, max_rows)(x, w.values, w.scales, mins)
+    act = _ACT[activations, w.activation_block]
+    return _ffi(build, w.nibbles, w.activation_block, act, max_rows)(x, w.values, w.scales, mins)
 
 
-def _pure(x: jax.Array, w: jax.Array | QuantArray) -> jax.Array:
+def _pure(x: jax.Array, w: jax.Array | QuantArray, activations: str) -> jax.Array:
     """:func:`reference`, with a packed weight tied to ``x`` by a zero-valued data dependency
     so that XLA decodes it where it is used (as ``linear``'s pure path does)."""
     if isinstance(w, QuantArray) and x.size:
         tie = (x.reshape(-1)[0] * 0).astype(w.values.dtype)
         w = dataclasses.replace(w, values=w.values + tie)
-    return reference(x, w)
+    return reference(x, w, activations)
 
 
 @functools.cache
-def _ffi(build: str, nibbles: int, max_rows: int | None):
-    """The foreign call of ``build`` for one code layout, batched by folding a batch of ``x``
-    into its rows (weights shared; the pure product beyond ``max_rows`` rows) or, when the
-    weights carry the batch too, one call per item."""
+def _ffi(build: str, nibbles: int, activation_block: int, act: int, max_rows: int | None):
+    """The foreign call of ``build`` for one code layout and activation rounding (``act``),
+    batched by folding a batch of ``x`` into its rows (weights shared; the pure product beyond
+    ``max_rows`` rows) or, when the weights carry the batch too, one call per item."""
 
     @jax.custom_batching.custom_vmap
     def call(x, values, scales, mins):
         out = jax.ShapeDtypeStruct((x.shape[0], values.shape[0]), jnp.float32)
         return jax.ffi.ffi_call(target(build), out)(
-            x, values, scales, mins, nibbles=np.int64(nibbles)
+            x, values, scales, mins, act=np.int64(act), nibbles=np.int64(nibbles)
         )
 
     @call.def_vmap
@@ -361,8 +405,11 @@ def _ffi(build: str, nibbles: int, max_rows: int | None):
             if max_rows is not None and size * rows > max_rows:
                 w = values
                 if values.dtype != jnp.bfloat16:
-                    w = QuantArray(values, scales, mins if mins.ndim == 2 else None, nibbles)
-                return _pure(folded, w).reshape(size, rows, -1), True
+                    w = QuantArray(
+                        values, scales, mins if mins.ndim == 2 else None, nibbles, activation_block
+                    )
+                activations = "f32" if act == 0 else "int8"
+                return _pure(folded, w, activations).reshape(size, rows, -1), True
             return call(folded, values, scales, mins).reshape(size, rows, -1), True
         args = [
             a if b else jnp.broadcast_to(a, (axis_size, *a.shape))

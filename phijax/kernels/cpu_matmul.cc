@@ -2,9 +2,10 @@
 // w = scales * codes - mins per block of a row) or a bf16 weight, decoded in registers and
 // multiplied in f32.
 //
-// One source, built three times (setup.py): with -mavx512f (16 lanes), with -mavx2 -mfma
-// (8 lanes) and with no flags (portable loops). The portable build also reports the CPU's
-// features, so Python imports a vector build only on a CPU that runs it.
+// One source, built four times (setup.py): with -mavx512f (16 lanes), the same with integer
+// dot products (-mavx512vnni, for int8 activations: int8_dot.h), with -mavx2 -mfma (8 lanes)
+// and with no flags (portable loops). The portable build also reports the CPU's features, so
+// Python imports a vector build only on a CPU that runs it.
 //
 // Exactness: a code times its scale is exact in f32 (phijax.gguf.dequant), so
 // fmsub(code, scale, min) rounds once, like QuantArray.dequantize's product-then-subtract:
@@ -22,12 +23,15 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -40,7 +44,11 @@ namespace ffi = xla::ffi;
 namespace {
 
 #if defined(PHIJAX_AVX512)
+#if defined(__AVX512VNNI__)
+constexpr const char* kIsa = "avx512vnni";
+#else
 constexpr const char* kIsa = "avx512";
+#endif
 struct Simd {
   using V = __m512;
   static constexpr int kLanes = 16;
@@ -234,6 +242,8 @@ void dot_tile(const Weight& w, int64_t n, const float* x, int64_t ldx, float* y,
   }
 }
 
+#include "int8_dot.h"
+
 using RowsFn = void (*)(const Problem&, int64_t, int64_t);
 
 // Output columns [n0, n1) for rows [m0, m0 + kRows) of x: one weight row at a time for one
@@ -284,15 +294,17 @@ RowsFn pick(bool bf16, int64_t nibbles, int64_t block, bool with_mins) {
   return block == 16 ? pick<Codes::kInt8, 16>(with_mins) : pick<Codes::kInt8, 32>(with_mins);
 }
 
+// Output columns [n0, n1) of one product.
+using Columns = std::function<void(int64_t, int64_t)>;
+
 struct Job {
-  Problem problem;
-  RowsFn fn;
-  int64_t chunk, chunks;
+  Columns columns;
+  int64_t rows, chunk, chunks;
   std::atomic<int64_t> next{0}, done{0};
 
   void work() {
     for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
-      fn(problem, c * chunk, std::min(problem.w.rows, (c + 1) * chunk));
+      columns(c * chunk, std::min(rows, (c + 1) * chunk));
       done.fetch_add(1, std::memory_order_release);
     }
   }
@@ -338,7 +350,7 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::Buffer<f
 
 ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes,
                            ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> mins,
-                           ffi::ResultBuffer<ffi::F32> y, int64_t nibbles) {
+                           ffi::ResultBuffer<ffi::F32> y, int64_t act, int64_t nibbles) {
   const auto xd = x.dimensions();
   if (xd.size() != 2) return ffi::Error::InvalidArgument("cpu_matmul: x must be 2-D");
   const int64_t m = xd[0], cols = xd[1];
@@ -349,9 +361,26 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
     return ffi::Error::InvalidArgument("cpu_matmul: the output must be [rows of x, rows of the weight]");
   }
   auto job = std::make_shared<Job>();
-  job->problem = Problem{*w, x.typed_data(), y->typed_data(), m};
-  job->fn = pick(codes.element_type() == ffi::DataType::BF16, nibbles, w->groups ? cols / w->groups : 0,
-                 w->mins != nullptr);
+  const int64_t block = w->groups ? cols / w->groups : 0;
+  if (act != static_cast<int64_t>(Act::kF32)) {
+    if ((act != static_cast<int64_t>(Act::kQ8K) && act != static_cast<int64_t>(Act::kQ8_0)) || block == 0 ||
+        cols % (act == static_cast<int64_t>(Act::kQ8K) ? 256 : 64) != 0 || (nibbles != 0 && block != 32)) {
+      return ffi::Error::InvalidArgument(
+          "cpu_matmul: int8 activations take packed or int8 codes with a scale per 16 or 32, and "
+          "columns a multiple of 64 (256 for k-quant activations)");
+    }
+    auto p = std::make_shared<Int8Problem>();
+    p->w = *w;
+    p->y = y->typed_data();
+    p->m = m;
+    quantize_rows(x.typed_data(), m, cols, static_cast<Act>(act), block, p->x);
+    job->columns = [p, fn = pick_int8(nibbles, block)](int64_t n0, int64_t n1) { fn(*p, n0, n1); };
+  } else {
+    const Problem problem{*w, x.typed_data(), y->typed_data(), m};
+    job->columns = [problem, fn = pick(codes.element_type() == ffi::DataType::BF16, nibbles, block,
+                                       w->mins != nullptr)](int64_t n0, int64_t n1) { fn(problem, n0, n1); };
+  }
+  job->rows = w->rows;
   // Chunks of ~256 K multiply-adds, at most 256 rows: long runs of each weight stream, and
   // dozens of chunks per matrix to share between threads.
   job->chunk = 4 * std::clamp<int64_t>((int64_t{1} << 18) / std::max<int64_t>(1, m * cols), 1, 64);
@@ -373,6 +402,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmul, CpuMatmulImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // scales [rows, groups] or [0]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // mins [rows, groups] or [0]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y [m, rows]
+                                  .Attr<int64_t>("act")          // activations: 0 f32, 1 int8 per 256, 2 per 32
                                   .Attr<int64_t>("nibbles"));
 
 namespace {
@@ -389,7 +419,10 @@ PyObject* Supported(PyObject*, PyObject*) {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  for (const char* isa : {__builtin_cpu_supports("avx512f") && avx2 ? "avx512" : "", avx2 ? "avx2" : ""}) {
+  const bool avx512 = __builtin_cpu_supports("avx512f") && avx2;
+  const bool vnni = avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512vnni");
+  for (const char* isa : {vnni ? "avx512vnni" : "", avx512 ? "avx512" : "", avx2 ? "avx2" : ""}) {
     if (*isa == 0) continue;
     PyObject* name = PyUnicode_FromString(isa);
     PyList_Append(out, name);

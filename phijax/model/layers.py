@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from phijax import kernels
+from phijax import int8, kernels
 from phijax.backend import Backend
 from phijax.config import Phi3Config
 from phijax.model.attention import attention
@@ -46,14 +46,23 @@ def linear(x: jax.Array, w: jax.Array | QuantArray, backend: Backend) -> jax.Arr
     A QuantArray or a bf16 weight goes to :func:`phijax.kernels.matmul` (decoded in
     registers: 2-4x the f32 product at one row) when ``backend`` has a kernel build and
     :func:`phijax.kernels.applies`; under ``vmap`` the kernel recounts the rows with the
-    batch and keeps the same row limit.
+    batch and keeps the same row limit. With int8 activations (``backend.activations``) a
+    packed product's input is rounded as llama.cpp rounds it (:mod:`phijax.int8`), on the
+    kernel (integer products) or here.
     """
+    activations = backend.activations_for(w)
     if backend.uses_kernel(x, w):
         *lead, n = x.shape
         y = kernels.matmul(
-            x.reshape(-1, n), w, build=backend.kernel, max_rows=backend.kernel_rows(w)
+            x.reshape(-1, n),
+            w,
+            build=backend.kernel,
+            max_rows=backend.kernel_rows(w),
+            activations=activations,
         )
         return y.reshape(*lead, -1)
+    if activations == "int8":
+        x = int8.fake_quant(x, w.activation_block)
     if isinstance(w, QuantArray):
         tie = (x.reshape(-1)[0] * 0).astype(w.values.dtype)  # zero, but a data dependency on x
         w = dataclasses.replace(w, values=w.values + tie)

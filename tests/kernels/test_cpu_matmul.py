@@ -7,7 +7,7 @@ bit for bit (a product with the identity rows returns them exactly: one non-zero
 sum), and its sums differ from an exact (float64) product by rounding alone, at most
 ``cols · eps · Σ|w·x|`` for any order of summation (the standard bound on f32 dot
 products), so no tolerance here depends on the CPU. Rows of x run across the tile edges
-(tiles of 8 rows in the AVX-512 build, 4 in the others): 1-9 and 255-257.
+(tiles of 4 rows): 1-9 and 255-257.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def test_every_layout_against_gguf(build: str, layout: str):
 
 
 def test_rows_do_not_depend_on_the_batch(build: str):
-    """Each output row is summed the same way in a batch of 1, 3 or 17 rows (tiles of 8 or 4
+    """Each output row is summed the same way in a batch of 1, 3 or 17 rows (tiles of 4
     and a remainder), so a sample's logits do not depend on what else is in the batch."""
     w, _ = file_weight(QT.Q4_K, rows=40)
     x = np.random.default_rng(1).standard_normal((17, w.shape[1])).astype(np.float32)

@@ -20,22 +20,26 @@ x = np.ones((1, 64), np.float32)
 codes, scales = np.ones((24, 64), np.int8), np.ones((24, 2), np.float32)
 tall = np.ones((200_000, 64), np.int8), np.ones((200_000, 2), np.float32)
 empty = np.zeros((0,), np.float32)
-cases = {
-    "valid": ((1, 24), x, codes, scales, empty),
-    "valid with mins": ((1, 24), x, codes, scales, np.ones((24, 2), np.float32)),
-    "output [1, 1] for 200,000 weight rows": ((1, 1), x, *tall, empty),
-    "output [2, 24] for 1 row of x": ((2, 24), x, codes, scales, empty),
-    "output [24], 1-D": ((24,), x, codes, scales, empty),
-    "mins [48] next to scales [24, 2]": ((1, 24), x, codes, scales, np.ones(48, np.float32)),
-    "mins [2, 24] next to scales [24, 2]": ((1, 24), x, codes, scales, np.ones((2, 24), np.float32)),
+cases = {  # name: (act, output shape, x, codes, scales, mins)
+    "valid": (0, (1, 24), x, codes, scales, empty),
+    "valid with mins": (0, (1, 24), x, codes, scales, np.ones((24, 2), np.float32)),
+    "valid, int8 activations": (2, (1, 24), x, codes, scales, empty),
+    "output [1, 1] for 200,000 weight rows": (0, (1, 1), x, *tall, empty),
+    "output [2, 24] for 1 row of x": (0, (2, 24), x, codes, scales, empty),
+    "output [24], 1-D": (0, (24,), x, codes, scales, empty),
+    "mins [48] next to scales [24, 2]": (0, (1, 24), x, codes, scales, np.ones(48, np.float32)),
+    "mins [2, 24] next to scales [24, 2]": (0, (1, 24), x, codes, scales, np.ones((2, 24), np.float32)),
+    "int8 activations in blocks of 256, 64 columns": (1, (1, 24), x, codes, scales, empty),
+    "activations 7": (7, (1, 24), x, codes, scales, empty),
 }
 results = {}
 for build in sys.argv[1:]:
     kernels.status(build)  # imports and registers the build's target
-    for name, (shape, *args) in cases.items():
+    for name, (act, shape, *args) in cases.items():
         out = jax.ShapeDtypeStruct(shape, jnp.float32)
+        call = jax.ffi.ffi_call(kernels.target(build), out)
         try:
-            y = jax.ffi.ffi_call(kernels.target(build), out)(*args, nibbles=np.int64(0))
+            y = call(*args, act=np.int64(act), nibbles=np.int64(0))
             results[f"{build}: {name}"] = f"accepted {float(np.asarray(y).ravel()[0])}"
         except Exception as e:
             results[f"{build}: {name}"] = f"{type(e).__name__}: {e}"
@@ -53,6 +57,9 @@ def test_the_handler_rejects_wrong_shapes(expected_builds):
     for build in expected_builds:
         assert results.pop(f"{build}: valid") == "accepted 64.0"
         assert results.pop(f"{build}: valid with mins") == "accepted 0.0"
-    assert len(results) == 5 * len(expected_builds)
+        # x = 1 rounds to 127 codes of scale f16(1/127): 64 * 127 * f16(1/127), within 0.1%
+        accepted = results.pop(f"{build}: valid, int8 activations").split()
+        assert accepted[0] == "accepted" and abs(float(accepted[1]) - 64) < 0.064
+    assert len(results) == 7 * len(expected_builds)
     for name, result in results.items():
         assert "INVALID_ARGUMENT" in result and "cpu_matmul" in result, (name, result)

@@ -24,13 +24,14 @@ def extensions(monkeypatch) -> list[str]:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="one portable build on Windows")
-def test_setup_builds_three_kernels_with_jaxlib(monkeypatch):
+def test_setup_builds_four_kernels_with_jaxlib(monkeypatch):
     names = extensions(monkeypatch)
     assert names[0] == "phijax.kernels._cpu_matmul_generic"
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert sorted(names[1:]) == [
             "phijax.kernels._cpu_matmul_avx2",
             "phijax.kernels._cpu_matmul_avx512",
+            "phijax.kernels._cpu_matmul_avx512vnni",
         ]
 
 

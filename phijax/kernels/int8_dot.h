@@ -1,0 +1,243 @@
+// The int8-activation path of cpu_matmul.cc (included there): x is quantized to int8 the
+// way llama.cpp quantizes a row for its quantized dot products, and each weight block is
+// multiplied in integers, then scaled in f32.
+//
+// A different numerical model from the f32 path, chosen to follow llama.cpp's:
+// - kQ8K (k-quant weights): blocks of 256, ggml's quantize_row_q8_K: the value of largest
+//   magnitude maps to -127, iscale = -127 / max, q = min(127, round(iscale * x)) with ties
+//   to even, d = 1 / iscale.
+// - kQ8_0 (the legacy types): blocks of 32, ggml's quantize_row_q8_0/q8_1: d = amax / 127
+//   rounded to f16, q = round(x * 127 / amax).
+// Then y = sum over weight sub-blocks j of dx * (scale_j * D_j - min_j * B_j), with
+// D_j = sum(code * q) exact in int32 and B_j = sum(q). Codes must be unsigned for the
+// u8 x s8 products (VNNI vpdpbusd): int8 codes get +128 and min_j += 128 * scale_j.
+//
+// Per output, 16 lanes of 4 codes are scaled and summed in f32 in a fixed order, and rows
+// of x never share a sum: results do not depend on the batch.
+
+enum class Act : int64_t { kF32 = 0, kQ8K = 1, kQ8_0 = 2 };
+
+// ggml's nearest_int: round to nearest, ties to even, for |f| < 2^22.
+inline int32_t nearest_int(float f) {
+  const float v = f + 12582912.0f;
+  int32_t i;
+  std::memcpy(&i, &v, sizeof i);
+  return (i & 0x007FFFFF) - 0x00400000;
+}
+
+// f rounded to the nearest IEEE half (ties to even), as an f32 (what storing ggml's f16 d does).
+inline float round_to_half(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  const uint32_t sign = b & 0x80000000u;
+  uint32_t a = b ^ sign;
+  if (a >= 0x7F800000u) return f;
+  if (a >= 0x477FF000u) {  // 65520 and above round to infinity
+    a = 0x7F800000u;
+  } else if (a < 0x38800000u) {  // a half subnormal: multiples of 2^-24
+    const float q = std::nearbyint(std::fabs(f) * 16777216.0f) / 16777216.0f;
+    std::memcpy(&a, &q, sizeof a);
+  } else {  // keep 10 bits of mantissa
+    a = (a + 0xFFFu + ((a >> 13) & 1u)) & ~0x1FFFu;
+  }
+  a |= sign;
+  float r;
+  std::memcpy(&r, &a, sizeof r);
+  return r;
+}
+
+// Rows of x quantized to int8: ``q [m, cols]``; ``lane [m, cols / 4]``, the scale (d) of the
+// block each 4 consecutive codes belong to; ``sums [m, cols / sub]``, d * sum(q) over each
+// weight sub-block of ``sub`` codes.
+struct QuantX {
+  std::vector<int8_t> q;
+  std::vector<float> lane, sums;
+};
+
+inline void quantize_rows(const float* x, int64_t m, int64_t cols, Act act, int64_t sub, QuantX& out) {
+  out.q.resize(m * cols);
+  out.lane.resize(m * cols / 4);
+  out.sums.resize(m * cols / sub);
+  const int64_t block = act == Act::kQ8K ? 256 : 32;
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * cols;
+    int8_t* qr = out.q.data() + r * cols;
+    for (int64_t b = 0; b < cols; b += block) {
+      float amax = 0.0f, max = 0.0f;
+      for (int64_t j = b; j < b + block; ++j) {
+        const float ax = std::fabs(xr[j]);
+        if (ax > amax) {
+          amax = ax;
+          max = xr[j];
+        }
+      }
+      float d = 0.0f;
+      if (amax == 0.0f) {
+        std::fill(qr + b, qr + b + block, int8_t{0});
+      } else if (act == Act::kQ8K) {
+        const float iscale = -127.0f / max;
+        for (int64_t j = b; j < b + block; ++j) qr[j] = static_cast<int8_t>(std::min(127, nearest_int(iscale * xr[j])));
+        d = 1.0f / iscale;
+      } else {
+        const float id = 127.0f / amax;
+        for (int64_t j = b; j < b + block; ++j) qr[j] = static_cast<int8_t>(nearest_int(xr[j] * id));
+        d = round_to_half(amax / 127.0f);
+      }
+      std::fill(out.lane.begin() + (r * cols + b) / 4, out.lane.begin() + (r * cols + b + block) / 4, d);
+    }
+    for (int64_t j = 0; j < cols / sub; ++j) {
+      int32_t s = 0;
+      for (int64_t t = j * sub; t < (j + 1) * sub; ++t) s += qr[t];
+      out.sums[r * (cols / sub) + j] = out.lane[(r * cols + j * sub) / 4] * static_cast<float>(s);
+    }
+  }
+}
+
+// The 64 codes k ... k + 63 of a weight row as unsigned bytes (int8 codes + 128).
+template <Codes kCodes>
+inline void unsigned_codes(const uint8_t* row, int64_t k, uint8_t* u) {
+  if constexpr (kCodes == Codes::kInt8) {
+    for (int i = 0; i < 64; ++i) u[i] = row[k + i] ^ 0x80u;
+  } else {
+    constexpr int group = kCodes == Codes::kNibbles64 ? 64 : 32, half = group / 2;
+    for (int h = 0; h < 64 / group; ++h) {
+      const uint8_t* b = row + k / 2 + h * half;
+      for (int i = 0; i < half; ++i) {
+        u[h * group + i] = b[i] & 15u;
+        u[h * group + half + i] = b[i] >> 4;
+      }
+    }
+  }
+}
+
+constexpr int kInt8Rows = 4;  // rows of x per tile: each weight group is unpacked once for them
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr bool kVnni = true;
+
+template <Codes kCodes>
+inline __m512i unsigned_codes_512(const uint8_t* row, int64_t k) {
+  if constexpr (kCodes == Codes::kInt8) {
+    return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8(static_cast<char>(0x80)));
+  } else {
+    const __m512i b = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2)));
+    // 64-code groups: [bytes 0-31 low | bytes 0-31 high]; 32-code groups: per 16 bytes, low then high
+    const __m512i lanes = kCodes == Codes::kNibbles64 ? _mm512_shuffle_i64x2(b, b, 0x44)
+                                                      : _mm512_shuffle_i64x2(b, b, 0x50);
+    const __m512i high = _mm512_srli_epi16(lanes, 4);
+    const __m512i mixed = _mm512_mask_blend_epi64(kCodes == Codes::kNibbles64 ? 0xF0 : 0xCC, lanes, high);
+    return _mm512_and_si512(mixed, _mm512_set1_epi8(15));
+  }
+}
+#else
+constexpr bool kVnni = false;
+#endif
+
+// y[r * ldy] = x_r . w_n for kRows rows of quantized x from row m0; kSub codes per weight scale.
+template <Codes kCodes, int kSub, int kRows>
+void int8_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* y, int64_t ldy) {
+  const uint8_t* row = w.codes + n * w.row_bytes;
+  const float* scales = w.scales + n * w.groups;
+  const float* mins = w.mins ? w.mins + n * w.groups : nullptr;
+  const int64_t cols = w.cols;
+  float sum[kRows];
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  // lane l of a 64-code group holds codes 4l..4l+3: sub-block l / (kSub / 4)
+  const __m512i which = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          kSub == 32 ? 3 : 2);
+  __m512 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < cols; k += 64) {
+    const __m512i u = unsigned_codes_512<kCodes>(row, k);
+    const __m512 s = _mm512_permutexvar_ps(which, _mm512_maskz_loadu_ps(kSub == 32 ? 0x3 : 0xF, scales + k / kSub));
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t at = (m0 + r) * cols + k;
+      const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(xq.q.data() + at));
+      const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_loadu_ps(xq.lane.data() + at / 4));
+      acc[r] = _mm512_fmadd_ps(f, s, acc[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) sum[r] = _mm512_reduce_add_ps(acc[r]);
+#else
+  float acc[kRows][16] = {};
+  for (int64_t k = 0; k < cols; k += 64) {
+    uint8_t u[64];
+    unsigned_codes<kCodes>(row, k, u);
+    float s[16];
+    for (int l = 0; l < 16; ++l) s[l] = scales[(k + 4 * l) / kSub];
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t at = (m0 + r) * cols + k;
+      const int8_t* q = xq.q.data() + at;
+      const float* lane = xq.lane.data() + at / 4;
+      for (int l = 0; l < 16; ++l) {
+        int32_t d = 0;
+        for (int t = 4 * l; t < 4 * l + 4; ++t) d += static_cast<int32_t>(u[t]) * q[t];
+        acc[r][l] += static_cast<float>(d) * lane[l] * s[l];
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    float a[16];
+    std::copy(acc[r], acc[r] + 16, a);
+    for (int width = 8; width > 0; width /= 2) {
+      for (int l = 0; l < width; ++l) a[l] += a[l + width];
+    }
+    sum[r] = a[0];
+  }
+#endif
+  // the mins (and the +128 of int8 codes): sum_j (min_j + 128 scale_j) * d_j * B_j, in 16 lanes
+  const int64_t groups = cols / kSub;
+  thread_local std::vector<float> offsets;
+  offsets.resize(groups);
+  const float offset = kCodes == Codes::kInt8 ? 128.0f : 0.0f;
+  for (int64_t j = 0; j < groups; ++j) offsets[j] = offset * scales[j];
+  if (mins) {
+    for (int64_t j = 0; j < groups; ++j) offsets[j] += mins[j];
+  }
+  for (int r = 0; r < kRows; ++r) {
+    const float* xs = xq.sums.data() + (m0 + r) * groups;
+    float lanes[16] = {};
+    int64_t j = 0;
+    for (; j + 16 <= groups; j += 16) {
+      for (int l = 0; l < 16; ++l) lanes[l] += offsets[j + l] * xs[j + l];
+    }
+    for (; j < groups; ++j) lanes[j % 16] += offsets[j] * xs[j];
+    for (int width = 8; width > 0; width /= 2) {
+      for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+    }
+    y[r * ldy] = sum[r] - lanes[0];
+  }
+}
+
+using Int8Tile = void (*)(const Weight&, int64_t, const QuantX&, int64_t, float*, int64_t);
+
+template <Codes kCodes, int kSub, int... R>
+constexpr std::array<Int8Tile, sizeof...(R)> int8_tiles(std::integer_sequence<int, R...>) {
+  return {&int8_tile<kCodes, kSub, R + 1>...};
+}
+
+struct Int8Problem {
+  Weight w;
+  QuantX x;
+  float* y;
+  int64_t m;
+};
+
+// Output columns [n0, n1) for every row of x.
+template <Codes kCodes, int kSub>
+void int8_columns(const Int8Problem& p, int64_t n0, int64_t n1) {
+  static constexpr auto tiles = int8_tiles<kCodes, kSub>(std::make_integer_sequence<int, kInt8Rows>{});
+  for (int64_t m0 = 0; m0 < p.m; m0 += kInt8Rows) {
+    const int64_t rows = std::min<int64_t>(kInt8Rows, p.m - m0);
+    for (int64_t n = n0; n < n1; ++n) tiles[rows - 1](p.w, n, p.x, m0, p.y + m0 * p.w.rows + n, p.w.rows);
+  }
+}
+
+using Int8Fn = void (*)(const Int8Problem&, int64_t, int64_t);
+
+// Codes in groups of 64 (int8, or 4-bit in groups of 32 or 64) with a scale per 16 or 32.
+inline Int8Fn pick_int8(int64_t nibbles, int64_t sub) {
+  if (nibbles == 64) return &int8_columns<Codes::kNibbles64, 32>;
+  if (nibbles == 32) return &int8_columns<Codes::kNibbles32, 32>;
+  return sub == 16 ? &int8_columns<Codes::kInt8, 16> : &int8_columns<Codes::kInt8, 32>;
+}

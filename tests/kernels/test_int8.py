@@ -1,0 +1,139 @@
+"""int8 activations: llama.cpp's rounding of x (:mod:`phijax.int8`) and the kernel's integer
+products (``int8_dot.h``), for every build this CPU runs and every quantized ggml type.
+
+The rounding is checked against an independent numpy transcription of ggml's
+``quantize_row_q8_K`` and ``quantize_row_q8_0`` (exact equality: the same f32 operations). The
+kernel's products are checked against the exact (float64) product of the rounded activations
+with the file's weights: the integer sums are exact, so what remains is f32 rounding when
+each 4-code lane is scaled and the lanes are summed, at most ``cols · eps`` times the sum of
+the magnitudes, where int8 codes count with their +128 offset (the kernel multiplies unsigned
+codes and subtracts ``128 · scale · sum(q)`` after).
+"""
+
+from __future__ import annotations
+
+import gguf
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as QT
+
+from phijax import backend, int8, kernels
+from phijax.errors import ConfigError, UnsupportedError
+from phijax.gguf import relayout
+from phijax.model.layers import linear
+
+from blocks import random_blocks
+
+F32_EPS = float(np.finfo(np.float32).eps)
+ROWS = (1, 2, 3, 4, 5, 9, 255, 256, 257)
+OUT = 19  # weight rows: chunks end mid-way
+
+
+def ggml_round(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's row quantizers in numpy, one block at a time (codes, per-block scale)."""
+    x = np.asarray(x, np.float32).reshape(-1, block)
+    q = np.zeros(x.shape, np.int8)
+    d = np.zeros(len(x), np.float32)
+    for i, xb in enumerate(x):
+        amax = np.float32(np.max(np.abs(xb)))
+        if amax == 0:
+            continue
+        if block == 256:  # quantize_row_q8_K: the first value of largest magnitude maps to -127
+            iscale = np.float32(-127.0) / xb[int(np.argmax(np.abs(xb)))]
+            q[i] = np.minimum(127, np.rint(iscale * xb))
+            d[i] = np.float32(1.0) / iscale
+        else:  # quantize_row_q8_0: d kept as f16
+            q[i] = np.rint(xb * (np.float32(127.0) / amax))
+            d[i] = np.float16(amax / np.float32(127.0))
+    return q.reshape(-1), d
+
+
+@pytest.mark.parametrize("block", int8.BLOCKS)
+def test_rounding_is_ggmls(block: int):
+    rng = np.random.default_rng(block)
+    x = rng.standard_normal((3, 4 * 256)).astype(np.float32) * rng.uniform(1e-3, 1e3, (3, 1))
+    x[0, :block] = 0.0  # an all-zero block: codes and scale 0
+    x[1, 7] = -x[1, :block].__abs__().max() * 2  # a negative maximum
+    x[2, :16] = np.arange(16) - 7.5  # halves: ties to even
+    q, d = int8.quantize(jnp.asarray(x), block)
+    for row in range(3):
+        want_q, want_d = ggml_round(x[row], block)
+        np.testing.assert_array_equal(np.asarray(q[row]), want_q)
+        np.testing.assert_array_equal(np.asarray(d[row]), want_d)
+    back = np.asarray(int8.fake_quant(jnp.asarray(x), block))
+    want = np.asarray(q, np.float32) * np.repeat(np.asarray(d), block, -1)
+    np.testing.assert_array_equal(back, want)
+
+
+def test_rounding_passes_derivatives_straight_through():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(64), jnp.float32)
+    g = jax.grad(lambda x: jnp.sum(int8.fake_quant(x, 32) * jnp.arange(64.0)))(x)
+    np.testing.assert_array_equal(g, np.arange(64.0))
+
+
+def file_weight(qtype: QT, cols: int):
+    raw = random_blocks(qtype, OUT * cols // GGML_QUANT_SIZES[qtype][0], seed=int(qtype))
+    want = gguf.quants.dequantize(raw.reshape(OUT, -1), qtype)
+    return relayout.relayout(raw, qtype, (OUT, cols)), want
+
+
+def product_bound(x: np.ndarray, w) -> np.ndarray:
+    """``cols · eps · sum |terms|`` of the kernel's sum, the +128 offset of int8 codes included."""
+    scales = np.repeat(np.asarray(w.scales, np.float64), w.block, -1)
+    size = np.abs(scales) * (np.abs(np.asarray(w.codes(), np.float64)) + 128)
+    if w.mins is not None:
+        size += np.abs(np.repeat(np.asarray(w.mins, np.float64), w.block, -1))
+    return x.shape[1] * F32_EPS * (np.abs(x) @ size.T)
+
+
+@pytest.mark.parametrize("qtype", sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name))
+def test_every_type_against_gguf(build: str, qtype: QT):
+    """Rows across the tile edges (tiles of 4 rows): the exact product of the rounded
+    activations with the file's weights, up to f32 rounding; each row as alone."""
+    elems = GGML_QUANT_SIZES[qtype][0]
+    w, want = file_weight(qtype, 256 if elems == 256 else 192)  # 192: 3 groups of 64
+    assert w.activation_block == (256 if elems == 256 else 32)
+    x = np.random.default_rng(7).standard_normal((max(ROWS), w.shape[1])).astype(np.float32)
+    rounded = np.asarray(int8.fake_quant(jnp.asarray(x), w.activation_block), np.float64)
+
+    def products(x, w):
+        return [kernels.matmul(x[:r], w, build=build, activations="int8") for r in ROWS]
+
+    got = jax.jit(products)(x, w)
+    exact = rounded @ want.astype(np.float64).T
+    bound = product_bound(rounded, w)
+    for rows, y in zip(ROWS, got, strict=True):
+        err = np.abs(np.asarray(y) - exact[:rows])
+        assert np.all(err <= bound[:rows]), f"{rows} rows: worst {np.max(err / bound[:rows]):.2f}x"
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(got[-1])[:rows])  # batch-invariant
+
+
+def test_linear_rounds_on_the_kernel_and_off_it(default_kernel):
+    """``linear`` under an int8 policy: the kernel (up to its row limit) and the pure path
+    (above it, or without a kernel) compute the same rounded product, up to f32 rounding."""
+    w, _ = file_weight(QT.Q4_K, 512)
+    x = np.random.default_rng(3).standard_normal((1, 300, 512)).astype(np.float32)
+    on = backend.choose(platform_name="cpu", quantized=True, activations="int8")
+    off = backend.Backend("cpu", "float32", True, "layers", None, activations="int8")
+    small = np.asarray(linear(jnp.asarray(x[:, :7]), w, on))
+    large = np.asarray(linear(jnp.asarray(x), w, on))  # 300 rows: past the kernel's limit
+    pure = np.asarray(linear(jnp.asarray(x), w, off))
+    bound = product_bound(np.asarray(int8.fake_quant(jnp.asarray(x[0]), 256)), w)
+    assert np.all(np.abs(small[0] - pure[0, :7]) <= bound[:7])
+    assert np.all(np.abs(large - pure) <= bound)
+    f32 = np.asarray(linear(jnp.asarray(x[:, :7]), w, backend.choose(platform_name="cpu")))
+    assert not np.allclose(small, f32, rtol=1e-4, atol=0)  # the rounding is really applied
+
+
+def test_int8_activations_need_packed_weights(default_kernel):
+    with pytest.raises(ConfigError, match="needs packed weights"):
+        backend.choose(platform_name="cpu", quantized=False, activations="int8")
+    with pytest.raises(ConfigError, match="activations = 'int4'"):
+        backend.choose(platform_name="cpu", activations="int4")
+    bf16 = jnp.ones((8, 64), jnp.bfloat16)
+    with pytest.raises(UnsupportedError, match="int8 activations take a packed weight"):
+        kernels.matmul(jnp.ones((1, 64)), bf16, activations="int8")
+    assert "int8 activations" in backend.choose(platform_name="cpu", activations="int8").describe()
