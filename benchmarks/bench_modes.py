@@ -71,6 +71,7 @@ MODES = {
     "f32": {"quantized": False},
     "quantized": {"quantized": True},
     "bf16": {"dtype": "bfloat16"},
+    "int8": {"quantized": True, "activations": "int8"},
 }
 REAL_TEXT = Path(__file__).parents[1] / "docs" / "sampling.md"
 

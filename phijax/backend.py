@@ -162,6 +162,9 @@ def choose(
     kernel = kernels.chosen() if cpu and not mesh else None
     if not has_quantized:
         quantized = False
+    elif quantized is None and activations == "int8":
+        quantized = True
+        why.append("packed: int8 activations round the inputs of packed products")
     elif quantized is None:
         if not cpu or dtype is not None:
             quantized = False

@@ -52,6 +52,7 @@ def test_summary_names_the_kernel_only_where_it_multiplies():
 def test_cpu_policy_without_the_kernel(monkeypatch):
     monkeypatch.setattr(kernels, "chosen", lambda: None)
     assert not backend.choose(platform_name="cpu").packed  # dense f32 is faster than XLA's decode
+    assert backend.choose(platform_name="cpu", activations="int8").packed  # what int8 rounds for
     tight = backend.choose(platform_name="cpu", fits_dense=False)
     assert tight.packed and "do not fit" in tight.describe()
 

@@ -165,7 +165,13 @@ class ExperimentConfig(_Strict):
         """sha256 of the canonical JSON of the validated config (what the samples were made
         with; the report-only keys ``judge``, ``baseline`` and ``metrics`` are left out)."""
         data = self.model_dump(mode="json", exclude=set(REPORT_ONLY))
-        for name in ("quantized", "layout", "mesh", "policy"):  # options added later, unset or
+        for name in (
+            "quantized",
+            "layout",
+            "mesh",
+            "policy",
+            "activations",
+        ):  # added later: unset or
             if not data["model"][name]:  # off: the hash of a config made before them stays
                 del data["model"][name]
         if data["task"] is None:  # likewise
