@@ -102,7 +102,7 @@ def test_a_wrong_build_fails_the_suite(cxx: str, expected_builds, tmp_path: Path
     (tmp_path / "wrong.cc").write_text(source.replace(line, line.replace(old, new)))
     jaxlib = Path(find_spec("jaxlib").origin).parent / "include"
     args = [cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-fvisibility=hidden", "-w"]
-    args += [f"-I{sysconfig.get_paths()['include']}", f"-I{jaxlib}"]
+    args += [f"-I{sysconfig.get_paths()['include']}", f"-I{jaxlib}", f"-I{PACKAGE / 'kernels'}"]
     args += ["-DPHIJAX_MODULE=_cpu_matmul_generic", str(tmp_path / "wrong.cc")]
     subprocess.run(
         [*args, "-o", str(kernels / f"_cpu_matmul_generic{EXT}")], check=True, timeout=300
