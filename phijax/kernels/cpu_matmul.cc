@@ -174,11 +174,12 @@ struct Problem {
   int64_t m;
 };
 
-// Software prefetch of a weight stream this many bytes of codes ahead, by the first tile of
-// rows (later tiles find the chunk in cache): the hardware prefetcher alone left the loops
-// waiting on memory (per Q4_K [16384, 3072] product at 4 rows of x, AMD EPYC Zen 4: int8
-// activations 4.0 -> 2.3 ms, f32 2.4 -> 1.9 ms; 512 and 8192 bytes measured slower; every
-// tile prefetching made 32 rows 15% slower).
+// Software prefetch of a weight stream this many bytes of codes ahead: the hardware prefetcher
+// alone left the loops waiting on memory (per Q4_K [16384, 3072] product, AMD EPYC Zen 4: int8
+// activations at 4 rows 4.0 -> 2.3 ms; 512 and 8192 bytes measured slower). The f32 path
+// prefetches in one-row tiles only (batch-1 decode): in its 4 x 2 tiles the prefetch's
+// registers made int8-code weights (Q5_K, Q6_K) spill, 1.8x slower at 32 rows. The int8 path
+// prefetches in the first tile of rows (later tiles find the chunk in cache).
 constexpr int64_t kAhead = 2048;
 
 inline void prefetch(const void* p) {
@@ -189,17 +190,15 @@ inline void prefetch(const void* p) {
 #endif
 }
 
-// Prefetch the codes, scales and mins of a weight row kAhead bytes of codes past code k.
-template <Codes kCodes>
-inline void prefetch_ahead(const Weight& w, const uint8_t* row, const float* scales, const float* mins, int64_t k) {
-  constexpr int64_t kPerByte = kCodes == Codes::kBf16 ? 1 : kCodes == Codes::kInt8 ? 2 : 4;  // codes x 2
-  const int64_t at = k * 2 / kPerByte + kAhead;
-  prefetch(row + at);
-  if (scales) {
-    const int64_t group = (k + kAhead * kPerByte / 2) * w.groups / w.cols;
-    prefetch(scales + group);
-    if (mins) prefetch(mins + group);
-  }
+// Prefetch the codes, scales and mins of a weight row kAhead bytes of codes past code k
+// (kBlock codes per scale; every offset a compile-time shift, no division in the loop).
+template <Codes kCodes, int kBlock>
+inline void prefetch_ahead(const uint8_t* row, const float* scales, const float* mins, int64_t k) {
+  constexpr int64_t kHalves = kCodes == Codes::kBf16 ? 4 : kCodes == Codes::kInt8 ? 2 : 1;  // bytes x 2
+  constexpr int64_t kCodesAhead = kAhead * 2 / kHalves;
+  prefetch(row + k * kHalves / 2 + kAhead);
+  if (scales) prefetch(scales + (k + kCodesAhead) / kBlock);
+  if (mins) prefetch(mins + (k + kCodesAhead) / kBlock);
 }
 
 template <int... I, typename F>
@@ -228,7 +227,7 @@ inline V decode(const uint8_t* row, int64_t k) {
 // independent chains of fused multiply-adds keep the vector units busy (one chain waits
 // on each FMA's latency: Q4_K [16384, 3072] at one row 2.11 -> 1.47 ms, AMD EPYC Zen 4).
 template <Codes kCodes, int kBlock, bool kMins, int kRows, int kCols>
-void dot_tile(const Weight& w, int64_t n, const float* x, int64_t ldx, float* y, int64_t ldy, bool stream) {
+void dot_tile(const Weight& w, int64_t n, const float* x, int64_t ldx, float* y, int64_t ldy) {
   const uint8_t* row[kCols];
   const float* scales[kCols];
   const float* mins[kCols];
@@ -244,8 +243,8 @@ void dot_tile(const Weight& w, int64_t n, const float* x, int64_t ldx, float* y,
   constexpr int kVectors = kStep<kCodes> / kLanes;
   static_assert(kVectors % 2 == 0, "a step feeds both accumulators");
   for (int64_t k = 0; k < w.cols; k += kStep<kCodes>) {
-    if (stream) {
-      for (int c = 0; c < kCols; ++c) prefetch_ahead<kCodes>(w, row[c], scales[c], mins[c], k);
+    if constexpr (kRows == 1) {
+      for (int c = 0; c < kCols; ++c) prefetch_ahead<kCodes, kBlock>(row[c], scales[c], mins[c], k);
     }
     unrolled(std::make_integer_sequence<int, kVectors>{}, [&](auto i) {
       constexpr int kI = decltype(i)::value;
@@ -283,16 +282,15 @@ using RowsFn = void (*)(const Problem&, int64_t, int64_t);
 // (each x vector then serves two weight rows).
 template <Codes kCodes, int kBlock, bool kMins, int kRows>
 void tile_columns(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
-  const bool stream = m0 == 0;  // the first tile reads the weights from memory, the others from cache
   constexpr int kCols = kRows == 1 ? 1 : Simd::kCols;
   const int64_t cols = p.w.cols, rows = p.w.rows;
   const float* x = p.x + m0 * cols;
   float* y = p.y + m0 * rows;
   int64_t n = n0;
   for (; n + kCols <= n1; n += kCols) {
-    dot_tile<kCodes, kBlock, kMins, kRows, kCols>(p.w, n, x, cols, y + n, rows, stream);
+    dot_tile<kCodes, kBlock, kMins, kRows, kCols>(p.w, n, x, cols, y + n, rows);
   }
-  for (; n < n1; ++n) dot_tile<kCodes, kBlock, kMins, kRows, 1>(p.w, n, x, cols, y + n, rows, stream);
+  for (; n < n1; ++n) dot_tile<kCodes, kBlock, kMins, kRows, 1>(p.w, n, x, cols, y + n, rows);
 }
 
 using Tile = void (*)(const Problem&, int64_t, int64_t, int64_t);

@@ -148,7 +148,7 @@ void int8_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* 
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < cols; k += 64) {
-    if (m0 == 0) prefetch_ahead<kCodes>(w, row, scales, mins, k);
+    if (m0 == 0) prefetch_ahead<kCodes, kSub>(row, scales, mins, k);
     const __m512i u = unsigned_codes_512<kCodes>(row, k);
     const __m512 s = _mm512_permutexvar_ps(which, _mm512_maskz_loadu_ps(kSub == 32 ? 0x3 : 0xF, scales + k / kSub));
     for (int r = 0; r < kRows; ++r) {
@@ -162,7 +162,7 @@ void int8_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* 
 #else
   float acc[kRows][16] = {};
   for (int64_t k = 0; k < cols; k += 64) {
-    if (m0 == 0) prefetch_ahead<kCodes>(w, row, scales, mins, k);
+    if (m0 == 0) prefetch_ahead<kCodes, kSub>(row, scales, mins, k);
     uint8_t u[64];
     unsigned_codes<kCodes>(row, k, u);
     float s[16];
