@@ -210,9 +210,10 @@ def _self_check(build: str) -> str:
         lambda x, ws: [_call(build, None, a, x, w) for a, w in zip(acts, ws, strict=True)]
     )
     got = run(x, weights)
+    rounded = {"f32": {b: x for b in int8.BLOCKS}}  # the activations each product sees
+    rounded["int8"] = {b: np.asarray(int8.fake_quant(jnp.asarray(x), b)) for b in int8.BLOCKS}
     for (name, (q, act, w, size)), y in zip(cases.items(), got, strict=True):
-        xs = x if act == "f32" else np.asarray(int8.fake_quant(jnp.asarray(x), q.activation_block))
-        x64 = xs.astype(np.float64)
+        x64 = rounded[act][getattr(q, "activation_block", 32)].astype(np.float64)
         bound = cols * np.finfo(np.float32).eps * (np.abs(x64) @ size.astype(np.float64).T)
         if not np.all(np.abs(np.asarray(y) - x64 @ w.astype(np.float64).T) <= bound):
             return f"wrong products for {name}"
@@ -362,8 +363,9 @@ def _matmul_jvp(build, max_rows, activations, primals, tangents):
     return _matmul(build, max_rows, activations, *primals), tangent
 
 
-# The kernel's ``act`` attribute: how it rounds activations (int8_dot.h's Act).
-_ACT = {("f32", 32): 0, ("f32", 256): 0, ("int8", 256): 1, ("int8", 32): 2}
+def _act(activations: str, block: int) -> int:
+    """The kernel's ``act`` attribute (int8_dot.h's Act): 0 f32, 1 int8 per 256, 2 per 32."""
+    return 0 if activations == "f32" else 1 if block == 256 else 2
 
 
 def _call(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -> jax.Array:
@@ -371,7 +373,7 @@ def _call(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -
     if not isinstance(w, QuantArray):
         return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty)
     mins = empty if w.mins is None else w.mins
-    act = _ACT[activations, w.activation_block]
+    act = _act(activations, w.activation_block)
     return _ffi(build, w.nibbles, w.activation_block, act, max_rows)(x, w.values, w.scales, mins)
 
 
