@@ -10,8 +10,9 @@ dequantizing the file: a lossless re-layout, at most 1.25 bytes per weight
 (int8 + f32 scale and min per 32), not a requantization. Codes of 4 bits with no
 zero point (Q4_K, Q4_1: 0..15) stay two per byte in the file's own order (``nibbles``
 = g: in each group of g codes, byte j holds code j in its low half and code j + g/2 in
-its high half), so the load copies them as they are: about 0.75 bytes per weight, and
-Q4_K_M Phi-3-mini's 3.8 B weights take 3.6 GB instead of 4.8 GB.
+its high half), so the load copies them as they are: about 0.75 bytes per weight. Codes of 5
+bits (Q5_K, Q5_1: 0..31) keep their low 4 bits so and their fifth bits as a bit plane
+(``high``): about 0.875 bytes per weight instead of 1.25.
 
 A QuantArray is a pytree: it flows through ``jit``, ``scan`` and sharding like
 an array, and :func:`phijax.model.layers.linear` decodes it inside the compiled
@@ -32,7 +33,9 @@ import jax.numpy as jnp
 class QuantArray:
     """``values`` int8 ``[..., rows, cols]`` (uint8 ``[..., rows, cols // 2]`` when ``nibbles``,
     the packing group, is not 0); ``scales``, ``mins`` f32 ``[..., rows, cols // block]``
-    (``mins`` may be ``None``); leading axes (a layer stack) are allowed."""
+    (``mins`` may be ``None``); ``high``: ``None``, or uint8 ``[..., rows, cols // 8]``
+    with packed codes: bit i of byte b is the fifth bit of code 8b + i; leading axes (a
+    layer stack) are allowed."""
 
     values: jax.Array
     scales: jax.Array
@@ -41,6 +44,12 @@ class QuantArray:
     activation_block: int = field(default=32, metadata={"static": True})
     """The block llama.cpp rounds activations in for this weight's type (256 for k-quants,
     32 for the others): :mod:`phijax.int8`'s, when activations are int8."""
+    high: jax.Array | None = None
+
+    @property
+    def packing(self) -> tuple[int, bool]:
+        """How the codes are stored: (``nibbles``, whether a fifth-bit plane is present)."""
+        return self.nibbles, self.high is not None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -75,11 +84,14 @@ class QuantArray:
             return self.values
         *lead, cols = self.shape
         v = self.values.reshape(*lead, cols // self.nibbles, self.nibbles // 2)
-        return jnp.concatenate([v & 15, v >> 4], axis=-1).reshape(*lead, cols).astype(jnp.int8)
+        codes = jnp.concatenate([v & 15, v >> 4], axis=-1).reshape(*lead, cols)
+        if self.high is not None:
+            codes = codes | jnp.unpackbits(self.high, axis=-1, bitorder="little") << 4
+        return codes.astype(jnp.int8)
 
     def unpacked(self) -> QuantArray:
         """The same weight with one int8 code per byte."""
-        return dataclasses.replace(self, values=self.codes(), nibbles=0)
+        return dataclasses.replace(self, values=self.codes(), nibbles=0, high=None)
 
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
         """The weight ``[..., rows, cols]``: ``scales · values - mins`` in f32, cast once."""

@@ -44,9 +44,9 @@ class Fields(NamedTuple):
     ``codes``: ``[n, 32]`` or ``[n, 8, 32]`` integers within int8's range, as int32
     (int8 for Q8_0; f32 for the IQ4 levels, see ``_iq4_levels``). ``scales``, ``mins``: ``[n, groups]``
     f32, one per sub-block of ``block_elems // groups`` consecutive elements; ``mins``
-    is ``None`` for types without one. ``packed``: for the types whose codes are 4
-    bits with no zero point (:attr:`BlockType.nibbles`), the payload bytes as stored,
-    ``[n, block_elems // 2] uint8``; else ``None``.
+    is ``None`` for types without one. ``packed``: for the types whose codes (or their
+    low 4 bits) have no zero point (:attr:`BlockType.nibbles`), the nibble payload bytes as
+    stored, ``[n, block_elems // 2] uint8``; else ``None``.
     """
 
     codes: jax.Array
@@ -61,13 +61,15 @@ class BlockType:
 
     ``sub_block``: elements per scale; ``has_mins``: whether ``mins`` is present;
     ``nibbles``: 0, or the packing group of ``packed`` (in each group of that many
-    codes, byte j holds code j in its low half and code j + group/2 in its high half).
+    codes, byte j holds code j in its low half and code j + group/2 in its high half);
+    ``fifth_bit``: whether codes are 5 bits, ``packed`` holding their low 4 (Q5_K, Q5_1).
     """
 
     decode: Callable[[jax.Array], Fields]
     sub_block: int
     has_mins: bool
     nibbles: int = 0
+    fifth_bit: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -184,7 +186,7 @@ def _q5_0(b: jax.Array) -> Fields:
 def _q5_1(b: jax.Array) -> Fields:
     """Q5_1 (24 bytes): f16 d, f16 m, 32 fifth bits, nibbles; ``d · q + m``."""
     q = _nibbles(b[:, 8:]) | (_high_bits_32(b[:, 4:8]) << 4)
-    return Fields(q, _f16_at(b, 0), -_f16_at(b, 2))
+    return Fields(q, _f16_at(b, 0), -_f16_at(b, 2), b[:, 8:])
 
 
 def _q8_0(b: jax.Array) -> Fields:
@@ -233,7 +235,7 @@ def _q5_k(b: jax.Array) -> Fields:
     """Q5_K (176 bytes): as Q4_K plus 32 bytes of fifth bits before the nibbles."""
     n = b.shape[0]
     q_low = split_bits(b[:, 48:].reshape(n, 4, 32), 4).reshape(n, 8, 32)
-    return Fields(q_low | (split_bits(b[:, 16:48], 1) << 4), *_k_scales_mins(b))
+    return Fields(q_low | (split_bits(b[:, 16:48], 1) << 4), *_k_scales_mins(b), b[:, 48:])
 
 
 def _q6_k(b: jax.Array) -> Fields:
@@ -275,12 +277,12 @@ BLOCK_TYPES: dict[QT, BlockType] = {
     QT.Q4_0: BlockType(_q4_0, 32, False),
     QT.Q4_1: BlockType(_q4_1, 32, True, nibbles=32),
     QT.Q5_0: BlockType(_q5_0, 32, False),
-    QT.Q5_1: BlockType(_q5_1, 32, True),
+    QT.Q5_1: BlockType(_q5_1, 32, True, nibbles=32, fifth_bit=True),
     QT.Q8_0: BlockType(_q8_0, 32, False),
     QT.Q2_K: BlockType(_q2_k, 16, True),
     QT.Q3_K: BlockType(_q3_k, 16, False),
     QT.Q4_K: BlockType(_q4_k, 32, True, nibbles=64),
-    QT.Q5_K: BlockType(_q5_k, 32, True),
+    QT.Q5_K: BlockType(_q5_k, 32, True, nibbles=64, fifth_bit=True),
     QT.Q6_K: BlockType(_q6_k, 16, False),
     QT.IQ4_NL: BlockType(_iq4_nl, 32, False),
     QT.IQ4_XS: BlockType(_iq4_xs, 32, False),

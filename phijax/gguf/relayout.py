@@ -4,7 +4,8 @@ Each quantized ggml type is split by its decoder in :mod:`phijax.gguf.blocks`
 into what its formula multiplies: integer codes with the zero point removed, and
 per sub-block ``d · scale`` and ``dmin · min`` (f32). Here they are kept apart:
 codes as int8 (Q4_K and Q4_1 codes, 0..15, stay the file's own bytes, two per
-byte: :data:`NIBBLES`), scales and mins as f32 per row. The decoders are those
+byte: :data:`NIBBLES`; Q5_K and Q5_1 codes likewise, with their fifth bits as a bit plane),
+scales and mins as f32 per row. The decoders are those
 :func:`~phijax.gguf.dequant.dequantize` multiplies out, so ``QuantArray.dequantize``
 is bit-identical to it (tested against ``gguf.quants``). Float types (F32, F16,
 BF16) have nothing to keep packed.
@@ -35,8 +36,13 @@ QUANTIZED_TYPES: frozenset[QT] = frozenset(BLOCK_TYPES)
 """The ggml types kept packed by ``quantized=True`` (float types load as arrays)."""
 
 NIBBLES: dict[QT, int] = {t: bt.nibbles for t, bt in BLOCK_TYPES.items() if bt.nibbles}
-"""Types whose codes (0..15, no zero point) stay two per byte as the file stores them, and
-their packing group (``QuantArray.nibbles``)."""
+"""Types whose codes (0..15, or 0..31 with a fifth-bit plane; no zero point) stay two per
+byte as the file stores them, and their packing group (``QuantArray.nibbles``)."""
+
+Packing = tuple[int, bool]
+"""How codes are stored (``QuantArray.packing``): the nibble group (0: int8 codes) and
+whether a fifth-bit plane is present."""
+UNPACKED: Packing = (0, False)
 
 
 @functools.partial(jax.jit, static_argnames=("qtype", "shape"))
@@ -45,8 +51,12 @@ def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...]) -> QuantArray:
     block_type = BLOCK_TYPES[qtype]
     fields = block_type.decode(raw.reshape(-1, GGML_QUANT_SIZES[qtype][1]))
     *lead, cols = shape
+    high = None
     if block_type.nibbles:
         codes = fields.packed.reshape(*lead, cols // 2)
+        if block_type.fifth_bit:
+            fifth = (fields.codes.reshape(*lead, cols) >> 4).astype(jnp.uint8)
+            high = jnp.packbits(fifth, axis=-1, bitorder="little")
     else:
         codes = fields.codes.reshape(*lead, cols).astype(jnp.int8)
     groups = (*lead, cols // block_type.sub_block)
@@ -56,6 +66,7 @@ def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...]) -> QuantArray:
         None if fields.mins is None else fields.mins.reshape(groups),
         block_type.nibbles,
         activation_block=GGML_QUANT_SIZES[qtype][0],
+        high=high,
     )
 
 
@@ -78,27 +89,27 @@ def relayout(
     return _relayout(raw, qtype=QT(qtype), shape=shape)
 
 
-def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool, int]:
-    """One (sub-block, has mins, nibbles) that tensors of all ``qtypes`` can be brought to
+def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool, Packing]:
+    """One (sub-block, has mins, packing) that tensors of all ``qtypes`` can be brought to
     exactly."""
     qtypes = [QT(t) for t in qtypes]
     return (
         min(BLOCK_TYPES[t].sub_block for t in qtypes),
         any(BLOCK_TYPES[t].has_mins for t in qtypes),
-        _shared(BLOCK_TYPES[t].nibbles for t in qtypes),
+        _shared((BLOCK_TYPES[t].nibbles, BLOCK_TYPES[t].fifth_bit) for t in qtypes),
     )
 
 
-def _shared(groups: Iterable[int]) -> int:
-    """The packing group that every part has, else 0 (unpack them all)."""
-    groups = set(groups)
-    return groups.pop() if len(groups) == 1 else 0
+def _shared(packings: Iterable[Packing]) -> Packing:
+    """The packing that every part has, else none (unpack them all)."""
+    packings = set(packings)
+    return packings.pop() if len(packings) == 1 else UNPACKED
 
 
-def to_layout(q: QuantArray, block: int, with_mins: bool, nibbles: int) -> QuantArray:
+def to_layout(q: QuantArray, block: int, with_mins: bool, packing: Packing) -> QuantArray:
     """``q`` with scales per ``block`` elements (repeated: exact), mins present if asked
-    (zeros: exact), and codes unpacked unless packed in groups of ``nibbles``."""
-    if q.nibbles != nibbles:
+    (zeros: exact), and codes unpacked unless stored as ``packing`` says."""
+    if q.packing != packing:
         q = q.unpacked()
     r = q.block // block
     scales = jnp.repeat(q.scales, r, axis=-1) if r > 1 else q.scales
@@ -114,11 +125,11 @@ def concatenate(parts: Sequence[QuantArray], axis: int = 0) -> QuantArray:
     """Rows of several QuantArrays as one (fused q|k|v or gate|up of any types)."""
     block = min(p.block for p in parts)
     with_mins = any(p.mins is not None for p in parts)
-    nibbles = _shared(p.nibbles for p in parts)
+    packing = _shared(p.packing for p in parts)
     activation_block = min(p.activation_block for p in parts)  # 32 unless all are k-quants
     parts = [
         dataclasses.replace(
-            to_layout(p, block, with_mins, nibbles), activation_block=activation_block
+            to_layout(p, block, with_mins, packing), activation_block=activation_block
         )
         for p in parts
     ]

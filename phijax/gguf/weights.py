@@ -102,8 +102,10 @@ def _packed_params(f: GGUFFile, layers: range) -> set[str]:
     return out
 
 
-def _stack_formats(f: GGUFFile, c: Phi3Config, packed: set[str]) -> dict[str, tuple[int, bool]]:
-    """For a ``stacked`` quantized load: each packed parameter's (sub-block, has mins) over all
+def _stack_formats(
+    f: GGUFFile, c: Phi3Config, packed: set[str]
+) -> dict[str, tuple[int, bool, relayout.Packing]]:
+    """For a ``stacked`` quantized load: each packed parameter's (sub-block, has mins, packing) over all
     layers, so every layer's QuantArray has the same shape."""
     formats = {}
     for name in packed:

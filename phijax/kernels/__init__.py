@@ -156,17 +156,20 @@ def _checked(build: str) -> str:
     return f"failed its check ({error})" if error else ""
 
 
-def _pack(codes: np.ndarray, group: int) -> np.ndarray:
-    """4-bit ``codes [rows, cols]`` two per byte, QuantArray's order: in each group, byte j
-    holds code j (low half) and code j + group/2 (high half)."""
+def _pack(codes: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """4- or 5-bit ``codes [rows, cols]`` as QuantArray stores them: low 4 bits two per byte
+    (in each group, byte j holds code j low and code j + group/2 high), and the fifth bits
+    as a plane (bit i of byte b for code 8b + i), or ``None`` if every code is below 16."""
     rows, cols = codes.shape
-    g = codes.reshape(rows, cols // group, 2, group // 2)
-    return (g[:, :, 0] | g[:, :, 1] << 4).reshape(rows, cols // 2).astype(np.uint8)
+    g = (codes & 15).reshape(rows, cols // group, 2, group // 2)
+    low = (g[:, :, 0] | g[:, :, 1] << 4).reshape(rows, cols // 2).astype(np.uint8)
+    fifth = (codes >> 4).astype(np.uint8)
+    return low, np.packbits(fifth, axis=-1, bitorder="little") if fifth.any() else None
 
 
 def _self_check(build: str) -> str:
     """``build`` against numpy on every code layout (int8 codes in blocks of 16 and 32,
-    4-bit codes in groups of 32 and 64, each with and without mins; bf16), with f32 and, for
+    4- and 5-bit codes in groups of 32 and 64, each with and without mins; bf16), with f32 and, for
     packed layouts, int8 activations (:mod:`phijax.int8`'s rounding, in blocks of 256 and
     32), with 9 rows of x (tiles of 4 and a remainder) and 7 weight rows (pairs and a
     remainder); '' when every product is within f32 rounding of the exact one (of the rounded
@@ -175,9 +178,9 @@ def _self_check(build: str) -> str:
     out, cols = 7, 256
     x = rng.standard_normal((9, cols)).astype(np.float32)
     cases: dict[str, tuple[jax.Array | QuantArray, str, np.ndarray, np.ndarray]] = {}
-    layouts = [(0, 16), (0, 32), (32, 32), (64, 32)]  # (nibbles, block)
-    for (nibbles, block), with_mins in itertools.product(layouts, (True, False)):
-        lo, hi = (0, 16) if nibbles else (-128, 128)
+    layouts = [(0, 16, 8), (0, 32, 8), (32, 32, 4), (64, 32, 4), (32, 32, 5), (64, 32, 5)]
+    for (nibbles, block, bits), with_mins in itertools.product(layouts, (True, False)):
+        lo, hi = (0, 1 << bits) if nibbles else (-128, 128)
         codes = rng.integers(lo, hi, (out, cols))
         scales = (rng.integers(1, 64, (out, cols // block)) / 64).astype(np.float32)
         mins = rng.standard_normal(scales.shape).astype(np.float32) if with_mins else None
@@ -187,8 +190,8 @@ def _self_check(build: str) -> str:
         if with_mins:
             w = w - np.repeat(mins, block, 1)  # one rounding, like the kernel's fmsub
             size = size + np.abs(np.repeat(mins, block, 1))
-        values = _pack(codes, nibbles) if nibbles else codes.astype(np.int8)
-        name = f"4-bit groups of {nibbles}" if nibbles else f"int8 blocks of {block}"
+        values, high = _pack(codes, nibbles) if nibbles else (codes.astype(np.int8), None)
+        name = f"{bits}-bit groups of {nibbles}" if nibbles else f"int8 blocks of {block}"
         name = f"{name}, {'with' if with_mins else 'no'} mins"
         for act_block in int8.BLOCKS:
             q = QuantArray(
@@ -197,6 +200,7 @@ def _self_check(build: str) -> str:
                 None if mins is None else jnp.asarray(mins),
                 nibbles,
                 act_block,
+                None if high is None else jnp.asarray(high),
             )
             if act_block == 32:
                 cases[name] = (q, "f32", w, np.abs(w))
@@ -277,7 +281,8 @@ def row_limit(w: jax.Array | QuantArray) -> int | None:
 def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     """Whether the kernel takes ``w`` (``cpu_matmul.cc``'s rules): one matrix of a width that
     is a multiple of 32; bf16, or int8 codes in blocks of 16 or 32, or 4-bit codes in groups of
-    32 or 64 with blocks of 32; mins, if any, shaped like the scales. int8 activations take
+    32 or 64 with blocks of 32 (and fifth bits, if any, one per code); mins, if any, shaped
+    like the scales. int8 activations take
     packed weights of a width that is a multiple of 64 (and of the activation block)."""
     if activations == "int8" and (
         not isinstance(w, QuantArray) or w.shape[-1] % max(64, w.activation_block)
@@ -292,8 +297,11 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     if w.mins is not None and w.mins.shape != w.scales.shape:
         return False
     if w.nibbles:
-        return w.nibbles in (32, 64) and w.block == 32 and w.values.dtype == jnp.uint8
-    return w.block in (16, 32) and w.values.dtype == jnp.int8
+        fifth_ok = w.high is None or (
+            w.high.dtype == jnp.uint8 and w.high.shape == (*w.shape[:-1], cols // 8)
+        )
+        return fifth_ok and w.nibbles in (32, 64) and w.block == 32 and w.values.dtype == jnp.uint8
+    return w.block in (16, 32) and w.values.dtype == jnp.int8 and w.high is None
 
 
 def applies(x: jax.Array, w: jax.Array | QuantArray, activations: str = "f32") -> bool:
@@ -369,12 +377,15 @@ def _act(activations: str, block: int) -> int:
 
 
 def _call(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -> jax.Array:
-    empty = jnp.zeros((0,), jnp.float32)
+    empty, no_bits = jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.uint8)
     if not isinstance(w, QuantArray):
-        return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty)
+        return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty, no_bits)
     mins = empty if w.mins is None else w.mins
+    high = no_bits if w.high is None else w.high
     act = _act(activations, w.activation_block)
-    return _ffi(build, w.nibbles, w.activation_block, act, max_rows)(x, w.values, w.scales, mins)
+    return _ffi(build, w.nibbles, w.activation_block, act, max_rows)(
+        x, w.values, w.scales, mins, high
+    )
 
 
 def _pure(x: jax.Array, w: jax.Array | QuantArray, activations: str) -> jax.Array:
@@ -393,14 +404,14 @@ def _ffi(build: str, nibbles: int, activation_block: int, act: int, max_rows: in
     ``max_rows`` rows) or, when the weights carry the batch too, one call per item."""
 
     @jax.custom_batching.custom_vmap
-    def call(x, values, scales, mins):
+    def call(x, values, scales, mins, high):
         out = jax.ShapeDtypeStruct((x.shape[0], values.shape[0]), jnp.float32)
         return jax.ffi.ffi_call(target(build), out)(
-            x, values, scales, mins, act=np.int64(act), nibbles=np.int64(nibbles)
+            x, values, scales, mins, high, act=np.int64(act), nibbles=np.int64(nibbles)
         )
 
     @call.def_vmap
-    def _batched(axis_size, in_batched, x, values, scales, mins):
+    def _batched(axis_size, in_batched, x, values, scales, mins, high):
         if not any(in_batched[1:]):
             size, rows, cols = x.shape
             folded = x.reshape(size * rows, cols)
@@ -408,14 +419,19 @@ def _ffi(build: str, nibbles: int, activation_block: int, act: int, max_rows: in
                 w = values
                 if values.dtype != jnp.bfloat16:
                     w = QuantArray(
-                        values, scales, mins if mins.ndim == 2 else None, nibbles, activation_block
+                        values,
+                        scales,
+                        mins if mins.ndim == 2 else None,
+                        nibbles,
+                        activation_block,
+                        high if high.ndim == 2 else None,
                     )
                 activations = "f32" if act == 0 else "int8"
                 return _pure(folded, w, activations).reshape(size, rows, -1), True
-            return call(folded, values, scales, mins).reshape(size, rows, -1), True
+            return call(folded, values, scales, mins, high).reshape(size, rows, -1), True
         args = [
             a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-            for a, b in zip((x, values, scales, mins), in_batched, strict=True)
+            for a, b in zip((x, values, scales, mins, high), in_batched, strict=True)
         ]
         return jax.lax.map(lambda a: call(*a), args), True
 

@@ -93,19 +93,23 @@ inline void quantize_rows(const float* x, int64_t m, int64_t cols, Act act, int6
   }
 }
 
-// The 64 codes k ... k + 63 of a weight row as unsigned bytes (int8 codes + 128).
+// The 64 codes k ... k + 63 of a weight row (fifth bits in ``high``) as unsigned bytes
+// (int8 codes + 128).
 template <Codes kCodes>
-inline void unsigned_codes(const uint8_t* row, int64_t k, uint8_t* u) {
+inline void unsigned_codes(const uint8_t* row, const uint8_t* high, int64_t k, uint8_t* u) {
   if constexpr (kCodes == Codes::kInt8) {
     for (int i = 0; i < 64; ++i) u[i] = row[k + i] ^ 0x80u;
   } else {
-    constexpr int group = kCodes == Codes::kNibbles64 ? 64 : 32, half = group / 2;
+    constexpr int group = kStep<kCodes>, half = group / 2;
     for (int h = 0; h < 64 / group; ++h) {
       const uint8_t* b = row + k / 2 + h * half;
       for (int i = 0; i < half; ++i) {
         u[h * group + i] = b[i] & 15u;
         u[h * group + half + i] = b[i] >> 4;
       }
+    }
+    if constexpr (has_fifth(kCodes)) {
+      for (int i = 0; i < 64; ++i) u[i] |= ((high[(k + i) / 8] >> ((k + i) % 8)) & 1u) << 4;
     }
   }
 }
@@ -116,17 +120,21 @@ constexpr int kInt8Rows = 4;  // rows of x per tile: each weight group is unpack
 constexpr bool kVnni = true;
 
 template <Codes kCodes>
-inline __m512i unsigned_codes_512(const uint8_t* row, int64_t k) {
+inline __m512i unsigned_codes_512(const uint8_t* row, const uint8_t* high, int64_t k) {
   if constexpr (kCodes == Codes::kInt8) {
     return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8(static_cast<char>(0x80)));
   } else {
     const __m512i b = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2)));
     // 64-code groups: [bytes 0-31 low | bytes 0-31 high]; 32-code groups: per 16 bytes, low then high
-    const __m512i lanes = kCodes == Codes::kNibbles64 ? _mm512_shuffle_i64x2(b, b, 0x44)
-                                                      : _mm512_shuffle_i64x2(b, b, 0x50);
-    const __m512i high = _mm512_srli_epi16(lanes, 4);
-    const __m512i mixed = _mm512_mask_blend_epi64(kCodes == Codes::kNibbles64 ? 0xF0 : 0xCC, lanes, high);
-    return _mm512_and_si512(mixed, _mm512_set1_epi8(15));
+    constexpr bool k64 = kStep<kCodes> == 64;
+    const __m512i lanes = k64 ? _mm512_shuffle_i64x2(b, b, 0x44) : _mm512_shuffle_i64x2(b, b, 0x50);
+    const __m512i shifted = _mm512_srli_epi16(lanes, 4);
+    const __m512i mixed = _mm512_mask_blend_epi64(k64 ? 0xF0 : 0xCC, lanes, shifted);
+    const __m512i codes = _mm512_and_si512(mixed, _mm512_set1_epi8(15));
+    if constexpr (!has_fifth(kCodes)) return codes;
+    uint64_t fifth;  // byte i of the vector is code k + i
+    std::memcpy(&fifth, high + k / 8, sizeof fifth);
+    return _mm512_mask_add_epi8(codes, _cvtu64_mask64(fifth), codes, _mm512_set1_epi8(16));
   }
 }
 #else
@@ -137,6 +145,7 @@ constexpr bool kVnni = false;
 template <Codes kCodes, int kSub, int kRows>
 void int8_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* y, int64_t ldy) {
   const uint8_t* row = w.codes + n * w.row_bytes;
+  const uint8_t* high = w.high ? w.high + n * (w.cols / 8) : nullptr;
   const float* scales = w.scales + n * w.groups;
   const float* mins = w.mins ? w.mins + n * w.groups : nullptr;
   const int64_t cols = w.cols;
@@ -148,8 +157,8 @@ void int8_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* 
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < cols; k += 64) {
-    if (m0 == 0) prefetch_ahead<kCodes, kSub>(row, scales, mins, k);
-    const __m512i u = unsigned_codes_512<kCodes>(row, k);
+    if (m0 == 0) prefetch_ahead<kCodes, kSub>(row, scales, mins, high, k);
+    const __m512i u = unsigned_codes_512<kCodes>(row, high, k);
     const __m512 s = _mm512_permutexvar_ps(which, _mm512_maskz_loadu_ps(kSub == 32 ? 0x3 : 0xF, scales + k / kSub));
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (m0 + r) * cols + k;
@@ -162,9 +171,9 @@ void int8_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* 
 #else
   float acc[kRows][16] = {};
   for (int64_t k = 0; k < cols; k += 64) {
-    if (m0 == 0) prefetch_ahead<kCodes, kSub>(row, scales, mins, k);
+    if (m0 == 0) prefetch_ahead<kCodes, kSub>(row, scales, mins, high, k);
     uint8_t u[64];
-    unsigned_codes<kCodes>(row, k, u);
+    unsigned_codes<kCodes>(row, high, k, u);
     float s[16];
     for (int l = 0; l < 16; ++l) s[l] = scales[(k + 4 * l) / kSub];
     for (int r = 0; r < kRows; ++r) {
@@ -237,9 +246,10 @@ void int8_columns(const Int8Problem& p, int64_t n0, int64_t n1) {
 
 using Int8Fn = void (*)(const Int8Problem&, int64_t, int64_t);
 
-// Codes in groups of 64 (int8, or 4-bit in groups of 32 or 64) with a scale per 16 or 32.
-inline Int8Fn pick_int8(int64_t nibbles, int64_t sub) {
-  if (nibbles == 64) return &int8_columns<Codes::kNibbles64, 32>;
-  if (nibbles == 32) return &int8_columns<Codes::kNibbles32, 32>;
+// Codes in groups of 64 (int8, or 4-bit in groups of 32 or 64, with or without fifth bits) with
+// a scale per 16 or 32.
+inline Int8Fn pick_int8(int64_t nibbles, bool fifth, int64_t sub) {
+  if (nibbles == 64) return fifth ? &int8_columns<Codes::kNibbles64H, 32> : &int8_columns<Codes::kNibbles64, 32>;
+  if (nibbles == 32) return fifth ? &int8_columns<Codes::kNibbles32H, 32> : &int8_columns<Codes::kNibbles32, 32>;
   return sub == 16 ? &int8_columns<Codes::kInt8, 16> : &int8_columns<Codes::kInt8, 32>;
 }

@@ -40,10 +40,12 @@ def test_declared_layout_matches_decoded_fields(qtype: QT) -> None:
 
     assert (fields.packed is not None) == bool(block_type.nibbles)
     if block_type.nibbles:
-        # In each group of g codes, byte j holds code j (low half) and code j + g/2 (high half).
+        # In each group of g codes, byte j holds code j (low half) and code j + g/2 (high half):
+        # their low 4 bits where codes have a fifth.
         g = block_type.nibbles
         packed = np.asarray(fields.packed).reshape(N_BLOCKS, -1, g // 2)
-        grouped = codes.reshape(N_BLOCKS, -1, g)
+        grouped = codes.reshape(N_BLOCKS, -1, g) & 15
+        assert codes.max() < (32 if block_type.fifth_bit else 16) and codes.min() >= 0
         assert fields.packed.dtype == jnp.uint8
         np.testing.assert_array_equal(packed & 15, grouped[..., : g // 2])
         np.testing.assert_array_equal(packed >> 4, grouped[..., g // 2 :])

@@ -50,11 +50,15 @@ def file_weight(
 
 def numpy_weight(w: QuantArray) -> np.ndarray:
     """``scales · codes - mins`` in f32 by numpy, unpacking 4-bit codes itself (byte j of a
-    group of g holds code j low, code j + g/2 high): independent of QuantArray's decoding."""
+    group of g holds code j low, code j + g/2 high; a fifth bit from bit i of byte b of
+    ``high`` for code 8b + i): independent of QuantArray's decoding."""
     values = np.asarray(w.values)
     if w.nibbles:
         groups = values.reshape(values.shape[0], -1, w.nibbles // 2)
         values = np.concatenate([groups & 15, groups >> 4], axis=-1).reshape(values.shape[0], -1)
+        if w.high is not None:
+            fifth = (np.asarray(w.high)[:, :, None] >> np.arange(8, dtype=np.uint8)) & 1
+            values = values | fifth.reshape(values.shape).astype(np.uint8) << 4
     block = values.shape[1] // w.scales.shape[1]
     out = np.repeat(np.asarray(w.scales), block, 1) * values.astype(np.float32)
     return out if w.mins is None else out - np.repeat(np.asarray(w.mins), block, 1)
