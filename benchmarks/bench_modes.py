@@ -45,6 +45,9 @@ after = resource.getrusage(resource.RUSAGE_SELF)
 out = {"load_s": time.perf_counter() - start, "load_peak": status("VmHWM") - base,
        "load_sys_s": after.ru_stime - before.ru_stime,
        "weights": sum(x.nbytes for x in jax.tree.leaves(m.params)),
+       # what a batch-1 decode step reads: every weight but an untied embedding (one row)
+       "step_bytes": sum(x.nbytes for x in jax.tree.leaves(m.params))
+       - (0 if m.params.lm_head is None else sum(x.nbytes for x in jax.tree.leaves(m.params.embed))),
        "backend": m.backend.describe()}
 rng = np.random.default_rng(0)
 vocab = m.config.vocab_size
