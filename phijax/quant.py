@@ -11,7 +11,7 @@ dequantizing the file: a lossless re-layout, at most 1.25 bytes per weight
 zero point (Q4_K, Q4_1: 0..15) stay two per byte in the file's own order (``nibbles``
 = g: in each group of g codes, byte j holds code j in its low half and code j + g/2 in
 its high half), so the load copies them as they are: about 0.75 bytes per weight. Codes of 5
-bits (Q5_K, Q5_1: 0..31) keep their low 4 bits so and their fifth bits as a bit plane
+bits (Q5_K, Q5_1: 0..31) keep their low 4 bits the same way, and their fifth bits as a bit plane
 (``high``): about 0.875 bytes per weight instead of 1.25.
 
 A QuantArray is a pytree: it flows through ``jit``, ``scan`` and sharding like
