@@ -158,7 +158,10 @@ def load(
     config = dataclasses.replace(config, sliding_window=window)
     longrope = config.rope_scaling == "longrope"
     params = Phi3(config, policy, longrope=longrope, abstract=True)
-    factors = load_weights(f, params, progress=progress, quantized=policy.packed, mesh=mesh)
+    factors = load_weights(
+        f, params, progress=progress, quantized=policy.packed, mesh=mesh,
+        interleave=policy.kernel is not None and policy.activations == "int8",
+    )  # fmt: skip
     if longrope:
         # Chosen once, from the model's sequence limit, so a prompt's logits do not depend
         # on how many tokens a request asks for (HF switches per sequence length).

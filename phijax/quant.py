@@ -45,6 +45,11 @@ class QuantArray:
     """The block llama.cpp rounds activations in for this weight's type (256 for k-quants,
     32 for the others): :mod:`phijax.int8`'s, when activations are int8."""
     high: jax.Array | None = None
+    interleave: int = field(default=0, metadata={"static": True})
+    """0: codes in row order. S (16 or 32, the sub-block): the CPU kernel's int8-activation
+    order (:func:`phijax.quant.interleaved`): in each group of 16 sub-blocks, step t
+    holds codes 4t..4t+3 of every sub-block, so one integer accumulator per sub-block sums
+    the whole sub-block before its scale is applied."""
 
     @property
     def packing(self) -> tuple[int, bool]:
@@ -79,7 +84,9 @@ class QuantArray:
         return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), self)
 
     def codes(self) -> jax.Array:
-        """The int8 codes ``[..., rows, cols]`` (unpacked from nibbles)."""
+        """The int8 codes ``[..., rows, cols]`` in row order (unpacked from nibbles)."""
+        if self.interleave:
+            return self._interleaved_codes()
         if not self.nibbles:
             return self.values
         *lead, cols = self.shape
@@ -89,9 +96,28 @@ class QuantArray:
             codes = codes | jnp.unpackbits(self.high, axis=-1, bitorder="little") << 4
         return codes.astype(jnp.int8)
 
+    def _interleaved_codes(self) -> jax.Array:
+        """Row-order codes of the ``interleave`` layout: per group of 16 sub-blocks of S,
+        steps ``t < S/4`` of 64 codes (lane l, byte j: code ``l·S + 4t + j``); packed, byte
+        ``(u, l, j)`` holds steps 2u (low half) and 2u + 1 (high); fifth bits bit by bit in
+        step order."""
+        *lead, cols = self.shape
+        s = self.interleave
+        groups = cols // (16 * s)
+        if self.nibbles:
+            v = self.values.reshape(*lead, groups, s // 8, 1, 64)
+            steps = jnp.concatenate([v & 15, v >> 4], axis=-2).reshape(*lead, groups, s // 4, 64)
+            if self.high is not None:
+                bits = jnp.unpackbits(self.high, axis=-1, bitorder="little")
+                steps = steps | bits.reshape(steps.shape) << 4
+        else:
+            steps = self.values.reshape(*lead, groups, s // 4, 64)
+        lanes = steps.reshape(*lead, groups, s // 4, 16, 4).swapaxes(-3, -2)
+        return lanes.reshape(*lead, cols).astype(jnp.int8)
+
     def unpacked(self) -> QuantArray:
         """The same weight with one int8 code per byte."""
-        return dataclasses.replace(self, values=self.codes(), nibbles=0, high=None)
+        return dataclasses.replace(self, values=self.codes(), nibbles=0, high=None, interleave=0)
 
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
         """The weight ``[..., rows, cols]``: ``scales · values - mins`` in f32, cast once."""
@@ -102,6 +128,41 @@ class QuantArray:
         if self.mins is not None:
             w = w - self.mins[..., None]
         return w.reshape(*lead, cols).astype(dtype)
+
+
+def can_interleave(q: QuantArray) -> bool:
+    """Whether ``q`` can take the CPU kernel's int8-activation order: one matrix of a k-quant
+    (activations rounded per 256) with sub-blocks of 16 or 32 and whole groups of 16 of them,
+    codes one per byte or nibbles from 64-code groups (Q4_K, Q5_K)."""
+    return (
+        not q.interleave
+        and q.ndim == 2
+        and q.activation_block == 256
+        and q.block in (16, 32)
+        and q.shape[-1] % (16 * q.block) == 0
+        and q.nibbles in (0, 64)
+    )
+
+
+@jax.jit
+def interleaved(q: QuantArray) -> QuantArray:
+    """``q`` in the CPU kernel's int8-activation order (``QuantArray.interleave``; the same
+    weight: ``codes()`` gives the row order back), for a ``q`` that :func:`can_interleave`."""
+    *lead, cols = q.shape
+    s = q.block
+    groups = cols // (16 * s)
+    lanes = q.codes().reshape(*lead, groups, 16, s // 4, 4)
+    steps = lanes.swapaxes(-3, -2).reshape(*lead, groups, s // 4, 64)
+    high = None
+    if q.nibbles:
+        pairs = steps.astype(jnp.uint8).reshape(*lead, groups, s // 8, 2, 64)
+        values = ((pairs[..., 0, :] & 15) | (pairs[..., 1, :] & 15) << 4).reshape(*lead, cols // 2)
+        if q.high is not None:
+            fifth = (steps.astype(jnp.uint8) >> 4).reshape(*lead, cols)
+            high = jnp.packbits(fifth, axis=-1, bitorder="little")
+    else:
+        values = steps.reshape(*lead, cols)
+    return dataclasses.replace(q, values=values, high=high, interleave=s)
 
 
 def dense(w: jax.Array | QuantArray, dtype) -> jax.Array:

@@ -28,7 +28,7 @@ from phijax.gguf import relayout
 from phijax.gguf.dequant import dequantize
 from phijax.gguf.reader import GGUFFile
 from phijax.model.phi3 import Phi3
-from phijax.quant import QuantArray
+from phijax.quant import QuantArray, can_interleave, interleaved
 from phijax.sharding import place, weight_axes, zeros
 from phijax.weight_schema import BY_NAME, GLOBAL_WEIGHTS, LAYER_WEIGHTS, Source, shape_matches
 
@@ -117,13 +117,21 @@ def _stack_formats(
 
 
 def load_weights(
-    f: GGUFFile, module: Phi3, *, progress: bool = True, quantized: bool = False, mesh=None
+    f: GGUFFile,
+    module: Phi3,
+    *,
+    progress: bool = True,
+    quantized: bool = False,
+    mesh=None,
+    interleave: bool = False,
 ) -> dict[str, np.ndarray]:
     """Fill ``module``'s parameters from ``f``; returns LongRoPE factor arrays if the file has them.
 
     ``quantized``: quantized matrices stay packed (:class:`QuantArray`, 0.75-1.25 bytes per weight);
     norms and float tensors load as arrays either way. ``mesh``: each tensor goes to its shards
     as soon as it is decoded (:mod:`phijax.sharding`), so no device holds the whole model.
+    ``interleave``: packed matrices that can take it are stored in the CPU kernel's
+    int8-activation order (:func:`phijax.gguf.interleaved`), one tensor at a time.
     """
     c = module.config
     total = sum(t.nbytes for t in f.tensors.values())
@@ -142,6 +150,8 @@ def load_weights(
         return value if isinstance(value, QuantArray) else value.astype(dtype)
 
     def put(value, name, stacked=False):  # onto the mesh with its logical axes' sharding
+        if interleave and isinstance(value, QuantArray) and can_interleave(value):
+            value = interleaved(value)
         return place(value, weight_axes(name, stacked), mesh, c)
 
     for spec in GLOBAL_WEIGHTS:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 
 from phijax import int8
 from phijax.errors import ConfigError, UnsupportedError
+from phijax.kernels.check import self_check
 from phijax.quant import QuantArray, dense
 
 BUILDS: tuple[str, ...] = ("avx512vnni", "avx512", "avx2", "generic")
@@ -150,78 +150,10 @@ def _checked(build: str) -> str:
         return why
     try:  # in a thread of its own: JAX's trace state is per thread, so this runs eagerly
         with ThreadPoolExecutor(1) as pool:  # even when the first use is inside a jit trace
-            error = pool.submit(_self_check, build).result()
+            error = pool.submit(self_check, build, _call).result()
     except Exception as e:  # any failure of a foreign build means: do not use it
         error = f"{type(e).__name__}: {e}"
     return f"failed its check ({error})" if error else ""
-
-
-def _pack(codes: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """4- or 5-bit ``codes [rows, cols]`` as QuantArray stores them: low 4 bits two per byte
-    (in each group, byte j holds code j low and code j + group/2 high), and the fifth bits
-    as a plane (bit i of byte b for code 8b + i), or ``None`` if every code is below 16."""
-    rows, cols = codes.shape
-    g = (codes & 15).reshape(rows, cols // group, 2, group // 2)
-    low = (g[:, :, 0] | g[:, :, 1] << 4).reshape(rows, cols // 2).astype(np.uint8)
-    fifth = (codes >> 4).astype(np.uint8)
-    return low, np.packbits(fifth, axis=-1, bitorder="little") if fifth.any() else None
-
-
-def _self_check(build: str) -> str:
-    """``build`` against numpy on every code layout (int8 codes in blocks of 16 and 32,
-    4- and 5-bit codes in groups of 32 and 64, each with and without mins; bf16), with f32 and, for
-    packed layouts, int8 activations (:mod:`phijax.int8`'s rounding, in blocks of 256 and
-    32), with 9 rows of x (tiles of 4 and a remainder) and 7 weight rows (pairs and a
-    remainder); '' when every product is within f32 rounding of the exact one (of the rounded
-    activations, for int8), else which layout is wrong."""
-    rng = np.random.default_rng(0)
-    out, cols = 7, 256
-    x = rng.standard_normal((9, cols)).astype(np.float32)
-    cases: dict[str, tuple[jax.Array | QuantArray, str, np.ndarray, np.ndarray]] = {}
-    layouts = [(0, 16, 8), (0, 32, 8), (32, 32, 4), (64, 32, 4), (32, 32, 5), (64, 32, 5)]
-    for (nibbles, block, bits), with_mins in itertools.product(layouts, (True, False)):
-        lo, hi = (0, 1 << bits) if nibbles else (-128, 128)
-        codes = rng.integers(lo, hi, (out, cols))
-        scales = (rng.integers(1, 64, (out, cols // block)) / 64).astype(np.float32)
-        mins = rng.standard_normal(scales.shape).astype(np.float32) if with_mins else None
-        per_code = np.repeat(scales, block, 1)
-        w = per_code * codes.astype(np.float32)  # exact: dyadic scales
-        size = per_code * (np.abs(codes) + 128)  # int8 codes are offset by 128 for int8 activations
-        if with_mins:
-            w = w - np.repeat(mins, block, 1)  # one rounding, like the kernel's fmsub
-            size = size + np.abs(np.repeat(mins, block, 1))
-        values, high = _pack(codes, nibbles) if nibbles else (codes.astype(np.int8), None)
-        name = f"{bits}-bit groups of {nibbles}" if nibbles else f"int8 blocks of {block}"
-        name = f"{name}, {'with' if with_mins else 'no'} mins"
-        for act_block in int8.BLOCKS:
-            q = QuantArray(
-                jnp.asarray(values),
-                jnp.asarray(scales),
-                None if mins is None else jnp.asarray(mins),
-                nibbles,
-                act_block,
-                None if high is None else jnp.asarray(high),
-            )
-            if act_block == 32:
-                cases[name] = (q, "f32", w, np.abs(w))
-            cases[f"{name}, int8 activations in blocks of {act_block}"] = (q, "int8", w, size)
-    bf16 = jnp.asarray(rng.standard_normal((out, cols)), jnp.bfloat16)
-    w16 = np.asarray(bf16.astype(jnp.float32))
-    cases["bf16"] = (bf16, "f32", w16, np.abs(w16))
-    acts = [act for _, act, _, _ in cases.values()]
-    weights = [w for w, _, _, _ in cases.values()]
-    run = jax.jit(
-        lambda x, ws: [_call(build, None, a, x, w) for a, w in zip(acts, ws, strict=True)]
-    )
-    got = run(x, weights)
-    rounded = {"f32": {b: x for b in int8.BLOCKS}}  # the activations each product sees
-    rounded["int8"] = {b: np.asarray(int8.fake_quant(jnp.asarray(x), b)) for b in int8.BLOCKS}
-    for (name, (q, act, w, size)), y in zip(cases.items(), got, strict=True):
-        x64 = rounded[act][getattr(q, "activation_block", 32)].astype(np.float64)
-        bound = cols * np.finfo(np.float32).eps * (np.abs(x64) @ size.astype(np.float64).T)
-        if not np.all(np.abs(np.asarray(y) - x64 @ w.astype(np.float64).T) <= bound):
-            return f"wrong products for {name}"
-    return ""
 
 
 def builds() -> tuple[str, ...]:
@@ -294,6 +226,10 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     groups = w.scales.shape[-1]
     if w.values.ndim != 2 or w.scales.ndim != 2 or cols % 32 or not groups or cols % groups:
         return False
+    if w.interleave:  # the int8 path's own order (phijax.gguf.interleaved)
+        interleaved_ok = w.block == w.interleave and cols % (16 * w.block) == 0
+        if activations != "int8" or w.activation_block != 256 or not interleaved_ok:
+            return False
     if w.mins is not None and w.mins.shape != w.scales.shape:
         return False
     if w.nibbles:
@@ -346,6 +282,11 @@ def matmul(
     function."""
     if activations not in ACTIVATIONS:
         raise ConfigError(f"activations = {activations!r}; use one of {ACTIVATIONS}.")
+    if isinstance(w, QuantArray) and w.interleave and activations != "int8":
+        raise UnsupportedError(
+            "an interleaved weight (QuantArray.interleave, the int8 path's order) takes "
+            "activations='int8'; QuantArray.unpacked() gives the row order back."
+        )
     if activations == "int8" and not fits(w, activations):
         raise UnsupportedError(
             "int8 activations take a packed weight whose width is a multiple of 64 (and of "
@@ -383,9 +324,8 @@ def _call(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -
     mins = empty if w.mins is None else w.mins
     high = no_bits if w.high is None else w.high
     act = _act(activations, w.activation_block)
-    return _ffi(build, w.nibbles, w.activation_block, act, max_rows)(
-        x, w.values, w.scales, mins, high
-    )
+    call = _ffi(build, w.nibbles, w.activation_block, act, max_rows, w.interleave)
+    return call(x, w.values, w.scales, mins, high)
 
 
 def _pure(x: jax.Array, w: jax.Array | QuantArray, activations: str) -> jax.Array:
@@ -398,7 +338,14 @@ def _pure(x: jax.Array, w: jax.Array | QuantArray, activations: str) -> jax.Arra
 
 
 @functools.cache
-def _ffi(build: str, nibbles: int, activation_block: int, act: int, max_rows: int | None):
+def _ffi(
+    build: str,
+    nibbles: int,
+    activation_block: int,
+    act: int,
+    max_rows: int | None,
+    interleave: int = 0,
+):
     """The foreign call of ``build`` for one code layout and activation rounding (``act``),
     batched by folding a batch of ``x`` into its rows (weights shared; the pure product beyond
     ``max_rows`` rows) or, when the weights carry the batch too, one call per item."""
@@ -407,7 +354,14 @@ def _ffi(build: str, nibbles: int, activation_block: int, act: int, max_rows: in
     def call(x, values, scales, mins, high):
         out = jax.ShapeDtypeStruct((x.shape[0], values.shape[0]), jnp.float32)
         return jax.ffi.ffi_call(target(build), out)(
-            x, values, scales, mins, high, act=np.int64(act), nibbles=np.int64(nibbles)
+            x,
+            values,
+            scales,
+            mins,
+            high,
+            act=np.int64(act),
+            nibbles=np.int64(nibbles),
+            interleave=np.int64(interleave),
         )
 
     @call.def_vmap
@@ -425,6 +379,7 @@ def _ffi(build: str, nibbles: int, activation_block: int, act: int, max_rows: in
                         nibbles,
                         activation_block,
                         high if high.ndim == 2 else None,
+                        interleave,
                     )
                 activations = "f32" if act == 0 else "int8"
                 return _pure(folded, w, activations).reshape(size, rows, -1), True

@@ -207,6 +207,7 @@ struct Weight {
   const float* mins;     // [rows, groups], or null
   int64_t rows, cols, row_bytes, groups;
   const uint8_t* high = nullptr;  // [rows, cols / 8]: fifth bits, bit i of byte b for code 8b + i
+  int64_t interleave = 0;         // 0: codes in row order; else int8_dot.h's order, sub-blocks of this
 };
 
 struct Problem {
@@ -422,7 +423,8 @@ ffi::Unexpected<ffi::Error> bad(const char* message) {
 // for any caller, so every extent the loops read is checked here). ``nibbles``: 0 for int8
 // codes, 32 or 64 for packed 4-bit codes; bf16 codes are a dense weight (scales, mins empty).
 ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::Buffer<ffi::F32> scales,
-                               ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::U8> high, int64_t nibbles) {
+                               ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::U8> high, int64_t nibbles,
+                               int64_t interleave) {
   const auto cd = codes.dimensions(), sd = scales.dimensions();
   const auto* data = static_cast<const uint8_t*>(codes.untyped_data());
   if (cd.size() != 2 || cols % 32 != 0) {
@@ -454,17 +456,21 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::Buffer<f
   if (fifth && (!packed || hd.size() != 2 || hd[0] != rows || hd[1] != cols / 8)) {
     return bad("cpu_matmul: fifth bits must be [rows, cols / 8] uint8 beside packed codes, or empty");
   }
+  if (interleave != 0 && (interleave != block || cols % (16 * block) != 0 || (packed && nibbles != 64))) {
+    return bad("cpu_matmul: interleaved codes come in groups of 16 sub-blocks of the scales' block "
+               "(nibbles: groups of 64, blocks of 32)");
+  }
   return Weight{data,   scales.typed_data(), with_mins ? mins.typed_data() : nullptr, rows, cols, cd[1], groups,
-                fifth ? high.typed_data() : nullptr};
+                fifth ? high.typed_data() : nullptr, interleave};
 }
 
 ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes,
                            ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::U8> high,
-                           ffi::ResultBuffer<ffi::F32> y, int64_t act, int64_t nibbles) {
+                           ffi::ResultBuffer<ffi::F32> y, int64_t act, int64_t nibbles, int64_t interleave) {
   const auto xd = x.dimensions();
   if (xd.size() != 2) return ffi::Error::InvalidArgument("cpu_matmul: x must be 2-D");
   const int64_t m = xd[0], cols = xd[1];
-  auto w = weight_of(cols, codes, scales, mins, high, nibbles);
+  auto w = weight_of(cols, codes, scales, mins, high, nibbles, interleave);
   if (w.has_error()) return w.error();
   const auto yd = y->dimensions();
   if (yd.size() != 2 || yd[0] != m || yd[1] != w->rows) {
@@ -472,6 +478,9 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   }
   auto job = std::make_shared<Job>();
   const int64_t block = w->groups ? cols / w->groups : 0;
+  if (w->interleave != 0 && act != static_cast<int64_t>(Act::kQ8K)) {
+    return ffi::Error::InvalidArgument("cpu_matmul: interleaved codes take int8 activations in blocks of 256");
+  }
   if (act != static_cast<int64_t>(Act::kF32)) {
     if ((act != static_cast<int64_t>(Act::kQ8K) && act != static_cast<int64_t>(Act::kQ8_0)) || block == 0 ||
         cols % (act == static_cast<int64_t>(Act::kQ8K) ? 256 : 64) != 0 || (nibbles != 0 && block != 32)) {
@@ -483,8 +492,9 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
     p->w = *w;
     p->y = y->typed_data();
     p->m = m;
-    quantize_rows(x.typed_data(), m, cols, static_cast<Act>(act), block, p->x);
-    job->columns = [p, fn = pick_int8(nibbles, w->high != nullptr, block)](int64_t n0, int64_t n1) {
+    quantize_rows(x.typed_data(), m, cols, static_cast<Act>(act), block, p->x, w->interleave);
+    job->columns = [p, fn = pick_int8(nibbles, w->high != nullptr, block, w->interleave != 0)](int64_t n0,
+                                                                                                int64_t n1) {
       fn(*p, n0, n1);
     };
   } else {
@@ -516,7 +526,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmul, CpuMatmulImpl,
                                   .Arg<ffi::Buffer<ffi::U8>>()   // fifth bits [rows, cols / 8] or [0]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y [m, rows]
                                   .Attr<int64_t>("act")          // activations: 0 f32, 1 int8 per 256, 2 per 32
-                                  .Attr<int64_t>("nibbles"));
+                                  .Attr<int64_t>("nibbles")
+                                  .Attr<int64_t>("interleave"));  // 0, or the sub-block of int8_dot.h's order
 
 namespace {
 

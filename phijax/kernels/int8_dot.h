@@ -14,6 +14,12 @@
 //
 // Per output, 16 lanes of 4 codes are scaled and summed in f32 in a fixed order, and rows
 // of x never share a sum: results do not depend on the batch.
+//
+// Interleaved weights (QuantArray.interleave = S, k-quants: phijax.quant.interleaved)
+// hold, in each group of 16 sub-blocks of S codes, steps of 64 bytes in which lane l has 4
+// codes of sub-block l; x is quantized into the same order. Each lane's integer sum then
+// covers a whole sub-block (S / 4 dot products) before one f32 scaling per 16 sub-blocks,
+// instead of one per 64 codes.
 
 enum class Act : int64_t { kF32 = 0, kQ8K = 1, kQ8_0 = 2 };
 
@@ -46,22 +52,26 @@ inline float round_to_half(float f) {
   return r;
 }
 
-// Rows of x quantized to int8: ``q [m, cols]``; ``lane [m, cols / 4]``, the scale (d) of the
-// block each 4 consecutive codes belong to; ``sums [m, cols / sub]``, d * sum(q) over each
-// weight sub-block of ``sub`` codes.
+// Rows of x quantized to int8: ``q [m, cols]`` (in the weight's interleaved order if it has
+// one); ``lane``, the scale (d) of the block each 4 consecutive codes belong to, ``[m, cols / 4]``
+// (interleaved: of the block each sub-block belongs to, ``[m, cols / sub]``); ``sums
+// [m, cols / sub]``, d * sum(q) over each weight sub-block of ``sub`` codes.
 struct QuantX {
   std::vector<int8_t> q;
   std::vector<float> lane, sums;
 };
 
-inline void quantize_rows(const float* x, int64_t m, int64_t cols, Act act, int64_t sub, QuantX& out) {
+inline void quantize_rows(const float* x, int64_t m, int64_t cols, Act act, int64_t sub, QuantX& out,
+                          int64_t interleave = 0) {
   out.q.resize(m * cols);
-  out.lane.resize(m * cols / 4);
+  const int64_t per_lane = interleave ? sub : 4;
+  out.lane.resize(m * cols / per_lane);
   out.sums.resize(m * cols / sub);
   const int64_t block = act == Act::kQ8K ? 256 : 32;
+  std::vector<int8_t> row_order(interleave ? cols : 0);
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * cols;
-    int8_t* qr = out.q.data() + r * cols;
+    int8_t* qr = interleave ? row_order.data() : out.q.data() + r * cols;
     for (int64_t b = 0; b < cols; b += block) {
       float amax = 0.0f, max = 0.0f;
       for (int64_t j = b; j < b + block; ++j) {
@@ -83,12 +93,21 @@ inline void quantize_rows(const float* x, int64_t m, int64_t cols, Act act, int6
         for (int64_t j = b; j < b + block; ++j) qr[j] = static_cast<int8_t>(nearest_int(xr[j] * id));
         d = round_to_half(amax / 127.0f);
       }
-      std::fill(out.lane.begin() + (r * cols + b) / 4, out.lane.begin() + (r * cols + b + block) / 4, d);
+      std::fill(out.lane.begin() + (r * cols + b) / per_lane, out.lane.begin() + (r * cols + b + block) / per_lane,
+                d);
     }
     for (int64_t j = 0; j < cols / sub; ++j) {
       int32_t s = 0;
       for (int64_t t = j * sub; t < (j + 1) * sub; ++t) s += qr[t];
-      out.sums[r * (cols / sub) + j] = out.lane[(r * cols + j * sub) / 4] * static_cast<float>(s);
+      out.sums[r * (cols / sub) + j] = out.lane[(r * cols + j * sub) / per_lane] * static_cast<float>(s);
+    }
+    if (interleave) {  // step t of group g, lane l, byte j: code g * 16S + l * S + 4t + j
+      int8_t* dst = out.q.data() + r * cols;
+      for (int64_t g = 0; g < cols; g += 16 * sub) {
+        for (int64_t t = 0; t < sub / 4; ++t) {
+          for (int64_t l = 0; l < 16; ++l) std::memcpy(dst + g + 64 * t + 4 * l, qr + g + l * sub + 4 * t, 4);
+        }
+      }
     }
   }
 }
@@ -140,6 +159,36 @@ inline __m512i unsigned_codes_512(const uint8_t* row, const uint8_t* high, int64
 #else
 constexpr bool kVnni = false;
 #endif
+
+// y[r * ldy] = sum[r] - the mins (and the +128 of int8 codes): sum_j (min_j + 128 scale_j) *
+// d_j * B_j over the sub-blocks j of weight row n, in 16 lanes.
+template <Codes kCodes, int kSub, int kRows>
+void subtract_offsets(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, const float* sum, float* y,
+                      int64_t ldy) {
+  const float* scales = w.scales + n * w.groups;
+  const float* mins = w.mins ? w.mins + n * w.groups : nullptr;
+  const int64_t groups = w.cols / kSub;
+  thread_local std::vector<float> offsets;
+  offsets.resize(groups);
+  const float offset = kCodes == Codes::kInt8 ? 128.0f : 0.0f;
+  for (int64_t j = 0; j < groups; ++j) offsets[j] = offset * scales[j];
+  if (mins) {
+    for (int64_t j = 0; j < groups; ++j) offsets[j] += mins[j];
+  }
+  for (int r = 0; r < kRows; ++r) {
+    const float* xs = xq.sums.data() + (m0 + r) * groups;
+    float lanes[16] = {};
+    int64_t j = 0;
+    for (; j + 16 <= groups; j += 16) {
+      for (int l = 0; l < 16; ++l) lanes[l] += offsets[j + l] * xs[j + l];
+    }
+    for (; j < groups; ++j) lanes[j % 16] += offsets[j] * xs[j];
+    for (int width = 8; width > 0; width /= 2) {
+      for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+    }
+    y[r * ldy] = sum[r] - lanes[0];
+  }
+}
 
 // y[r * ldy] = x_r . w_n for kRows rows of quantized x from row m0; kSub codes per weight scale.
 template <Codes kCodes, int kSub, int kRows>
@@ -196,35 +245,120 @@ void int8_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* 
     sum[r] = a[0];
   }
 #endif
-  // the mins (and the +128 of int8 codes): sum_j (min_j + 128 scale_j) * d_j * B_j, in 16 lanes
-  const int64_t groups = cols / kSub;
-  thread_local std::vector<float> offsets;
-  offsets.resize(groups);
-  const float offset = kCodes == Codes::kInt8 ? 128.0f : 0.0f;
-  for (int64_t j = 0; j < groups; ++j) offsets[j] = offset * scales[j];
-  if (mins) {
-    for (int64_t j = 0; j < groups; ++j) offsets[j] += mins[j];
+  subtract_offsets<kCodes, kSub, kRows>(w, n, xq, m0, sum, y, ldy);
+}
+
+// Step t of group g of an interleaved weight row as 64 unsigned codes (lane l, byte j: code
+// l * kSub + 4t + j of the group; int8 codes + 128).
+template <Codes kCodes, int kSub>
+inline void unsigned_step(const uint8_t* row, const uint8_t* high, int64_t g, int t, uint8_t* u) {
+  constexpr int64_t kGroup = 16 * kSub;
+  if constexpr (kCodes == Codes::kInt8) {
+    const uint8_t* b = row + g * kGroup + 64 * t;
+    for (int i = 0; i < 64; ++i) u[i] = b[i] ^ 0x80u;
+  } else {
+    const uint8_t* b = row + g * kGroup / 2 + 64 * (t / 2);  // steps 2u and 2u + 1 share 64 bytes
+    for (int i = 0; i < 64; ++i) u[i] = t % 2 ? b[i] >> 4 : b[i] & 15u;
+    if constexpr (has_fifth(kCodes)) {
+      const uint8_t* h = high + g * kGroup / 8 + 8 * t;
+      for (int i = 0; i < 64; ++i) u[i] |= ((h[i / 8] >> (i % 8)) & 1u) << 4;
+    }
+  }
+}
+
+// int8_tile for an interleaved weight (QuantArray.interleave == kSub): per group of 16
+// sub-blocks, one integer sum per sub-block and row, scaled once.
+template <Codes kCodes, int kSub, int kRows>
+void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* y, int64_t ldy) {
+  constexpr int64_t kGroup = 16 * kSub, kSteps = kSub / 4;
+  constexpr int64_t kGroupBytes = kCodes == Codes::kInt8 ? kGroup : kGroup / 2;
+  constexpr int64_t kGroupsAhead = (kAhead + kGroupBytes - 1) / kGroupBytes;
+  const uint8_t* row = w.codes + n * w.row_bytes;
+  const uint8_t* high = w.high ? w.high + n * (w.cols / 8) : nullptr;
+  const float* scales = w.scales + n * w.groups;
+  const float* mins = w.mins ? w.mins + n * w.groups : nullptr;
+  const int64_t cols = w.cols, subs = w.groups, groups = cols / kGroup;
+  float sum[kRows];
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  __m512 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* codes = row + g * kGroupBytes;
+    if (m0 == 0) {
+      for (int64_t b = 0; b < kGroupBytes; b += 64) prefetch(codes + b + kAhead);
+      prefetch(scales + (g + kGroupsAhead) * 16);
+      if (mins) prefetch(mins + (g + kGroupsAhead) * 16);
+      if constexpr (has_fifth(kCodes)) prefetch(high + (g + kGroupsAhead) * kGroup / 8);
+    }
+    const int8_t* xg = xq.q.data() + m0 * cols + g * kGroup;
+    __m512i d[kRows];
+    for (int r = 0; r < kRows; ++r) d[r] = _mm512_setzero_si512();
+    if constexpr (kCodes == Codes::kInt8) {
+      for (int t = 0; t < kSteps; ++t) {
+        const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(codes + 64 * t), _mm512_set1_epi8(static_cast<char>(0x80)));
+        for (int r = 0; r < kRows; ++r) d[r] = _mm512_dpbusd_epi32(d[r], u, _mm512_loadu_si512(xg + r * cols + 64 * t));
+      }
+    } else {
+      for (int t = 0; t < kSteps; t += 2) {
+        const __m512i b = _mm512_loadu_si512(codes + 32 * t);
+        __m512i lo = _mm512_and_si512(b, _mm512_set1_epi8(15));
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi8(15));
+        if constexpr (has_fifth(kCodes)) {
+          uint64_t m[2];
+          std::memcpy(m, high + g * kGroup / 8 + 8 * t, sizeof m);
+          lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(m[0]), lo, _mm512_set1_epi8(16));
+          hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(m[1]), hi, _mm512_set1_epi8(16));
+        }
+        for (int r = 0; r < kRows; ++r) {
+          d[r] = _mm512_dpbusd_epi32(d[r], lo, _mm512_loadu_si512(xg + r * cols + 64 * t));
+          d[r] = _mm512_dpbusd_epi32(d[r], hi, _mm512_loadu_si512(xg + r * cols + 64 * t + 64));
+        }
+      }
+    }
+    const __m512 s = _mm512_loadu_ps(scales + g * 16);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 dx = _mm512_loadu_ps(xq.lane.data() + (m0 + r) * subs + g * 16);
+      acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d[r]), dx), s, acc[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) sum[r] = _mm512_reduce_add_ps(acc[r]);
+#else
+  (void)mins;
+  float acc[kRows][16] = {};
+  for (int64_t g = 0; g < groups; ++g) {
+    int32_t d[kRows][16] = {};
+    for (int t = 0; t < kSteps; ++t) {
+      uint8_t u[64];
+      unsigned_step<kCodes, kSub>(row, high, g, t, u);
+      for (int r = 0; r < kRows; ++r) {
+        const int8_t* q = xq.q.data() + (m0 + r) * cols + g * kGroup + 64 * t;
+        for (int i = 0; i < 64; ++i) d[r][i / 4] += static_cast<int32_t>(u[i]) * q[i];
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const float* dx = xq.lane.data() + (m0 + r) * subs + g * 16;
+      for (int l = 0; l < 16; ++l) acc[r][l] += static_cast<float>(d[r][l]) * dx[l] * scales[g * 16 + l];
+    }
   }
   for (int r = 0; r < kRows; ++r) {
-    const float* xs = xq.sums.data() + (m0 + r) * groups;
-    float lanes[16] = {};
-    int64_t j = 0;
-    for (; j + 16 <= groups; j += 16) {
-      for (int l = 0; l < 16; ++l) lanes[l] += offsets[j + l] * xs[j + l];
-    }
-    for (; j < groups; ++j) lanes[j % 16] += offsets[j] * xs[j];
     for (int width = 8; width > 0; width /= 2) {
-      for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+      for (int l = 0; l < width; ++l) acc[r][l] += acc[r][l + width];
     }
-    y[r * ldy] = sum[r] - lanes[0];
+    sum[r] = acc[r][0];
   }
+#endif
+  subtract_offsets<kCodes, kSub, kRows>(w, n, xq, m0, sum, y, ldy);
 }
 
 using Int8Tile = void (*)(const Weight&, int64_t, const QuantX&, int64_t, float*, int64_t);
 
-template <Codes kCodes, int kSub, int... R>
+template <Codes kCodes, int kSub, bool kInterleaved, int... R>
 constexpr std::array<Int8Tile, sizeof...(R)> int8_tiles(std::integer_sequence<int, R...>) {
-  return {&int8_tile<kCodes, kSub, R + 1>...};
+  if constexpr (kInterleaved) {
+    return {&int8_group_tile<kCodes, kSub, R + 1>...};
+  } else {
+    return {&int8_tile<kCodes, kSub, R + 1>...};
+  }
 }
 
 struct Int8Problem {
@@ -235,9 +369,10 @@ struct Int8Problem {
 };
 
 // Output columns [n0, n1) for every row of x.
-template <Codes kCodes, int kSub>
+template <Codes kCodes, int kSub, bool kInterleaved = false>
 void int8_columns(const Int8Problem& p, int64_t n0, int64_t n1) {
-  static constexpr auto tiles = int8_tiles<kCodes, kSub>(std::make_integer_sequence<int, kInt8Rows>{});
+  static constexpr auto tiles =
+      int8_tiles<kCodes, kSub, kInterleaved>(std::make_integer_sequence<int, kInt8Rows>{});
   for (int64_t m0 = 0; m0 < p.m; m0 += kInt8Rows) {
     const int64_t rows = std::min<int64_t>(kInt8Rows, p.m - m0);
     for (int64_t n = n0; n < n1; ++n) tiles[rows - 1](p.w, n, p.x, m0, p.y + m0 * p.w.rows + n, p.w.rows);
@@ -247,8 +382,14 @@ void int8_columns(const Int8Problem& p, int64_t n0, int64_t n1) {
 using Int8Fn = void (*)(const Int8Problem&, int64_t, int64_t);
 
 // Codes in groups of 64 (int8, or 4-bit in groups of 32 or 64, with or without fifth bits) with
-// a scale per 16 or 32.
-inline Int8Fn pick_int8(int64_t nibbles, bool fifth, int64_t sub) {
+// a scale per 16 or 32; interleaved (kSub = the scale's block) or in row order.
+inline Int8Fn pick_int8(int64_t nibbles, bool fifth, int64_t sub, bool interleaved) {
+  if (interleaved) {  // nibbles in groups of 64 with blocks of 32, or int8 codes
+    if (nibbles) {
+      return fifth ? &int8_columns<Codes::kNibbles64H, 32, true> : &int8_columns<Codes::kNibbles64, 32, true>;
+    }
+    return sub == 16 ? &int8_columns<Codes::kInt8, 16, true> : &int8_columns<Codes::kInt8, 32, true>;
+  }
   if (nibbles == 64) return fifth ? &int8_columns<Codes::kNibbles64H, 32> : &int8_columns<Codes::kNibbles64, 32>;
   if (nibbles == 32) return fifth ? &int8_columns<Codes::kNibbles32H, 32> : &int8_columns<Codes::kNibbles32, 32>;
   return sub == 16 ? &int8_columns<Codes::kInt8, 16> : &int8_columns<Codes::kInt8, 32>;

@@ -15,6 +15,7 @@ from phijax.errors import GGUFFormatError, UnsupportedError
 from phijax.gguf import dequant, relayout
 from phijax.gguf.dequant import dequantize
 from phijax.gguf.synthetic import F16_FIELDS
+from phijax.quant import can_interleave, interleaved
 
 from blocks import random_blocks
 
@@ -266,6 +267,28 @@ def test_relayout_decodes_bit_exact(qtype: QT) -> None:
     assert_bit_exact(q.dequantize(), reference(blocks, qtype, shape))
     rows = np.array([4, 0, 4])
     assert_bit_exact(q.take(jnp.asarray(rows)).dequantize(), reference(blocks, qtype, shape)[rows])
+
+
+@pytest.mark.parametrize(
+    "qtype", [t for t in QUANTIZED if GGML_QUANT_SIZES[t][0] == 256], ids=lambda t: t.name
+)
+def test_interleaved_order_keeps_the_weight(qtype: QT) -> None:
+    """The CPU kernel's int8-activation order (``phijax.quant.interleaved``) moves codes
+    within each group of 16 sub-blocks, and decodes to the file's weights bit for bit."""
+    shape = (3, 1024)
+    blocks = random_blocks(qtype, 3 * 4, seed=700 + int(qtype))
+    q = relayout.relayout(blocks, qtype, shape)
+    assert can_interleave(q) and not can_interleave(q[None])  # one matrix only
+    i = interleaved(q)
+    assert i.interleave == q.block and i.nbytes == q.nbytes
+    assert not np.array_equal(np.asarray(i.values), np.asarray(q.values))  # really reordered
+    want = reference(blocks, qtype, shape)
+    assert_bit_exact(i.dequantize(), want)
+    assert_bit_exact(i.unpacked().dequantize(), want)
+    rows = np.array([2, 0])
+    assert_bit_exact(i.take(jnp.asarray(rows)).dequantize(), want[rows])
+    legacy = relayout.relayout(random_blocks(QT.Q4_1, 3 * 32, seed=1), QT.Q4_1, shape)
+    assert not can_interleave(legacy)  # activations rounded per 32: the row-order path
 
 
 def test_relayout_concatenates_mixed_types_exactly() -> None:

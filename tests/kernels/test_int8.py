@@ -24,6 +24,7 @@ from phijax import backend, int8, kernels
 from phijax.errors import ConfigError, UnsupportedError
 from phijax.gguf import relayout
 from phijax.model.layers import linear
+from phijax.quant import can_interleave, interleaved
 
 from blocks import random_blocks
 
@@ -89,13 +90,33 @@ def product_bound(x: np.ndarray, w) -> np.ndarray:
     return x.shape[1] * F32_EPS * (np.abs(x) @ size.T)
 
 
-@pytest.mark.parametrize("qtype", sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name))
+QUANTIZED = sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name)
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED)
 def test_every_type_against_gguf(build: str, qtype: QT):
     """Rows across the tile edges (tiles of 4 rows): the exact product of the rounded
     activations with the file's weights, up to f32 rounding; each row as alone."""
     elems = GGML_QUANT_SIZES[qtype][0]
     w, want = file_weight(qtype, 256 if elems == 256 else 192)  # 192: 3 groups of 64
     assert w.activation_block == (256 if elems == 256 else 32)
+    assert_int8_products(build, w, want)
+
+
+@pytest.mark.parametrize("qtype", [t for t in QUANTIZED if GGML_QUANT_SIZES[t][0] == 256])
+def test_interleaved_k_quants_against_gguf(build: str, qtype: QT):
+    """The same for a k-quant stored in the int8 path's interleaved order (one integer sum
+    per sub-block, scaled once per 16 sub-blocks): 512 columns, two groups of 16 sub-blocks
+    of 16 or one of 32."""
+    w, want = file_weight(qtype, 512)
+    assert can_interleave(w)
+    w = interleaved(w)
+    assert w.interleave == w.block and not kernels.fits(w, "f32") and kernels.fits(w, "int8")
+    assert_int8_products(build, w, want)
+
+
+def assert_int8_products(build: str, w, want: np.ndarray) -> None:
+    """``w``'s int8-activation products on ``build`` for every row count of :data:`ROWS`."""
     x = np.random.default_rng(7).standard_normal((max(ROWS), w.shape[1])).astype(np.float32)
     rounded = np.asarray(int8.fake_quant(jnp.asarray(x), w.activation_block), np.float64)
 

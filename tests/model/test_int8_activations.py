@@ -34,11 +34,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import phijax
 from phijax import Sampler, kernels
+from phijax.quant import QuantArray, can_interleave
 
 from numerics import f32_atol
 
@@ -126,6 +129,21 @@ def test_pure_path_matches_the_kernel_up_to_rounding_flips(
     assert np.mean(err <= _atol(int8_model, want)) >= 0.25, np.round(err, 5)
     rounding = np.abs(logits["int8"] - logits["f32"]).max()
     assert err.max() <= 2 * rounding, (err.max(), rounding)
+
+
+def test_int8_mode_stores_k_quants_interleaved(int8_model):
+    """With the kernel, the matrices that can take the int8 path's interleaved order (whole
+    groups of 16 sub-blocks) have it, and the others keep row order."""
+    if int8_model.backend.kernel is None:
+        pytest.skip(f"the CPU kernel is {kernels.status()}: nothing to interleave for")
+    state = nnx.state(int8_model.params)
+    packed = [x for x in jax.tree.leaves(state, is_leaf=is_quant) if is_quant(x)]
+    assert any(q.interleave for q in packed)
+    assert all(q.interleave or not can_interleave(q) for q in packed)
+
+
+def is_quant(x) -> bool:
+    return isinstance(x, QuantArray)
 
 
 def test_int8_mode_generates_and_reads_activations(reference, logits, int8_model):

@@ -1,0 +1,88 @@
+"""The check each kernel build passes before it is used: its products against numpy on
+every code layout the kernel reads (run once per process, at first use)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phijax import int8
+from phijax.quant import QuantArray, can_interleave, interleaved
+
+
+def pack(codes: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """4- or 5-bit ``codes [rows, cols]`` as QuantArray stores them: low 4 bits two per byte
+    (in each group, byte j holds code j low and code j + group/2 high), and the fifth bits
+    as a plane (bit i of byte b for code 8b + i), or ``None`` if every code is below 16."""
+    rows, cols = codes.shape
+    g = (codes & 15).reshape(rows, cols // group, 2, group // 2)
+    low = (g[:, :, 0] | g[:, :, 1] << 4).reshape(rows, cols // 2).astype(np.uint8)
+    fifth = (codes >> 4).astype(np.uint8)
+    return low, np.packbits(fifth, axis=-1, bitorder="little") if fifth.any() else None
+
+
+def self_check(build: str, call: Callable[..., jax.Array]) -> str:
+    """``build`` (multiplying through ``call(build, max_rows, activations, x, w)``) against
+    numpy on every code layout (int8 codes in blocks of 16 and 32,
+    4- and 5-bit codes in groups of 32 and 64, each with and without mins; bf16), with f32 and, for
+    packed layouts, int8 activations (:mod:`phijax.int8`'s rounding, in blocks of 256 and
+    32; in blocks of 256 also with the codes interleaved), with 9 rows of x (tiles of 4 and a remainder) and 7 weight rows (pairs and a
+    remainder); '' when every product is within f32 rounding of the exact one (of the rounded
+    activations, for int8), else which layout is wrong."""
+    rng = np.random.default_rng(0)
+    out, cols = 7, 512  # one group of 16 sub-blocks of 32 for the interleaved order
+    x = rng.standard_normal((9, cols)).astype(np.float32)
+    cases: dict[str, tuple[jax.Array | QuantArray, str, np.ndarray, np.ndarray]] = {}
+    layouts = [(0, 16, 8), (0, 32, 8), (32, 32, 4), (64, 32, 4), (32, 32, 5), (64, 32, 5)]
+    for (nibbles, block, bits), with_mins in itertools.product(layouts, (True, False)):
+        lo, hi = (0, 1 << bits) if nibbles else (-128, 128)
+        codes = rng.integers(lo, hi, (out, cols))
+        scales = (rng.integers(1, 64, (out, cols // block)) / 64).astype(np.float32)
+        mins = rng.standard_normal(scales.shape).astype(np.float32) if with_mins else None
+        per_code = np.repeat(scales, block, 1)
+        w = per_code * codes.astype(np.float32)  # exact: dyadic scales
+        size = per_code * (np.abs(codes) + 128)  # int8 codes are offset by 128 for int8 activations
+        if with_mins:
+            w = w - np.repeat(mins, block, 1)  # one rounding, like the kernel's fmsub
+            size = size + np.abs(np.repeat(mins, block, 1))
+        values, high = pack(codes, nibbles) if nibbles else (codes.astype(np.int8), None)
+        name = f"{bits}-bit groups of {nibbles}" if nibbles else f"int8 blocks of {block}"
+        name = f"{name}, {'with' if with_mins else 'no'} mins"
+        for act_block in int8.BLOCKS:
+            q = QuantArray(
+                jnp.asarray(values),
+                jnp.asarray(scales),
+                None if mins is None else jnp.asarray(mins),
+                nibbles,
+                act_block,
+                None if high is None else jnp.asarray(high),
+            )
+            if act_block == 32:
+                cases[name] = (q, "f32", w, np.abs(w))
+            cases[f"{name}, int8 activations in blocks of {act_block}"] = (q, "int8", w, size)
+            if can_interleave(q):
+                cases[f"{name}, interleaved, int8 activations"] = (
+                    interleaved(q),
+                    "int8",
+                    w,
+                    size,
+                )
+    bf16 = jnp.asarray(rng.standard_normal((out, cols)), jnp.bfloat16)
+    w16 = np.asarray(bf16.astype(jnp.float32))
+    cases["bf16"] = (bf16, "f32", w16, np.abs(w16))
+    acts = [act for _, act, _, _ in cases.values()]
+    weights = [w for w, _, _, _ in cases.values()]
+    run = jax.jit(lambda x, ws: [call(build, None, a, x, w) for a, w in zip(acts, ws, strict=True)])
+    got = run(x, weights)
+    rounded = {"f32": {b: x for b in int8.BLOCKS}}  # the activations each product sees
+    rounded["int8"] = {b: np.asarray(int8.fake_quant(jnp.asarray(x), b)) for b in int8.BLOCKS}
+    for (name, (q, act, w, size)), y in zip(cases.items(), got, strict=True):
+        x64 = rounded[act][getattr(q, "activation_block", 32)].astype(np.float64)
+        bound = cols * np.finfo(np.float32).eps * (np.abs(x64) @ size.astype(np.float64).T)
+        if not np.all(np.abs(np.asarray(y) - x64 @ w.astype(np.float64).T) <= bound):
+            return f"wrong products for {name}"
+    return ""
