@@ -84,36 +84,22 @@ class QuantArray:
         return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), self)
 
     def codes(self) -> jax.Array:
-        """The int8 codes ``[..., rows, cols]`` in row order (unpacked from nibbles)."""
-        if self.interleave:
-            return self._interleaved_codes()
-        if not self.nibbles:
-            return self.values
+        """The int8 codes ``[..., rows, cols]`` in row order (unpacked from nibbles, their
+        fifth bits merged, the ``interleave`` order undone)."""
         *lead, cols = self.shape
-        v = self.values.reshape(*lead, cols // self.nibbles, self.nibbles // 2)
-        codes = jnp.concatenate([v & 15, v >> 4], axis=-1).reshape(*lead, cols)
-        if self.high is not None:
-            codes = codes | jnp.unpackbits(self.high, axis=-1, bitorder="little") << 4
-        return codes.astype(jnp.int8)
-
-    def _interleaved_codes(self) -> jax.Array:
-        """Row-order codes of the ``interleave`` layout: per group of 16 sub-blocks of S,
-        steps ``t < S/4`` of 64 codes (lane l, byte j: code ``l·S + 4t + j``); packed, byte
-        ``(u, l, j)`` holds steps 2u (low half) and 2u + 1 (high); fifth bits bit by bit in
-        step order."""
-        *lead, cols = self.shape
-        s = self.interleave
-        groups = cols // (16 * s)
-        if self.nibbles:
-            v = self.values.reshape(*lead, groups, s // 8, 1, 64)
-            steps = jnp.concatenate([v & 15, v >> 4], axis=-2).reshape(*lead, groups, s // 4, 64)
-            if self.high is not None:
-                bits = jnp.unpackbits(self.high, axis=-1, bitorder="little")
-                steps = steps | bits.reshape(steps.shape) << 4
-        else:
-            steps = self.values.reshape(*lead, groups, s // 4, 64)
-        lanes = steps.reshape(*lead, groups, s // 4, 16, 4).swapaxes(-3, -2)
-        return lanes.reshape(*lead, cols).astype(jnp.int8)
+        stored = self.values
+        if self.nibbles:  # two codes per byte: byte j of a group of g holds j and j + g/2
+            # interleaved, a group is 128 codes: steps 2u (low halves) and 2u + 1 (high)
+            g = 128 if self.interleave else self.nibbles
+            v = self.values.reshape(*lead, cols // g, 1, g // 2)
+            stored = jnp.concatenate([v & 15, v >> 4], axis=-2).reshape(*lead, cols)
+            if self.high is not None:  # fifth bits in the same order as the codes
+                stored = stored | jnp.unpackbits(self.high, axis=-1, bitorder="little") << 4
+        if self.interleave:  # steps t of 64 codes, lane l, byte j: code l·S + 4t + j
+            s = self.interleave
+            steps = stored.reshape(*lead, cols // (16 * s), s // 4, 16, 4)
+            stored = steps.swapaxes(-3, -2).reshape(*lead, cols)
+        return stored.astype(jnp.int8)
 
     def unpacked(self) -> QuantArray:
         """The same weight with one int8 code per byte."""

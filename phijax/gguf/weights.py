@@ -131,7 +131,8 @@ def load_weights(
     norms and float tensors load as arrays either way. ``mesh``: each tensor goes to its shards
     as soon as it is decoded (:mod:`phijax.sharding`), so no device holds the whole model.
     ``interleave``: packed matrices that can take it are stored in the CPU kernel's
-    int8-activation order (:func:`phijax.gguf.interleaved`), one tensor at a time.
+    int8-activation order (:func:`phijax.quant.interleaved`), one tensor at a time; a stacked
+    layout keeps row order (the kernel reads one matrix).
     """
     c = module.config
     total = sum(t.nbytes for t in f.tensors.values())
@@ -150,9 +151,12 @@ def load_weights(
         return value if isinstance(value, QuantArray) else value.astype(dtype)
 
     def put(value, name, stacked=False):  # onto the mesh with its logical axes' sharding
-        if interleave and isinstance(value, QuantArray) and can_interleave(value):
-            value = interleaved(value)
         return place(value, weight_axes(name, stacked), mesh, c)
+
+    def arranged(value):  # a whole matrix (not a layer of a stack) in the kernel's order
+        if interleave and isinstance(value, QuantArray) and can_interleave(value):
+            return interleaved(value)
+        return value
 
     for spec in GLOBAL_WEIGHTS:
         target = getattr(module, spec.name)
@@ -160,7 +164,7 @@ def load_weights(
             continue
         (source,) = spec.sources(f.tensors)
         value = load(source.tensor, spec.shape(c), spec.dtype(module.dtype), not spec.f32)
-        target.set_value(put(value, spec.name))
+        target.set_value(put(arranged(value), spec.name))
     stacked = module.layout == "stacked"
     packed = _packed_params(f, range(c.num_layers)) if quantized and stacked else set()
     formats = _stack_formats(f, c, packed)
@@ -197,7 +201,7 @@ def load_weights(
                 stack = _set_layer(stack, jnp.int32(i), layer)
                 target.set_value(put(stack, param_name, True))  # no-op unless XLA chose another
             else:
-                target.set_value(put(cast(value, dtype), param_name))
+                target.set_value(put(arranged(cast(value, dtype)), param_name))
     bar.close()
     factors = BY_NAME["rope_factors"]
     return {

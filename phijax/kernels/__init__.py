@@ -226,7 +226,7 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     groups = w.scales.shape[-1]
     if w.values.ndim != 2 or w.scales.ndim != 2 or cols % 32 or not groups or cols % groups:
         return False
-    if w.interleave:  # the int8 path's own order (phijax.gguf.interleaved)
+    if w.interleave:  # the int8 path's own order (phijax.quant.interleaved)
         interleaved_ok = w.block == w.interleave and cols % (16 * w.block) == 0
         if activations != "int8" or w.activation_block != 256 or not interleaved_ok:
             return False

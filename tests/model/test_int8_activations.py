@@ -115,16 +115,35 @@ def test_int8_top1_agrees_with_llamacpp_at_least_as_often(reference, logits):
 def test_pure_path_matches_the_kernel_up_to_rounding_flips(
     reference, logits, int8_model, monkeypatch
 ):
-    """Without the kernel (``PHIJAX_CPU_KERNEL=off``) the same rounding runs in JAX: at least
-    a quarter of the positions within f32 rounding (the model expects a third), everywhere
-    within twice the rounding's own effect."""
+    """Without the kernel (``PHIJAX_CPU_KERNEL=off``) the same rounding runs in JAX: its
+    logits are the kernel's up to rounding flips."""
     if not kernels.available():
         pytest.skip(f"the CPU kernel is {kernels.status()}: the int8 mode runs the pure path")
     prompts, want = reference
     monkeypatch.setenv(kernels.ENV, "off")
     pure = phijax.load(GGUF, progress=False, quantized=True, activations="int8")
     assert "int8 activations" in pure.backend.describe() and pure.backend.kernel is None
-    got = np.concatenate(pure.logits(prompts))
+    assert_rounding_flips_apart(np.concatenate(pure.logits(prompts)), logits, int8_model, want)
+
+
+def test_stacked_layout_keeps_row_order(reference, logits, int8_model):
+    """A stacked int8 load (the kernel reads one matrix, so layers stay in row order; the
+    global matrices are interleaved as in the layers layout) computes the same rounded
+    products: its logits are the layers layout's up to rounding flips."""
+    prompts, want = reference
+    stacked = phijax.load(
+        GGUF, progress=False, quantized=True, activations="int8", layout="stacked"
+    )
+    packed = [
+        x for x in jax.tree.leaves(nnx.state(stacked.params), is_leaf=is_quant) if is_quant(x)
+    ]
+    assert not any(q.interleave for q in packed if q.ndim == 3)
+    assert_rounding_flips_apart(np.concatenate(stacked.logits(prompts)), logits, int8_model, want)
+
+
+def assert_rounding_flips_apart(got, logits, int8_model, want) -> None:
+    """At least a quarter of the positions within f32 rounding of the int8 mode's logits (the
+    model expects a third), everywhere within twice the rounding's own effect."""
     err = np.abs(got - logits["int8"]).max(-1)
     assert np.mean(err <= _atol(int8_model, want)) >= 0.25, np.round(err, 5)
     rounding = np.abs(logits["int8"] - logits["f32"]).max()
