@@ -170,7 +170,10 @@ class Tokenizer:
 
     def stream(self, *, skip_special: bool = False) -> StreamDecoder:
         """A :class:`StreamDecoder` emitting only complete new text as ids arrive."""
-        return StreamDecoder(partial(self.decode, skip_special=skip_special), self._byte_ids)
+        skipped = self._special_ids if skip_special else frozenset()
+        return StreamDecoder(
+            partial(self.decode, skip_special=skip_special), self._byte_ids, skipped
+        )
 
     @cached_property
     def token_texts(self) -> list[str]:
@@ -182,6 +185,12 @@ class Tokenizer:
         """Ids of byte-fallback tokens (``<0xXX>``)."""
         pattern = re.compile(r"<0x[0-9A-Fa-f]{2}>")
         return frozenset(i for t, i in self.hf.get_vocab().items() if pattern.fullmatch(t))
+
+    @cached_property
+    def _special_ids(self) -> frozenset[int]:
+        """Ids that ``decode(..., skip_special=True)`` drops: the special added tokens."""
+        added = self.hf.get_added_tokens_decoder()
+        return frozenset(i for i, token in added.items() if token.special)
 
     # -- chat ---------------------------------------------------------------
 

@@ -7,7 +7,9 @@ Like the original program, we decode the whole sequence and emit the new
 suffix, holding it back while it ends in an incomplete character (U+FFFD) or
 in a byte-fallback token: HF's ByteFallback decoder decodes a run of
 ``<0xXX>`` tokens as one group and replaces all of it when the group is not
-valid UTF-8, so a run's text is final only once a non-byte token ends it.
+valid UTF-8, so a run's text is final only once a non-byte token ends it. A
+token the decode skips (a special token under ``skip_special``) does not end
+a run: the bytes on both sides of it decode as one group.
 With both rules a full decode is prefix-stable at the points we emit, so the
 concatenated output equals ``decode(all ids)``. The cost is one decode per token, in Rust:
 negligible next to a model step for the sequence lengths Phi-3 supports.
@@ -27,11 +29,18 @@ class StreamDecoder:
     ``flush()`` returns whatever is held back at the end of the stream.
     """
 
-    def __init__(self, decode: Callable[[Sequence[int]], str], byte_ids: Container[int] = ()):
+    def __init__(
+        self,
+        decode: Callable[[Sequence[int]], str],
+        byte_ids: Container[int] = (),
+        skipped_ids: Container[int] = (),
+    ):
         self._decode = decode
         self._byte_ids = byte_ids
+        self._skipped_ids = skipped_ids  # ids ``decode`` drops: they neither open nor close a run
         self._ids: list[int] = []
         self._text = ""  # emitted so far
+        self._in_byte_run = False
 
     @property
     def ids(self) -> list[int]:
@@ -42,8 +51,11 @@ class StreamDecoder:
         return self._text
 
     def push(self, token_id: int) -> str:
-        self._ids.append(int(token_id))
-        if self._ids[-1] in self._byte_ids:
+        token_id = int(token_id)
+        self._ids.append(token_id)
+        if token_id not in self._skipped_ids:
+            self._in_byte_run = token_id in self._byte_ids
+        if self._in_byte_run:
             return ""
         current = self._decode(self._ids)
         if current.endswith(REPLACEMENT) or not current.startswith(self._text):

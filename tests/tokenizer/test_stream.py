@@ -53,3 +53,12 @@ def test_multibyte_characters_are_never_split(tokenizer):
     pieces = [stream.push(i) for i in ids] + [stream.flush()]
     assert "".join(pieces) == tokenizer.decode(ids)
     assert any(p == "" for p in pieces)  # held back while a character was incomplete
+
+
+def test_skipped_special_token_does_not_end_a_byte_run(phi3_tokenizer):
+    """<0x00> <unk> <0x80> with skip_special decodes as one invalid byte group; the
+    stream must not emit the first byte before it knows (hypothesis found this)."""
+    ids = [3, 0, 131]
+    pieces = _stream(phi3_tokenizer, ids, skip_special=True)
+    assert pieces[:2] == ["", ""]
+    assert "".join(pieces) == phi3_tokenizer.decode(ids, skip_special=True)
