@@ -266,96 +266,149 @@ inline void unsigned_step(const uint8_t* row, const uint8_t* high, int64_t g, in
   }
 }
 
-// int8_tile for an interleaved weight (QuantArray.interleave == kSub): per group of 16
-// sub-blocks, one integer sum per sub-block and row, scaled once.
-template <Codes kCodes, int kSub, int kRows>
+// int8_tile for an interleaved weight (QuantArray.interleave == kSub), weight rows n ...
+// n + kCols - 1 at once (each x vector serves kCols rows): per group of 16 sub-blocks, one
+// integer sum per sub-block, row of x and weight row, scaled once; the group's 16 offsets
+// (mins, and the +128 of int8 codes) are one vector, subtracted in the same loop. Each
+// output's operations do not depend on kRows or kCols.
+template <Codes kCodes, int kSub, int kRows, int kCols>
 void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* y, int64_t ldy) {
   constexpr int64_t kGroup = 16 * kSub, kSteps = kSub / 4;
   constexpr int64_t kGroupBytes = kCodes == Codes::kInt8 ? kGroup : kGroup / 2;
   constexpr int64_t kGroupsAhead = (kAhead + kGroupBytes - 1) / kGroupBytes;
-  const uint8_t* row = w.codes + n * w.row_bytes;
-  const uint8_t* high = w.high ? w.high + n * (w.cols / 8) : nullptr;
-  const float* scales = w.scales + n * w.groups;
-  const float* mins = w.mins ? w.mins + n * w.groups : nullptr;
   const int64_t cols = w.cols, subs = w.groups, groups = cols / kGroup;
-  float sum[kRows];
+  const uint8_t* row[kCols];
+  const uint8_t* high[kCols];
+  const float* scales[kCols];
+  const float* mins[kCols];
+  for (int c = 0; c < kCols; ++c) {
+    row[c] = w.codes + (n + c) * w.row_bytes;
+    high[c] = w.high ? w.high + (n + c) * (cols / 8) : nullptr;
+    scales[c] = w.scales + (n + c) * subs;
+    mins[c] = w.mins ? w.mins + (n + c) * subs : nullptr;
+  }
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  __m512 acc[kRows];
-  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 acc[kRows][kCols];
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_setzero_ps();
+  }
   for (int64_t g = 0; g < groups; ++g) {
-    const uint8_t* codes = row + g * kGroupBytes;
     if (m0 == 0) {
-      for (int64_t b = 0; b < kGroupBytes; b += 64) prefetch(codes + b + kAhead);
-      prefetch(scales + (g + kGroupsAhead) * 16);
-      if (mins) prefetch(mins + (g + kGroupsAhead) * 16);
-      if constexpr (has_fifth(kCodes)) prefetch(high + (g + kGroupsAhead) * kGroup / 8);
+      for (int c = 0; c < kCols; ++c) {
+        for (int64_t b = 0; b < kGroupBytes; b += 64) prefetch(row[c] + g * kGroupBytes + b + kAhead);
+        prefetch(scales[c] + (g + kGroupsAhead) * 16);
+        if (mins[c]) prefetch(mins[c] + (g + kGroupsAhead) * 16);
+        if constexpr (has_fifth(kCodes)) prefetch(high[c] + (g + kGroupsAhead) * kGroup / 8);
+      }
     }
     const int8_t* xg = xq.q.data() + m0 * cols + g * kGroup;
-    __m512i d[kRows];
-    for (int r = 0; r < kRows; ++r) d[r] = _mm512_setzero_si512();
+    __m512i d[kRows][kCols];
+    for (int r = 0; r < kRows; ++r) {
+      for (int c = 0; c < kCols; ++c) d[r][c] = _mm512_setzero_si512();
+    }
     if constexpr (kCodes == Codes::kInt8) {
       for (int t = 0; t < kSteps; ++t) {
-        const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(codes + 64 * t), _mm512_set1_epi8(static_cast<char>(0x80)));
-        for (int r = 0; r < kRows; ++r) d[r] = _mm512_dpbusd_epi32(d[r], u, _mm512_loadu_si512(xg + r * cols + 64 * t));
-      }
-    } else {
-      for (int t = 0; t < kSteps; t += 2) {
-        const __m512i b = _mm512_loadu_si512(codes + 32 * t);
-        __m512i lo = _mm512_and_si512(b, _mm512_set1_epi8(15));
-        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi8(15));
-        if constexpr (has_fifth(kCodes)) {
-          uint64_t m[2];
-          std::memcpy(m, high + g * kGroup / 8 + 8 * t, sizeof m);
-          lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(m[0]), lo, _mm512_set1_epi8(16));
-          hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(m[1]), hi, _mm512_set1_epi8(16));
+        __m512i u[kCols];
+        for (int c = 0; c < kCols; ++c) {
+          u[c] = _mm512_xor_si512(_mm512_loadu_si512(row[c] + g * kGroupBytes + 64 * t),
+                                  _mm512_set1_epi8(static_cast<char>(0x80)));
         }
         for (int r = 0; r < kRows; ++r) {
-          d[r] = _mm512_dpbusd_epi32(d[r], lo, _mm512_loadu_si512(xg + r * cols + 64 * t));
-          d[r] = _mm512_dpbusd_epi32(d[r], hi, _mm512_loadu_si512(xg + r * cols + 64 * t + 64));
+          const __m512i xv = _mm512_loadu_si512(xg + r * cols + 64 * t);
+          for (int c = 0; c < kCols; ++c) d[r][c] = _mm512_dpbusd_epi32(d[r][c], u[c], xv);
         }
       }
-    }
-    const __m512 s = _mm512_loadu_ps(scales + g * 16);
-    for (int r = 0; r < kRows; ++r) {
-      const __m512 dx = _mm512_loadu_ps(xq.lane.data() + (m0 + r) * subs + g * 16);
-      acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d[r]), dx), s, acc[r]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r) sum[r] = _mm512_reduce_add_ps(acc[r]);
-#else
-  (void)mins;
-  float acc[kRows][16] = {};
-  for (int64_t g = 0; g < groups; ++g) {
-    int32_t d[kRows][16] = {};
-    for (int t = 0; t < kSteps; ++t) {
-      uint8_t u[64];
-      unsigned_step<kCodes, kSub>(row, high, g, t, u);
-      for (int r = 0; r < kRows; ++r) {
-        const int8_t* q = xq.q.data() + (m0 + r) * cols + g * kGroup + 64 * t;
-        for (int i = 0; i < 64; ++i) d[r][i / 4] += static_cast<int32_t>(u[i]) * q[i];
+    } else {
+      const auto step = [&](int t) {  // codes 64t ... 64t + 127 of the group: low, then high nibbles
+        __m512i lo[kCols], hi[kCols];
+        for (int c = 0; c < kCols; ++c) {
+          const __m512i b = _mm512_loadu_si512(row[c] + g * kGroupBytes + 32 * t);
+          lo[c] = _mm512_and_si512(b, _mm512_set1_epi8(15));
+          hi[c] = _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi8(15));
+          if constexpr (has_fifth(kCodes)) {
+            uint64_t m[2];
+            std::memcpy(m, high[c] + g * kGroup / 8 + 8 * t, sizeof m);
+            lo[c] = _mm512_mask_add_epi8(lo[c], _cvtu64_mask64(m[0]), lo[c], _mm512_set1_epi8(16));
+            hi[c] = _mm512_mask_add_epi8(hi[c], _cvtu64_mask64(m[1]), hi[c], _mm512_set1_epi8(16));
+          }
+        }
+        for (int r = 0; r < kRows; ++r) {
+          const __m512i x0 = _mm512_loadu_si512(xg + r * cols + 64 * t);
+          const __m512i x1 = _mm512_loadu_si512(xg + r * cols + 64 * t + 64);
+          for (int c = 0; c < kCols; ++c) {
+            d[r][c] = _mm512_dpbusd_epi32(d[r][c], lo[c], x0);
+            d[r][c] = _mm512_dpbusd_epi32(d[r][c], hi[c], x1);
+          }
+        }
+      };
+      if constexpr (has_fifth(kCodes)) {
+        for (int t = 0; t < kSteps; t += 2) step(t);
+      } else {  // unrolled, the plain 4-bit loop spills registers: 1.2-1.25x slower at 32 rows
+#pragma GCC unroll 1
+        for (int t = 0; t < kSteps; t += 2) step(t);
       }
     }
+    __m512 s[kCols], off[kCols];
+    for (int c = 0; c < kCols; ++c) {
+      s[c] = _mm512_loadu_ps(scales[c] + g * 16);
+      off[c] = mins[c] ? _mm512_loadu_ps(mins[c] + g * 16) : _mm512_setzero_ps();
+      if constexpr (kCodes == Codes::kInt8) off[c] = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), s[c], off[c]);
+    }
     for (int r = 0; r < kRows; ++r) {
-      const float* dx = xq.lane.data() + (m0 + r) * subs + g * 16;
-      for (int l = 0; l < 16; ++l) acc[r][l] += static_cast<float>(d[r][l]) * dx[l] * scales[g * 16 + l];
+      const int64_t at = (m0 + r) * subs + g * 16;
+      const __m512 dx = _mm512_loadu_ps(xq.lane.data() + at), xs = _mm512_loadu_ps(xq.sums.data() + at);
+      for (int c = 0; c < kCols; ++c) {
+        acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d[r][c]), dx), s[c], acc[r][c]);
+        acc[r][c] = _mm512_fnmadd_ps(off[c], xs, acc[r][c]);
+      }
     }
   }
   for (int r = 0; r < kRows; ++r) {
-    for (int width = 8; width > 0; width /= 2) {
-      for (int l = 0; l < width; ++l) acc[r][l] += acc[r][l + width];
+    for (int c = 0; c < kCols; ++c) y[r * ldy + c] = _mm512_reduce_add_ps(acc[r][c]);
+  }
+#else
+  for (int c = 0; c < kCols; ++c) {
+    float acc[kRows][16] = {};
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t d[kRows][16] = {};
+      for (int t = 0; t < kSteps; ++t) {
+        uint8_t u[64];
+        unsigned_step<kCodes, kSub>(row[c], high[c], g, t, u);
+        for (int r = 0; r < kRows; ++r) {
+          const int8_t* q = xq.q.data() + (m0 + r) * cols + g * kGroup + 64 * t;
+          for (int i = 0; i < 64; ++i) d[r][i / 4] += static_cast<int32_t>(u[i]) * q[i];
+        }
+      }
+      float off[16];
+      for (int l = 0; l < 16; ++l) {
+        const float scale = scales[c][g * 16 + l];
+        off[l] = (mins[c] ? mins[c][g * 16 + l] : 0.0f) + (kCodes == Codes::kInt8 ? 128.0f * scale : 0.0f);
+      }
+      for (int r = 0; r < kRows; ++r) {
+        const float* dx = xq.lane.data() + (m0 + r) * subs + g * 16;
+        const float* xs = xq.sums.data() + (m0 + r) * subs + g * 16;
+        for (int l = 0; l < 16; ++l) {
+          acc[r][l] += static_cast<float>(d[r][l]) * dx[l] * scales[c][g * 16 + l];
+          acc[r][l] -= off[l] * xs[l];
+        }
+      }
     }
-    sum[r] = acc[r][0];
+    for (int r = 0; r < kRows; ++r) {
+      for (int width = 8; width > 0; width /= 2) {
+        for (int l = 0; l < width; ++l) acc[r][l] += acc[r][l + width];
+      }
+      y[r * ldy + c] = acc[r][0];
+    }
   }
 #endif
-  subtract_offsets<kCodes, kSub, kRows>(w, n, xq, m0, sum, y, ldy);
 }
 
 using Int8Tile = void (*)(const Weight&, int64_t, const QuantX&, int64_t, float*, int64_t);
 
-template <Codes kCodes, int kSub, bool kInterleaved, int... R>
+template <Codes kCodes, int kSub, bool kInterleaved, int kCols, int... R>
 constexpr std::array<Int8Tile, sizeof...(R)> int8_tiles(std::integer_sequence<int, R...>) {
   if constexpr (kInterleaved) {
-    return {&int8_group_tile<kCodes, kSub, R + 1>...};
+    return {&int8_group_tile<kCodes, kSub, R + 1, kCols>...};
   } else {
     return {&int8_tile<kCodes, kSub, R + 1>...};
   }
@@ -368,14 +421,21 @@ struct Int8Problem {
   int64_t m;
 };
 
-// Output columns [n0, n1) for every row of x.
+// Output columns [n0, n1) for every row of x. Interleaved weights go two weight rows at a
+// time from 2 rows of x on (one row of x streams each weight row alone, as the f32 path does).
 template <Codes kCodes, int kSub, bool kInterleaved = false>
 void int8_columns(const Int8Problem& p, int64_t n0, int64_t n1) {
-  static constexpr auto tiles =
-      int8_tiles<kCodes, kSub, kInterleaved>(std::make_integer_sequence<int, kInt8Rows>{});
+  using Rows = std::make_integer_sequence<int, kInt8Rows>;
+  static constexpr auto singles = int8_tiles<kCodes, kSub, kInterleaved, 1>(Rows{});
+  static constexpr auto pairs = int8_tiles<kCodes, kSub, kInterleaved, 2>(Rows{});
   for (int64_t m0 = 0; m0 < p.m; m0 += kInt8Rows) {
     const int64_t rows = std::min<int64_t>(kInt8Rows, p.m - m0);
-    for (int64_t n = n0; n < n1; ++n) tiles[rows - 1](p.w, n, p.x, m0, p.y + m0 * p.w.rows + n, p.w.rows);
+    float* y = p.y + m0 * p.w.rows;
+    int64_t n = n0;
+    if (kInterleaved && rows > 1) {
+      for (; n + 2 <= n1; n += 2) pairs[rows - 1](p.w, n, p.x, m0, y + n, p.w.rows);
+    }
+    for (; n < n1; ++n) singles[rows - 1](p.w, n, p.x, m0, y + n, p.w.rows);
   }
 }
 
