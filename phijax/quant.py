@@ -14,6 +14,11 @@ its high half), so the load copies them as they are: about 0.75 bytes per weight
 bits (Q5_K, Q5_1: 0..31) keep their low 4 bits the same way, and their fifth bits as a bit plane
 (``high``): about 0.875 bytes per weight instead of 1.25.
 
+The int8-activation path of the CPU kernel also keeps the k-quants' scales as the file
+stores them (``units``): 6-bit (Q6_K: 8-bit) integer scale and min codes per sub-block and
+one f32 ``d`` (and ``dmin``) per super-block of 256, about 0.09 instead of 0.25 bytes per
+weight; the products ``d · scale`` are the same f32 values.
+
 A QuantArray is a pytree: it flows through ``jit``, ``scan`` and sharding like
 an array, and :func:`phijax.model.layers.linear` decodes it inside the compiled
 step (on GPU/TPU XLA fuses the decode into the matmul).
@@ -50,6 +55,11 @@ class QuantArray:
     order (:func:`phijax.quant.interleaved`): in each group of 16 sub-blocks, step t
     holds codes 4t..4t+3 of every sub-block, so one integer accumulator per sub-block sums
     the whole sub-block before its scale is applied."""
+    units: jax.Array | None = None
+    """``None``: ``scales`` and ``mins`` are f32. Else the k-quants' two levels (Q4_K,
+    Q5_K, Q6_K): ``scales`` and ``mins`` hold integer codes (uint8; Q6_K's scales int8),
+    and ``units`` f32 ``[..., rows, cols // 256, k]`` each super-block's ``d`` (and, k = 2,
+    ``dmin``): :meth:`scale_values` is ``d · scales``."""
 
     @property
     def packing(self) -> tuple[int, bool]:
@@ -105,14 +115,39 @@ class QuantArray:
         """The same weight with one int8 code per byte."""
         return dataclasses.replace(self, values=self.codes(), nibbles=0, high=None, interleave=0)
 
+    def scale_values(self) -> jax.Array:
+        """Each sub-block's scale, f32 ``[..., rows, cols // block]``."""
+        return self._times_unit(self.scales, 0)
+
+    def min_values(self) -> jax.Array | None:
+        """Each sub-block's min, f32 ``[..., rows, cols // block]``, or ``None``."""
+        return None if self.mins is None else self._times_unit(self.mins, 1)
+
+    def _times_unit(self, codes: jax.Array, k: int) -> jax.Array:
+        if self.units is None:
+            return codes
+        *lead, subs = codes.shape
+        supers = self.units.shape[-2]
+        per = codes.reshape(*lead, supers, subs // supers).astype(jnp.float32)
+        return (self.units[..., k : k + 1] * per).reshape(*lead, subs)
+
+    def one_level(self) -> QuantArray:
+        """The same weight with f32 ``scales`` and ``mins`` (``units`` folded in)."""
+        if self.units is None:
+            return self
+        return dataclasses.replace(
+            self, scales=self.scale_values(), mins=self.min_values(), units=None
+        )
+
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
         """The weight ``[..., rows, cols]``: ``scales · values - mins`` in f32, cast once."""
         *lead, cols = self.shape
-        groups = self.scales.shape[-1]
+        scales, mins = self.scale_values(), self.min_values()
+        groups = scales.shape[-1]
         q = self.codes().reshape(*lead, groups, cols // groups).astype(jnp.float32)
-        w = self.scales[..., None] * q
-        if self.mins is not None:
-            w = w - self.mins[..., None]
+        w = scales[..., None] * q
+        if mins is not None:
+            w = w - mins[..., None]
         return w.reshape(*lead, cols).astype(dtype)
 
 

@@ -53,6 +53,19 @@ class Fields(NamedTuple):
     scales: jax.Array
     mins: jax.Array | None = None
     packed: jax.Array | None = None
+    two_level: TwoLevel | None = None
+
+
+class TwoLevel(NamedTuple):
+    """The k-quants' scales as stored, for the types that have them (Q4_K, Q5_K, Q6_K):
+    ``Fields.scales == units[:, :1] · scale_codes`` and ``Fields.mins == units[:, 1:] ·
+    min_codes``, the same f32 products. ``scale_codes``: ``[n, groups]`` uint8 (6 bits) or
+    int8 (Q6_K); ``min_codes``: uint8 or ``None``; ``units``: ``[n, 2]`` f32 (d, dmin) or
+    ``[n, 1]`` (d)."""
+
+    scale_codes: jax.Array
+    min_codes: jax.Array | None
+    units: jax.Array
 
 
 @dataclass(frozen=True)
@@ -140,8 +153,9 @@ def _high_bits_32(qh: jax.Array) -> jax.Array:
     return ((le_uint(qh)[:, None] >> shifts) & 1).astype(jnp.int32)
 
 
-def _k_scales_mins(b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Q4_K/Q5_K ``d · scale`` and ``dmin · min``: ``[n, type_size] -> ([n, 8], [n, 8]) f32``.
+def _k_scales_mins(b: jax.Array) -> TwoLevel:
+    """Q4_K/Q5_K scales and mins: ``[n, type_size] -> `` 6-bit codes ``[n, 8]`` uint8 each and
+    units ``[n, 2]`` (d, dmin); :func:`_products` gives ``d · scale`` and ``dmin · min``.
 
     f16 d and dmin at bytes 0 and 2, then 12 bytes of 6-bit scales and mins: bytes
     4-7 and 8-11 hold scales and mins 0-3 in their low 6 bits and the top 2 bits of
@@ -151,7 +165,15 @@ def _k_scales_mins(b: jax.Array) -> tuple[jax.Array, jax.Array]:
     sc_lo, mn_lo, tail = b[:, 4:8], b[:, 8:12], b[:, 12:16]
     scales = jnp.concatenate([sc_lo & 0x3F, (tail & 0x0F) | ((sc_lo >> 2) & 0x30)], axis=-1)
     mins = jnp.concatenate([mn_lo & 0x3F, (tail >> 4) | ((mn_lo >> 2) & 0x30)], axis=-1)
-    return _f16_at(b, 0) * scales.astype(F32), _f16_at(b, 2) * mins.astype(F32)
+    return TwoLevel(scales, mins, jnp.concatenate([_f16_at(b, 0), _f16_at(b, 2)], axis=-1))
+
+
+def _products(parts: TwoLevel) -> tuple[jax.Array, jax.Array | None]:
+    """A :class:`TwoLevel`'s f32 scales and mins (``None`` without min codes)."""
+    scales = parts.units[:, :1] * parts.scale_codes.astype(F32)
+    if parts.min_codes is None:
+        return scales, None
+    return scales, parts.units[:, 1:] * parts.min_codes.astype(F32)
 
 
 def _iq4_levels(codes: jax.Array) -> jax.Array:
@@ -228,14 +250,16 @@ def _q4_k(b: jax.Array) -> Fields:
     """
     n = b.shape[0]
     q = split_bits(b[:, 16:].reshape(n, 4, 32), 4).reshape(n, 8, 32)
-    return Fields(q, *_k_scales_mins(b), b[:, 16:])
+    parts = _k_scales_mins(b)
+    return Fields(q, *_products(parts), b[:, 16:], parts)
 
 
 def _q5_k(b: jax.Array) -> Fields:
     """Q5_K (176 bytes): as Q4_K plus 32 bytes of fifth bits before the nibbles."""
     n = b.shape[0]
     q_low = split_bits(b[:, 48:].reshape(n, 4, 32), 4).reshape(n, 8, 32)
-    return Fields(q_low | (split_bits(b[:, 16:48], 1) << 4), *_k_scales_mins(b), b[:, 48:])
+    parts = _k_scales_mins(b)
+    return Fields(q_low | (split_bits(b[:, 16:48], 1) << 4), *_products(parts), b[:, 48:], parts)
 
 
 def _q6_k(b: jax.Array) -> Fields:
@@ -246,8 +270,8 @@ def _q6_k(b: jax.Array) -> Fields:
     n = b.shape[0]
     q_low = split_bits(b[:, :128].reshape(n, 2, 64), 4).reshape(n, 8, 32)
     q_high = split_bits(b[:, 128:192].reshape(n, 2, 32), 2).reshape(n, 8, 32)
-    scales = lax.bitcast_convert_type(b[:, 192:208], jnp.int8).astype(F32)
-    return Fields((q_low | (q_high << 4)) - 32, _f16_at(b, 208) * scales)
+    parts = TwoLevel(lax.bitcast_convert_type(b[:, 192:208], jnp.int8), None, _f16_at(b, 208))
+    return Fields((q_low | (q_high << 4)) - 32, _products(parts)[0], two_level=parts)
 
 
 def _iq4_nl(b: jax.Array) -> Fields:

@@ -45,8 +45,8 @@ whether a fifth-bit plane is present."""
 UNPACKED: Packing = (0, False)
 
 
-@functools.partial(jax.jit, static_argnames=("qtype", "shape"))
-def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...]) -> QuantArray:
+@functools.partial(jax.jit, static_argnames=("qtype", "shape", "two_level"))
+def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...], two_level: bool) -> QuantArray:
     """``[n_bytes] uint8`` → the decoded fields of its blocks, laid out along ``shape``'s rows."""
     block_type = BLOCK_TYPES[qtype]
     fields = block_type.decode(raw.reshape(-1, GGML_QUANT_SIZES[qtype][1]))
@@ -60,20 +60,32 @@ def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...]) -> QuantArray:
     else:
         codes = fields.codes.reshape(*lead, cols).astype(jnp.int8)
     groups = (*lead, cols // block_type.sub_block)
+    scales, mins, units = fields.scales, fields.mins, None
+    if two_level and fields.two_level is not None:
+        scales, mins, units = fields.two_level
+        units = units.reshape(*lead, cols // GGML_QUANT_SIZES[qtype][0], units.shape[-1])
     return QuantArray(
         codes,
-        fields.scales.reshape(groups),
-        None if fields.mins is None else fields.mins.reshape(groups),
+        scales.reshape(groups),
+        None if mins is None else mins.reshape(groups),
         block_type.nibbles,
         activation_block=GGML_QUANT_SIZES[qtype][0],
         high=high,
+        units=units,
     )
 
 
 def relayout(
-    raw: np.ndarray | jax.Array, qtype: QT, shape: Sequence[int], *, name: str = ""
+    raw: np.ndarray | jax.Array,
+    qtype: QT,
+    shape: Sequence[int],
+    *,
+    name: str = "",
+    two_level: bool = False,
 ) -> QuantArray:
-    """One quantized tensor's raw bytes → a :class:`QuantArray` of ``shape`` (numpy order)."""
+    """One quantized tensor's raw bytes → a :class:`QuantArray` of ``shape`` (numpy order).
+    ``two_level``: keep a k-quant's integer scales and per-super-block units as the file
+    stores them (``QuantArray.units``; the CPU kernel reads them only in its int8 order)."""
     shape = tuple(int(s) for s in shape)
     block, type_size = GGML_QUANT_SIZES[qtype]
     if qtype not in QUANTIZED_TYPES or shape[-1] % block:
@@ -86,7 +98,7 @@ def relayout(
         raise GGUFFormatError(
             f"tensor {name!r}: {QT(qtype).name} shape {list(shape)} needs {expected} bytes, got {raw.size}"
         )
-    return _relayout(raw, qtype=QT(qtype), shape=shape)
+    return _relayout(raw, qtype=QT(qtype), shape=shape, two_level=two_level)
 
 
 def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool, Packing]:
@@ -108,7 +120,8 @@ def _shared(packings: Iterable[Packing]) -> Packing:
 
 def to_layout(q: QuantArray, block: int, with_mins: bool, packing: Packing) -> QuantArray:
     """``q`` with scales per ``block`` elements (repeated: exact), mins present if asked
-    (zeros: exact), and codes unpacked unless stored as ``packing`` says."""
+    (zeros: exact), f32 scales, and codes unpacked unless stored as ``packing`` says."""
+    q = q.one_level()
     if q.packing != packing:
         q = q.unpacked()
     r = q.block // block

@@ -60,10 +60,11 @@ def _transform(c: Phi3Config, source: Source):
 
 
 def _load(
-    f: GGUFFile, name: str, shape: tuple[int, ...], dtype, packed: bool
+    f: GGUFFile, name: str, shape: tuple[int, ...], dtype, packed: bool, two_level: bool = False
 ) -> jax.Array | QuantArray:
     """Tensor ``name`` on the device, checked against ``shape``: dequantized to ``dtype``, or
-    kept as a :class:`QuantArray` when ``packed`` (a lossless re-layout of its blocks)."""
+    kept as a :class:`QuantArray` when ``packed`` (a lossless re-layout of its blocks; with
+    ``two_level``, a k-quant's scales as the file stores them)."""
     info = f.tensor(name)
     if not shape_matches(info.shape, shape):
         raise GGUFFormatError(
@@ -72,7 +73,7 @@ def _load(
         )
     raw = jax.device_put(_read(f, info))
     if packed:
-        return relayout.relayout(raw, info.ggml_type, shape, name=name)
+        return relayout.relayout(raw, info.ggml_type, shape, name=name, two_level=two_level)
     return dequantize(raw, info.ggml_type, info.shape, dtype, name=name, where=f.path).reshape(
         shape
     )
@@ -131,10 +132,13 @@ def load_weights(
     norms and float tensors load as arrays either way. ``mesh``: each tensor goes to its shards
     as soon as it is decoded (:mod:`phijax.sharding`), so no device holds the whole model.
     ``interleave``: packed matrices that can take it are stored in the CPU kernel's
-    int8-activation order (:func:`phijax.quant.interleaved`), one tensor at a time; a stacked
-    layout keeps row order (the kernel reads one matrix).
+    int8-activation order (:func:`phijax.quant.interleaved`), with a k-quant's scales in its
+    two levels (``QuantArray.units``), one tensor at a time; a stacked layout keeps row order
+    (the kernel reads one matrix).
     """
     c = module.config
+    stacked = module.layout == "stacked"
+    two_level = interleave and not stacked  # undone below for any matrix not interleaved
     total = sum(t.nbytes for t in f.tensors.values())
     bar = tqdm(
         total=total, desc="loading weights", unit="B", unit_scale=True, unit_divisor=1024,
@@ -143,7 +147,7 @@ def load_weights(
 
     def load(name, shape, dtype=module.dtype, may_pack=True):
         packed = quantized and may_pack and f.tensors[name].ggml_type in relayout.QUANTIZED_TYPES
-        value = _load(f, name, shape, dtype, packed)
+        value = _load(f, name, shape, dtype, packed, two_level)
         bar.update(f.tensors[name].nbytes)
         return value
 
@@ -154,9 +158,9 @@ def load_weights(
         return place(value, weight_axes(name, stacked), mesh, c)
 
     def arranged(value):  # a whole matrix (not a layer of a stack) in the kernel's order
-        if interleave and isinstance(value, QuantArray) and can_interleave(value):
-            return interleaved(value)
-        return value
+        if not (interleave and isinstance(value, QuantArray)):
+            return value
+        return interleaved(value) if can_interleave(value) else value.one_level()
 
     for spec in GLOBAL_WEIGHTS:
         target = getattr(module, spec.name)
@@ -165,7 +169,6 @@ def load_weights(
         (source,) = spec.sources(f.tensors)
         value = load(source.tensor, spec.shape(c), spec.dtype(module.dtype), not spec.f32)
         target.set_value(put(arranged(value), spec.name))
-    stacked = module.layout == "stacked"
     packed = _packed_params(f, range(c.num_layers)) if quantized and stacked else set()
     formats = _stack_formats(f, c, packed)
     for i in range(c.num_layers):

@@ -232,12 +232,27 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
             return False
     if w.mins is not None and w.mins.shape != w.scales.shape:
         return False
+    if w.units is not None and not _two_level_fits(w):
+        return False
     if w.nibbles:
         fifth_ok = w.high is None or (
             w.high.dtype == jnp.uint8 and w.high.shape == (*w.shape[:-1], cols // 8)
         )
         return fifth_ok and w.nibbles in (32, 64) and w.block == 32 and w.values.dtype == jnp.uint8
     return w.block in (16, 32) and w.values.dtype == jnp.int8 and w.high is None
+
+
+def _two_level_fits(w: QuantArray) -> bool:
+    """Integer scales with per-super-block units (``QuantArray.units``) go with the int8
+    order only: Q4_K/Q5_K (nibbles, uint8 scales and mins, d and dmin) or Q6_K (int8
+    codes, int8 scales, d)."""
+    rows, cols = w.shape
+    k = 1 if w.mins is None else 2
+    if not w.interleave or w.units.shape != (rows, cols // 256, k):
+        return False
+    if w.nibbles:
+        return w.scales.dtype == jnp.uint8 and k == 2 and w.mins.dtype == jnp.uint8
+    return w.scales.dtype == jnp.int8 and k == 1
 
 
 def applies(x: jax.Array, w: jax.Array | QuantArray, activations: str = "f32") -> bool:
@@ -320,12 +335,13 @@ def _act(activations: str, block: int) -> int:
 def _call(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -> jax.Array:
     empty, no_bits = jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.uint8)
     if not isinstance(w, QuantArray):
-        return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty, no_bits)
+        return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty, no_bits, empty)
     mins = empty if w.mins is None else w.mins
     high = no_bits if w.high is None else w.high
+    units = empty if w.units is None else w.units
     act = _act(activations, w.activation_block)
     call = _ffi(build, w.nibbles, w.activation_block, act, max_rows, w.interleave)
-    return call(x, w.values, w.scales, mins, high)
+    return call(x, w.values, w.scales, mins, high, units)
 
 
 def _pure(x: jax.Array, w: jax.Array | QuantArray, activations: str) -> jax.Array:
@@ -351,7 +367,7 @@ def _ffi(
     ``max_rows`` rows) or, when the weights carry the batch too, one call per item."""
 
     @jax.custom_batching.custom_vmap
-    def call(x, values, scales, mins, high):
+    def call(x, values, scales, mins, high, units):
         out = jax.ShapeDtypeStruct((x.shape[0], values.shape[0]), jnp.float32)
         return jax.ffi.ffi_call(target(build), out)(
             x,
@@ -359,13 +375,14 @@ def _ffi(
             scales,
             mins,
             high,
+            units,
             act=np.int64(act),
             nibbles=np.int64(nibbles),
             interleave=np.int64(interleave),
         )
 
     @call.def_vmap
-    def _batched(axis_size, in_batched, x, values, scales, mins, high):
+    def _batched(axis_size, in_batched, x, values, scales, mins, high, units):
         if not any(in_batched[1:]):
             size, rows, cols = x.shape
             folded = x.reshape(size * rows, cols)
@@ -380,13 +397,14 @@ def _ffi(
                         activation_block,
                         high if high.ndim == 2 else None,
                         interleave,
+                        units if units.ndim == 3 else None,
                     )
                 activations = "f32" if act == 0 else "int8"
                 return _pure(folded, w, activations).reshape(size, rows, -1), True
-            return call(folded, values, scales, mins, high).reshape(size, rows, -1), True
+            return call(folded, values, scales, mins, high, units).reshape(size, rows, -1), True
         args = [
             a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-            for a, b in zip((x, values, scales, mins, high), in_batched, strict=True)
+            for a, b in zip((x, values, scales, mins, high, units), in_batched, strict=True)
         ]
         return jax.lax.map(lambda a: call(*a), args), True
 

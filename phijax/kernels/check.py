@@ -30,7 +30,7 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
     numpy on every code layout: int8 codes in blocks of 16 and 32, 4- and 5-bit codes in
     groups of 32 and 64, each with and without mins, and bf16. With f32 activations and, for
     packed layouts, int8 ones (:mod:`phijax.int8`'s rounding in blocks of 256 and 32; in
-    blocks of 256 also with the codes interleaved); 9 rows of x (tiles of 4 and a remainder)
+    blocks of 256 also with the codes interleaved, and with two-level scales); 9 rows of x (tiles of 4 and a remainder)
     and 7 weight rows (pairs and a remainder). '' when every product is within f32 rounding
     of the exact one (of the rounded activations, for int8), else which layout is wrong."""
     rng = np.random.default_rng(0)
@@ -43,12 +43,7 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
         codes = rng.integers(lo, hi, (out, cols))
         scales = (rng.integers(1, 64, (out, cols // block)) / 64).astype(np.float32)
         mins = rng.standard_normal(scales.shape).astype(np.float32) if with_mins else None
-        per_code = np.repeat(scales, block, 1)
-        w = per_code * codes.astype(np.float32)  # exact: dyadic scales
-        size = per_code * (np.abs(codes) + 128)  # int8 codes are offset by 128 for int8 activations
-        if with_mins:
-            w = w - np.repeat(mins, block, 1)  # one rounding, like the kernel's fmsub
-            size = size + np.abs(np.repeat(mins, block, 1))
+        w, size = _weight(codes, scales, mins, block)
         values, high = pack(codes, nibbles) if nibbles else (codes.astype(np.int8), None)
         name = f"{bits}-bit groups of {nibbles}" if nibbles else f"int8 blocks of {block}"
         name = f"{name}, {'with' if with_mins else 'no'} mins"
@@ -71,6 +66,34 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
                     w,
                     size,
                 )
+    for nibbles, block in ((64, 32), (0, 16)):  # two-level scales, as Q4_K/Q5_K and Q6_K keep them
+        k, per = (2, 8) if nibbles else (1, 16)  # units per super-block; sub-blocks per super-block
+        units = (rng.integers(1, 8, (out, cols // 256, k)) / 8).astype(np.float32)
+        sc = (
+            rng.integers(0, 64, (out, cols // block))
+            if nibbles
+            else rng.integers(-128, 128, (out, cols // block))
+        )
+        mn = rng.integers(0, 64, sc.shape) if nibbles else None
+        scales = np.repeat(units[..., 0], per, 1) * sc.astype(np.float32)
+        mins = None if mn is None else np.repeat(units[..., 1], per, 1) * mn.astype(np.float32)
+        codes = (
+            rng.integers(0, 16, (out, cols)) if nibbles else rng.integers(-128, 128, (out, cols))
+        )
+        q = QuantArray(
+            jnp.asarray(pack(codes, 64)[0] if nibbles else codes.astype(np.int8)),
+            jnp.asarray(sc.astype(np.uint8 if nibbles else np.int8)),
+            None if mn is None else jnp.asarray(mn.astype(np.uint8)),
+            nibbles,
+            256,
+            units=jnp.asarray(units),
+        )
+        name = "4-bit groups of 64, with mins" if nibbles else "int8 blocks of 16, no mins"
+        cases[f"{name}, two-level scales, interleaved, int8 activations"] = (
+            interleaved(q),
+            "int8",
+            *_weight(codes, scales, mins, block),
+        )
     bf16 = jnp.asarray(rng.standard_normal((out, cols)), jnp.bfloat16)
     w16 = np.asarray(bf16.astype(jnp.float32))
     cases["bf16"] = (bf16, "f32", w16, np.abs(w16))
@@ -86,3 +109,16 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
         if not np.all(np.abs(np.asarray(y) - x64 @ w.astype(np.float64).T) <= bound):
             return f"wrong products for {name}"
     return ""
+
+
+def _weight(codes: np.ndarray, scales: np.ndarray, mins: np.ndarray | None, block: int):
+    """The f32 weight ``scales · codes - mins`` (exact products: dyadic scales; one rounding
+    for the min, like the kernel's fmsub) and each term's size for the rounding bound (int8
+    codes are offset by 128 for int8 activations)."""
+    per_code = np.repeat(scales, block, 1)
+    w = per_code * codes.astype(np.float32)
+    size = np.abs(per_code) * (np.abs(codes) + 128)
+    if mins is not None:
+        w = w - np.repeat(mins, block, 1)
+        size = size + np.abs(np.repeat(mins, block, 1))
+    return w, size

@@ -208,6 +208,11 @@ struct Weight {
   int64_t rows, cols, row_bytes, groups;
   const uint8_t* high = nullptr;  // [rows, cols / 8]: fifth bits, bit i of byte b for code 8b + i
   int64_t interleave = 0;         // 0: codes in row order; else int8_dot.h's order, sub-blocks of this
+  // Two-level k-quant scales (interleaved only; scales and mins then null): integer codes
+  // [rows, groups] (u8; Q6_K's scales s8) and f32 units [rows, cols / 256, 1 or 2] (d, dmin).
+  const uint8_t* scale_codes = nullptr;
+  const uint8_t* min_codes = nullptr;
+  const float* units = nullptr;
 };
 
 struct Problem {
@@ -422,8 +427,8 @@ ffi::Unexpected<ffi::Error> bad(const char* message) {
 // The weight behind the buffers, or an error naming what disagrees (the target is registered
 // for any caller, so every extent the loops read is checked here). ``nibbles``: 0 for int8
 // codes, 32 or 64 for packed 4-bit codes; bf16 codes are a dense weight (scales, mins empty).
-ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::Buffer<ffi::F32> scales,
-                               ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::U8> high, int64_t nibbles,
+ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::AnyBuffer scales, ffi::AnyBuffer mins,
+                               ffi::Buffer<ffi::U8> high, ffi::Buffer<ffi::F32> units, int64_t nibbles,
                                int64_t interleave) {
   const auto cd = codes.dimensions(), sd = scales.dimensions();
   const auto* data = static_cast<const uint8_t*>(codes.untyped_data());
@@ -451,6 +456,21 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::Buffer<f
   if (with_mins && (md.size() != 2 || md[0] != rows || md[1] != groups)) {
     return bad("cpu_matmul: mins must be [rows, groups] like scales, or empty");
   }
+  const bool two_level = units.element_count() != 0;
+  const auto ud = units.dimensions();
+  if (!two_level && (scales.element_type() != ffi::DataType::F32 ||
+                     (with_mins && mins.element_type() != ffi::DataType::F32))) {
+    return bad("cpu_matmul: scales and mins are f32 unless units are given");
+  }
+  if (two_level) {
+    const auto code_type = packed ? ffi::DataType::U8 : ffi::DataType::S8;
+    if (interleave == 0 || cols % 256 != 0 || ud.size() != 3 || ud[0] != rows || ud[1] != cols / 256 ||
+        ud[2] != (with_mins ? 2 : 1) || scales.element_type() != code_type || with_mins != packed ||
+        (with_mins && mins.element_type() != ffi::DataType::U8)) {
+      return bad("cpu_matmul: two-level scales are interleaved Q4_K/Q5_K (u8 scales and mins, units "
+                 "[rows, cols / 256, 2]) or Q6_K (s8 scales, units [rows, cols / 256, 1])");
+    }
+  }
   const auto hd = high.dimensions();
   const bool fifth = high.element_count() != 0;
   if (fifth && (!packed || hd.size() != 2 || hd[0] != rows || hd[1] != cols / 8)) {
@@ -460,17 +480,27 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::Buffer<f
     return bad("cpu_matmul: interleaved codes come in groups of 16 sub-blocks of the scales' block "
                "(nibbles: groups of 64, blocks of 32)");
   }
-  return Weight{data,   scales.typed_data(), with_mins ? mins.typed_data() : nullptr, rows, cols, cd[1], groups,
-                fifth ? high.typed_data() : nullptr, interleave};
+  Weight w{data, nullptr, nullptr, rows, cols, cd[1], groups, fifth ? high.typed_data() : nullptr, interleave};
+  const auto* scale_data = static_cast<const uint8_t*>(scales.untyped_data());
+  const auto* min_data = with_mins ? static_cast<const uint8_t*>(mins.untyped_data()) : nullptr;
+  if (two_level) {
+    w.scale_codes = scale_data;
+    w.min_codes = min_data;
+    w.units = units.typed_data();
+  } else {
+    w.scales = reinterpret_cast<const float*>(scale_data);
+    w.mins = reinterpret_cast<const float*>(min_data);
+  }
+  return w;
 }
 
-ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes,
-                           ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> mins, ffi::Buffer<ffi::U8> high,
+ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes, ffi::AnyBuffer scales,
+                           ffi::AnyBuffer mins, ffi::Buffer<ffi::U8> high, ffi::Buffer<ffi::F32> units,
                            ffi::ResultBuffer<ffi::F32> y, int64_t act, int64_t nibbles, int64_t interleave) {
   const auto xd = x.dimensions();
   if (xd.size() != 2) return ffi::Error::InvalidArgument("cpu_matmul: x must be 2-D");
   const int64_t m = xd[0], cols = xd[1];
-  auto w = weight_of(cols, codes, scales, mins, high, nibbles, interleave);
+  auto w = weight_of(cols, codes, scales, mins, high, units, nibbles, interleave);
   if (w.has_error()) return w.error();
   const auto yd = y->dimensions();
   if (yd.size() != 2 || yd[0] != m || yd[1] != w->rows) {
@@ -521,9 +551,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmul, CpuMatmulImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x [m, cols]
                                   .Arg<ffi::AnyBuffer>()         // codes [rows, cols or cols / 2]: s8, u8, bf16
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scales [rows, groups] or [0]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mins [rows, groups] or [0]
+                                  .Arg<ffi::AnyBuffer>()         // scales [rows, groups] or [0]: f32, or u8/s8 codes
+                                  .Arg<ffi::AnyBuffer>()         // mins [rows, groups] or [0]: f32, or u8 codes
                                   .Arg<ffi::Buffer<ffi::U8>>()   // fifth bits [rows, cols / 8] or [0]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // units [rows, cols / 256, k] or [0]: d (, dmin)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y [m, rows]
                                   .Attr<int64_t>("act")          // activations: 0 f32, 1 int8 per 256, 2 per 32
                                   .Attr<int64_t>("nibbles")

@@ -266,6 +266,54 @@ inline void unsigned_step(const uint8_t* row, const uint8_t* high, int64_t g, in
   }
 }
 
+// The 16 scales and offsets (mins, plus 128 · scale for int8 codes) of group g of weight
+// row n of an interleaved weight: f32 as stored, or (w.units) integer codes times their
+// super-block's d and dmin, the f32 products QuantArray.scale_values() makes.
+template <Codes kCodes>
+inline void group_scales(const Weight& w, int64_t n, int64_t g, float* s, float* off) {
+  const int64_t at = n * w.groups + g * 16, k = w.min_codes ? 2 : 1, per = w.groups / (w.cols / 256);
+  for (int l = 0; l < 16; ++l) {
+    if (w.units) {
+      const float* u = w.units + (n * (w.cols / 256) + (g * 16 + l) / per) * k;
+      const uint8_t code = w.scale_codes[at + l];
+      s[l] = u[0] * (kCodes == Codes::kInt8 ? static_cast<float>(static_cast<int8_t>(code)) : static_cast<float>(code));
+      off[l] = w.min_codes ? u[1] * static_cast<float>(w.min_codes[at + l]) : 0.0f;
+    } else {
+      s[l] = w.scales[at + l];
+      off[l] = w.mins ? w.mins[at + l] : 0.0f;
+    }
+    if constexpr (kCodes == Codes::kInt8) off[l] += 128.0f * s[l];
+  }
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// group_scales in two vectors. Two levels: int8 codes are Q6_K's (sub-blocks of 16: the
+// group is super-block g, d only), 4-bit codes Q4_K's or Q5_K's (sub-blocks of 32: lanes 0-7
+// of super-block 2g, 8-15 of 2g + 1, d and dmin each).
+template <Codes kCodes>
+inline void group_scales_512(const Weight& w, int64_t n, int64_t g, __m512& s, __m512& off) {
+  const int64_t at = n * w.groups + g * 16;
+  if (w.units) {
+    const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale_codes + at));
+    if constexpr (kCodes == Codes::kInt8) {
+      s = _mm512_mul_ps(_mm512_set1_ps(w.units[n * (w.cols / 256) + g]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
+      off = _mm512_setzero_ps();
+    } else {
+      const __m512 u = _mm512_maskz_loadu_ps(0xF, w.units + (n * (w.cols / 256) + 2 * g) * 2);
+      const __m512i d = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+      const __m512i dmin = _mm512_add_epi32(d, _mm512_set1_epi32(1));
+      const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.min_codes + at));
+      s = _mm512_mul_ps(_mm512_permutexvar_ps(d, u), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
+      off = _mm512_mul_ps(_mm512_permutexvar_ps(dmin, u), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mn)));
+    }
+  } else {
+    s = _mm512_loadu_ps(w.scales + at);
+    off = w.mins ? _mm512_loadu_ps(w.mins + at) : _mm512_setzero_ps();
+  }
+  if constexpr (kCodes == Codes::kInt8) off = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), s, off);
+}
+#endif
+
 // int8_tile for an interleaved weight (QuantArray.interleave == kSub), weight rows n ...
 // n + kCols - 1 at once (each x vector serves kCols rows): per group of 16 sub-blocks, one
 // integer sum per sub-block, row of x and weight row, scaled once; the group's 16 offsets
@@ -279,13 +327,9 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
   const int64_t cols = w.cols, subs = w.groups, groups = cols / kGroup;
   const uint8_t* row[kCols];
   const uint8_t* high[kCols];
-  const float* scales[kCols];
-  const float* mins[kCols];
   for (int c = 0; c < kCols; ++c) {
     row[c] = w.codes + (n + c) * w.row_bytes;
     high[c] = w.high ? w.high + (n + c) * (cols / 8) : nullptr;
-    scales[c] = w.scales + (n + c) * subs;
-    mins[c] = w.mins ? w.mins + (n + c) * subs : nullptr;
   }
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   __m512 acc[kRows][kCols];
@@ -296,8 +340,14 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
     if (m0 == 0) {
       for (int c = 0; c < kCols; ++c) {
         for (int64_t b = 0; b < kGroupBytes; b += 64) prefetch(row[c] + g * kGroupBytes + b + kAhead);
-        prefetch(scales[c] + (g + kGroupsAhead) * 16);
-        if (mins[c]) prefetch(mins[c] + (g + kGroupsAhead) * 16);
+        const int64_t at = (n + c) * subs + (g + kGroupsAhead) * 16;
+        if (w.units) {
+          prefetch(w.scale_codes + at);
+          if (w.min_codes) prefetch(w.min_codes + at);
+        } else {
+          prefetch(w.scales + at);
+          if (w.mins) prefetch(w.mins + at);
+        }
         if constexpr (has_fifth(kCodes)) prefetch(high[c] + (g + kGroupsAhead) * kGroup / 8);
       }
     }
@@ -349,11 +399,7 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
       }
     }
     __m512 s[kCols], off[kCols];
-    for (int c = 0; c < kCols; ++c) {
-      s[c] = _mm512_loadu_ps(scales[c] + g * 16);
-      off[c] = mins[c] ? _mm512_loadu_ps(mins[c] + g * 16) : _mm512_setzero_ps();
-      if constexpr (kCodes == Codes::kInt8) off[c] = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), s[c], off[c]);
-    }
+    for (int c = 0; c < kCols; ++c) group_scales_512<kCodes>(w, n + c, g, s[c], off[c]);
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (m0 + r) * subs + g * 16;
       const __m512 dx = _mm512_loadu_ps(xq.lane.data() + at), xs = _mm512_loadu_ps(xq.sums.data() + at);
@@ -379,16 +425,13 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
           for (int i = 0; i < 64; ++i) d[r][i / 4] += static_cast<int32_t>(u[i]) * q[i];
         }
       }
-      float off[16];
-      for (int l = 0; l < 16; ++l) {
-        const float scale = scales[c][g * 16 + l];
-        off[l] = (mins[c] ? mins[c][g * 16 + l] : 0.0f) + (kCodes == Codes::kInt8 ? 128.0f * scale : 0.0f);
-      }
+      float s[16], off[16];
+      group_scales<kCodes>(w, n + c, g, s, off);
       for (int r = 0; r < kRows; ++r) {
         const float* dx = xq.lane.data() + (m0 + r) * subs + g * 16;
         const float* xs = xq.sums.data() + (m0 + r) * subs + g * 16;
         for (int l = 0; l < 16; ++l) {
-          acc[r][l] += static_cast<float>(d[r][l]) * dx[l] * scales[c][g * 16 + l];
+          acc[r][l] += static_cast<float>(d[r][l]) * dx[l] * s[l];
           acc[r][l] -= off[l] * xs[l];
         }
       }

@@ -291,6 +291,27 @@ def test_interleaved_order_keeps_the_weight(qtype: QT) -> None:
     assert not can_interleave(legacy)  # activations rounded per 32: the row-order path
 
 
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q5_K, QT.Q6_K], ids=lambda t: t.name)
+def test_two_level_scales_keep_the_weight(qtype: QT) -> None:
+    """``relayout(..., two_level=True)`` keeps a k-quant's integer scale codes and its
+    super-blocks' d (and dmin) as the file stores them (``QuantArray.units``): the decode is
+    the file's weight bit for bit, in row order, interleaved, by rows, and once folded back
+    into f32 scales (as a fused weight's parts are)."""
+    shape = (3, 1024)
+    blocks = random_blocks(qtype, 3 * 4, seed=710 + int(qtype))
+    q = relayout.relayout(blocks, qtype, shape, two_level=True)
+    assert q.units.shape == (3, 4, 1 if qtype == QT.Q6_K else 2)
+    assert q.scales.dtype == (jnp.int8 if qtype == QT.Q6_K else jnp.uint8)
+    one = relayout.relayout(blocks, qtype, shape)
+    assert q.nbytes < one.nbytes
+    want = reference(blocks, qtype, shape)
+    assert_bit_exact(q.dequantize(), want)
+    assert_bit_exact(interleaved(q).dequantize(), want)
+    assert_bit_exact(q.take(jnp.asarray([2, 0])).dequantize(), want[[2, 0]])
+    assert_bit_exact(q.one_level().scales, one.scales)
+    assert_bit_exact(relayout.concatenate([q, one]).dequantize(), np.concatenate([want, want]))
+
+
 def test_relayout_concatenates_mixed_types_exactly() -> None:
     """A fused weight from parts of different sub-blocks and with/without mins (Q6_K, Q4_K, Q8_0)."""
     parts, want = [], []

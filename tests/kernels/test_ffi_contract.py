@@ -20,7 +20,10 @@ x = np.ones((1, 64), np.float32)
 codes, scales = np.ones((24, 64), np.int8), np.ones((24, 2), np.float32)
 tall = np.ones((200_000, 64), np.int8), np.ones((200_000, 2), np.float32)
 empty, bits = np.zeros((0,), np.float32), np.zeros((0,), np.uint8)
-cases = {  # name: (act, output shape, x, codes, scales, mins[, fifth bits[, interleave]])
+# a Q6_K-like weight with two-level scales: int8 codes and scales, one d per 256 columns
+x256, codes256, codes_s8 = np.ones((1, 256), np.float32), np.ones((24, 256), np.int8), np.ones((24, 16), np.int8)
+units = np.ones((24, 1, 1), np.float32)
+cases = {  # name: (act, output shape, x, codes, scales, mins[, fifth bits[, interleave[, units]]])
     "valid": (0, (1, 24), x, codes, scales, empty),
     "valid with mins": (0, (1, 24), x, codes, scales, np.ones((24, 2), np.float32)),
     "valid, int8 activations": (2, (1, 24), x, codes, scales, empty),
@@ -34,16 +37,22 @@ cases = {  # name: (act, output shape, x, codes, scales, mins[, fifth bits[, int
     "fifth bits beside int8 codes": (0, (1, 24), x, codes, scales, empty, np.ones((24, 8), np.uint8)),
     "interleaved codes, f32 activations": (0, (1, 24), x, codes, scales, empty, bits, 32),
     "interleaved codes, 64 columns (not 16 blocks)": (1, (1, 24), x, codes, scales, empty, bits, 32),
+    "valid, two-level scales": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 16, units),
+    "int8 scales without units": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 16),
+    "units beside row-order codes": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 0, units),
+    "units [24, 2, 1] for 256 columns": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 16,
+                                         np.ones((24, 2, 1), np.float32)),
 }
 results = {}
 for build in sys.argv[1:]:
     kernels.status(build)  # imports and registers the build's target
     for name, (act, shape, *args) in cases.items():
-        *args, interleave = [*args, bits, 0] if len(args) == 4 else [*args, 0] if len(args) == 5 else args
+        x_, codes_, scales_, mins_, high, interleave, units_ = [*args, *(bits, 0, empty)[len(args) - 4 :]]
         out = jax.ShapeDtypeStruct(shape, jnp.float32)
         call = jax.ffi.ffi_call(kernels.target(build), out)
         try:
-            y = call(*args, act=np.int64(act), nibbles=np.int64(0), interleave=np.int64(interleave))
+            y = call(x_, codes_, scales_, mins_, high, units_, act=np.int64(act), nibbles=np.int64(0),
+                     interleave=np.int64(interleave))
             results[f"{build}: {name}"] = f"accepted {float(np.asarray(y).ravel()[0])}"
         except Exception as e:
             results[f"{build}: {name}"] = f"{type(e).__name__}: {e}"
@@ -64,6 +73,8 @@ def test_the_handler_rejects_wrong_shapes(expected_builds):
         # x = 1 rounds to 127 codes of scale f16(1/127): 64 * 127 * f16(1/127), within 0.1%
         accepted = results.pop(f"{build}: valid, int8 activations").split()
         assert accepted[0] == "accepted" and abs(float(accepted[1]) - 64) < 0.064
-    assert len(results) == 10 * len(expected_builds)
+        accepted = results.pop(f"{build}: valid, two-level scales").split()  # d · scale = 1
+        assert accepted[0] == "accepted" and abs(float(accepted[1]) - 256) < 0.256
+    assert len(results) == 13 * len(expected_builds)
     for name, result in results.items():
         assert "INVALID_ARGUMENT" in result and "cpu_matmul" in result, (name, result)

@@ -75,18 +75,18 @@ def test_rounding_passes_derivatives_straight_through():
     np.testing.assert_array_equal(g, np.arange(64.0))
 
 
-def file_weight(qtype: QT, cols: int):
+def file_weight(qtype: QT, cols: int, two_level: bool = False):
     raw = random_blocks(qtype, OUT * cols // GGML_QUANT_SIZES[qtype][0], seed=int(qtype))
     want = gguf.quants.dequantize(raw.reshape(OUT, -1), qtype)
-    return relayout.relayout(raw, qtype, (OUT, cols)), want
+    return relayout.relayout(raw, qtype, (OUT, cols), two_level=two_level), want
 
 
 def product_bound(x: np.ndarray, w) -> np.ndarray:
     """``cols · eps · sum |terms|`` of the kernel's sum, the +128 offset of int8 codes included."""
-    scales = np.repeat(np.asarray(w.scales, np.float64), w.block, -1)
+    scales = np.repeat(np.asarray(w.scale_values(), np.float64), w.block, -1)
     size = np.abs(scales) * (np.abs(np.asarray(w.codes(), np.float64)) + 128)
     if w.mins is not None:
-        size += np.abs(np.repeat(np.asarray(w.mins, np.float64), w.block, -1))
+        size += np.abs(np.repeat(np.asarray(w.min_values(), np.float64), w.block, -1))
     return x.shape[1] * F32_EPS * (np.abs(x) @ size.T)
 
 
@@ -113,6 +113,27 @@ def test_interleaved_k_quants_against_gguf(build: str, qtype: QT):
     w = interleaved(w)
     assert w.interleave == w.block and not kernels.fits(w, "f32") and kernels.fits(w, "int8")
     assert_int8_products(build, w, want)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q5_K, QT.Q6_K], ids=lambda t: t.name)
+def test_two_level_scales_give_the_same_products(build: str, qtype: QT):
+    """The int8 mode's k-quants keep their scales as the file does (integer codes and one d,
+    dmin per super-block: ``QuantArray.units``). The kernel forms ``d · scale`` in f32 as
+    ``scale_values()`` does, so every product equals the f32-scale weight's bit for bit."""
+    one = interleaved(file_weight(qtype, 512)[0])
+    two, want = file_weight(qtype, 512, two_level=True)
+    assert two.units is not None and not kernels.fits(two, "int8")  # row order: refused
+    two = interleaved(two)
+    assert kernels.fits(two, "int8") and not kernels.fits(two, "f32")
+    assert two.nbytes < one.nbytes
+    x = np.random.default_rng(8).standard_normal((max(ROWS), 512)).astype(np.float32)
+
+    def products(w):
+        return [kernels.matmul(x[:r], w, build=build, activations="int8") for r in ROWS]
+
+    for a, b in zip(jax.jit(products)(two), jax.jit(products)(one), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_int8_products(build, two, want)
 
 
 def assert_int8_products(build: str, w, want: np.ndarray) -> None:

@@ -137,7 +137,7 @@ def test_stacked_layout_keeps_row_order(reference, logits, int8_model):
     packed = [
         x for x in jax.tree.leaves(nnx.state(stacked.params), is_leaf=is_quant) if is_quant(x)
     ]
-    assert not any(q.interleave for q in packed if q.ndim == 3)
+    assert not any(q.interleave or q.units is not None for q in packed if q.ndim == 3)
     assert_rounding_flips_apart(np.concatenate(stacked.logits(prompts)), logits, int8_model, want)
 
 
@@ -152,13 +152,16 @@ def assert_rounding_flips_apart(got, logits, int8_model, want) -> None:
 
 def test_int8_mode_stores_k_quants_interleaved(int8_model):
     """With the kernel, the matrices that can take the int8 path's interleaved order (whole
-    groups of 16 sub-blocks) have it, and the others keep row order."""
+    groups of 16 sub-blocks) have it, and the others keep row order; the interleaved
+    Q4_K/Q5_K/Q6_K keep the file's two-level scales, and only they."""
     if int8_model.backend.kernel is None:
         pytest.skip(f"the CPU kernel is {kernels.status()}: nothing to interleave for")
     state = nnx.state(int8_model.params)
     packed = [x for x in jax.tree.leaves(state, is_leaf=is_quant) if is_quant(x)]
     assert any(q.interleave for q in packed)
     assert all(q.interleave or not can_interleave(q) for q in packed)
+    two_level = [q for q in packed if q.units is not None]
+    assert two_level and all(q.interleave for q in two_level)
 
 
 def is_quant(x) -> bool:
