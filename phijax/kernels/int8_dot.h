@@ -344,6 +344,7 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
         if (w.units) {
           prefetch(w.scale_codes + at);
           if (w.min_codes) prefetch(w.min_codes + at);
+          prefetch(w.units + at / (w.groups / (cols / 256)) * (w.min_codes ? 2 : 1));
         } else {
           prefetch(w.scales + at);
           if (w.mins) prefetch(w.mins + at);
