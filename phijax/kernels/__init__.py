@@ -248,7 +248,9 @@ def _two_level_fits(w: QuantArray) -> bool:
     codes, int8 scales, d)."""
     rows, cols = w.shape
     k = 1 if w.mins is None else 2
-    if not w.interleave or w.units.shape != (rows, cols // 256, k):
+    if not w.interleave or w.block != (32 if w.nibbles else 16):
+        return False
+    if w.units.shape != (rows, cols // 256, k):
         return False
     if w.nibbles:
         return w.scales.dtype == jnp.uint8 and k == 2 and w.mins.dtype == jnp.uint8

@@ -464,7 +464,8 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::AnyBuffe
   }
   if (two_level) {
     const auto code_type = packed ? ffi::DataType::U8 : ffi::DataType::S8;
-    if (interleave == 0 || cols % 256 != 0 || ud.size() != 3 || ud[0] != rows || ud[1] != cols / 256 ||
+    if (interleave == 0 || cols % 256 != 0 || block != (packed ? 32 : 16) || ud.size() != 3 || ud[0] != rows ||
+        ud[1] != cols / 256 ||
         ud[2] != (with_mins ? 2 : 1) || scales.element_type() != code_type || with_mins != packed ||
         (with_mins && mins.element_type() != ffi::DataType::U8)) {
       return bad("cpu_matmul: two-level scales are interleaved Q4_K/Q5_K (u8 scales and mins, units "

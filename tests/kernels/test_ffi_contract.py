@@ -42,6 +42,9 @@ cases = {  # name: (act, output shape, x, codes, scales, mins[, fifth bits[, int
     "units beside row-order codes": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 0, units),
     "units [24, 2, 1] for 256 columns": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 16,
                                          np.ones((24, 2, 1), np.float32)),
+    "units beside int8 codes in blocks of 32": (1, (1, 24), np.ones((1, 512), np.float32),
+                                                np.ones((24, 512), np.int8), codes_s8, empty, bits, 32,
+                                                np.ones((24, 2, 1), np.float32)),
 }
 results = {}
 for build in sys.argv[1:]:
@@ -75,6 +78,6 @@ def test_the_handler_rejects_wrong_shapes(expected_builds):
         assert accepted[0] == "accepted" and abs(float(accepted[1]) - 64) < 0.064
         accepted = results.pop(f"{build}: valid, two-level scales").split()  # d · scale = 1
         assert accepted[0] == "accepted" and abs(float(accepted[1]) - 256) < 0.256
-    assert len(results) == 13 * len(expected_builds)
+    assert len(results) == 14 * len(expected_builds)
     for name, result in results.items():
         assert "INVALID_ARGUMENT" in result and "cpu_matmul" in result, (name, result)
