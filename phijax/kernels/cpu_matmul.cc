@@ -213,6 +213,12 @@ struct Weight {
   const uint8_t* scale_codes = nullptr;
   const uint8_t* min_codes = nullptr;
   const float* units = nullptr;
+
+  // The units (d, then dmin if any) of the super-block of 256 that holds sub-block j of row n.
+  const float* units_of(int64_t n, int64_t j) const {
+    const int64_t supers = cols / 256;
+    return units + (n * supers + j / (groups / supers)) * (min_codes ? 2 : 1);
+  }
 };
 
 struct Problem {

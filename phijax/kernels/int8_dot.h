@@ -271,10 +271,10 @@ inline void unsigned_step(const uint8_t* row, const uint8_t* high, int64_t g, in
 // super-block's d and dmin, the f32 products QuantArray.scale_values() makes.
 template <Codes kCodes>
 inline void group_scales(const Weight& w, int64_t n, int64_t g, float* s, float* off) {
-  const int64_t at = n * w.groups + g * 16, k = w.min_codes ? 2 : 1, per = w.groups / (w.cols / 256);
+  const int64_t at = n * w.groups + g * 16;
   for (int l = 0; l < 16; ++l) {
     if (w.units) {
-      const float* u = w.units + (n * (w.cols / 256) + (g * 16 + l) / per) * k;
+      const float* u = w.units_of(n, g * 16 + l);
       const uint8_t code = w.scale_codes[at + l];
       s[l] = u[0] * (kCodes == Codes::kInt8 ? static_cast<float>(static_cast<int8_t>(code)) : static_cast<float>(code));
       off[l] = w.min_codes ? u[1] * static_cast<float>(w.min_codes[at + l]) : 0.0f;
@@ -296,10 +296,10 @@ inline void group_scales_512(const Weight& w, int64_t n, int64_t g, __m512& s, _
   if (w.units) {
     const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale_codes + at));
     if constexpr (kCodes == Codes::kInt8) {
-      s = _mm512_mul_ps(_mm512_set1_ps(w.units[n * (w.cols / 256) + g]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
+      s = _mm512_mul_ps(_mm512_set1_ps(*w.units_of(n, g * 16)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
       off = _mm512_setzero_ps();
     } else {
-      const __m512 u = _mm512_maskz_loadu_ps(0xF, w.units + (n * (w.cols / 256) + 2 * g) * 2);
+      const __m512 u = _mm512_maskz_loadu_ps(0xF, w.units_of(n, g * 16));  // d, dmin of 2g and 2g + 1
       const __m512i d = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
       const __m512i dmin = _mm512_add_epi32(d, _mm512_set1_epi32(1));
       const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.min_codes + at));
@@ -344,7 +344,7 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
         if (w.units) {
           prefetch(w.scale_codes + at);
           if (w.min_codes) prefetch(w.min_codes + at);
-          prefetch(w.units + at / (w.groups / (cols / 256)) * (w.min_codes ? 2 : 1));
+          prefetch(w.units_of(n + c, (g + kGroupsAhead) * 16));
         } else {
           prefetch(w.scales + at);
           if (w.mins) prefetch(w.mins + at);
@@ -476,8 +476,10 @@ void int8_columns(const Int8Problem& p, int64_t n0, int64_t n1) {
     const int64_t rows = std::min<int64_t>(kInt8Rows, p.m - m0);
     float* y = p.y + m0 * p.w.rows;
     int64_t n = n0;
-    if (kInterleaved && rows > 1) {
-      for (; n + 2 <= n1; n += 2) pairs[rows - 1](p.w, n, p.x, m0, y + n, p.w.rows);
+    if constexpr (kInterleaved) {
+      if (rows > 1) {
+        for (; n + 2 <= n1; n += 2) pairs[rows - 1](p.w, n, p.x, m0, y + n, p.w.rows);
+      }
     }
     for (; n < n1; ++n) singles[rows - 1](p.w, n, p.x, m0, y + n, p.w.rows);
   }
