@@ -52,11 +52,11 @@ def _sources(f: GGUFFile, i: int) -> dict[str, tuple[Source, ...]]:
     return {w.name: w.sources(f.tensors, i) for w in LAYER_WEIGHTS}
 
 
-def _transform(c: Phi3Config, source: Source):
-    """The rope un-permutation a ``llama`` file's q and k rows need, or ``None``."""
+def _rope_heads(c: Phi3Config, source: Source) -> int | None:
+    """The heads whose rows a ``llama`` file's rope permutation shuffled, or ``None``."""
     if c.architecture != "llama" or source.rope_heads is None:
         return None
-    return partial(unpermute_rope_rows, n_heads=source.rope_heads(c))
+    return source.rope_heads(c)
 
 
 def _load(
@@ -178,15 +178,15 @@ def load_weights(
             target = module.param(param_name, i)
             spec = BY_NAME[param_name]
             shape, dtype = spec.shape(c), spec.dtype(module.dtype)
-            pieces = []
-            for source in parts:
-                # each part of a fused weight is checked too: the rope un-permutation needs its rows
-                w = load(source.tensor, source.shape(spec, c), dtype, param_name in packed)
-                transform = _transform(c, source)
-                pieces.append(jax.tree.map(transform, w) if transform else w)
-            if param_name in formats:
-                pieces = [relayout.to_layout(p, *formats[param_name]) for p in pieces]
-            value = _concatenate(pieces)
+            # each part of a fused weight is checked too: the rope un-permutation needs its rows
+            pieces = [
+                load(source.tensor, source.shape(spec, c), dtype, param_name in packed)
+                for source in parts
+            ]
+            heads = tuple(_rope_heads(c, source) for source in parts)
+            layout = formats.get(param_name)
+            fuse = len(pieces) > 1 or layout is not None or any(heads)
+            value = _fuse(tuple(pieces), heads, layout) if fuse else pieces[0]
             if value.shape != shape:
                 raise GGUFFormatError(
                     f"{f.path}: layer {i} {param_name} assembles to {list(value.shape)}, expected "
@@ -214,8 +214,20 @@ def load_weights(
     }
 
 
-def _concatenate(pieces: list) -> jax.Array | QuantArray:
-    """Rows of a fused weight's parts, packed (any mix of quantized types) or dense."""
+@partial(jax.jit, static_argnums=(1, 2))
+def _fuse(
+    pieces: tuple, heads: tuple[int | None, ...], layout: tuple | None
+) -> jax.Array | QuantArray:
+    """One parameter from its parts, as one program (a new file's shapes compile once per
+    parameter, not once per reshape): each part's rope rows un-permuted (``heads``), brought to
+    a stack's ``layout`` (:func:`~phijax.gguf.relayout.to_layout`), and the rows concatenated,
+    packed (any mix of quantized types) or dense."""
+    pieces = [
+        p if n is None else jax.tree.map(partial(unpermute_rope_rows, n_heads=n), p)
+        for p, n in zip(pieces, heads, strict=True)
+    ]
+    if layout is not None:
+        pieces = [relayout.to_layout(p, *layout) for p in pieces]
     if len(pieces) == 1:
         return pieces[0]
     if isinstance(pieces[0], QuantArray):
