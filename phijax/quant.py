@@ -17,7 +17,9 @@ bits (Q5_K, Q5_1: 0..31) keep their low 4 bits the same way, and their fifth bit
 The int8-activation path of the CPU kernel also keeps the k-quants' scales as the file
 stores them (``units``): 6-bit (Q6_K: 8-bit) integer scale and min codes per sub-block and
 one f32 ``d`` (and ``dmin``) per super-block of 256, about 0.09 instead of 0.25 bytes per
-weight; the products ``d · scale`` are the same f32 values.
+weight; the products ``d · scale`` are the same f32 values. It stores Q6_K's 6-bit codes
+as nibbles plus two high-bit planes with a zero point of 32 (``zero``): 0.75 bytes per
+code instead of 1.
 
 A QuantArray is a pytree: it flows through ``jit``, ``scan`` and sharding like
 an array, and :func:`phijax.model.layers.linear` decodes it inside the compiled
@@ -27,6 +29,7 @@ step (on GPU/TPU XLA fuses the decode into the matmul).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import jax
@@ -60,11 +63,20 @@ class QuantArray:
     Q5_K, Q6_K): ``scales`` and ``mins`` hold integer codes (uint8; Q6_K's scales int8),
     and ``units`` f32 ``[..., rows, cols // 256, k]`` each super-block's ``d`` (and, k = 2,
     ``dmin``): :meth:`scale_values` is ``d · scales``."""
+    zero: int = field(default=0, metadata={"static": True})
+    """What the stored (unsigned) codes are offset by: 32 for Q6_K's 6-bit codes kept as
+    nibbles and two high-bit planes (``interleaved(q, code_bits=6)``), else 0."""
 
     @property
-    def packing(self) -> tuple[int, bool]:
-        """How the codes are stored: (``nibbles``, whether a fifth-bit plane is present)."""
-        return self.nibbles, self.high is not None
+    def packing(self) -> tuple[int, int]:
+        """How the codes are stored: (``nibbles``, how many high-bit planes: 0, 1 (fifth
+        bits) or 2 (bits 4 and 5))."""
+        return self.nibbles, self.planes
+
+    @property
+    def planes(self) -> int:
+        """High-bit planes beside nibbles: ``high`` holds, per 64 codes, 8 bytes of each."""
+        return 0 if self.high is None else self.high.shape[-1] * 8 // self.shape[-1]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -103,17 +115,22 @@ class QuantArray:
             g = 128 if self.interleave else self.nibbles
             v = self.values.reshape(*lead, cols // g, 1, g // 2)
             stored = jnp.concatenate([v & 15, v >> 4], axis=-2).reshape(*lead, cols)
-            if self.high is not None:  # fifth bits in the same order as the codes
-                stored = stored | jnp.unpackbits(self.high, axis=-1, bitorder="little") << 4
+            if self.high is not None:  # bits 4 (and 5), in the same order as the codes
+                planes = self.high.reshape(*lead, cols // 64, self.planes, 8)
+                bits = jnp.unpackbits(planes, axis=-1, bitorder="little")
+                for p in range(self.planes):
+                    stored = stored | (bits[..., p, :].reshape(*lead, cols) << (4 + p))
         if self.interleave:  # steps t of 64 codes, lane l, byte j: code l·S + 4t + j
             s = self.interleave
             steps = stored.reshape(*lead, cols // (16 * s), s // 4, 16, 4)
             stored = steps.swapaxes(-3, -2).reshape(*lead, cols)
-        return stored.astype(jnp.int8)
+        return (stored.astype(jnp.int8) - self.zero).astype(jnp.int8)
 
     def unpacked(self) -> QuantArray:
         """The same weight with one int8 code per byte."""
-        return dataclasses.replace(self, values=self.codes(), nibbles=0, high=None, interleave=0)
+        return dataclasses.replace(
+            self, values=self.codes(), nibbles=0, high=None, interleave=0, zero=0
+        )
 
     def scale_values(self) -> jax.Array:
         """Each sub-block's scale, f32 ``[..., rows, cols // block]``."""
@@ -165,25 +182,35 @@ def can_interleave(q: QuantArray) -> bool:
     )
 
 
-@jax.jit
-def interleaved(q: QuantArray) -> QuantArray:
+@functools.partial(jax.jit, static_argnames="code_bits")
+def interleaved(q: QuantArray, code_bits: int = 8) -> QuantArray:
     """``q`` in the CPU kernel's int8-activation order (``QuantArray.interleave``; the same
-    weight: ``codes()`` gives the row order back), for a ``q`` that :func:`can_interleave`."""
+    weight: ``codes()`` gives the row order back), for a ``q`` that :func:`can_interleave`.
+
+    ``code_bits=6``: ``q``'s int8 codes lie in -32..31 (Q6_K's), and are stored as 4-bit
+    nibbles plus two high-bit planes with zero point 32: 0.75 bytes per code instead of 1."""
     *lead, cols = q.shape
     s = q.block
     groups = cols // (16 * s)
-    lanes = q.codes().reshape(*lead, groups, 16, s // 4, 4)
+    six = code_bits == 6 and not q.nibbles
+    zero = 32 if six else q.zero
+    lanes = (q.codes() + zero).reshape(*lead, groups, 16, s // 4, 4)
     steps = lanes.swapaxes(-3, -2).reshape(*lead, groups, s // 4, 64)
     high = None
-    if q.nibbles:
+    if q.nibbles or six:
         pairs = steps.astype(jnp.uint8).reshape(*lead, groups, s // 8, 2, 64)
         values = ((pairs[..., 0, :] & 15) | (pairs[..., 1, :] & 15) << 4).reshape(*lead, cols // 2)
-        if q.high is not None:
-            fifth = (steps.astype(jnp.uint8) >> 4).reshape(*lead, cols)
-            high = jnp.packbits(fifth, axis=-1, bitorder="little")
+        planes = 2 if six else q.planes
+        if planes:  # per 64 codes: 8 bytes of bit 4, then (6-bit codes) 8 bytes of bit 5
+            chunks = steps.astype(jnp.uint8).reshape(*lead, cols // 64, 1, 64)
+            bits = (chunks >> (4 + jnp.arange(planes, dtype=jnp.uint8)[:, None])) & 1
+            high = jnp.packbits(bits, axis=-1, bitorder="little").reshape(*lead, cols // 8 * planes)
     else:
         values = steps.reshape(*lead, cols)
-    return dataclasses.replace(q, values=values, high=high, interleave=s)
+    nibbles = 64 if six else q.nibbles
+    return dataclasses.replace(
+        q, values=values, high=high, interleave=s, nibbles=nibbles, zero=zero
+    )
 
 
 def dense(w: jax.Array | QuantArray, dtype) -> jax.Array:

@@ -41,7 +41,7 @@ byte as the file stores them, and their packing group (``QuantArray.nibbles``)."
 
 Packing = tuple[int, bool]
 """How codes are stored (``QuantArray.packing``): the nibble group (0: int8 codes) and
-whether a fifth-bit plane is present."""
+how many high-bit planes are present (a file's types have at most one: the fifth bits)."""
 UNPACKED: Packing = (0, False)
 
 

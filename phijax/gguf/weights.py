@@ -20,6 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from gguf import GGMLQuantizationType as QT
 from tqdm.auto import tqdm
 
 from phijax.config import Phi3Config
@@ -133,8 +134,8 @@ def load_weights(
     as soon as it is decoded (:mod:`phijax.sharding`), so no device holds the whole model.
     ``interleave``: packed matrices that can take it are stored in the CPU kernel's
     int8-activation order (:func:`phijax.quant.interleaved`), with a k-quant's scales in its
-    two levels (``QuantArray.units``), one tensor at a time; a stacked layout keeps row order
-    (the kernel reads one matrix).
+    two levels (``QuantArray.units``) and Q6_K's codes as 6 bits, one tensor at a time; a
+    stacked layout keeps row order (the kernel reads one matrix).
     """
     c = module.config
     stacked = module.layout == "stacked"
@@ -157,10 +158,13 @@ def load_weights(
     def put(value, name, stacked=False):  # onto the mesh with its logical axes' sharding
         return place(value, weight_axes(name, stacked), mesh, c)
 
-    def arranged(value):  # a whole matrix (not a layer of a stack) in the kernel's order
+    def arranged(value, tensors):  # a whole matrix (not a layer of a stack) in the kernel's order
         if not (interleave and isinstance(value, QuantArray)):
             return value
-        return interleaved(value) if can_interleave(value) else value.one_level()
+        if not can_interleave(value):
+            return value.one_level()
+        six = all(f.tensors[t].ggml_type == QT.Q6_K for t in tensors)  # codes in -32..31
+        return interleaved(value, code_bits=6 if six else 8)
 
     for spec in GLOBAL_WEIGHTS:
         target = getattr(module, spec.name)
@@ -168,7 +172,7 @@ def load_weights(
             continue
         (source,) = spec.sources(f.tensors)
         value = load(source.tensor, spec.shape(c), spec.dtype(module.dtype), not spec.f32)
-        target.set_value(put(arranged(value), spec.name))
+        target.set_value(put(arranged(value, [source.tensor]), spec.name))
     packed = _packed_params(f, range(c.num_layers)) if quantized and stacked else set()
     formats = _stack_formats(f, c, packed)
     for i in range(c.num_layers):
@@ -204,7 +208,8 @@ def load_weights(
                 stack = _set_layer(stack, jnp.int32(i), layer)
                 target.set_value(put(stack, param_name, True))  # no-op unless XLA chose another
             else:
-                target.set_value(put(arranged(cast(value, dtype)), param_name))
+                tensors = [source.tensor for source in parts]
+                target.set_value(put(arranged(cast(value, dtype), tensors), param_name))
     bar.close()
     factors = BY_NAME["rope_factors"]
     return {

@@ -213,7 +213,8 @@ def row_limit(w: jax.Array | QuantArray) -> int | None:
 def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     """Whether the kernel takes ``w`` (``cpu_matmul.cc``'s rules): one matrix of a width that
     is a multiple of 32; bf16, or int8 codes in blocks of 16 or 32, or 4-bit codes in groups of
-    32 or 64 with blocks of 32 (and fifth bits, if any, one per code); mins, if any, shaped
+    32 or 64 with blocks of 32 (and fifth bits, if any, one per code), or interleaved 6-bit
+    codes in blocks of 16 (two high-bit planes, zero point 32); mins, if any, shaped
     like the scales. int8 activations take
     packed weights of a width that is a multiple of 64 (and of the activation block)."""
     if activations == "int8" and (
@@ -235,24 +236,35 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     if w.units is not None and not _two_level_fits(w):
         return False
     if w.nibbles:
-        fifth_ok = w.high is None or (
-            w.high.dtype == jnp.uint8 and w.high.shape == (*w.shape[:-1], cols // 8)
+        six = w.planes == 2  # Q6_K's codes, interleaved only, offset by 32
+        planes_ok = w.high is None or (
+            w.high.dtype == jnp.uint8
+            and w.high.shape == (*w.shape[:-1], cols // 8 * w.planes)
+            and w.planes in (1, 2)
         )
-        return fifth_ok and w.nibbles in (32, 64) and w.block == 32 and w.values.dtype == jnp.uint8
-    return w.block in (16, 32) and w.values.dtype == jnp.int8 and w.high is None
+        return (
+            planes_ok
+            and w.nibbles in (32, 64)
+            and w.block == (16 if six else 32)
+            and w.zero == (32 if six else 0)
+            and (not six or w.interleave)
+            and w.values.dtype == jnp.uint8
+        )
+    return w.block in (16, 32) and w.values.dtype == jnp.int8 and w.high is None and not w.zero
 
 
 def _two_level_fits(w: QuantArray) -> bool:
     """Integer scales with per-super-block units (``QuantArray.units``) go with the int8
     order only: Q4_K/Q5_K (nibbles, uint8 scales and mins, d and dmin) or Q6_K (int8
-    codes, int8 scales, d)."""
+    codes or 6-bit ones, int8 scales, d)."""
     rows, cols = w.shape
     k = 1 if w.mins is None else 2
-    if not w.interleave or w.block != (32 if w.nibbles else 16):
+    q4 = w.nibbles and w.planes < 2  # Q4_K or Q5_K
+    if not w.interleave or w.block != (32 if q4 else 16):
         return False
     if w.units.shape != (rows, cols // 256, k):
         return False
-    if w.nibbles:
+    if q4:
         return w.scales.dtype == jnp.uint8 and k == 2 and w.mins.dtype == jnp.uint8
     return w.scales.dtype == jnp.int8 and k == 1
 
@@ -342,7 +354,7 @@ def _call(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -
     high = no_bits if w.high is None else w.high
     units = empty if w.units is None else w.units
     act = _act(activations, w.activation_block)
-    call = _ffi(build, w.nibbles, w.activation_block, act, max_rows, w.interleave)
+    call = _ffi(build, w.nibbles, w.activation_block, act, max_rows, w.interleave, w.zero)
     return call(x, w.values, w.scales, mins, high, units)
 
 
@@ -363,6 +375,7 @@ def _ffi(
     act: int,
     max_rows: int | None,
     interleave: int = 0,
+    zero: int = 0,
 ):
     """The foreign call of ``build`` for one code layout and activation rounding (``act``),
     batched by folding a batch of ``x`` into its rows (weights shared; the pure product beyond
@@ -400,6 +413,7 @@ def _ffi(
                         high if high.ndim == 2 else None,
                         interleave,
                         units if units.ndim == 3 else None,
+                        zero,
                     )
                 activations = "f32" if act == 0 else "int8"
                 return _pure(folded, w, activations).reshape(size, rows, -1), True

@@ -30,31 +30,48 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
     numpy on every code layout: int8 codes in blocks of 16 and 32, 4- and 5-bit codes in
     groups of 32 and 64, each with and without mins, and bf16. With f32 activations and, for
     packed layouts, int8 ones (:mod:`phijax.int8`'s rounding in blocks of 256 and 32; in
-    blocks of 256 also with the codes interleaved, and with two-level scales); 9 rows of x (tiles of 4 and a remainder)
-    and 7 weight rows (pairs and a remainder). '' when every product is within f32 rounding
+    blocks of 256 also with the codes interleaved, 6-bit codes as nibbles and two planes,
+    and with two-level scales); 9 rows of x (tiles of 4 and a remainder) and 7 weight rows
+    (pairs and a remainder). '' when every product is within f32 rounding
     of the exact one (of the rounded activations, for int8), else which layout is wrong."""
     rng = np.random.default_rng(0)
     out, cols = 7, 512  # one group of 16 sub-blocks of 32 for the interleaved order
     x = rng.standard_normal((9, cols)).astype(np.float32)
-    cases: dict[str, tuple[np.ndarray | QuantArray, str, np.ndarray, np.ndarray]] = {}
-    layouts = [(0, 16, 8), (0, 32, 8), (32, 32, 4), (64, 32, 4), (32, 32, 5), (64, 32, 5)]
+    # each case: the weight, its activations and code bits if interleaved, numpy's weight, sizes
+    cases: dict[str, tuple[np.ndarray | QuantArray, tuple, np.ndarray, np.ndarray]] = {}
+    layouts = [
+        (0, 16, 8),
+        (0, 16, 6),
+        (0, 32, 8),
+        (32, 32, 4),
+        (64, 32, 4),
+        (32, 32, 5),
+        (64, 32, 5),
+    ]
     for (nibbles, block, bits), with_mins in itertools.product(layouts, (True, False)):
-        lo, hi = (0, 1 << bits) if nibbles else (-128, 128)
+        lo, hi = (0, 1 << bits) if nibbles else (-(1 << bits - 1), 1 << bits - 1)
         codes = rng.integers(lo, hi, (out, cols))
         scales = (rng.integers(1, 64, (out, cols // block)) / 64).astype(np.float32)
         mins = rng.standard_normal(scales.shape).astype(np.float32) if with_mins else None
         w, size = _weight(codes, scales, mins, block)
         values, high = pack(codes, nibbles) if nibbles else (codes.astype(np.int8), None)
         name = f"{bits}-bit groups of {nibbles}" if nibbles else f"int8 blocks of {block}"
+        name += ", 6-bit codes" if bits == 6 else ""
         name = f"{name}, {'with' if with_mins else 'no'} mins"
         for act_block in int8.BLOCKS:
             q = QuantArray(values, scales, mins, nibbles, act_block, high)
             if act_block == 32:
-                cases[name] = (q, "f32", w, np.abs(w))
-            cases[f"{name}, int8 activations in blocks of {act_block}"] = (q, "int8", w, size)
+                cases[name] = (q, ("f32", None), w, np.abs(w))
+            cases[f"{name}, int8 activations in blocks of {act_block}"] = (
+                q,
+                ("int8", None),
+                w,
+                size,
+            )
             if can_interleave(q):
-                cases[f"{name}, interleaved, int8 activations"] = (q, "int8 interleaved", w, size)
-    for nibbles, block in ((64, 32), (0, 16)):  # two-level scales, as Q4_K/Q5_K and Q6_K keep them
+                cases[f"{name}, interleaved, int8 activations"] = (q, ("int8", bits), w, size)
+    # two-level scales, as Q4_K/Q5_K and Q6_K keep them (Q6_K's codes also as 6 bits)
+    for nibbles, block, bits in ((64, 32, 4), (0, 16, 8), (0, 16, 6)):
         k, per = (2, 8) if nibbles else (1, 16)  # units per super-block; sub-blocks per super-block
         units = (rng.integers(1, 8, (out, cols // 256, k)) / 8).astype(np.float32)
         sc = (
@@ -66,7 +83,9 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
         scales = np.repeat(units[..., 0], per, 1) * sc.astype(np.float32)
         mins = None if mn is None else np.repeat(units[..., 1], per, 1) * mn.astype(np.float32)
         codes = (
-            rng.integers(0, 16, (out, cols)) if nibbles else rng.integers(-128, 128, (out, cols))
+            rng.integers(0, 16, (out, cols))
+            if nibbles
+            else rng.integers(-(1 << bits - 1), 1 << bits - 1, (out, cols))
         )
         q = QuantArray(
             pack(codes, 64)[0] if nibbles else codes.astype(np.int8),
@@ -76,27 +95,27 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
             256,
             units=units,
         )
-        name = "4-bit groups of 64, with mins" if nibbles else "int8 blocks of 16, no mins"
+        name = "4-bit groups of 64, with mins" if nibbles else f"{bits}-bit codes, no mins"
         cases[f"{name}, two-level scales, interleaved, int8 activations"] = (
             q,
-            "int8 interleaved",
+            ("int8", bits),
             *_weight(codes, scales, mins, block),
         )
     w16 = rng.standard_normal((out, cols)).astype(jnp.bfloat16)
-    cases["bf16"] = (w16, "f32", w16.astype(np.float32), np.abs(w16.astype(np.float32)))
+    cases["bf16"] = (w16, ("f32", None), w16.astype(np.float32), np.abs(w16.astype(np.float32)))
     acts = [act for _, act, _, _ in cases.values()]
 
     def products(x, weights):  # one program: a process's first use compiles once, not 60 times
         ys = [
-            call(build, None, act.split()[0], x, interleaved(w) if "interleaved" in act else w)
-            for act, w in zip(acts, weights, strict=True)
+            call(build, None, act, x, w if bits is None else interleaved(w, code_bits=bits))
+            for (act, bits), w in zip(acts, weights, strict=True)
         ]
         return ys, {b: int8.fake_quant(x, b) for b in int8.BLOCKS}
 
     got, int8_x = jax.jit(products)(x, [w for w, _, _, _ in cases.values()])
     rounded = {"f32": {b: x for b in int8.BLOCKS}, "int8": int8_x}  # what each product sees
-    for (name, (q, act, w, size)), y in zip(cases.items(), got, strict=True):
-        x64 = np.asarray(rounded[act.split()[0]][getattr(q, "activation_block", 32)], np.float64)
+    for (name, (q, (act, _), w, size)), y in zip(cases.items(), got, strict=True):
+        x64 = np.asarray(rounded[act][getattr(q, "activation_block", 32)], np.float64)
         bound = cols * np.finfo(np.float32).eps * (np.abs(x64) @ size.astype(np.float64).T)
         if not np.all(np.abs(np.asarray(y) - x64 @ w.astype(np.float64).T) <= bound):
             return f"wrong products for {name}"

@@ -189,30 +189,41 @@ constexpr int kLanes = Simd::kLanes;
 
 // How a row's codes are stored: one int8 per code, or two codes per byte in groups of
 // 32 or 64 (byte j of a group holds code j in its low half and code j + group/2 in its high),
-// the same with a fifth bit per code in a bit plane (H: Q5_K, Q5_1); or a dense bf16 weight
-// (no scales: the code is the weight).
-enum class Codes { kInt8, kNibbles32, kNibbles64, kNibbles32H, kNibbles64H, kBf16 };
+// the same with a fifth bit per code in a bit plane (H: Q5_K, Q5_1), or with bits 4 and 5 in
+// two planes and a zero point of 32 (H2: Q6_K's 6-bit codes, interleaved only); or a dense
+// bf16 weight (no scales: the code is the weight).
+enum class Codes { kInt8, kNibbles32, kNibbles64, kNibbles32H, kNibbles64H, kNibbles64H2, kBf16 };
 
 constexpr bool is_nibbles(Codes c) {
-  return c == Codes::kNibbles32 || c == Codes::kNibbles64 || c == Codes::kNibbles32H || c == Codes::kNibbles64H;
+  return c == Codes::kNibbles32 || c == Codes::kNibbles64 || c == Codes::kNibbles32H || c == Codes::kNibbles64H ||
+         c == Codes::kNibbles64H2;
 }
 constexpr bool has_fifth(Codes c) { return c == Codes::kNibbles32H || c == Codes::kNibbles64H; }
+// Bit planes above the nibbles: per 64 codes, 8 bytes of each (bit 4, then bit 5).
+constexpr int high_planes(Codes c) { return c == Codes::kNibbles64H2 ? 2 : has_fifth(c) ? 1 : 0; }
+// What the unsigned codes the loops multiply exceed the codes by (int8 codes are offset by 128).
+constexpr int zero_point(Codes c) { return c == Codes::kInt8 ? 128 : c == Codes::kNibbles64H2 ? 32 : 0; }
 
 template <Codes kCodes>
-constexpr int kStep = kCodes == Codes::kNibbles64 || kCodes == Codes::kNibbles64H ? 64 : 32;  // codes per loop step
+constexpr int kStep = kCodes == Codes::kNibbles64 || kCodes == Codes::kNibbles64H || kCodes == Codes::kNibbles64H2
+                          ? 64
+                          : 32;  // codes per loop step
 
 struct Weight {
   const uint8_t* codes;  // [rows, row_bytes]
   const float* scales;   // [rows, groups]
   const float* mins;     // [rows, groups], or null
   int64_t rows, cols, row_bytes, groups;
-  const uint8_t* high = nullptr;  // [rows, cols / 8]: fifth bits, bit i of byte b for code 8b + i
+  const uint8_t* high = nullptr;  // [rows, cols / 8 * planes]: fifth bits, bit i of byte b for code 8b + i
   int64_t interleave = 0;         // 0: codes in row order; else int8_dot.h's order, sub-blocks of this
   // Two-level k-quant scales (interleaved only; scales and mins then null): integer codes
   // [rows, groups] (u8; Q6_K's scales s8) and f32 units [rows, cols / 256, 1 or 2] (d, dmin).
   const uint8_t* scale_codes = nullptr;
   const uint8_t* min_codes = nullptr;
   const float* units = nullptr;
+  // High-bit planes: 0, 1 (fifth bits) or 2 (bits 4 and 5 of 6-bit codes with zero point 32;
+  // interleaved, sub-blocks of 16: Q6_K). Per 64 codes, 8 bytes of each plane.
+  int64_t planes = 0;
 
   // The units (d, then dmin if any) of the super-block of 256 that holds sub-block j of row n.
   const float* units_of(int64_t n, int64_t j) const {
@@ -452,10 +463,22 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::AnyBuffe
   if ((nibbles != 0 && !packed) || codes.element_type() != (packed ? ffi::DataType::U8 : ffi::DataType::S8)) {
     return bad("cpu_matmul: codes must be int8, uint8 nibbles in groups of 32 or 64, or bf16");
   }
+  const auto hd = high.dimensions();
+  const bool fifth = high.element_count() != 0;
+  const int64_t planes = fifth && hd.size() == 2 ? hd[1] * 8 / cols : 0;
+  if (fifth && (!packed || hd.size() != 2 || hd[0] != rows || (planes != 1 && planes != 2) ||
+                hd[1] != cols / 8 * planes)) {
+    return bad("cpu_matmul: high bits must be [rows, cols / 8] (fifth bits) or [rows, cols / 4] (bits 4 and 5) "
+               "uint8 beside packed codes, or empty");
+  }
+  const bool six = planes == 2;  // Q6_K's codes: interleaved, sub-blocks of 16
   const int64_t groups = sd.size() == 2 ? sd[1] : 0, block = groups > 0 ? cols / groups : 0;
   if (sd.size() != 2 || cd[1] != (packed ? cols / 2 : cols) || sd[0] != rows || groups * block != cols ||
-      (block != 16 && block != 32) || (packed && (block != 32 || cols % nibbles != 0))) {
+      (block != 16 && block != 32) || (packed && (block != (six ? 16 : 32) || cols % nibbles != 0))) {
     return bad("cpu_matmul: shapes of x, codes and scales disagree");
+  }
+  if (six && (interleave != 16 || nibbles != 64)) {
+    return bad("cpu_matmul: 6-bit codes (two high-bit planes) are interleaved, in sub-blocks of 16 (Q6_K)");
   }
   const bool with_mins = mins.element_count() != 0;
   const auto md = mins.dimensions();
@@ -469,25 +492,21 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::AnyBuffe
     return bad("cpu_matmul: scales and mins are f32 unless units are given");
   }
   if (two_level) {
-    const auto code_type = packed ? ffi::DataType::U8 : ffi::DataType::S8;
-    if (interleave == 0 || cols % 256 != 0 || block != (packed ? 32 : 16) || ud.size() != 3 || ud[0] != rows ||
-        ud[1] != cols / 256 ||
-        ud[2] != (with_mins ? 2 : 1) || scales.element_type() != code_type || with_mins != packed ||
-        (with_mins && mins.element_type() != ffi::DataType::U8)) {
+    const bool q4 = packed && !six;  // Q4_K, Q5_K
+    const auto code_type = q4 ? ffi::DataType::U8 : ffi::DataType::S8;
+    if (interleave == 0 || cols % 256 != 0 || block != (q4 ? 32 : 16) || ud.size() != 3 || ud[0] != rows ||
+        ud[1] != cols / 256 || ud[2] != (with_mins ? 2 : 1) || scales.element_type() != code_type ||
+        with_mins != q4 || (with_mins && mins.element_type() != ffi::DataType::U8)) {
       return bad("cpu_matmul: two-level scales are interleaved Q4_K/Q5_K (u8 scales and mins, units "
                  "[rows, cols / 256, 2]) or Q6_K (s8 scales, units [rows, cols / 256, 1])");
     }
-  }
-  const auto hd = high.dimensions();
-  const bool fifth = high.element_count() != 0;
-  if (fifth && (!packed || hd.size() != 2 || hd[0] != rows || hd[1] != cols / 8)) {
-    return bad("cpu_matmul: fifth bits must be [rows, cols / 8] uint8 beside packed codes, or empty");
   }
   if (interleave != 0 && (interleave != block || cols % (16 * block) != 0 || (packed && nibbles != 64))) {
     return bad("cpu_matmul: interleaved codes come in groups of 16 sub-blocks of the scales' block "
                "(nibbles: groups of 64, blocks of 32)");
   }
   Weight w{data, nullptr, nullptr, rows, cols, cd[1], groups, fifth ? high.typed_data() : nullptr, interleave};
+  w.planes = planes;
   const auto* scale_data = static_cast<const uint8_t*>(scales.untyped_data());
   const auto* min_data = with_mins ? static_cast<const uint8_t*>(mins.untyped_data()) : nullptr;
   if (two_level) {
@@ -520,7 +539,8 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   }
   if (act != static_cast<int64_t>(Act::kF32)) {
     if ((act != static_cast<int64_t>(Act::kQ8K) && act != static_cast<int64_t>(Act::kQ8_0)) || block == 0 ||
-        cols % (act == static_cast<int64_t>(Act::kQ8K) ? 256 : 64) != 0 || (nibbles != 0 && block != 32)) {
+        cols % (act == static_cast<int64_t>(Act::kQ8K) ? 256 : 64) != 0 ||
+        (nibbles != 0 && block != (w->planes == 2 ? 16 : 32))) {
       return ffi::Error::InvalidArgument(
           "cpu_matmul: int8 activations take packed or int8 codes with a scale per 16 or 32, and "
           "columns a multiple of 64 (256 for k-quant activations)");
@@ -530,7 +550,7 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
     p->y = y->typed_data();
     p->m = m;
     quantize_rows(x.typed_data(), m, cols, static_cast<Act>(act), block, p->x, w->interleave);
-    job->columns = [p, fn = pick_int8(nibbles, w->high != nullptr, block, w->interleave != 0)](int64_t n0,
+    job->columns = [p, fn = pick_int8(nibbles, w->planes, block, w->interleave != 0)](int64_t n0,
                                                                                                 int64_t n1) {
       fn(*p, n0, n1);
     };
@@ -560,7 +580,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmul, CpuMatmulImpl,
                                   .Arg<ffi::AnyBuffer>()         // codes [rows, cols or cols / 2]: s8, u8, bf16
                                   .Arg<ffi::AnyBuffer>()         // scales [rows, groups] or [0]: f32, or u8/s8 codes
                                   .Arg<ffi::AnyBuffer>()         // mins [rows, groups] or [0]: f32, or u8 codes
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // fifth bits [rows, cols / 8] or [0]
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // high bits [rows, cols / 8 * planes] or [0]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // units [rows, cols / 256, k] or [0]: d (, dmin)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y [m, rows]
                                   .Attr<int64_t>("act")          // activations: 0 f32, 1 int8 per 256, 2 per 32

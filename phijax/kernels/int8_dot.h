@@ -249,7 +249,7 @@ void int8_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* 
 }
 
 // Step t of group g of an interleaved weight row as 64 unsigned codes (lane l, byte j: code
-// l * kSub + 4t + j of the group; int8 codes + 128).
+// l * kSub + 4t + j of the group, plus zero_point(kCodes)).
 template <Codes kCodes, int kSub>
 inline void unsigned_step(const uint8_t* row, const uint8_t* high, int64_t g, int t, uint8_t* u) {
   constexpr int64_t kGroup = 16 * kSub;
@@ -259,14 +259,20 @@ inline void unsigned_step(const uint8_t* row, const uint8_t* high, int64_t g, in
   } else {
     const uint8_t* b = row + g * kGroup / 2 + 64 * (t / 2);  // steps 2u and 2u + 1 share 64 bytes
     for (int i = 0; i < 64; ++i) u[i] = t % 2 ? b[i] >> 4 : b[i] & 15u;
-    if constexpr (has_fifth(kCodes)) {
-      const uint8_t* h = high + g * kGroup / 8 + 8 * t;
-      for (int i = 0; i < 64; ++i) u[i] |= ((h[i / 8] >> (i % 8)) & 1u) << 4;
+    constexpr int kPlanes = high_planes(kCodes);
+    const uint8_t* h = high + (g * kGroup / 64 + t) * 8 * kPlanes;  // this step's 8 bytes per plane
+    for (int p = 0; p < kPlanes; ++p) {
+      for (int i = 0; i < 64; ++i) u[i] |= ((h[8 * p + i / 8] >> (i % 8)) & 1u) << (4 + p);
     }
   }
 }
 
-// The 16 scales and offsets (mins, plus 128 · scale for int8 codes) of group g of weight
+// Whether two-level scales are Q6_K's (int8 scale codes, d only: int8 or 6-bit codes in
+// sub-blocks of 16) rather than Q4_K's or Q5_K's (uint8 scale and min codes, d and dmin).
+template <Codes kCodes>
+constexpr bool kQ6Scales = kCodes == Codes::kInt8 || kCodes == Codes::kNibbles64H2;
+
+// The 16 scales and offsets (mins, plus zero_point · scale) of group g of weight
 // row n of an interleaved weight: f32 as stored, or (w.units) integer codes times their
 // super-block's d and dmin, the f32 products QuantArray.scale_values() makes.
 template <Codes kCodes>
@@ -276,26 +282,26 @@ inline void group_scales(const Weight& w, int64_t n, int64_t g, float* s, float*
     if (w.units) {
       const float* u = w.units_of(n, g * 16 + l);
       const uint8_t code = w.scale_codes[at + l];
-      s[l] = u[0] * (kCodes == Codes::kInt8 ? static_cast<float>(static_cast<int8_t>(code)) : static_cast<float>(code));
+      s[l] = u[0] * (kQ6Scales<kCodes> ? static_cast<float>(static_cast<int8_t>(code)) : static_cast<float>(code));
       off[l] = w.min_codes ? u[1] * static_cast<float>(w.min_codes[at + l]) : 0.0f;
     } else {
       s[l] = w.scales[at + l];
       off[l] = w.mins ? w.mins[at + l] : 0.0f;
     }
-    if constexpr (kCodes == Codes::kInt8) off[l] += 128.0f * s[l];
+    if constexpr (zero_point(kCodes) != 0) off[l] += static_cast<float>(zero_point(kCodes)) * s[l];
   }
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-// group_scales in two vectors. Two levels: int8 codes are Q6_K's (sub-blocks of 16: the
-// group is super-block g, d only), 4-bit codes Q4_K's or Q5_K's (sub-blocks of 32: lanes 0-7
-// of super-block 2g, 8-15 of 2g + 1, d and dmin each).
+// group_scales in two vectors. Two levels: int8 and 6-bit codes are Q6_K's (sub-blocks of 16:
+// the group is super-block g, d only), 4- and 5-bit codes Q4_K's or Q5_K's (sub-blocks of 32:
+// lanes 0-7 of super-block 2g, 8-15 of 2g + 1, d and dmin each).
 template <Codes kCodes>
 inline void group_scales_512(const Weight& w, int64_t n, int64_t g, __m512& s, __m512& off) {
   const int64_t at = n * w.groups + g * 16;
   if (w.units) {
     const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale_codes + at));
-    if constexpr (kCodes == Codes::kInt8) {
+    if constexpr (kQ6Scales<kCodes>) {
       s = _mm512_mul_ps(_mm512_set1_ps(*w.units_of(n, g * 16)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
       off = _mm512_setzero_ps();
     } else {
@@ -310,7 +316,9 @@ inline void group_scales_512(const Weight& w, int64_t n, int64_t g, __m512& s, _
     s = _mm512_loadu_ps(w.scales + at);
     off = w.mins ? _mm512_loadu_ps(w.mins + at) : _mm512_setzero_ps();
   }
-  if constexpr (kCodes == Codes::kInt8) off = _mm512_fmadd_ps(_mm512_set1_ps(128.0f), s, off);
+  if constexpr (zero_point(kCodes) != 0) {
+    off = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(zero_point(kCodes))), s, off);
+  }
 }
 #endif
 
@@ -324,12 +332,13 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
   constexpr int64_t kGroup = 16 * kSub, kSteps = kSub / 4;
   constexpr int64_t kGroupBytes = kCodes == Codes::kInt8 ? kGroup : kGroup / 2;
   constexpr int64_t kGroupsAhead = (kAhead + kGroupBytes - 1) / kGroupBytes;
+  constexpr int kPlanes = high_planes(kCodes);
   const int64_t cols = w.cols, subs = w.groups, groups = cols / kGroup;
   const uint8_t* row[kCols];
   const uint8_t* high[kCols];
   for (int c = 0; c < kCols; ++c) {
     row[c] = w.codes + (n + c) * w.row_bytes;
-    high[c] = w.high ? w.high + (n + c) * (cols / 8) : nullptr;
+    high[c] = w.high ? w.high + (n + c) * (cols / 8 * kPlanes) : nullptr;
   }
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   __m512 acc[kRows][kCols];
@@ -349,7 +358,7 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
           prefetch(w.scales + at);
           if (w.mins) prefetch(w.mins + at);
         }
-        if constexpr (has_fifth(kCodes)) prefetch(high[c] + (g + kGroupsAhead) * kGroup / 8);
+        if constexpr (kPlanes > 0) prefetch(high[c] + (g + kGroupsAhead) * kGroup / 8 * kPlanes);
       }
     }
     const int8_t* xg = xq.q.data() + m0 * cols + g * kGroup;
@@ -376,11 +385,14 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
           const __m512i b = _mm512_loadu_si512(row[c] + g * kGroupBytes + 32 * t);
           lo[c] = _mm512_and_si512(b, _mm512_set1_epi8(15));
           hi[c] = _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi8(15));
-          if constexpr (has_fifth(kCodes)) {
-            uint64_t m[2];
-            std::memcpy(m, high[c] + g * kGroup / 8 + 8 * t, sizeof m);
-            lo[c] = _mm512_mask_add_epi8(lo[c], _cvtu64_mask64(m[0]), lo[c], _mm512_set1_epi8(16));
-            hi[c] = _mm512_mask_add_epi8(hi[c], _cvtu64_mask64(m[1]), hi[c], _mm512_set1_epi8(16));
+          if constexpr (kPlanes > 0) {  // steps t and t + 1: each plane's 8 bytes per step
+            uint64_t m[2 * kPlanes];
+            std::memcpy(m, high[c] + (g * kGroup / 64 + t) * 8 * kPlanes, sizeof m);
+            for (int p = 0; p < kPlanes; ++p) {
+              const __m512i bit = _mm512_set1_epi8(static_cast<char>(16 << p));
+              lo[c] = _mm512_mask_add_epi8(lo[c], _cvtu64_mask64(m[p]), lo[c], bit);
+              hi[c] = _mm512_mask_add_epi8(hi[c], _cvtu64_mask64(m[kPlanes + p]), hi[c], bit);
+            }
           }
         }
         for (int r = 0; r < kRows; ++r) {
@@ -392,7 +404,7 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
           }
         }
       };
-      if constexpr (has_fifth(kCodes)) {
+      if constexpr (kPlanes > 0) {
         for (int t = 0; t < kSteps; t += 2) step(t);
       } else {  // unrolled, the plain 4-bit loop spills registers: 1.2-1.25x slower at 32 rows
 #pragma GCC unroll 1
@@ -489,9 +501,11 @@ using Int8Fn = void (*)(const Int8Problem&, int64_t, int64_t);
 
 // Codes in groups of 64 (int8, or 4-bit in groups of 32 or 64, with or without fifth bits) with
 // a scale per 16 or 32; interleaved (kSub = the scale's block) or in row order.
-inline Int8Fn pick_int8(int64_t nibbles, bool fifth, int64_t sub, bool interleaved) {
-  if (interleaved) {  // nibbles in groups of 64 with blocks of 32, or int8 codes
+inline Int8Fn pick_int8(int64_t nibbles, int64_t planes, int64_t sub, bool interleaved) {
+  const bool fifth = planes == 1;
+  if (interleaved) {  // nibbles in groups of 64 with blocks of 32, 6-bit codes in blocks of 16, or int8 codes
     if (nibbles) {
+      if (planes == 2) return &int8_columns<Codes::kNibbles64H2, 16, true>;
       return fifth ? &int8_columns<Codes::kNibbles64H, 32, true> : &int8_columns<Codes::kNibbles64, 32, true>;
     }
     return sub == 16 ? &int8_columns<Codes::kInt8, 16, true> : &int8_columns<Codes::kInt8, 32, true>;

@@ -23,7 +23,10 @@ empty, bits = np.zeros((0,), np.float32), np.zeros((0,), np.uint8)
 # a Q6_K-like weight with two-level scales: int8 codes and scales, one d per 256 columns
 x256, codes256, codes_s8 = np.ones((1, 256), np.float32), np.ones((24, 256), np.int8), np.ones((24, 16), np.int8)
 units = np.ones((24, 1, 1), np.float32)
-cases = {  # name: (act, output shape, x, codes, scales, mins[, fifth bits[, interleave[, units]]])
+# its codes as 6 bits: nibbles 1 and, per 64 codes, 8 bytes of bit 4 (0) and of bit 5 (1): 33 - 32 = 1
+nibbles6 = np.full((24, 128), 0x11, np.uint8)
+planes6 = np.tile(np.r_[np.zeros(8), np.full(8, 255)].astype(np.uint8), (24, 4))
+cases = {  # name: (act, output shape, x, codes, scales, mins[, high bits[, interleave[, units[, nibbles]]]])
     "valid": (0, (1, 24), x, codes, scales, empty),
     "valid with mins": (0, (1, 24), x, codes, scales, np.ones((24, 2), np.float32)),
     "valid, int8 activations": (2, (1, 24), x, codes, scales, empty),
@@ -45,16 +48,21 @@ cases = {  # name: (act, output shape, x, codes, scales, mins[, fifth bits[, int
     "units beside int8 codes in blocks of 32": (1, (1, 24), np.ones((1, 512), np.float32),
                                                 np.ones((24, 512), np.int8), codes_s8, empty, bits, 32,
                                                 np.ones((24, 2, 1), np.float32)),
+    "valid, 6-bit codes": (1, (1, 24), x256, nibbles6, codes_s8, empty, planes6, 16, units, 64),
+    "6-bit codes in row order": (1, (1, 24), x256, nibbles6, codes_s8, empty, planes6, 0, units, 64),
+    "6-bit codes in groups of 32": (1, (1, 24), x256, nibbles6, codes_s8, empty, planes6, 16, units, 32),
 }
 results = {}
 for build in sys.argv[1:]:
     kernels.status(build)  # imports and registers the build's target
     for name, (act, shape, *args) in cases.items():
-        x_, codes_, scales_, mins_, high, interleave, units_ = [*args, *(bits, 0, empty)[len(args) - 4 :]]
+        x_, codes_, scales_, mins_, high, interleave, units_, nibbles = [
+            *args, *(bits, 0, empty, 0)[len(args) - 4 :]
+        ]
         out = jax.ShapeDtypeStruct(shape, jnp.float32)
         call = jax.ffi.ffi_call(kernels.target(build), out)
         try:
-            y = call(x_, codes_, scales_, mins_, high, units_, act=np.int64(act), nibbles=np.int64(0),
+            y = call(x_, codes_, scales_, mins_, high, units_, act=np.int64(act), nibbles=np.int64(nibbles),
                      interleave=np.int64(interleave))
             results[f"{build}: {name}"] = f"accepted {float(np.asarray(y).ravel()[0])}"
         except Exception as e:
@@ -76,8 +84,9 @@ def test_the_handler_rejects_wrong_shapes(expected_builds):
         # x = 1 rounds to 127 codes of scale f16(1/127): 64 * 127 * f16(1/127), within 0.1%
         accepted = results.pop(f"{build}: valid, int8 activations").split()
         assert accepted[0] == "accepted" and abs(float(accepted[1]) - 64) < 0.064
-        accepted = results.pop(f"{build}: valid, two-level scales").split()  # d · scale = 1
-        assert accepted[0] == "accepted" and abs(float(accepted[1]) - 256) < 0.256
-    assert len(results) == 14 * len(expected_builds)
+        for valid in ("two-level scales", "6-bit codes"):  # d · scale = 1, codes 1
+            accepted = results.pop(f"{build}: valid, {valid}").split()
+            assert accepted[0] == "accepted" and abs(float(accepted[1]) - 256) < 0.256
+    assert len(results) == 16 * len(expected_builds)
     for name, result in results.items():
         assert "INVALID_ARGUMENT" in result and "cpu_matmul" in result, (name, result)

@@ -12,6 +12,8 @@ codes and subtracts ``128 · scale · sum(q)`` after).
 
 from __future__ import annotations
 
+import dataclasses
+
 import gguf
 import jax
 import jax.numpy as jnp
@@ -134,6 +136,25 @@ def test_two_level_scales_give_the_same_products(build: str, qtype: QT):
     for a, b in zip(jax.jit(products)(two), jax.jit(products)(one), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert_int8_products(build, two, want)
+
+
+@pytest.mark.parametrize("two_level", [False, True], ids=["f32 scales", "two-level scales"])
+def test_q6_k_codes_as_six_bits(build: str, two_level: bool):
+    """Q6_K's codes (-32..31) interleaved as nibbles and two high-bit planes, zero point 32
+    (``interleaved(w, code_bits=6)``): 0.75 bytes a code instead of 1, the same weight bit
+    for bit, products within the int8 path's bound on every build."""
+    w, want = file_weight(QT.Q6_K, 512, two_level=two_level)
+    eight, six = interleaved(w), interleaved(w, code_bits=6)
+    assert (six.planes, six.zero, six.nibbles) == (2, 32, 64)
+    assert six.values.nbytes + six.high.nbytes == eight.values.nbytes * 3 // 4
+    np.testing.assert_array_equal(np.asarray(six.codes()), np.asarray(w.codes()))
+    np.testing.assert_array_equal(np.asarray(six.dequantize()), want)
+    assert kernels.fits(six, "int8") and not kernels.fits(six, "f32")
+    assert not kernels.fits(dataclasses.replace(six, zero=0), "int8")
+    back = six.unpacked()  # row order, one int8 code per byte: the loaded weight again
+    assert back.zero == 0 and back.high is None
+    np.testing.assert_array_equal(np.asarray(back.values), np.asarray(w.codes()))
+    assert_int8_products(build, six, want)
 
 
 def assert_int8_products(build: str, w, want: np.ndarray) -> None:

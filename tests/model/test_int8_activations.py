@@ -153,7 +153,8 @@ def assert_rounding_flips_apart(got, logits, int8_model, want) -> None:
 def test_int8_mode_stores_k_quants_interleaved(int8_model):
     """With the kernel, the matrices that can take the int8 path's interleaved order (whole
     groups of 16 sub-blocks) have it, and the others keep row order; the interleaved
-    Q4_K/Q5_K/Q6_K keep the file's two-level scales, and only they."""
+    Q4_K/Q5_K/Q6_K keep the file's two-level scales, and only they; Q6_K's codes are 6 bits
+    (nibbles and two high-bit planes)."""
     if int8_model.backend.kernel is None:
         pytest.skip(f"the CPU kernel is {kernels.status()}: nothing to interleave for")
     state = nnx.state(int8_model.params)
@@ -162,6 +163,9 @@ def test_int8_mode_stores_k_quants_interleaved(int8_model):
     assert all(q.interleave or not can_interleave(q) for q in packed)
     two_level = [q for q in packed if q.units is not None]
     assert two_level and all(q.interleave for q in two_level)
+    q6 = [q for q in two_level if q.block == 16]  # Q6_K's sub-blocks
+    assert q6 and all((q.planes, q.zero) == (2, 32) for q in q6)
+    assert all(q.planes < 2 for q in packed if q.block != 16)
 
 
 def is_quant(x) -> bool:
