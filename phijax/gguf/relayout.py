@@ -30,7 +30,7 @@ from gguf import GGMLQuantizationType as QT
 
 from phijax.errors import GGUFFormatError
 from phijax.gguf.blocks import BLOCK_TYPES
-from phijax.quant import QuantArray
+from phijax.quant import QuantArray, can_interleave, interleaved
 
 QUANTIZED_TYPES: frozenset[QT] = frozenset(BLOCK_TYPES)
 """The ggml types kept packed by ``quantized=True`` (float types load as arrays)."""
@@ -45,9 +45,12 @@ how many high-bit planes are present (a file's types have at most one: the fifth
 UNPACKED: Packing = (0, False)
 
 
-@functools.partial(jax.jit, static_argnames=("qtype", "shape", "two_level"))
-def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...], two_level: bool) -> QuantArray:
-    """``[n_bytes] uint8`` → the decoded fields of its blocks, laid out along ``shape``'s rows."""
+@functools.partial(jax.jit, static_argnames=("qtype", "shape", "two_level", "code_bits"))
+def _relayout(
+    raw: jax.Array, qtype: QT, shape: tuple[int, ...], two_level: bool, code_bits: int
+) -> QuantArray:
+    """``[n_bytes] uint8`` → the decoded fields of its blocks, laid out along ``shape``'s rows
+    (and interleaved with ``code_bits``, if not 0 and the weight can be)."""
     block_type = BLOCK_TYPES[qtype]
     fields = block_type.decode(raw.reshape(-1, GGML_QUANT_SIZES[qtype][1]))
     *lead, cols = shape
@@ -64,7 +67,7 @@ def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...], two_level: bool
     if two_level and fields.two_level is not None:
         scales, mins, units = fields.two_level
         units = units.reshape(*lead, cols // GGML_QUANT_SIZES[qtype][0], units.shape[-1])
-    return QuantArray(
+    q = QuantArray(
         codes,
         scales.reshape(groups),
         None if mins is None else mins.reshape(groups),
@@ -73,6 +76,7 @@ def _relayout(raw: jax.Array, qtype: QT, shape: tuple[int, ...], two_level: bool
         high=high,
         units=units,
     )
+    return interleaved(q, code_bits=code_bits) if code_bits and can_interleave(q) else q
 
 
 def relayout(
@@ -82,10 +86,14 @@ def relayout(
     *,
     name: str = "",
     two_level: bool = False,
+    interleave: bool = False,
 ) -> QuantArray:
     """One quantized tensor's raw bytes → a :class:`QuantArray` of ``shape`` (numpy order).
     ``two_level``: keep a k-quant's integer scales and per-super-block units as the file
-    stores them (``QuantArray.units``; the CPU kernel reads them only in its int8 order)."""
+    stores them (``QuantArray.units``; the CPU kernel reads them only in its int8 order).
+    ``interleave``: a matrix that can take the int8 path's order
+    (:func:`~phijax.quant.can_interleave`) gets it in the same program (Q6_K's codes as
+    6 bits): no row-order copy is made first."""
     shape = tuple(int(s) for s in shape)
     block, type_size = GGML_QUANT_SIZES[qtype]
     if qtype not in QUANTIZED_TYPES or shape[-1] % block:
@@ -98,7 +106,8 @@ def relayout(
         raise GGUFFormatError(
             f"tensor {name!r}: {QT(qtype).name} shape {list(shape)} needs {expected} bytes, got {raw.size}"
         )
-    return _relayout(raw, qtype=QT(qtype), shape=shape, two_level=two_level)
+    code_bits = (6 if qtype == QT.Q6_K else 8) if interleave else 0
+    return _relayout(raw, qtype=QT(qtype), shape=shape, two_level=two_level, code_bits=code_bits)
 
 
 def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool, Packing]:

@@ -61,11 +61,18 @@ def _rope_heads(c: Phi3Config, source: Source) -> int | None:
 
 
 def _load(
-    f: GGUFFile, name: str, shape: tuple[int, ...], dtype, packed: bool, two_level: bool = False
+    f: GGUFFile,
+    name: str,
+    shape: tuple[int, ...],
+    dtype,
+    packed: bool,
+    two_level: bool = False,
+    interleave: bool = False,
 ) -> jax.Array | QuantArray:
     """Tensor ``name`` on the device, checked against ``shape``: dequantized to ``dtype``, or
     kept as a :class:`QuantArray` when ``packed`` (a lossless re-layout of its blocks; with
-    ``two_level``, a k-quant's scales as the file stores them)."""
+    ``two_level``, a k-quant's scales as the file stores them; with ``interleave``, in the
+    int8 path's order where it can be)."""
     info = f.tensor(name)
     if not shape_matches(info.shape, shape):
         raise GGUFFormatError(
@@ -74,7 +81,9 @@ def _load(
         )
     raw = jax.device_put(_read(f, info))
     if packed:
-        return relayout.relayout(raw, info.ggml_type, shape, name=name, two_level=two_level)
+        return relayout.relayout(
+            raw, info.ggml_type, shape, name=name, two_level=two_level, interleave=interleave
+        )
     return dequantize(raw, info.ggml_type, info.shape, dtype, name=name, where=f.path).reshape(
         shape
     )
@@ -82,8 +91,12 @@ def _load(
 
 def _read(f: GGUFFile, info) -> np.ndarray:
     """A tensor's bytes, read (not mapped): pages of a mapped file would stay in the process's
-    resident set until unmapped, as much as the whole model file by the end of a load."""
-    buf = np.empty(info.nbytes, np.uint8)
+    resident set until unmapped, as much as the whole model file by the end of a load.
+
+    The buffer is 64-byte aligned, so XLA:CPU takes it as it is instead of copying it into
+    fresh memory: numpy's large arrays sit on transparent huge pages, XLA's take one page
+    fault per 4 KiB (Phi-3-mini: 0.6 M faults fewer, ``docs/benchmarks.md``)."""
+    buf = _aligned(info.nbytes)
     with open(f.path, "rb") as fh:
         fh.seek(info.offset)
         if fh.readinto(memoryview(buf)) != info.nbytes:
@@ -91,6 +104,13 @@ def _read(f: GGUFFile, info) -> np.ndarray:
                 f"{f.path}: tensor {info.name!r} is cut short; download the file again."
             )
     return buf
+
+
+def _aligned(nbytes: int, alignment: int = 64) -> np.ndarray:
+    """An uninitialised uint8 buffer of ``nbytes`` whose address is a multiple of ``alignment``."""
+    raw = np.empty(nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + nbytes]
 
 
 def _packed_params(f: GGUFFile, layers: range) -> set[str]:
@@ -146,9 +166,10 @@ def load_weights(
         disable=None if progress else True, leave=False,
     )  # fmt: skip
 
-    def load(name, shape, dtype=module.dtype, may_pack=True):
+    def load(name, shape, dtype=module.dtype, may_pack=True, whole=True):
+        # whole: the tensor is the whole matrix, so it can take the kernel's order at once
         packed = quantized and may_pack and f.tensors[name].ggml_type in relayout.QUANTIZED_TYPES
-        value = _load(f, name, shape, dtype, packed, two_level)
+        value = _load(f, name, shape, dtype, packed, two_level, two_level and whole)
         bar.update(f.tensors[name].nbytes)
         return value
 
@@ -159,7 +180,7 @@ def load_weights(
         return place(value, weight_axes(name, stacked), mesh, c)
 
     def arranged(value, tensors):  # a whole matrix (not a layer of a stack) in the kernel's order
-        if not (interleave and isinstance(value, QuantArray)):
+        if not (interleave and isinstance(value, QuantArray)) or value.interleave:
             return value
         if not can_interleave(value):
             return value.one_level()
@@ -182,14 +203,14 @@ def load_weights(
             target = module.param(param_name, i)
             spec = BY_NAME[param_name]
             shape, dtype = spec.shape(c), spec.dtype(module.dtype)
-            # each part of a fused weight is checked too: the rope un-permutation needs its rows
-            pieces = [
-                load(source.tensor, source.shape(spec, c), dtype, param_name in packed)
-                for source in parts
-            ]
             heads = tuple(_rope_heads(c, source) for source in parts)
             layout = formats.get(param_name)
-            fuse = len(pieces) > 1 or layout is not None or any(heads)
+            fuse = len(parts) > 1 or layout is not None or any(heads)
+            # each part of a fused weight is checked too: the rope un-permutation needs its rows
+            pieces = [
+                load(source.tensor, source.shape(spec, c), dtype, param_name in packed, not fuse)
+                for source in parts
+            ]
             value = _fuse(tuple(pieces), heads, layout) if fuse else pieces[0]
             if value.shape != shape:
                 raise GGUFFormatError(

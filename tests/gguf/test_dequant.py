@@ -307,6 +307,15 @@ def test_two_level_scales_keep_the_weight(qtype: QT) -> None:
     want = reference(blocks, qtype, shape)
     assert_bit_exact(q.dequantize(), want)
     assert_bit_exact(interleaved(q).dequantize(), want)
+    # interleaved in the relayout's own program (the int8 mode's load): the same arrays
+    direct = relayout.relayout(blocks, qtype, shape, two_level=True, interleave=True)
+    bits = 6 if qtype == QT.Q6_K else 8  # Q6_K's codes (-32..31) as nibbles and two planes
+    later = interleaved(q, code_bits=bits)
+    assert direct.interleave and (direct.zero, direct.planes) == (later.zero, later.planes)
+    assert jax.tree.structure(direct) == jax.tree.structure(later)
+    for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(later), strict=True):
+        assert_bit_exact(a, b)
+    assert_bit_exact(direct.dequantize(), want)
     assert_bit_exact(q.take(jnp.asarray([2, 0])).dequantize(), want[[2, 0]])
     assert_bit_exact(q.one_level().scales, one.scales)
     assert_bit_exact(relayout.concatenate([q, one]).dequantize(), np.concatenate([want, want]))

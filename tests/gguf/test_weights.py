@@ -1,0 +1,32 @@
+"""How a GGUF tensor's bytes reach the device (:mod:`phijax.gguf.weights`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from phijax.gguf import GGUFFile
+from phijax.gguf.weights import _read
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "model" / "q4_k_m.gguf"
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's host buffers")
+def test_tensor_bytes_reach_xla_without_a_copy():
+    """Each tensor is read into a 64-byte-aligned buffer, which XLA:CPU then uses in place:
+    a load makes no second copy of the file in fresh memory (on Phi-3-mini, 2.4 GB of 4 KiB
+    page faults that numpy's huge pages avoid)."""
+    f = GGUFFile(FIXTURE)
+    for info in f.tensors.values():
+        buf = _read(f, info)
+        assert buf.ctypes.data % 64 == 0 and buf.nbytes == info.nbytes
+        on_device = jax.device_put(buf)
+        assert on_device.unsafe_buffer_pointer() == buf.ctypes.data, info.name
+        with open(FIXTURE, "rb") as fh:
+            fh.seek(info.offset)
+            np.testing.assert_array_equal(
+                np.asarray(on_device), np.frombuffer(fh.read(info.nbytes), np.uint8)
+            )
