@@ -38,9 +38,9 @@ Measured, in this order, and printed as one table:
   own process (``bench_modes.py``): load time, the load's peak RSS, weights, first token,
   decode at batch 1, 8 and 32, and teacher-forced top-1 agreement with f32 on a real
   text, with every ratio against f32.
-* ``--phi3 PATH`` (a file from ``benchmarks/make_synthetic_phi3.py``): llama.cpp
-  (``n_ctx=512``: load time and peak RSS, first token of a 32-token prompt, batch-1
-  decode of 16 tokens), then each of ``--modes`` in its own process on the same file:
+* ``--phi3 PATH`` (a file from ``benchmarks/make_synthetic_phi3.py``): llama.cpp in a
+  process of its own (``n_ctx=512``: load time and peak RSS, first token of a 32-token
+  prompt, batch-1 decode of 16 tokens), then each of ``--modes`` in its own process on the same file:
   load time and the load's peak RSS (each against llama.cpp's), first token cold (first
   call: tracing and compiling, or the persistent cache) and warm, decode at batch 1, 8 and
   32 for 16 tokens (batch 1 against llama.cpp, every batch against f32). Peak RSS twice:
@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import resource
@@ -359,6 +360,30 @@ def llama_load(llama_cpp, path: Path, n_ctx: int):
     return llm, lpeak, time.perf_counter() - start, lpeak.peak() - lpeak.before
 
 
+LLAMA_PHI3 = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import bench_model
+print(json.dumps(bench_model.llama_phi3(*json.loads(sys.argv[2]))))
+"""
+"""llama.cpp's part of ``--phi3`` in a process of its own: in the benchmark's process, after
+the SmolLM2 runs, its load of the same file measured 3-7x slower than alone (1.1 s)."""
+
+
+def llama_phi3(path: str, prompt_len: int, new: int, reps: int) -> dict[str, float]:
+    """llama.cpp on a synthetic Phi-3 file: load, first token cold and warm, batch-1 decode,
+    peak RSS."""
+    import llama_cpp
+
+    prompt = np.random.default_rng(5).integers(259, 32000, prompt_len).tolist()
+    llm, lpeak, load_s, load_peak = llama_load(llama_cpp, Path(path), 512)
+    out = {"load_s": load_s, "load_peak": load_peak, "first_cold": llama_prefill(llm, prompt)}
+    out["first_warm"] = statistics.median(llama_prefill(llm, prompt) for _ in range(max(reps, 3)))
+    out["decode_b1"] = new / llama_generate(llm, prompt, new)[1]
+    out["peak"] = lpeak.peak() - lpeak.before
+    return out
+
+
 def llama_prefill(llm, prompt: list[int]) -> float:
     llm.reset()
     start = time.perf_counter()
@@ -589,19 +614,13 @@ def bench_phi3(
     table.section(f"--phi3 {path.name}")
     table.add("f32 weight bytes", gb(weight_bytes), note=f"mostly {main_type}")
     theirs: dict[str, float] = {}
-    if llama_cpp is not None:
-        prompt = np.random.default_rng(5).integers(259, 32000, sizes.phi3_prompt).tolist()
-        llm, lpeak, theirs["load_s"], theirs["load_peak"] = llama_load(llama_cpp, path, 512)
-        theirs["first_cold"] = llama_prefill(llm, prompt)
-        theirs["first_warm"] = statistics.median(
-            llama_prefill(llm, prompt) for _ in range(max(reps, 3))
-        )
-        _, decode_s, _ = llama_generate(llm, prompt, sizes.phi3_new)
-        theirs["decode_b1"] = sizes.phi3_new / decode_s
-        theirs["peak"] = lpeak.peak() - lpeak.before
-        llm.close()
-        del llm
-        gc.collect()
+    if llama_cpp is not None:  # a fresh process, as each phijax mode gets
+        spec = json.dumps([str(path), sizes.phi3_prompt, sizes.phi3_new, reps])
+        out = subprocess.run(
+            [sys.executable, "-c", LLAMA_PHI3, str(Path(__file__).parent), spec],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        theirs = json.loads(out.stdout.strip().splitlines()[-1])
     results = {}
     for mode in modes:
         try:
