@@ -12,7 +12,9 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 BINARY = {".gguf", ".npz", ".png", ".so", ".pyd", ".pyc"}
-SKIPPED_DIRS = {".git", "build", "dist", "results", "__pycache__", ".pytest_cache", ".ruff_cache"}
+SKIPPED_DIRS = {
+    ".git", "build", "dist", "results", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "venv"
+}  # fmt: skip
 # A markdown file named on its own or by a relative path (not inside a URL or another path).
 MARKDOWN = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.md)\b")
 # Markdown files phijax writes (``phijax report``), not ones the repository holds.
