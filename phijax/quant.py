@@ -193,7 +193,7 @@ def interleaved(q: QuantArray, code_bits: int = 8) -> QuantArray:
     s = q.block
     groups = cols // (16 * s)
     six = code_bits == 6 and not q.nibbles
-    zero = 32 if six else q.zero
+    zero = 32 if six else 0  # q is in row order, so its codes have no offset yet
     lanes = (q.codes() + zero).reshape(*lead, groups, 16, s // 4, 4)
     steps = lanes.swapaxes(-3, -2).reshape(*lead, groups, s // 4, 64)
     high = None

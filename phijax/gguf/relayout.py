@@ -39,10 +39,16 @@ NIBBLES: dict[QT, int] = {t: bt.nibbles for t, bt in BLOCK_TYPES.items() if bt.n
 """Types whose codes (0..15, or 0..31 with a fifth-bit plane; no zero point) stay two per
 byte as the file stores them, and their packing group (``QuantArray.nibbles``)."""
 
-Packing = tuple[int, bool]
+Packing = tuple[int, int]
 """How codes are stored (``QuantArray.packing``): the nibble group (0: int8 codes) and
 how many high-bit planes are present (a file's types have at most one: the fifth bits)."""
-UNPACKED: Packing = (0, False)
+UNPACKED: Packing = (0, 0)
+
+
+def code_bits(qtypes: Iterable[QT]) -> int:
+    """The bits a weight's int8 codes need when interleaved (``interleaved(q, code_bits=)``):
+    6 when every part is Q6_K (codes -32..31, stored as nibbles and two planes), else 8."""
+    return 6 if all(QT(t) == QT.Q6_K for t in qtypes) else 8
 
 
 @functools.partial(jax.jit, static_argnames=("qtype", "shape", "two_level", "code_bits"))
@@ -106,8 +112,8 @@ def relayout(
         raise GGUFFormatError(
             f"tensor {name!r}: {QT(qtype).name} shape {list(shape)} needs {expected} bytes, got {raw.size}"
         )
-    code_bits = (6 if qtype == QT.Q6_K else 8) if interleave else 0
-    return _relayout(raw, qtype=QT(qtype), shape=shape, two_level=two_level, code_bits=code_bits)
+    bits = code_bits([qtype]) if interleave else 0
+    return _relayout(raw, qtype=QT(qtype), shape=shape, two_level=two_level, code_bits=bits)
 
 
 def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool, Packing]:
@@ -117,7 +123,7 @@ def common_layout(qtypes: Iterable[QT]) -> tuple[int, bool, Packing]:
     return (
         min(BLOCK_TYPES[t].sub_block for t in qtypes),
         any(BLOCK_TYPES[t].has_mins for t in qtypes),
-        _shared((BLOCK_TYPES[t].nibbles, BLOCK_TYPES[t].fifth_bit) for t in qtypes),
+        _shared((BLOCK_TYPES[t].nibbles, int(BLOCK_TYPES[t].fifth_bit)) for t in qtypes),
     )
 
 

@@ -17,8 +17,7 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "model" / "q4_k_m.gguf"
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's host buffers")
 def test_tensor_bytes_reach_xla_without_a_copy():
     """Each tensor is read into a 64-byte-aligned buffer, which XLA:CPU then uses in place:
-    a load makes no second copy of the file in fresh memory (on Phi-3-mini, 2.4 GB of 4 KiB
-    page faults that numpy's huge pages avoid)."""
+    a load makes no second copy of the file in fresh memory (Phi-3-mini: 2.4 GB)."""
     f = GGUFFile(FIXTURE)
     for info in f.tensors.values():
         buf = _read(f, info)
