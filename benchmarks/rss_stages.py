@@ -1,6 +1,6 @@
 """Where a process's memory goes: RSS and peak RSS after each stage of a bench_modes run.
 
-One process: import, JAX start, ``phijax.load`` (``--mode``), then the stages of
+One process: import, JAX start, ``phijax.load`` (``--mode``, one of ``bench_modes.py``'s), then the stages of
 ``bench_modes.py``'s run (a cold and a warm batch-1 generate of a ``--prompt``-token
 prompt, a generate per ``--batch`` of ``--new`` tokens, ``logits`` of a prompt). After each
 stage it prints VmRSS and the stage's own peak (VmHWM, reset before the stage through
@@ -20,6 +20,8 @@ import argparse
 import ctypes
 import gc
 import time
+
+from bench_modes import MODES
 
 STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 
@@ -109,13 +111,10 @@ def print_programs(m, prompt: list[int], batch: int) -> None:
     del jax
 
 
-MODES = {"f32": {}, "quantized": {"quantized": True}, "bf16": {"dtype": "bfloat16"}}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("path")
-    parser.add_argument("--mode", choices=list(MODES), default="quantized")
+    parser.add_argument("--mode", choices=list(MODES), default="default")
     parser.add_argument("--prompt", type=int, default=32, help="batch-1 prompt tokens (32)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new", type=int, default=16, help="new tokens per batched run (16)")

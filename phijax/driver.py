@@ -2,7 +2,8 @@
 
 Shapes are static so compiled steps are reused: prompts pad to bucket lengths (powers of
 two up to the prefill chunk, :data:`PREFILL_CHUNK`; longer prompts prefill in chunks of it),
-batches pad to powers of two, the cache is a power-of-two bucket of what the request needs,
+batches pad to powers of two, the cache is a power-of-two bucket of what the request needs
+(at least :func:`min_cache`),
 and attention reads only a bucket of the filled cache (:func:`attend_len`), so decode cost
 follows the tokens present. Decode runs up to :data:`DECODE_STEPS` steps per call in a
 ``lax.while_loop`` that ends once every row is done.
@@ -35,6 +36,17 @@ from phijax.sharding import create_cache, put_batch, put_cache
 
 PREFILL_CHUNK = 256
 DECODE_STEPS = 16
+# The smallest cache holds 128 positions per row, or this many over all its rows when that
+# is fewer (at least 32 per row): 128 up to 8 rows, 32 from 32 rows. A cache is layers x 2 x rows x positions x
+# kv width: Phi-3-mini's at 32 rows and 128 positions is 3.2 GB in f32, twice what a
+# 37-token request needs. Small batches keep 128, so their generation lengths up to it
+# share one compiled shape.
+MIN_CACHE_ROW_POSITIONS = 1024
+
+
+def min_cache(rows: int) -> int:
+    """The smallest cache length, in positions, for a batch of ``rows``."""
+    return min(128, max(32, MIN_CACHE_ROW_POSITIONS // bucket(rows, 1)))
 
 
 class RowStatus(NamedTuple):

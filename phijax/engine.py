@@ -86,8 +86,9 @@ class Model:
         the model's context."""
         return min(self.max_seq_len or self.config.context_length, self.config.context_length)
 
-    def cache_len_for(self, needed: int) -> int:
-        """Static cache length for sequences of up to ``needed`` tokens, or ContextLengthError."""
+    def cache_len_for(self, needed: int, rows: int = 1) -> int:
+        """Static cache length for ``rows`` sequences of up to ``needed`` tokens, or
+        ContextLengthError."""
         limit = self.sequence_limit
         if needed > limit:
             which = (
@@ -100,7 +101,7 @@ class Model:
                 "Shorten the prompt, lower max_new_tokens"
                 + (", or load with a larger max_seq_len." if which == "max_seq_len" else ".")
             )
-        return min(bucket(needed, 128), limit)
+        return min(bucket(needed, driver.min_cache(rows)), limit)
 
     # -- prefill ------------------------------------------------------------
 

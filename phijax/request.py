@@ -72,7 +72,7 @@ class Request:
 def build(
     tokenizer: Tokenizer,
     config: Phi3Config,
-    cache_len_for: Callable[[int], int],
+    cache_len_for: Callable[[int, int], int],
     prompts: Any,
     *,
     sampler: Sampler | Sequence[Sampler] | None,
@@ -85,7 +85,7 @@ def build(
     edits: Mapping[str, Any] | None,
 ) -> Request:
     """Validate a generate() call (its arguments, and their defaults, as ``Model.generate``
-    documents them) and prepare its rows, samplers, stops and sizes; ``cache_len_for(tokens)``
+    documents them) and prepare its rows, samplers, stops and sizes; ``cache_len_for(tokens, rows)``
     sizes the cache (or raises ContextLengthError)."""
     if not _is_count(max_new_tokens):
         raise ConfigError(f"max_new_tokens = {max_new_tokens!r} must be a positive integer.")
@@ -112,7 +112,7 @@ def build(
         seed=seed,
         max_new_tokens=max_new_tokens,
         top_logprobs=top_logprobs,
-        cache_len=cache_len_for(max(len(p) for p in batch) + max_new_tokens),
+        cache_len=cache_len_for(max(len(p) for p in batch) + max_new_tokens, len(rows)),
         edit_arrays=arrays,
         edit_fns=fns,
     )

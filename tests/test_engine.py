@@ -35,6 +35,24 @@ def test_bucket():
     assert batching.bucket(3, 1) == 4
 
 
+def test_big_batches_get_short_caches(smollm2_model):
+    """Up to 8 rows a cache has at least 128 positions (generation lengths share a shape);
+    from 32 rows, 32: the cache's memory is rows x positions."""
+    assert [driver.min_cache(r) for r in (1, 8, 9, 16, 32, 64)] == [128, 128, 64, 64, 32, 32]
+    assert [smollm2_model.cache_len_for(37, rows) for rows in (1, 8, 32)] == [128, 128, 64]
+    seen = []
+    decode = steps.decode
+
+    def spy(params, state, *args, **kwargs):
+        seen.append(state.cache.max_seq)
+        return decode(params, state, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(steps, "decode", spy)
+        smollm2_model.generate([[7] * 20] * 32, max_new_tokens=17, sampler=Sampler.greedy())
+    assert set(seen) == {64}
+
+
 def test_batch_rows_match_solo_runs(smollm2_model):
     """Another batch shape is another GEMM kernel: rows differ from solo runs by f32
     summation order only (tests/numerics.py), with the same top-1 beyond near-ties."""
