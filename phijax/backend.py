@@ -91,6 +91,13 @@ class Backend:
         (:mod:`phijax.decode_padding`): a bf16 model on CPU, whose matrix-vector products are slow."""
         return self.platform == "cpu" and self.compute_dtype != jnp.float32
 
+    @property
+    def keeps_prepared_weights(self) -> bool:
+        """Whether a load keeps its re-laid-out weights on disk for the next one to read
+        (:mod:`phijax.prepared`): packed weights on one CPU device, where the re-layout is
+        most of a load and XLA:CPU uses a read buffer in place."""
+        return self.platform == "cpu" and self.packed and not self.mesh
+
     def activations_for(self, w: jax.Array | QuantArray) -> str:
         """How ``linear`` treats its input for ``w``: int8 activations apply to packed weights."""
         return self.activations if isinstance(w, QuantArray) else "f32"

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from phijax import backend as backends
-from phijax import hub, options
+from phijax import hub, options, prepared
 from phijax.cache import KVCache
 from phijax.config import Phi3Config, resolve_sliding_window
 from phijax.engine import Model
@@ -158,20 +158,29 @@ def load(
     config = dataclasses.replace(config, sliding_window=window)
     longrope = config.rope_scaling == "longrope"
     params = Phi3(config, policy, longrope=longrope, abstract=True)
-    factors = load_weights(
-        f, params, progress=progress, quantized=policy.packed, mesh=mesh,
-        interleave=policy.kernel is not None and policy.activations == "int8",
-    )  # fmt: skip
-    if longrope:
-        # Chosen once, from the model's sequence limit, so a prompt's logits do not depend
-        # on how many tokens a request asks for (HF switches per sequence length).
-        limit = min(opts.max_seq_len or config.context_length, config.context_length)
-        chosen = longrope_factors(config, limit, factors.get("long"), factors.get("short"))
-        params.rope_factors.set_value(place(jnp.asarray(chosen), (None,), mesh, config))
+    # LongRoPE's factors are chosen once, from the model's sequence limit, so a prompt's
+    # logits do not depend on how many tokens a request asks for (HF switches per length).
+    rope_limit = min(opts.max_seq_len or config.context_length, config.context_length)
+    key = prepared.key_for(path, policy, {"rope_limit": rope_limit if longrope else None})
+    folder = prepared.load(key, params) if key else None
+    saved = False
+    if folder is None:
+        factors = load_weights(
+            f, params, progress=progress, quantized=policy.packed, mesh=mesh,
+            interleave=policy.kernel is not None and policy.activations == "int8",
+        )  # fmt: skip
+        if longrope:
+            chosen = longrope_factors(config, rope_limit, factors.get("long"), factors.get("short"))
+            params.rope_factors.set_value(place(jnp.asarray(chosen), (None,), mesh, config))
+        if key is not None:
+            folder = prepared.save(key, params)
+            saved = True
     summary = (
         f"{Path(path).name}: {config.architecture}, {config.num_layers} layers, hidden "
         f"{config.hidden_size}; {policy.describe()}; sliding window {window_reason}"
     )
+    if folder is not None:
+        summary += f"; {prepared.describe(folder, saved)}"
     if mesh is not None:
         summary += f"; {describe(mesh, config)}"
     if progress:

@@ -15,6 +15,7 @@ halves) and fuse.
 
 from __future__ import annotations
 
+import mmap
 from functools import partial
 
 import jax
@@ -90,23 +91,35 @@ def _load(
 
 def _read(f: GGUFFile, info) -> np.ndarray:
     """A tensor's bytes, read (not mapped): pages of a mapped file would stay in the process's
-    resident set until unmapped, as much as the whole model file by the end of a load.
+    resident set until unmapped, as much as the whole model file by the end of a load."""
+    try:
+        return read_aligned(f.path, info.offset, info.nbytes)
+    except EOFError:
+        raise GGUFFormatError(
+            f"{f.path}: tensor {info.name!r} is cut short; download the file again."
+        ) from None
 
-    The buffer is 64-byte aligned, so XLA:CPU takes it as it is instead of copying it into
-    fresh memory: numpy's large arrays sit on transparent huge pages, XLA's take one page
-    fault per 4 KiB (``docs/benchmarks.md``: Phi-3-mini's default load 6.0 → 5.4 s)."""
-    buf = _aligned(info.nbytes)
-    with open(f.path, "rb") as fh:
-        fh.seek(info.offset)
-        if fh.readinto(memoryview(buf)) != info.nbytes:
-            raise GGUFFormatError(
-                f"{f.path}: tensor {info.name!r} is cut short; download the file again."
-            )
+
+def read_aligned(path, offset: int, nbytes: int) -> np.ndarray:
+    """``nbytes`` of ``path`` from ``offset`` (EOFError if the file ends first), in a buffer
+    that XLA:CPU takes as it is (:func:`aligned`) instead of copying it into fresh memory."""
+    buf = aligned(nbytes)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        if fh.readinto(memoryview(buf)) != nbytes:
+            raise EOFError(f"{path}: fewer than {offset + nbytes} bytes")
     return buf
 
 
-def _aligned(nbytes: int, alignment: int = 64) -> np.ndarray:
-    """An uninitialised uint8 buffer of ``nbytes`` whose address is a multiple of ``alignment``."""
+def aligned(nbytes: int, alignment: int = 64) -> np.ndarray:
+    """An uninitialised uint8 buffer of ``nbytes`` whose address is a multiple of
+    ``alignment`` (at most a page). From 1 MiB it is a private anonymous mapping of its
+    own, without transparent huge pages: reading 3.2 GB into one took 0.8 s against
+    1.9-3.9 s for a numpy array, which the kernel backs with huge pages it must first
+    zero (``docs/benchmarks.md``). Unmapped when the last array using it goes."""
+    if nbytes >= 1 << 20 and alignment <= mmap.PAGESIZE:
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return np.frombuffer(region, np.uint8)
     raw = np.empty(nbytes + alignment, np.uint8)
     start = -raw.ctypes.data % alignment
     return raw[start : start + nbytes]

@@ -1,0 +1,105 @@
+"""Prepared weights (phijax.prepared): a packed load's parameters written once, then read back.
+
+The second load must give the same parameters bit for bit as loading the file, and a
+changed file, another policy, or a damaged entry must never be used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import phijax
+from phijax import prepared
+
+Q4_K_M = Path(__file__).parent / "fixtures" / "model" / "q4_k_m.gguf"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """An empty phijax cache in which files of any size get prepared weights."""
+    monkeypatch.setenv("PHIJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PHIJAX_NO_CACHE", raising=False)
+    monkeypatch.setattr(prepared, "MIN_BYTES", 0)
+    return tmp_path / "cache" / "prepared"
+
+
+@pytest.fixture
+def gguf(tmp_path) -> Path:
+    """A copy of the fixture, so a test may touch or change it."""
+    return Path(shutil.copy(Q4_K_M, tmp_path / "model.gguf"))
+
+
+def _leaves(model) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(model.params)]
+
+
+def _assert_same_params(a, b) -> None:
+    assert jax.tree.structure(a.params) == jax.tree.structure(b.params)
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("options", [{}, {"activations": "int8"}], ids=["default", "int8"])
+def test_second_load_reads_the_same_parameters(cache, gguf, options, monkeypatch):
+    first = phijax.load(gguf, progress=False, **options)
+    assert "prepared weights saved to" in first.load_summary
+    (entry,) = cache.iterdir()
+    assert {p.name for p in entry.iterdir()} == {"manifest.json", "weights.bin"}
+    second = phijax.load(gguf, progress=False, **options)
+    assert "prepared weights read from" in second.load_summary
+    _assert_same_params(first, second)
+    ids = [5, 17, 42, 7, 99]
+    np.testing.assert_array_equal(np.asarray(first.logits(ids)), np.asarray(second.logits(ids)))
+    monkeypatch.setenv("PHIJAX_NO_CACHE", "1")
+    plain = phijax.load(gguf, progress=False, **options)
+    assert "prepared weights" not in plain.load_summary
+    _assert_same_params(plain, second)
+
+
+def test_a_changed_file_or_policy_is_not_read(cache, gguf):
+    phijax.load(gguf, progress=False)
+    assert "read from" in phijax.load(gguf, progress=False).load_summary
+    other = phijax.load(gguf, progress=False, activations="int8")
+    assert "saved to" in other.load_summary  # another policy: another entry
+    st = gguf.stat()
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert "saved to" in phijax.load(gguf, progress=False).load_summary
+    assert len(list(cache.iterdir())) == prepared.KEEP  # the least recently used went
+
+
+@pytest.mark.parametrize("damage", ["truncated", "manifest", "foreign"])
+def test_a_damaged_entry_is_rebuilt(cache, gguf, damage):
+    first = phijax.load(gguf, progress=False)
+    (entry,) = cache.iterdir()
+    if damage == "truncated":
+        with open(entry / "weights.bin", "r+b") as f:
+            f.truncate(f.seek(0, 2) // 2)
+    elif damage == "manifest":
+        (entry / "manifest.json").write_text("{not json")
+    else:  # a whole, readable entry whose arrays lie about the model's shapes
+        manifest = json.loads((entry / "manifest.json").read_text())
+        packed = next(p for p in manifest["params"] if "quant" in p)
+        packed["leaves"]["values"]["shape"][0] //= 2
+        (entry / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="unusable"):
+        again = phijax.load(gguf, progress=False)
+    assert "saved to" in again.load_summary
+    _assert_same_params(first, again)
+    assert "read from" in phijax.load(gguf, progress=False).load_summary
+
+
+def test_none_for_small_files_dense_loads_or_when_caches_are_off(cache, gguf, monkeypatch):
+    phijax.load(gguf, progress=False, quantized=False)  # dense: nothing to re-lay out
+    monkeypatch.setenv("PHIJAX_NO_CACHE", "1")
+    phijax.load(gguf, progress=False)
+    monkeypatch.delenv("PHIJAX_NO_CACHE")
+    monkeypatch.setattr(prepared, "MIN_BYTES", gguf.stat().st_size + 1)
+    phijax.load(gguf, progress=False)
+    assert not cache.exists() or list(cache.iterdir()) == []
