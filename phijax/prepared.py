@@ -4,9 +4,8 @@ A packed load re-lays the file's blocks out for the kernel (:mod:`phijax.gguf.re
 for Phi-3-mini that is most of a 5-10 s load, repeated by every process. The first load of
 a file under a policy writes the finished parameters to ``$PHIJAX_CACHE/prepared/<key>/``
 (``weights.bin`` plus a JSON ``manifest.json``); later loads read ``weights.bin`` into one
-buffer, which XLA:CPU uses in place: a load is then a file read. Not mapped: a mapped
-file's 4 KiB pages made Phi-3-mini's batch-1 decode 17% slower than numpy's huge pages
-(``docs/benchmarks.md``).
+buffer, which XLA:CPU uses in place: a load is then a file read. Not mapped: over a
+mapped file Phi-3-mini's batch-1 decode ran 17% slower (``docs/benchmarks.md``).
 
 The key is the GGUF file's identity (path, size, modification time, inode), the
 :class:`~phijax.backend.Backend`, the load's other parameter choices, and a hash of the
@@ -119,6 +118,7 @@ def save(key: dict, module: nnx.Module) -> Path | None:
         if isinstance(value, QuantArray):
             entry["quant"] = {name: getattr(value, name) for name in _QUANT_STATIC}
         entries.append(entry)
+    tmp = None
     try:
         root.mkdir(parents=True, exist_ok=True)
         _evict(root, keep=KEEP - 1)
@@ -129,7 +129,8 @@ def save(key: dict, module: nnx.Module) -> Path | None:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     except OSError as e:
-        shutil.rmtree(locals().get("tmp", root / ".none"), ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         warnings.warn(
             f"phijax: could not keep prepared weights in {root} ({e}); the next load will "
             "re-lay the file out again. Free disk space, or set PHIJAX_NO_CACHE=1.",
@@ -153,7 +154,7 @@ def _write(path: Path, arrays: list[tuple[int, np.ndarray]], size: int) -> None:
         filled = written = 0
         for start, host in arrays:
             data = np.ascontiguousarray(host).reshape(-1).view(np.uint8)
-            gap = start - (written + filled)
+            gap = start - (written + filled)  # to the next page: never past the stage's end
             stage[filled : filled + gap] = 0
             filled += gap
             while data.size:
@@ -245,7 +246,7 @@ def _value(entry: dict, stored: np.ndarray) -> jax.Array | QuantArray:
         dtype = jnp.dtype(spec["dtype"])
         count = int(np.prod(spec["shape"], dtype=np.int64))
         start, stop = spec["offset"], spec["offset"] + count * dtype.itemsize
-        if start % ALIGN or stop > stored.size:
+        if start < 0 or start % ALIGN or stop > stored.size:
             raise ValueError(f"array {name} of {entry['path']} lies outside weights.bin")
         view = stored[start:stop].view(dtype).reshape(spec["shape"])
         leaves[name] = jax.device_put(view)
