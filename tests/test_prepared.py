@@ -14,9 +14,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType
 
 import phijax
 from phijax import prepared
+from phijax.gguf.synthetic import write_phi3
 
 Q4_K_M = Path(__file__).parent / "fixtures" / "model" / "q4_k_m.gguf"
 
@@ -103,3 +105,21 @@ def test_none_for_small_files_dense_loads_or_when_caches_are_off(cache, gguf, mo
     monkeypatch.setattr(prepared, "MIN_BYTES", gguf.stat().st_size + 1)
     phijax.load(gguf, progress=False)
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_longrope_factors_follow_the_sequence_limit(cache, tmp_path, tiny_config, monkeypatch):
+    """LongRoPE's factor set is chosen from max_seq_len at load: each limit has its own entry,
+    and each entry gives the factors a load from the file gives."""
+    path = tmp_path / "longrope.gguf"
+    config = tiny_config.replace(rope_scaling="longrope", original_context_length=32)
+    write_phi3(path, config, qtype=GGMLQuantizationType.Q8_0)
+    for limit in (16, None, 16, None):  # short factors, long factors, then each read back
+        model = phijax.load(path, progress=False, max_seq_len=limit)
+        with monkeypatch.context() as m:
+            m.setenv("PHIJAX_NO_CACHE", "1")
+            plain = phijax.load(path, progress=False, max_seq_len=limit)
+        _assert_same_params(model, plain)
+    assert "read from" in model.load_summary
+    assert len(list(cache.iterdir())) == 2
+    short = phijax.load(path, progress=False, max_seq_len=16).params.rope_factors[...]
+    assert not np.array_equal(np.asarray(short), np.asarray(model.params.rope_factors[...]))
