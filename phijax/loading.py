@@ -162,7 +162,7 @@ def load(
     # logits do not depend on how many tokens a request asks for (HF switches per length).
     rope_limit = min(opts.max_seq_len or config.context_length, config.context_length)
     key = prepared.key_for(path, policy, {"rope_limit": rope_limit if longrope else None})
-    folder = prepared.load(key, params) if key else None
+    folder = prepared.load(key, params, progress) if key else None
     saved = False
     if folder is None:
         factors = load_weights(
@@ -173,7 +173,7 @@ def load(
             chosen = longrope_factors(config, rope_limit, factors.get("long"), factors.get("short"))
             params.rope_factors.set_value(place(jnp.asarray(chosen), (None,), mesh, config))
         if key is not None:
-            folder = prepared.save(key, params)
+            folder = prepared.save(key, params, progress)
             saved = True
     summary = (
         f"{Path(path).name}: {config.architecture}, {config.num_layers} layers, hidden "

@@ -100,14 +100,29 @@ def _read(f: GGUFFile, info) -> np.ndarray:
         ) from None
 
 
-def read_aligned(path, offset: int, nbytes: int) -> np.ndarray:
+def byte_bar(desc: str, total: int, progress: bool) -> tqdm:
+    """A bar counting bytes (off when ``progress`` is false; gone when done)."""
+    return tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+        disable=None if progress else True, leave=False,
+    )  # fmt: skip
+
+
+def read_aligned(path, offset: int, nbytes: int, bar: tqdm | None = None) -> np.ndarray:
     """``nbytes`` of ``path`` from ``offset`` (EOFError if the file ends first), in a buffer
-    that XLA:CPU takes as it is (:func:`aligned`) instead of copying it into fresh memory."""
+    that XLA:CPU takes as it is (:func:`aligned`) instead of copying it into fresh memory;
+    with ``bar``, in 64 MiB reads, each counted on it."""
     buf = aligned(nbytes)
+    step = nbytes if bar is None else 64 << 20
+    view = memoryview(buf)
     with open(path, "rb") as fh:
         fh.seek(offset)
-        if fh.readinto(memoryview(buf)) != nbytes:
-            raise EOFError(f"{path}: fewer than {offset + nbytes} bytes")
+        for start in range(0, nbytes, max(step, 1)):
+            part = view[start : start + step]
+            if fh.readinto(part) != len(part):
+                raise EOFError(f"{path}: fewer than {offset + nbytes} bytes")
+            if bar is not None:
+                bar.update(len(part))
     return buf
 
 
@@ -173,10 +188,7 @@ def load_weights(
     stacked = module.layout == "stacked"
     two_level = interleave and not stacked  # undone below for any matrix not interleaved
     total = sum(t.nbytes for t in f.tensors.values())
-    bar = tqdm(
-        total=total, desc="loading weights", unit="B", unit_scale=True, unit_divisor=1024,
-        disable=None if progress else True, leave=False,
-    )  # fmt: skip
+    bar = byte_bar("loading weights", total, progress)
 
     def load(name, shape, dtype=module.dtype, may_pack=True, whole=True):
         # whole: the tensor is the whole matrix, so it can take the kernel's order at once
