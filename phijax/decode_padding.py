@@ -30,7 +30,7 @@ from filelock import FileLock
 from phijax import kernels
 from phijax.backend import Backend
 from phijax.model.layers import linear
-from phijax.paths import cache_dir
+from phijax.paths import cache_dir, caches_enabled
 
 # Batch buckets whose padding is measured: from 8 rows, products are matrix-matrix anyway.
 SMALL_BATCHES = (1, 2, 4)
@@ -111,8 +111,7 @@ def decode_rows(backend: Backend, shape: tuple[int, int]) -> dict[int, int]:
         return {}
     key = _key(backend, shape)
     path = cache_dir() / "plans.json"
-    disabled = os.environ.get("PHIJAX_NO_CACHE", "").strip() not in ("", "0")
-    if not disabled:
+    if caches_enabled():
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             plans = _read(path)

@@ -37,10 +37,10 @@ from phijax.sharding import create_cache, put_batch, put_cache
 PREFILL_CHUNK = 256
 DECODE_STEPS = 16
 # The smallest cache holds 128 positions per row, or this many over all its rows when that
-# is fewer (at least 32 per row): 128 up to 8 rows, 32 from 32 rows. A cache is layers x 2 x rows x positions x
-# kv width: Phi-3-mini's at 32 rows and 128 positions is 3.2 GB in f32, twice what a
-# 37-token request needs. Small batches keep 128, so their generation lengths up to it
-# share one compiled shape.
+# is fewer (at least 32 per row): 128 up to 8 rows, 32 from 32 rows. A cache is layers x 2 x
+# rows x positions x kv width: Phi-3-mini's at 32 rows and 128 positions is 3.2 GB in f32,
+# twice what a 37-token request needs. Small batches keep 128, so their generation lengths
+# up to it share one compiled shape.
 MIN_CACHE_ROW_POSITIONS = 1024
 
 

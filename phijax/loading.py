@@ -27,7 +27,7 @@ from phijax.gguf.relayout import QUANTIZED_TYPES
 from phijax.gguf.weights import load_weights
 from phijax.model.phi3 import Phi3
 from phijax.model.rope import longrope_factors
-from phijax.paths import cache_dir
+from phijax.paths import cache_dir, caches_enabled
 from phijax.sharding import MESH_AXES, check_mesh, describe, place
 from phijax.tokenizer import Tokenizer
 
@@ -35,7 +35,7 @@ from phijax.tokenizer import Tokenizer
 def enable_compilation_cache() -> None:
     """JAX's persistent compilation cache in phijax's cache folder, unless PHIJAX_NO_CACHE=1
     (set once per process: a later load leaves the setting alone)."""
-    if os.environ.get("PHIJAX_NO_CACHE", "").strip() not in ("", "0"):
+    if not caches_enabled():
         return
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))

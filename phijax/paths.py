@@ -16,3 +16,9 @@ import platformdirs
 def cache_dir() -> Path:
     """phijax's cache folder: ``$PHIJAX_CACHE`` or the platform's user cache (``~/.cache/phijax``)."""
     return Path(os.environ.get("PHIJAX_CACHE") or platformdirs.user_cache_dir("phijax"))
+
+
+def caches_enabled() -> bool:
+    """Whether phijax keeps anything between runs: ``PHIJAX_NO_CACHE`` unset or 0 (``1``
+    turns off the compilation cache, measured plans and prepared weights alike)."""
+    return os.environ.get("PHIJAX_NO_CACHE", "").strip() in ("", "0")

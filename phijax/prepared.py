@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ from phijax import quant, weight_schema
 from phijax.backend import Backend
 from phijax.gguf import blocks, dequant, relayout, weights
 from phijax.gguf.weights import aligned, byte_bar, read_aligned
-from phijax.paths import cache_dir
+from phijax.paths import cache_dir, caches_enabled
 from phijax.quant import QuantArray
 
 MIN_BYTES = 256 << 20  # smaller files load in well under a second: not worth their disk
@@ -52,13 +53,9 @@ _QUANT_STATIC = tuple(f.name for f in dataclasses.fields(QuantArray) if f.metada
 _QUANT_ARRAYS = tuple(f.name for f in dataclasses.fields(QuantArray) if f.name not in _QUANT_STATIC)
 
 
-def enabled() -> bool:
-    """Whether phijax keeps caches (``PHIJAX_NO_CACHE`` unset or 0)."""
-    return os.environ.get("PHIJAX_NO_CACHE", "").strip() in ("", "0")
-
-
+@functools.cache
 def _code_hash() -> str:
-    """A hash of the modules that decide the loaded parameters' bytes."""
+    """A hash of the modules that decide the loaded parameters' bytes (once per process)."""
     h = hashlib.sha256()
     for module in (quant, weight_schema, blocks, dequant, relayout, weights):
         h.update(Path(module.__file__).read_bytes())
@@ -69,7 +66,7 @@ def key_for(path: str | os.PathLike, backend: Backend, choices: dict[str, Any]) 
     """What identifies the prepared weights of ``path`` under ``backend`` and the load's
     other parameter ``choices`` (JSON values), or ``None`` where none are kept: caches off,
     not a packed CPU load on one device, or a file under :data:`MIN_BYTES`."""
-    if not (enabled() and backend.keeps_prepared_weights):
+    if not (caches_enabled() and backend.keeps_prepared_weights):
         return None
     st = os.stat(path)
     if st.st_size < MIN_BYTES:
