@@ -101,7 +101,7 @@ class Model:
                 "Shorten the prompt, lower max_new_tokens"
                 + (", or load with a larger max_seq_len." if which == "max_seq_len" else ".")
             )
-        return min(bucket(needed, driver.min_cache(rows)), limit)
+        return min(driver.cache_len(needed, rows), limit)
 
     # -- prefill ------------------------------------------------------------
 
