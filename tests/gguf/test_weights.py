@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from tqdm.auto import tqdm
 
-from phijax.gguf import GGUFFile
+from phijax.gguf import GGUFFile, weights
 from phijax.gguf.weights import _read
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "model" / "q4_k_m.gguf"
@@ -29,3 +31,18 @@ def test_tensor_bytes_reach_xla_without_a_copy():
             np.testing.assert_array_equal(
                 np.asarray(on_device), np.frombuffer(fh.read(info.nbytes), np.uint8)
             )
+
+
+def test_long_reads_go_in_pieces_on_threads(tmp_path, monkeypatch):
+    """Past one READ_STEP a read is split over threads: every byte lands at its place
+    (offset included), the bar counts them all, and a file that ends early is EOFError."""
+    monkeypatch.setattr(weights, "READ_STEP", 4096)
+    data = np.random.default_rng(0).integers(0, 256, 10 * 4096 + 123, dtype=np.uint8)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data.tobytes())
+    with tqdm(total=data.size - 7, file=io.StringIO()) as bar:
+        got = weights.read_aligned(path, 7, data.size - 7, bar)
+        assert bar.n == data.size - 7
+    np.testing.assert_array_equal(got, data[7:])
+    with pytest.raises(EOFError, match="fewer than"):
+        weights.read_aligned(path, 7, data.size, None)
