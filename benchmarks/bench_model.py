@@ -83,7 +83,6 @@ from bench_modes import MODES, mode_rows, print_backends, real_text, run_mode, r
 
 import phijax
 from phijax import Sampler, backend, driver, hub, loading, steps
-from phijax.batching import bucket
 from phijax.cache import KVCache
 from phijax.config import Phi3Config
 from phijax.errors import ContextLengthError
@@ -665,7 +664,7 @@ def bench_phi3(
         if name != "token_embd.weight" or "output.weight" not in tensors
     )
     big = max(sizes.batches)
-    kv = KVCache.bytes_for(c, big, bucket(20 + sizes.phi3_new + 1, driver.min_cache(big)))
+    kv = KVCache.bytes_for(c, big, driver.cache_len(20 + sizes.phi3_new + 1, big))
     base = results.get("f32", {})
     if base:
         write_s = first_touch_s(weight_bytes)
