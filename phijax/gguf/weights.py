@@ -129,8 +129,12 @@ def read_aligned(path, offset: int, nbytes: int, bar: tqdm | None = None) -> np.
 
     def read(piece: tuple[int, int]) -> int:
         start, size = piece
-        if os.preadv(fd, [view[start : start + size]], offset + start) != size:
-            raise EOFError(f"{path}: fewer than {offset + nbytes} bytes")
+        end = start + size
+        while start < end:  # a read may return less than asked: go on from there
+            got = os.preadv(fd, [view[start:end]], offset + start)
+            if got == 0:
+                raise EOFError(f"{path}: fewer than {offset + nbytes} bytes")
+            start += got
         return size
 
     try:
