@@ -55,9 +55,10 @@ def cache_len(needed: int, rows: int) -> int:
     :func:`min_cache`. Three-quarter steps keep a cache at most a third larger than its
     tokens, not twice (batch 32 x 37 tokens: 48 positions, 1.2 GB of Phi-3-mini's f32
     cache, not 64 and 1.6 GB), for one more compiled shape per octave."""
-    size = bucket(needed, min_cache(rows))
+    floor = min_cache(rows)
+    size = bucket(needed, floor)
     three_quarters = size // 4 * 3
-    return three_quarters if three_quarters >= max(needed, min_cache(rows)) else size
+    return three_quarters if three_quarters >= max(needed, floor) else size
 
 
 class RowStatus(NamedTuple):
