@@ -39,9 +39,11 @@ DECODE_STEPS = 16
 # The smallest cache holds 128 positions per row, or this many over all its rows when that
 # is fewer (at least 32 per row): 128 up to 8 rows, 32 from 32 rows. A cache is layers x 2 x
 # rows x positions x kv width: Phi-3-mini's at 32 rows and 128 positions is 3.2 GB in f32,
-# where a 37-token request needs 48 positions (cache_len). Small batches keep 128, so their
+# where a 37-token request needs 40 positions (cache_len). Small batches keep 128, so their
 # generation lengths up to it share one compiled shape.
 MIN_CACHE_ROW_POSITIONS = 1024
+# From this many rows cache lengths step by eighths of a power of two, not quarters.
+FINE_CACHE_ROWS = 16
 
 
 def min_cache(rows: int) -> int:
@@ -51,14 +53,16 @@ def min_cache(rows: int) -> int:
 
 def cache_len(needed: int, rows: int) -> int:
     """The static cache length for ``rows`` sequences of up to ``needed`` tokens: the
-    smallest power of two, or three quarters of one, that holds them and
-    :func:`min_cache`. Three-quarter steps keep a cache at most a third larger than its
-    tokens, not twice (batch 32 x 37 tokens: 48 positions, 1.2 GB of Phi-3-mini's f32
-    cache, not 64 and 1.6 GB), for one more compiled shape per octave."""
+    smallest power of two, or fraction of one, that holds them and :func:`min_cache`.
+    Fractions keep a cache close to its tokens: three quarters below
+    :data:`FINE_CACHE_ROWS` rows, and from there, where each position costs ``rows`` times
+    as much (Phi-3-mini's f32 cache: 25 MB per position at 32 rows), five, six and seven
+    eighths too (batch 32 x 37 tokens: 40 positions, 1.0 GB, not 64 and 1.6 GB). Each
+    fraction is one more compiled shape per octave of request lengths."""
     floor = min_cache(rows)
     size = bucket(needed, floor)
-    three_quarters = size // 4 * 3
-    return three_quarters if three_quarters >= max(needed, floor) else size
+    step = size // (8 if rows >= FINE_CACHE_ROWS else 4)
+    return -(-max(needed, floor) // step) * step
 
 
 class RowStatus(NamedTuple):

@@ -38,13 +38,22 @@ def test_bucket():
 def test_big_batches_get_short_caches(smollm2_model):
     """Up to 8 rows a cache has at least 128 positions (generation lengths share a shape);
     from 32 rows, 32: the cache's memory is rows x positions. Above the floor, lengths step
-    by powers of two and three quarters of them."""
+    by powers of two and three quarters of them, and from 16 rows by eighths."""
     assert [driver.min_cache(r) for r in (1, 8, 9, 16, 32, 64)] == [128, 128, 64, 64, 32, 32]
-    assert [smollm2_model.cache_len_for(37, rows) for rows in (1, 8, 32)] == [128, 128, 48]
+    assert [smollm2_model.cache_len_for(37, rows) for rows in (1, 8, 32)] == [128, 128, 40]
     lengths = {n: driver.cache_len(n, 1) for n in (1, 128, 129, 192, 193, 256, 257, 3000)}
     assert lengths == {1: 128, 128: 128, 129: 192, 192: 192, 193: 256, 256: 256, 257: 384,
                        3000: 3072}  # fmt: skip
-    assert [driver.cache_len(n, 32) for n in (1, 32, 33, 48, 49)] == [32, 32, 48, 48, 64]
+    assert [driver.cache_len(n, 32) for n in (1, 32, 33, 41, 49, 57, 65)] == [
+        32,
+        32,
+        40,
+        48,
+        56,
+        64,
+        80,
+    ]
+    assert [driver.cache_len(n, 16) for n in (64, 65, 97)] == [64, 80, 112]
     seen = []
     decode = steps.decode
 
@@ -55,7 +64,7 @@ def test_big_batches_get_short_caches(smollm2_model):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(steps, "decode", spy)
         smollm2_model.generate([[7] * 20] * 32, max_new_tokens=17, sampler=Sampler.greedy())
-    assert set(seen) == {48}
+    assert set(seen) == {40}
 
 
 def test_batch_rows_match_solo_runs(smollm2_model):
