@@ -44,6 +44,11 @@ DECODE_STEPS = 16
 MIN_CACHE_ROW_POSITIONS = 1024
 # From this many rows cache lengths step by eighths of a power of two, not quarters.
 FINE_CACHE_ROWS = 16
+# A request whose KV cache is larger than this lets its steps' first compiles finish before
+# the cache exists: compiling Phi-3-mini's batch-32 decode step peaks at 0.36 GB, which the
+# cache and the prefill's temporaries would otherwise add to. A smaller cache's request
+# overlaps the decode step's compile with its prefill (its first token comes sooner).
+OVERLAP_CACHE_BYTES = 256 << 20
 
 
 def min_cache(rows: int) -> int:
@@ -100,12 +105,7 @@ def prefill(
     ``chunk_len``; returns each row's last-position logits ``[batch, vocab]`` and the
     filled cache ``[layers, batch, kv_heads, cache_len, head_dim]``."""
     config = params.config
-    n = len(prompts)
-    b = bucket(n, 1)
-    lengths = np.array([len(p) for p in prompts] + [1] * (b - n), np.int32)
-    longest = int(lengths.max())
-    width = bucket(longest) if longest <= chunk_len else -(-longest // chunk_len) * chunk_len
-    chunk = min(width, chunk_len)
+    b, lengths, width, chunk = _prefill_shape(prompts, chunk_len)
     tokens = np.zeros((b, width), np.int32)
     for i, p in enumerate(prompts):
         tokens[i, : len(p)] = p
@@ -132,6 +132,33 @@ def prefill(
             logits[:, 0] if last_logits is None else jnp.where(mine, logits[:, 0], last_logits)
         )
     return last_logits, cache
+
+
+def _prefill_shape(
+    prompts: Sequence[Sequence[int]], chunk_len: int
+) -> tuple[int, np.ndarray, int, int]:
+    """A prefill's padded rows, each row's length ``[rows]``, padded width and chunk length."""
+    b = bucket(len(prompts), 1)
+    lengths = np.array([len(p) for p in prompts] + [1] * (b - len(prompts)), np.int32)
+    longest = int(lengths.max())
+    width = bucket(longest) if longest <= chunk_len else -(-longest // chunk_len) * chunk_len
+    return b, lengths, width, min(width, chunk_len)
+
+
+def _compile_prefill(params: Phi3, request: Request, chunk_len: int) -> None:
+    """Compile the prefill step of ``request``'s first chunk now, before its cache exists
+    (the call that follows finds it in JAX's caches, as :func:`phijax.steps.compile_later`'s
+    callers do)."""
+    b, _, _, chunk = _prefill_shape(request.prompts, chunk_len)
+    config, kv_dtype = params.config, params.backend.kv_dtype
+    rows = jax.ShapeDtypeStruct((b,), jnp.int32)
+    tokens = jax.ShapeDtypeStruct((b, chunk), jnp.int32)
+    kv = jax.ShapeDtypeStruct(KVCache.shape_for(config, b, request.cache_len), kv_dtype)
+    steps.prefill.lower(
+        params, tokens, tokens, KVCache(kv, kv, rows), rows,
+        jax.ShapeDtypeStruct((b, 1), jnp.int32), request.edit_arrays or {},
+        attend_len=min(bucket(chunk, 128), request.cache_len), edit_fns=request.edit_fns,
+    ).compile()  # fmt: skip
 
 
 def _decode_types(config, b: int, cache_len: int, kv_dtype, sstate) -> steps.DecodeState:
@@ -190,6 +217,10 @@ def decode_chunks(
             jax.ShapeDtypeStruct((b,), jnp.int32), stop_dev, base, sparams,
             request.edit_arrays, attend_len=first_attend, **static,
         )  # fmt: skip
+        cache_bytes = KVCache.bytes_for(config, b, request.cache_len, params.backend.kv_dtype)
+        if compiled is not None and cache_bytes > OVERLAP_CACHE_BYTES:
+            _compile_prefill(params, request, chunk_len)  # beside decode's compile
+            compiled.result()
     last_logits, prompt_cache = prefill(
         params, request.prompts, request.cache_len, chunk_len=chunk_len, mesh=mesh,
         edit_arrays=request.edit_arrays, edit_fns=request.edit_fns,

@@ -108,3 +108,38 @@ def test_a_first_generate_compiles_decode_once_and_no_separate_sampler(model, ca
     ]
     assert sum("jit(decode)" in m for m in compiled) == 1, compiled
     assert not any("jit(_sample)" in m or "jit(sample)" in m for m in compiled), compiled
+
+
+def test_a_big_cache_is_allocated_after_its_steps_compiled(model, caplog, monkeypatch):
+    """A request whose cache is over ``driver.OVERLAP_CACHE_BYTES`` compiles its prefill and
+    decode steps before the cache exists (their compile memory and the cache do not add up),
+    each once: the calls that follow find them in JAX's caches."""
+    from phijax import driver
+
+    monkeypatch.setattr(driver, "OVERLAP_CACHE_BYTES", 0)
+    compiled_before_cache = []
+    create_cache = driver.create_cache
+
+    def spy(*args, **kwargs):
+        compiled_before_cache.extend(_compiles(caplog))
+        return create_cache(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "create_cache", spy)
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level("WARNING"):
+            model.generate(  # shapes no other test here compiles: 5 prompts (8 rows), 2 alternatives
+                _prompts(model, [11] * 5), sampler=Sampler.greedy(), max_new_tokens=6,
+                top_logprobs=2,
+            )  # fmt: skip
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+    everything = _compiles(caplog)
+    for step in ("jit(prefill)", "jit(decode)"):
+        assert sum(step in m for m in compiled_before_cache) == 1, compiled_before_cache
+        assert sum(step in m for m in everything) == 1, everything
+
+
+def _compiles(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
