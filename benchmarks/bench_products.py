@@ -18,6 +18,7 @@ weight once per call. This script times, per product (median over 16-step loops)
   ``[batch, kv_heads, keys, head_dim]`` (:class:`phijax.cache.KVCache`'s order).
 
     python benchmarks/bench_products.py --markdown
+    python benchmarks/bench_products.py --kernel-only --rows 1 4 8 16 32   # the kernel alone
 """
 
 from __future__ import annotations
@@ -121,6 +122,26 @@ def product_rows(shape, rows_list, reps: int) -> list[list[str]]:
     return rows
 
 
+def kernel_rows(shapes, rows_list, reps: int) -> list[list[str]]:
+    """The CPU kernel alone: ``kernels.matmul`` of ``[rows, in]`` by one Q4_K weight per
+    shape, jitted, called 20 times per timing (no loop around it, one weight: it may stay in
+    the CPU's caches, unlike the looped forms' four)."""
+    product = jax.jit(lambda x, w: kernels.matmul(x, w, build=kernels.chosen()))
+
+    def twenty(x, w):
+        return [product(x, w) for _ in range(20)]
+
+    out = []
+    for shape in shapes:
+        w = jax.tree.map(jnp.asarray, _q4_k(shape, 0))
+        row = [f"Q4_K {shape[0]} x {shape[1]}"]
+        for n in rows_list:
+            x = jnp.ones((n, shape[1]), jnp.float32)
+            row.append(f"{_median_ms(twenty, x, w, reps=reps) / 20:.2f} ms")
+        out.append(row)
+    return out
+
+
 def _attend_heads_first(q, kv):
     b, s, _, _ = q.shape
     mask = jnp.ones((b, s, kv.shape[2]), bool)
@@ -151,7 +172,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 32, 128])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument(
+        "--kernel-only",
+        action="store_true",
+        help="only the CPU kernel's own Q4_K product at each --rows, [8192, 3072] and [16384, 3072]",
+    )
     args = parser.parse_args()
+    if args.kernel_only:
+        print(f"# {cpu_name()}; jax {jax.__version__}; CPU kernel: {kernels.status()}")
+        table = kernel_rows([(8192, 3072), (16384, 3072)], args.rows, max(args.reps, 7))
+        print_table(["weight", *(f"{n} rows" for n in args.rows)], table, args.markdown)
+        return
     print(f"# {cpu_name()}; jax {jax.__version__}; per product, {STEPS}-step loops")
     print(f"# CPU kernel: {kernels.status()}")
     header = ["product", *FORMS]
