@@ -7,7 +7,8 @@ stage it prints VmRSS and the stage's own peak (VmHWM, reset before the stage th
 ``/proc/self/clear_refs``), with the resident set split into anonymous memory (the heap:
 weights, caches, XLA's buffers and temporaries) and file-backed pages (the mapped
 libraries and any mapped model file: reclaimable, but counted in RSS as in llama.cpp's),
-and ``--trim`` also what ``malloc_trim(0)`` gives back (freed heap that glibc kept). With
+and ``--trim`` also what ``malloc_trim(0)`` gives back (freed heap that glibc kept) and, at
+the end, what dropping JAX's compiled programs gives back (``jax.clear_caches()``). With
 ``--programs`` it prints the compiled prefill and decode programs' memory analysis (XLA's
 temporaries besides their arguments and outputs).
 
@@ -162,6 +163,13 @@ def main() -> None:
     stages.run(f"logits, {args.prompt} tokens", lambda: np.asarray(m.logits(prompt)))
     print(f"whole-run peak {stages.whole / 1e9:.2f} GB; over JAX started "
           f"{(stages.whole - base) / 1e9:.2f} GB")  # fmt: skip
+    if args.trim:  # what the compiled programs of the run hold: dropped with JAX's caches
+        before = status()["VmRSS"]
+        jax.clear_caches()
+        gc.collect()
+        stages.libc.malloc_trim(0)
+        print(f"jax.clear_caches() gives back {(before - status()['VmRSS']) / 1e9:.2f} GB "
+              "(the compiled programs held, after malloc_trim)")  # fmt: skip
 
 
 if __name__ == "__main__":
