@@ -64,11 +64,15 @@ class Stages:
         line = (f"{name:44} {seconds:6.1f} {gb(s['VmRSS'])} {gb(s['RssAnon'])} "
                 f"{gb(s['RssFile'], 6)} {gb(s['VmHWM'])}")  # fmt: skip
         if self.trim:
-            gc.collect()
-            self.libc.malloc_trim(0)
-            line += f" {gb(status()['VmRSS'], 8)}"
+            line += f" {gb(self.trimmed_rss(), 8)}"
         print(line, flush=True)
         return value
+
+    def trimmed_rss(self) -> int:
+        """VmRSS after garbage collection and ``malloc_trim(0)``."""
+        gc.collect()
+        self.libc.malloc_trim(0)
+        return status()["VmRSS"]
 
 
 def gb(n: int, width: int = 7) -> str:
@@ -166,9 +170,7 @@ def main() -> None:
     if args.trim:  # what the compiled programs of the run hold: dropped with JAX's caches
         before = status()["VmRSS"]
         jax.clear_caches()
-        gc.collect()
-        stages.libc.malloc_trim(0)
-        print(f"jax.clear_caches() gives back {(before - status()['VmRSS']) / 1e9:.2f} GB "
+        print(f"jax.clear_caches() gives back {(before - stages.trimmed_rss()) / 1e9:.2f} GB "
               "(the compiled programs held, after malloc_trim)")  # fmt: skip
 
 

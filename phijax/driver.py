@@ -150,25 +150,29 @@ def _compile_prefill(params: Phi3, request: Request, chunk_len: int) -> None:
     (the call that follows finds it in JAX's caches, as :func:`phijax.steps.compile_later`'s
     callers do)."""
     b, _, _, chunk = _prefill_shape(request.prompts, chunk_len)
-    config, kv_dtype = params.config, params.backend.kv_dtype
     rows = jax.ShapeDtypeStruct((b,), jnp.int32)
     tokens = jax.ShapeDtypeStruct((b, chunk), jnp.int32)
-    kv = jax.ShapeDtypeStruct(KVCache.shape_for(config, b, request.cache_len), kv_dtype)
+    cache = _cache_type(params.config, b, request.cache_len, params.backend.kv_dtype)
     steps.prefill.lower(
-        params, tokens, tokens, KVCache(kv, kv, rows), rows,
+        params, tokens, tokens, cache, rows,
         jax.ShapeDtypeStruct((b, 1), jnp.int32), request.edit_arrays or {},
         attend_len=min(bucket(chunk, 128), request.cache_len), edit_fns=request.edit_fns,
     ).compile()  # fmt: skip
+
+
+def _cache_type(config, b: int, cache_len: int, kv_dtype) -> KVCache:
+    """The type of a :class:`KVCache` of ``b`` rows and ``cache_len`` positions."""
+    kv = jax.ShapeDtypeStruct(KVCache.shape_for(config, b, cache_len), kv_dtype)
+    return KVCache(kv, kv, jax.ShapeDtypeStruct((b,), jnp.int32))
 
 
 def _decode_types(config, b: int, cache_len: int, kv_dtype, sstate) -> steps.DecodeState:
     """The types :func:`phijax.steps.start_decode` gives a batch of ``b`` rows (a mismatch
     compiles decode twice, which ``tests/test_compile_counts.py`` fails on;
     ``jax.eval_shape`` of it would trace once per request)."""
-    kv = jax.ShapeDtypeStruct(KVCache.shape_for(config, b, cache_len), kv_dtype)
     rows = jax.ShapeDtypeStruct((b,), jnp.int32)
     return steps.DecodeState(
-        KVCache(kv, kv, rows), rows, jax.ShapeDtypeStruct((b, config.vocab_size), jnp.float32),
+        _cache_type(config, b, cache_len, kv_dtype), rows, jax.ShapeDtypeStruct((b, config.vocab_size), jnp.float32),
         jax.ShapeDtypeStruct((), jnp.bool_), sstate, jax.ShapeDtypeStruct((b,), jnp.bool_),
         jax.ShapeDtypeStruct((), jnp.int32),
     )  # fmt: skip

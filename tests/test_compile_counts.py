@@ -7,6 +7,7 @@ of the sweep may compile (a new shape); the nineteen after it, in the same lengt
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import jax
@@ -93,19 +94,11 @@ def test_a_first_generate_compiles_decode_once_and_no_separate_sampler(model, ca
     """The first token is sampled inside the decode step (the sampler chain compiles once
     per generate, not twice), and the decode step compiled on the background thread while
     the prefill ran is the one the decode calls use: one XLA compile of it, none after."""
-    previous = jax.config.jax_log_compiles
-    jax.config.update("jax_log_compiles", True)  # global: the compile thread must log too
-    try:
-        with caplog.at_level("WARNING"):
-            model.generate(  # a shape no other test here compiles: 3 rows, top-2 alternatives
-                _prompts(model, [9])[0], sampler=Sampler.greedy(), max_new_tokens=20,
-                num_samples=3, top_logprobs=2,
-            )  # fmt: skip
-    finally:
-        jax.config.update("jax_log_compiles", previous)
-    compiled = [
-        r.getMessage() for r in caplog.records if "Finished XLA compilation" in r.getMessage()
-    ]
+    with logged_compiles(caplog) as compiled:
+        model.generate(  # a shape no other test here compiles: 3 rows, top-2 alternatives
+            _prompts(model, [9])[0], sampler=Sampler.greedy(), max_new_tokens=20,
+            num_samples=3, top_logprobs=2,
+        )  # fmt: skip
     assert sum("jit(decode)" in m for m in compiled) == 1, compiled
     assert not any("jit(_sample)" in m or "jit(sample)" in m for m in compiled), compiled
 
@@ -125,20 +118,29 @@ def test_a_big_cache_is_allocated_after_its_steps_compiled(model, caplog, monkey
         return create_cache(*args, **kwargs)
 
     monkeypatch.setattr(driver, "create_cache", spy)
-    previous = jax.config.jax_log_compiles
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level("WARNING"):
-            model.generate(  # shapes no other test here compiles: 5 prompts (8 rows), 2 alternatives
-                _prompts(model, [11] * 5), sampler=Sampler.greedy(), max_new_tokens=6,
-                top_logprobs=2,
-            )  # fmt: skip
-    finally:
-        jax.config.update("jax_log_compiles", previous)
-    everything = _compiles(caplog)
+    with logged_compiles(caplog) as everything:
+        model.generate(  # shapes no other test here compiles: 5 prompts (8 rows), 2 alternatives
+            _prompts(model, [11] * 5), sampler=Sampler.greedy(), max_new_tokens=6,
+            top_logprobs=2,
+        )  # fmt: skip
     for step in ("jit(prefill)", "jit(decode)"):
         assert sum(step in m for m in compiled_before_cache) == 1, compiled_before_cache
         assert sum(step in m for m in everything) == 1, everything
+
+
+@contextlib.contextmanager
+def logged_compiles(caplog):
+    """Yields a list that, after the block, holds JAX's "Finished XLA compilation" messages
+    of the block (``jax_log_compiles`` is global: the compile thread logs too)."""
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    compiled: list[str] = []
+    try:
+        with caplog.at_level("WARNING"):
+            yield compiled
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+    compiled.extend(_compiles(caplog))
 
 
 def _compiles(caplog) -> list[str]:

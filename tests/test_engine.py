@@ -44,15 +44,8 @@ def test_big_batches_get_short_caches(smollm2_model):
     lengths = {n: driver.cache_len(n, 1) for n in (1, 128, 129, 192, 193, 256, 257, 3000)}
     assert lengths == {1: 128, 128: 128, 129: 192, 192: 192, 193: 256, 256: 256, 257: 384,
                        3000: 3072}  # fmt: skip
-    assert [driver.cache_len(n, 32) for n in (1, 32, 33, 41, 49, 57, 65)] == [
-        32,
-        32,
-        40,
-        48,
-        56,
-        64,
-        80,
-    ]
+    eighths = [driver.cache_len(n, 32) for n in (1, 32, 33, 41, 49, 57, 65)]
+    assert eighths == [32, 32, 40, 48, 56, 64, 80]
     assert [driver.cache_len(n, 16) for n in (64, 65, 97)] == [64, 80, 112]
     seen = []
     decode = steps.decode
