@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from phijax import options
-from phijax.decode_padding import cpu_name
+from phijax.paths import cpu_name
 
 __all__ = [
     "add_load_flags",

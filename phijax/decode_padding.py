@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from functools import partial
 
@@ -30,7 +29,7 @@ from filelock import FileLock
 from phijax import kernels
 from phijax.backend import Backend
 from phijax.model.layers import linear
-from phijax.paths import cache_dir, caches_enabled
+from phijax.paths import cache_dir, caches_enabled, cpu_name
 
 # Batch buckets whose padding is measured: from 8 rows, products are matrix-matrix anyway.
 SMALL_BATCHES = (1, 2, 4)
@@ -38,18 +37,6 @@ MAX_ROWS = 8
 REPS = 7
 LOOP = 4  # products per timed call, in a fori_loop (the decode step's form)
 VERSION = 3  # bump when the measured product changes: older cached plans are then remeasured
-
-
-def cpu_name() -> str:
-    """The CPU model (labels plans and benchmark output; machines differ)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _key(backend: Backend, shape: tuple[int, int]) -> str:

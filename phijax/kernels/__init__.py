@@ -33,7 +33,7 @@ import numpy as np
 
 from phijax import int8
 from phijax.errors import ConfigError, UnsupportedError
-from phijax.kernels.check import self_check
+from phijax.kernels.check import verdict
 from phijax.quant import QuantArray, dense
 
 BUILDS: tuple[str, ...] = ("avx512vnni", "avx512", "avx2", "generic")
@@ -150,7 +150,7 @@ def _checked(build: str) -> str:
         return why
     try:  # in a thread of its own: JAX's trace state is per thread, so this runs eagerly
         with ThreadPoolExecutor(1) as pool:  # even when the first use is inside a jit trace
-            error = pool.submit(self_check, build, _call).result()
+            error = pool.submit(verdict, build, module.__file__, _call, __file__).result()
     except Exception as e:  # any failure of a foreign build means: do not use it
         error = f"{type(e).__name__}: {e}"
     return f"failed its check ({error})" if error else ""
