@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phijax import batching, decode_padding, driver, scoring, steps
+from phijax import batching, collector, decode_padding, driver, scoring, steps
 from phijax import request as requests
 from phijax.backend import Backend
 from phijax.batching import Padded, bucket
@@ -184,15 +184,16 @@ class Model:
         per_row = partial(batching.row_bytes, self.config, names=names, head=head)
         for group in batching.groups(list(map(len, rows)), per_row, exact=bool(fns)):
             tokens, lengths = batching.pack(rows, group)
-            logits, captured = steps.activations(
-                self.params,
-                put_batch(tokens, self.mesh),
-                edit_arrays=batching.pad_edits(arrays, group.length),
-                lengths=put_batch(lengths, self.mesh),
-                edit_fns=fns,
-                names=names,
-                head=head,
-            )
+            with collector.paused():  # a bucket's first call traces and lowers its program
+                logits, captured = steps.activations(
+                    self.params,
+                    put_batch(tokens, self.mesh),
+                    edit_arrays=batching.pad_edits(arrays, group.length),
+                    lengths=put_batch(lengths, self.mesh),
+                    edit_fns=fns,
+                    names=names,
+                    head=head,
+                )
             if head:
                 captured = {**captured, "logits": logits}
             trimmed = batching.trim(captured, [len(rows[i]) for i in group.rows])

@@ -7,12 +7,9 @@ Before any weight is read the load checks that weights and a KV cache fit in fre
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from phijax import backend as backends
-from phijax import hub, options, prepared
+from phijax import collector, hub, options, prepared
 from phijax.cache import KVCache
 from phijax.config import Phi3Config, resolve_sliding_window
 from phijax.engine import Model
@@ -128,22 +125,8 @@ def load(
     What was chosen, and why, is in ``model.load_summary`` and ``model.backend``.
     """
     opts = options.parse(load_options)
-    with _collector_paused():
+    with collector.paused():
         return _load(source, progress, opts)
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for a load: a vocabulary's 10^5 strings and
-    merges set off full collections over every live object of JAX and Flax (65 ms of
-    SmolLM2's 0.25 s warm load), while nothing a load keeps is cyclic garbage."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOptions) -> Model:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 
@@ -205,27 +204,6 @@ def test_load_refuses_what_cannot_fit(monkeypatch):
     monkeypatch.setattr(loading, "available_memory", lambda: 10_000)
     with pytest.raises(ResourceError, match=r"plain.gguf: the weights need .* but 0.0 GB are free"):
         phijax.load(MODEL_FIXTURES / "plain.gguf", progress=False)
-
-
-def test_a_load_pauses_the_garbage_collector_and_restores_it(monkeypatch):
-    """Collections during a load cost time and free nothing; the user's setting comes back,
-    also when the load fails."""
-    seen = []
-    tokenizer = loading._tokenizer
-    monkeypatch.setattr(
-        loading, "_tokenizer", lambda *a: seen.append(gc.isenabled()) or tokenizer(*a)
-    )
-    phijax.load(MODEL_FIXTURES / "plain.gguf", progress=False)
-    assert seen == [False] and gc.isenabled()
-    with pytest.raises(ConfigError):
-        phijax.load(MODEL_FIXTURES / "plain.gguf", progress=False, sliding_window="on")
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        phijax.load(MODEL_FIXTURES / "plain.gguf", progress=False)
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
 
 
 # -- sampling through the engine ----------------------------------------------------
