@@ -5,7 +5,7 @@ Each measurement runs in a fresh Python process, so JAX's in-memory caches are e
 * cold: the persistent compilation cache points at a new, empty folder (every step is
   traced and compiled by XLA);
 * warm: the same folder again, now holding what the cold run compiled (every step is
-  traced, then read from the cache).
+  traced, then read from the cache; every program is kept, as ``phijax.load`` keeps them).
 
 Per call (``--model``, default ``pypi:smollm2``, loaded f32): ``m.logits`` of a 40-token
 text; ``m.activations`` of it with one capture name (``layers.{L/2}.resid_post``);
@@ -130,7 +130,7 @@ def _run(model: str, mode: str, cache: Path, load_flags: list[str]) -> dict:
     env = {
         **os.environ,
         "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # what phijax.load sets
     }
     env.pop("PHIJAX_NO_CACHE", None)
     cmd = [sys.executable, __file__, "--model", model, "--child", mode, *load_flags]
