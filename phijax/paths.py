@@ -8,9 +8,13 @@ decode padding), ``sha256/`` (file hashes for provenance).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -37,3 +41,18 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def entry_name(key: Any) -> str:
+    """The folder or file name of a cache entry identified by ``key`` (JSON values): 24 hex
+    digits of the SHA-256 of its JSON with sorted keys."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def source_hash(files: Iterable[str | os.PathLike]) -> str:
+    """16 hex digits of the SHA-256 of ``files``' bytes in order: the code in a cache key, so
+    that changed code never reads what older code left."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]

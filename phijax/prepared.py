@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from phijax import quant, weight_schema
 from phijax.backend import Backend
 from phijax.gguf import blocks, dequant, relayout, weights
 from phijax.gguf.weights import aligned, byte_bar, read_aligned
-from phijax.paths import cache_dir, caches_enabled
+from phijax.paths import cache_dir, caches_enabled, entry_name, source_hash
 from phijax.quant import QuantArray
 
 MIN_BYTES = 32 << 20
@@ -60,10 +59,9 @@ _QUANT_ARRAYS = tuple(f.name for f in dataclasses.fields(QuantArray) if f.name n
 @functools.cache
 def _code_hash() -> str:
     """A hash of the modules that decide the loaded parameters' bytes (once per process)."""
-    h = hashlib.sha256()
-    for module in (quant, weight_schema, blocks, dequant, relayout, weights):
-        h.update(Path(module.__file__).read_bytes())
-    return h.hexdigest()[:16]
+    return source_hash(
+        m.__file__ for m in (quant, weight_schema, blocks, dequant, relayout, weights)
+    )
 
 
 def key_for(path: str | os.PathLike, backend: Backend, choices: dict[str, Any]) -> dict | None:
@@ -87,8 +85,7 @@ def key_for(path: str | os.PathLike, backend: Backend, choices: dict[str, Any]) 
 
 
 def _folder(key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_dir() / "prepared" / digest
+    return cache_dir() / "prepared" / entry_name(key)
 
 
 def _leaves(value: jax.Array | QuantArray) -> dict[str, jax.Array | None]:

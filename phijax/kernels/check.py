@@ -5,9 +5,7 @@ its 0.2-0.5 s)."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phijax import int8, quant
-from phijax.paths import cache_dir, caches_enabled, cpu_name
+from phijax.paths import cache_dir, caches_enabled, cpu_name, entry_name, source_hash
 from phijax.quant import QuantArray, can_interleave, interleaved
 
 
@@ -43,13 +41,10 @@ def _pass_marker(build: str, library: str, wrapper: str) -> Path | None:
     if not caches_enabled():
         return None
     st = os.stat(library)
-    code = hashlib.sha256()
-    for source in (__file__, wrapper, quant.__file__, int8.__file__):
-        code.update(Path(source).read_bytes())
     key = [build, os.path.realpath(library), st.st_size, st.st_mtime_ns, st.st_ino]
-    key += [code.hexdigest(), jax.__version__, jax.lib.__version__, cpu_name()]
-    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
-    return cache_dir() / "kernel_checks" / digest
+    key += [source_hash((__file__, wrapper, quant.__file__, int8.__file__)), jax.__version__]
+    key += [jax.lib.__version__, cpu_name()]
+    return cache_dir() / "kernel_checks" / entry_name(key)
 
 
 def pack(codes: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray | None]:
