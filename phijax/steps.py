@@ -183,10 +183,20 @@ def decode(
             out,
         )
 
+    def forward_unless_fresh(s: DecodeState) -> DecodeState:
+        # A loop of zero or one trip, not a cond: the first token after a prefill samples
+        # the prefill's logits, and a cache passed through a cond (one branch writing it,
+        # one not) is copied whole by XLA in every step; a loop's state stays in place.
+        def run(s: DecodeState) -> DecodeState:
+            logits, cache = forward(s)
+            return s._replace(cache=cache, logits=logits, fresh=jnp.bool_(True))
+
+        return jax.lax.while_loop(lambda s: ~s.fresh, run, s)
+
     def step(carry):
         t, s, out = carry
-        logits, cache = forward(s)
-        return sampled(t, s._replace(cache=cache), out, logits)
+        s = forward_unless_fresh(s)
+        return sampled(t, s, out, s.logits)
 
     def more(carry):
         t, s, _ = carry
@@ -198,13 +208,7 @@ def decode(
         jnp.zeros((b, steps, top_n), jnp.int32),
         jnp.zeros((b, steps, top_n), jnp.float32),
     )
-    # The first token after a prefill samples the prefill's logits. That step runs under a
-    # cond outside the loop, without the cache: a cache passed through a cond (one branch
-    # writing it, one not) is copied whole by XLA, in every step (2x the cache's memory).
-    carry = (jnp.int32(0), state._replace(cache=None), out)
-    first = state.fresh & more(carry)
-    t, s, out = jax.lax.cond(first, lambda c: sampled(*c, c[1].logits), lambda c: c, carry)
-    _, state, out = jax.lax.while_loop(more, step, (t, s._replace(cache=state.cache), out))
+    _, state, out = jax.lax.while_loop(more, step, (jnp.int32(0), state, out))
     return out, state
 
 
