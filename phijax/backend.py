@@ -27,6 +27,16 @@ from phijax.errors import ConfigError
 from phijax.quant import QuantArray
 
 LAYOUTS = ("layers", "stacked")
+
+STACKED_BELOW_PARAMETERS = 1_000_000_000
+"""On CPU with the kernel, models with fewer parameters default to the ``stacked`` layout.
+
+The unrolled layer loop's compiled programs hold 0.2-0.3 GB in memory whatever the model's
+size (XLA keeps ~11 KB per HLO instruction; SmolLM2's decode program alone has 18,000), and
+take 2x to compile cold. The kernel reads a stack's layer in place, so a scan costs a small
+model no decode speed (SmolLM2, 135M: batch 1 within 1%, whole-run peak 0.27 instead of
+0.49 GB), while Phi-3-mini (3.8B) decodes 3.5% faster unrolled, for which its 2.3 GB of
+weights dwarf the programs. ``docs/benchmarks.md`` has the runs."""
 PLATFORMS = ("cpu", "gpu", "tpu")
 
 
@@ -137,6 +147,7 @@ def choose(
     fits_dense: bool = True,
     has_quantized: bool = True,
     activations: str | None = None,
+    parameters: int | None = None,
 ) -> Backend:
     """The policy for a model: explicit arguments win; ``None`` takes the platform's default.
 
@@ -148,8 +159,12 @@ def choose(
     kernel (inside a scan it copies or loops naively: batch-1 decode on Phi-3-mini shapes
     streams 6.7 GB/s instead of 31), while separate per-layer arrays reach the bound; the
     price is a layer loop unrolled at trace time, which the persistent compilation cache
-    pays once. The kernel only on CPU and outside a mesh. ``has_quantized=False`` (a file
-    whose matrices are all floats) leaves nothing to pack: the weights are dense.
+    pays once. Except where the kernel multiplies the matrices (packed or bf16, f32
+    activations) of a model of fewer than :data:`STACKED_BELOW_PARAMETERS` ``parameters``: the
+    kernel reads a stack's layer in place, and the unrolled programs would outweigh the
+    weights (int8 activations stay unrolled: a stacked load keeps no interleaved scales). The kernel only on
+    CPU and outside a mesh. ``has_quantized=False`` (a file whose matrices are all floats)
+    leaves nothing to pack: the weights are dense.
     """
     name = platform_name or platform()
     if name not in PLATFORMS:
@@ -191,11 +206,20 @@ def choose(
             "(quantized=True, the CPU default where phijax's kernel runs) and a file with "
             "quantized matrices."
         )
+    if layout is None and cpu:
+        small = parameters is not None and parameters < STACKED_BELOW_PARAMETERS
+        kernel_work = quantized or compute == jnp.bfloat16
+        # int8 activations stay unrolled: a stacked load keeps no interleaved two-level scales
+        if kernel is not None and kernel_work and small and activations == "f32":
+            layout = "stacked"
+            why.append("stacked: a small model, whose layers the kernel reads in place")
+        else:
+            layout = "layers"
     return Backend(
         platform=name,
         dtype=compute.name,
         packed=bool(quantized),
-        layout=layout or ("layers" if cpu else "stacked"),
+        layout=layout or "stacked",
         kernel=kernel,
         mesh=mesh,
         activations=activations,

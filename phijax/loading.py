@@ -114,8 +114,9 @@ def load(
       not declare it (as HF does); ``"on"`` requires one; ``"off"`` attends to everything
       (:func:`phijax.config.resolve_sliding_window`);
     - ``tokenizer``: a Tokenizer or a tokenizer.json path overriding the file's vocabulary;
-    - ``layout``: ``"layers"`` (one array per layer: fastest CPU decode) or ``"stacked"``
-      (``[layers, ...]`` under a scan: the accelerator default);
+    - ``layout``: ``"layers"`` (one array per layer: fastest CPU decode from 1B parameters)
+      or ``"stacked"`` (``[layers, ...]`` under a scan: the accelerator default, and the CPU
+      kernel's below 1B parameters: :data:`phijax.backend.STACKED_BELOW_PARAMETERS`);
     - ``policy``: ``"cpu"``, ``"gpu"`` or ``"tpu"``: whose defaults to apply (default: the
       platform JAX runs on; ``"gpu"`` on a CPU runs the accelerator configuration there);
     - ``mesh``: a ``jax.make_mesh((d, m), ("data", "model"))`` mesh, or its shape ``(d, m)``:
@@ -148,6 +149,7 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
         fits_dense=free is None or dense < free,
         has_quantized=any(t.ggml_type in QUANTIZED_TYPES for t in f.tensors.values()),
         activations=opts.activations,
+        parameters=sum(t.n_elements for t in f.tensors.values()),
     )
     needed = weight_bytes(f, policy.compute_dtype, policy.packed) // shards
     cache_len = min(opts.max_seq_len or 2048, config.context_length)

@@ -55,8 +55,9 @@ class LoadOptions(BaseModel):
     )
     layout: Literal["layers", "stacked"] | None = Field(
         default=None,
-        description="layers: one array per layer (CPU default, fastest decode there); stacked: "
-        "[layers, ...] arrays under a scan (accelerator default, compile time independent of "
+        description="layers: one array per layer (CPU default from 1B parameters, fastest decode "
+        "there); stacked: [layers, ...] arrays under a scan (accelerator default, and on CPU below "
+        "1B parameters when the kernel runs: compile time and program memory independent of "
         "depth)",
     )
     mesh: Any = Field(

@@ -216,3 +216,14 @@ def interleaved(q: QuantArray, code_bits: int = 8) -> QuantArray:
 def dense(w: jax.Array | QuantArray, dtype) -> jax.Array:
     """``w`` as a dense array of ``dtype`` (decoded if it is a QuantArray)."""
     return w.dequantize(dtype) if isinstance(w, QuantArray) else w
+
+
+def at_layer(w: jax.Array | QuantArray, layer: int | jax.Array) -> jax.Array | QuantArray:
+    """Layer ``layer`` of a stacked weight ``w [layers, ...]`` (a dynamic index when traced)."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False), w)
+
+
+def layer_view(w: jax.Array | QuantArray) -> jax.ShapeDtypeStruct | QuantArray:
+    """The shapes and dtypes of one layer of a stacked weight ``w [layers, ...]`` (no arrays:
+    for checks that read only those, such as :func:`phijax.kernels.fits`)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), w)

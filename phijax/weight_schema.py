@@ -212,6 +212,8 @@ WEIGHTS: tuple[WeightSpec, ...] = (
 
 BY_NAME: dict[str, WeightSpec] = {w.name: w for w in WEIGHTS}
 LAYER_WEIGHTS: tuple[WeightSpec, ...] = tuple(w for w in WEIGHTS if w.per_layer)
+LAYER_MATRICES: tuple[str, ...] = tuple(w.name for w in LAYER_WEIGHTS if not w.f32)
+"""The per-layer matrices (``linear``'s weights): every per-layer weight but the norms."""
 GLOBAL_WEIGHTS: tuple[WeightSpec, ...] = tuple(w for w in WEIGHTS if not w.per_layer)
 
 
@@ -234,6 +236,7 @@ def axis_sizes(config: Phi3Config) -> dict[str, int]:
 __all__ = [
     "BY_NAME",
     "GLOBAL_WEIGHTS",
+    "LAYER_MATRICES",
     "LAYER_WEIGHTS",
     "WEIGHTS",
     "Part",

@@ -42,6 +42,28 @@ def test_cpu_policy():
     assert not backend.choose(platform_name="cpu", has_quantized=False).packed  # nothing to pack
 
 
+@pytest.mark.parametrize("has_kernel", [True, False])
+def test_small_models_stack_where_the_kernel_multiplies(has_kernel, monkeypatch):
+    """Under :data:`~phijax.backend.STACKED_BELOW_PARAMETERS` the CPU default is stacked when
+    the kernel multiplies the matrices (packed or bf16, f32 activations); otherwise, and from
+    that size on, one array per layer. An explicit layout always wins."""
+    monkeypatch.setattr(kernels, "chosen", lambda: "generic" if has_kernel else None)
+    small, large = backend.STACKED_BELOW_PARAMETERS - 1, backend.STACKED_BELOW_PARAMETERS
+
+    def layout(**kw):
+        return backend.choose(platform_name="cpu", **kw).layout
+
+    stacked = "stacked" if has_kernel else "layers"
+    assert layout(parameters=small) == stacked
+    assert layout(parameters=small, dtype="bfloat16") == stacked
+    assert layout(parameters=small, quantized=False) == "layers"  # f32: XLA's products
+    assert layout(parameters=small, activations="int8") == "layers"
+    assert layout(parameters=large) == layout() == "layers"
+    assert layout(parameters=small, layout="layers") == "layers"
+    why = backend.choose(platform_name="cpu", parameters=small).why
+    assert any(w.startswith("stacked: a small model") for w in why) == has_kernel
+
+
 @pytest.mark.skipif(kernels.chosen() is None, reason="names the kernel: needs a build here")
 def test_summary_names_the_kernel_only_where_it_multiplies():
     assert f"CPU kernel {kernels.chosen()}" in backend.choose(platform_name="cpu").describe()

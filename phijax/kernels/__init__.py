@@ -34,7 +34,7 @@ import numpy as np
 from phijax import int8
 from phijax.errors import ConfigError, UnsupportedError
 from phijax.kernels.check import verdict
-from phijax.quant import QuantArray, dense
+from phijax.quant import QuantArray, at_layer, dense, layer_view
 
 BUILDS: tuple[str, ...] = ("avx512vnni", "avx512", "avx2", "generic")
 """The kernel's builds (``setup.py``), fastest first: ``avx512vnni`` is ``avx512`` plus
@@ -300,9 +300,11 @@ def matmul(
     build: str | None = None,
     max_rows: int | None = None,
     activations: str = "f32",
+    layer: int | jax.Array | None = None,
 ) -> jax.Array:
     """``x [rows, in] @ w.T`` → ``[rows, out]`` f32 by the kernel, for a packed or bf16
-    ``w [out, in]`` that it :func:`fits`. ``build``: one of :func:`builds` (default: the one
+    ``w [out, in]`` that it :func:`fits` (with ``layer``: layer ``layer`` of a stacked
+    ``w [layers, out, in]``, read in place: no slice of the stack is copied). ``build``: one of :func:`builds` (default: the one
     :func:`status` names). ``max_rows``: when ``vmap`` folds a batch into more rows than this,
     the batched product is the pure one (``linear`` passes :func:`row_limit`; ``None``: no
     limit). ``activations``: ``"f32"``, or ``"int8"`` (a packed ``w`` only): ``x`` rounded
@@ -311,15 +313,21 @@ def matmul(
     function."""
     if activations not in ACTIVATIONS:
         raise ConfigError(f"activations = {activations!r}; use one of {ACTIVATIONS}.")
+    if (layer is None) != (_layers(w) is None):
+        raise UnsupportedError(
+            "layer= goes with a stacked weight (codes [layers, out, in]) and only with one; got "
+            f"layer={layer!r} and a weight of shape {tuple(w.shape)}."
+        )
+    one = w if layer is None else layer_view(w)
     if isinstance(w, QuantArray) and w.interleave and activations != "int8":
         raise UnsupportedError(
             "an interleaved weight (QuantArray.interleave, the int8 path's order) takes "
             "activations='int8'; QuantArray.unpacked() gives the row order back."
         )
-    if activations == "int8" and not fits(w, activations):
+    if activations == "int8" and not fits(one, activations):
         raise UnsupportedError(
             "int8 activations take a packed weight whose width is a multiple of 64 (and of "
-            f"its activation block); got {type(w).__name__} of shape {tuple(w.shape)}."
+            f"its activation block); got {type(w).__name__} of shape {tuple(one.shape)}."
         )
     if build is None:
         build, line = _chosen()
@@ -327,18 +335,33 @@ def matmul(
             raise UnsupportedError(f"phijax's CPU kernel is {line}")
     elif why := _checked(_known(build)):
         raise UnsupportedError(f"phijax's CPU kernel build {build} is {why}")
-    return _matmul(build, max_rows, activations, x, w)
+    return _matmul(
+        build, max_rows, activations, x, w, jnp.asarray(0 if layer is None else layer, jnp.int32)
+    )
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _matmul(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -> jax.Array:
-    return _call(build, max_rows, activations, x.astype(jnp.float32), w)
+def _matmul(
+    build: str, max_rows: int | None, activations: str, x: jax.Array, w, layer: jax.Array
+) -> jax.Array:
+    return _call(build, max_rows, activations, x.astype(jnp.float32), w, layer)
 
 
 @_matmul.defjvp
 def _matmul_jvp(build, max_rows, activations, primals, tangents):
-    tangent = jax.jvp(functools.partial(reference, activations=activations), primals, tangents)[1]
+    x, w, layer = primals
+
+    def product(x, w):
+        return reference(x, w if _layers(w) is None else at_layer(w, layer), activations)
+
+    tangent = jax.jvp(product, (x, w), tangents[:2])[1]
     return _matmul(build, max_rows, activations, *primals), tangent
+
+
+def _layers(w: jax.Array | QuantArray) -> int | None:
+    """The layer count of a stacked weight (codes of 3 dimensions), else ``None``."""
+    codes = w.values if isinstance(w, QuantArray) else w
+    return codes.shape[0] if codes.ndim == 3 else None
 
 
 def _act(activations: str, block: int) -> int:
@@ -346,16 +369,19 @@ def _act(activations: str, block: int) -> int:
     return 0 if activations == "f32" else 1 if block == 256 else 2
 
 
-def _call(build: str, max_rows: int | None, activations: str, x: jax.Array, w) -> jax.Array:
+def _call(
+    build: str, max_rows: int | None, activations: str, x: jax.Array, w, layer=None
+) -> jax.Array:
+    layer = jnp.int32(0) if layer is None else layer
     empty, no_bits = jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.uint8)
     if not isinstance(w, QuantArray):
-        return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty, no_bits, empty)
+        return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty, no_bits, empty, layer)
     mins = empty if w.mins is None else w.mins
     high = no_bits if w.high is None else w.high
     units = empty if w.units is None else w.units
     act = _act(activations, w.activation_block)
     call = _ffi(build, w.nibbles, w.activation_block, act, max_rows, w.interleave, w.zero)
-    return call(x, w.values, w.scales, mins, high, units)
+    return call(x, w.values, w.scales, mins, high, units, layer)
 
 
 def _pure(x: jax.Array, w: jax.Array | QuantArray, activations: str) -> jax.Array:
@@ -379,11 +405,12 @@ def _ffi(
 ):
     """The foreign call of ``build`` for one code layout and activation rounding (``act``),
     batched by folding a batch of ``x`` into its rows (weights shared; the pure product beyond
-    ``max_rows`` rows) or, when the weights carry the batch too, one call per item."""
+    ``max_rows`` rows) or, when the weights carry the batch too, one call per item. The
+    operands may be a stack of layers (a leading axis), of which the call reads ``layer``."""
 
     @jax.custom_batching.custom_vmap
-    def call(x, values, scales, mins, high, units):
-        out = jax.ShapeDtypeStruct((x.shape[0], values.shape[0]), jnp.float32)
+    def call(x, values, scales, mins, high, units, layer):
+        out = jax.ShapeDtypeStruct((x.shape[0], values.shape[-2]), jnp.float32)
         return jax.ffi.ffi_call(target(build), out)(
             x,
             values,
@@ -391,14 +418,16 @@ def _ffi(
             mins,
             high,
             units,
+            layer,
             act=np.int64(act),
             nibbles=np.int64(nibbles),
             interleave=np.int64(interleave),
         )
 
     @call.def_vmap
-    def _batched(axis_size, in_batched, x, values, scales, mins, high, units):
+    def _batched(axis_size, in_batched, x, values, scales, mins, high, units, layer):
         if not any(in_batched[1:]):
+            stacked = values.ndim == 3
             size, rows, cols = x.shape
             folded = x.reshape(size * rows, cols)
             if max_rows is not None and size * rows > max_rows:
@@ -407,20 +436,22 @@ def _ffi(
                     w = QuantArray(
                         values,
                         scales,
-                        mins if mins.ndim == 2 else None,
+                        mins if mins.ndim >= 2 else None,
                         nibbles,
                         activation_block,
-                        high if high.ndim == 2 else None,
+                        high if high.ndim >= 2 else None,
                         interleave,
-                        units if units.ndim == 3 else None,
+                        units if units.ndim == 3 + stacked else None,
                         zero,
                     )
                 activations = "f32" if act == 0 else "int8"
+                w = at_layer(w, layer) if stacked else w
                 return _pure(folded, w, activations).reshape(size, rows, -1), True
-            return call(folded, values, scales, mins, high, units).reshape(size, rows, -1), True
+            y = call(folded, values, scales, mins, high, units, layer)
+            return y.reshape(size, rows, -1), True
         args = [
             a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-            for a, b in zip((x, values, scales, mins, high, units), in_batched, strict=True)
+            for a, b in zip((x, values, scales, mins, high, units, layer), in_batched, strict=True)
         ]
         return jax.lax.map(lambda a: call(*a), args), True
 

@@ -444,27 +444,57 @@ ffi::Unexpected<ffi::Error> bad(const char* message) {
 // The weight behind the buffers, or an error naming what disagrees (the target is registered
 // for any caller, so every extent the loops read is checked here). ``nibbles``: 0 for int8
 // codes, 32 or 64 for packed 4-bit codes; bf16 codes are a dense weight (scales, mins empty).
-ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::AnyBuffer scales, ffi::AnyBuffer mins,
-                               ffi::Buffer<ffi::U8> high, ffi::Buffer<ffi::F32> units, int64_t nibbles,
-                               int64_t interleave) {
-  const auto cd = codes.dimensions(), sd = scales.dimensions();
-  const auto* data = static_cast<const uint8_t*>(codes.untyped_data());
+// One layer of an operand: its dimensions without the layer axis, first byte and element count.
+struct Part {
+  std::vector<int64_t> dims;
+  const uint8_t* data;
+  int64_t count;
+};
+
+// Operand ``b`` (of ``rank`` dimensions per layer) at ``layer`` of ``layers``: a stacked weight's
+// operands carry a leading axis of ``layers``; an unstacked one's (``layers`` 0) are the layer.
+template <typename B>
+ffi::ErrorOr<Part> part_of(const B& b, size_t rank, int64_t layer, int64_t layers) {
+  const auto d = b.dimensions();
+  const auto* data = static_cast<const uint8_t*>(b.untyped_data());
+  const int64_t count = static_cast<int64_t>(b.element_count());
+  if (count == 0 || layers == 0) return Part{std::vector<int64_t>(d.begin(), d.end()), data, count};
+  if (d.size() != rank + 1 || d[0] != layers) return bad("cpu_matmul: a stacked weight's operands share the layer axis");
+  const int64_t per_layer = count / layers;
+  return Part{std::vector<int64_t>(d.begin() + 1, d.end()),
+              data + static_cast<int64_t>(b.size_bytes()) / layers * layer, per_layer};
+}
+
+ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes_buf, ffi::AnyBuffer scales_buf,
+                               ffi::AnyBuffer mins_buf, ffi::Buffer<ffi::U8> high_buf, ffi::Buffer<ffi::F32> units_buf,
+                               int64_t nibbles, int64_t interleave, int64_t layer) {
+  const auto stack = codes_buf.dimensions();
+  const int64_t layers = stack.size() == 3 ? stack[0] : 0;
+  if (layer < 0 || layer >= std::max<int64_t>(layers, 1)) return bad("cpu_matmul: the layer is outside the stack");
+  auto codes = part_of(codes_buf, 2, layer, layers), scales = part_of(scales_buf, 2, layer, layers);
+  auto mins = part_of(mins_buf, 2, layer, layers), high = part_of(high_buf, 2, layer, layers);
+  auto units = part_of(units_buf, 3, layer, layers);
+  for (const auto* p : {&codes, &scales, &mins, &high, &units}) {
+    if (p->has_error()) return ffi::Unexpected<ffi::Error>(p->error());
+  }
+  const auto &cd = codes->dims, &sd = scales->dims;
+  const auto* data = codes->data;
   if (cd.size() != 2 || cols % 32 != 0) {
-    return bad("cpu_matmul: codes must be 2-D, columns a multiple of 32");
+    return bad("cpu_matmul: codes must be 2-D (3-D: a stack of layers), columns a multiple of 32");
   }
   const int64_t rows = cd[0];
-  if (codes.element_type() == ffi::DataType::BF16) {
-    if (cd[1] != cols || scales.element_count() != 0 || mins.element_count() != 0) {
+  if (codes_buf.element_type() == ffi::DataType::BF16) {
+    if (cd[1] != cols || scales->count != 0 || mins->count != 0) {
       return bad("cpu_matmul: a bf16 weight is [out, in], without scales");
     }
     return Weight{data, nullptr, nullptr, rows, cols, 2 * cols, 0};
   }
   const bool packed = nibbles == 32 || nibbles == 64;
-  if ((nibbles != 0 && !packed) || codes.element_type() != (packed ? ffi::DataType::U8 : ffi::DataType::S8)) {
+  if ((nibbles != 0 && !packed) || codes_buf.element_type() != (packed ? ffi::DataType::U8 : ffi::DataType::S8)) {
     return bad("cpu_matmul: codes must be int8, uint8 nibbles in groups of 32 or 64, or bf16");
   }
-  const auto hd = high.dimensions();
-  const bool fifth = high.element_count() != 0;
+  const auto& hd = high->dims;
+  const bool fifth = high->count != 0;
   const int64_t planes = fifth && hd.size() == 2 ? hd[1] * 8 / cols : 0;
   if (fifth && (!packed || hd.size() != 2 || hd[0] != rows || (planes != 1 && planes != 2) ||
                 hd[1] != cols / 8 * planes)) {
@@ -480,23 +510,23 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::AnyBuffe
   if (six && (interleave != 16 || nibbles != 64)) {
     return bad("cpu_matmul: 6-bit codes (two high-bit planes) are interleaved, in sub-blocks of 16 (Q6_K)");
   }
-  const bool with_mins = mins.element_count() != 0;
-  const auto md = mins.dimensions();
+  const bool with_mins = mins->count != 0;
+  const auto& md = mins->dims;
   if (with_mins && (md.size() != 2 || md[0] != rows || md[1] != groups)) {
     return bad("cpu_matmul: mins must be [rows, groups] like scales, or empty");
   }
-  const bool two_level = units.element_count() != 0;
-  const auto ud = units.dimensions();
-  if (!two_level && (scales.element_type() != ffi::DataType::F32 ||
-                     (with_mins && mins.element_type() != ffi::DataType::F32))) {
+  const bool two_level = units->count != 0;
+  const auto& ud = units->dims;
+  if (!two_level && (scales_buf.element_type() != ffi::DataType::F32 ||
+                     (with_mins && mins_buf.element_type() != ffi::DataType::F32))) {
     return bad("cpu_matmul: scales and mins are f32 unless units are given");
   }
   if (two_level) {
     const bool q4 = packed && !six;  // Q4_K, Q5_K
     const auto code_type = q4 ? ffi::DataType::U8 : ffi::DataType::S8;
     if (interleave == 0 || cols % 256 != 0 || block != (q4 ? 32 : 16) || ud.size() != 3 || ud[0] != rows ||
-        ud[1] != cols / 256 || ud[2] != (with_mins ? 2 : 1) || scales.element_type() != code_type ||
-        with_mins != q4 || (with_mins && mins.element_type() != ffi::DataType::U8)) {
+        ud[1] != cols / 256 || ud[2] != (with_mins ? 2 : 1) || scales_buf.element_type() != code_type ||
+        with_mins != q4 || (with_mins && mins_buf.element_type() != ffi::DataType::U8)) {
       return bad("cpu_matmul: two-level scales are interleaved Q4_K/Q5_K (u8 scales and mins, units "
                  "[rows, cols / 256, 2]) or Q6_K (s8 scales, units [rows, cols / 256, 1])");
     }
@@ -505,14 +535,14 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::AnyBuffe
     return bad("cpu_matmul: interleaved codes come in groups of 16 sub-blocks of the scales' block "
                "(nibbles: groups of 64, blocks of 32)");
   }
-  Weight w{data, nullptr, nullptr, rows, cols, cd[1], groups, fifth ? high.typed_data() : nullptr, interleave};
+  Weight w{data, nullptr, nullptr, rows, cols, cd[1], groups, fifth ? high->data : nullptr, interleave};
   w.planes = planes;
-  const auto* scale_data = static_cast<const uint8_t*>(scales.untyped_data());
-  const auto* min_data = with_mins ? static_cast<const uint8_t*>(mins.untyped_data()) : nullptr;
+  const auto* scale_data = scales->data;
+  const auto* min_data = with_mins ? mins->data : nullptr;
   if (two_level) {
     w.scale_codes = scale_data;
     w.min_codes = min_data;
-    w.units = units.typed_data();
+    w.units = reinterpret_cast<const float*>(units->data);
   } else {
     w.scales = reinterpret_cast<const float*>(scale_data);
     w.mins = reinterpret_cast<const float*>(min_data);
@@ -522,11 +552,13 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes, ffi::AnyBuffe
 
 ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes, ffi::AnyBuffer scales,
                            ffi::AnyBuffer mins, ffi::Buffer<ffi::U8> high, ffi::Buffer<ffi::F32> units,
-                           ffi::ResultBuffer<ffi::F32> y, int64_t act, int64_t nibbles, int64_t interleave) {
+                           ffi::Buffer<ffi::S32> layer, ffi::ResultBuffer<ffi::F32> y, int64_t act, int64_t nibbles,
+                           int64_t interleave) {
   const auto xd = x.dimensions();
   if (xd.size() != 2) return ffi::Error::InvalidArgument("cpu_matmul: x must be 2-D");
   const int64_t m = xd[0], cols = xd[1];
-  auto w = weight_of(cols, codes, scales, mins, high, units, nibbles, interleave);
+  if (layer.element_count() != 1) return ffi::Error::InvalidArgument("cpu_matmul: the layer is one int32");
+  auto w = weight_of(cols, codes, scales, mins, high, units, nibbles, interleave, layer.typed_data()[0]);
   if (w.has_error()) return w.error();
   const auto yd = y->dimensions();
   if (yd.size() != 2 || yd[0] != m || yd[1] != w->rows) {
@@ -582,6 +614,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmul, CpuMatmulImpl,
                                   .Arg<ffi::AnyBuffer>()         // mins [rows, groups] or [0]: f32, or u8 codes
                                   .Arg<ffi::Buffer<ffi::U8>>()   // high bits [rows, cols / 8 * planes] or [0]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // units [rows, cols / 256, k] or [0]: d (, dmin)
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // layer: which of a stack's weights (else 0)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y [m, rows]
                                   .Attr<int64_t>("act")          // activations: 0 f32, 1 int8 per 256, 2 per 32
                                   .Attr<int64_t>("nibbles")

@@ -26,11 +26,19 @@ from phijax.cache import KVCache
 from phijax.errors import ConfigError
 from phijax.model import hooks as hk
 from phijax.model.attention import attention_mask
-from phijax.model.layers import Context, LayerCache, decoder_layer, linear, rms_norm
+from phijax.model.layers import (
+    STACK_INDEX,
+    Context,
+    LayerCache,
+    decoder_layer,
+    linear,
+    rms_norm,
+)
 from phijax.model.phi3 import Phi3
 from phijax.model.rope import inverse_frequencies, rope_angles, rope_scale
 from phijax.quant import QuantArray
 from phijax.sharding import CACHE_AXES, constrain
+from phijax.weight_schema import LAYER_MATRICES
 
 
 def embed(params: Phi3, tokens: jax.Array) -> jax.Array:
@@ -110,12 +118,18 @@ def decoder(
 
     depth = c.num_layers if depth is None else depth
     if params.layout == "stacked" and not hooks.per_layer and depth == c.num_layers:
+        scanned = params.stacked()
+        # On the kernel the matrices stay whole stacks, of which it reads layer i in place: a
+        # scan's slice of a stack is a copy, every layer's weights once per step.
+        whole = {n: scanned.pop(n) for n in LAYER_MATRICES} if params.backend.kernel else {}
 
         def step(carry, xs):
-            x, k, v = layer(*carry, *xs, "layers", hk.NO_HOOKS)
+            p, i = xs
+            p = {**p, **whole, STACK_INDEX: i} if whole else p
+            x, k, v = layer(*carry, p, i, "layers", hk.NO_HOOKS)
             return (x, k, v), None
 
-        (x, k, v), _ = jax.lax.scan(step, (x, k, v), (params.stacked(), jnp.arange(c.num_layers)))
+        (x, k, v), _ = jax.lax.scan(step, (x, k, v), (scanned, jnp.arange(c.num_layers)))
     else:
         for i in range(depth):
             x, k, v = layer(x, k, v, params.layer(i), i, f"layers.{i}", hooks)

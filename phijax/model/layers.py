@@ -20,7 +20,12 @@ from phijax.config import Phi3Config
 from phijax.model.attention import attention
 from phijax.model.hooks import Hooks
 from phijax.model.rope import apply_rope
-from phijax.quant import QuantArray, dense
+from phijax.quant import QuantArray, at_layer, dense, layer_view
+
+STACK_INDEX = "stack_index"
+"""A layer's weights may hold, under this key, the index of the layer whose matrices are
+given as whole stacks ``[layers, out, in]`` (:func:`phijax.model.forward.decoder` on the
+kernel): :func:`linear` then reads that layer of each."""
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -30,8 +35,14 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (weight * normed.astype(x.dtype)).astype(x.dtype)
 
 
-def linear(x: jax.Array, w: jax.Array | QuantArray, backend: Backend) -> jax.Array:
-    """``x [batch, seq, in] @ w.T`` for a weight in numpy layout ``w [out, in]``, f32 result.
+def linear(
+    x: jax.Array,
+    w: jax.Array | QuantArray,
+    backend: Backend,
+    layer: jax.Array | None = None,
+) -> jax.Array:
+    """``x [batch, seq, in] @ w.T`` for a weight in numpy layout ``w [out, in]``, f32 result
+    (with ``layer``: layer ``layer`` of a stacked ``w [layers, out, in]``).
 
     The one matmul of the model: a :class:`QuantArray` is decoded here, inside the step,
     once its input exists. Without that tie XLA is free to decode every matrix of the model
@@ -49,18 +60,26 @@ def linear(x: jax.Array, w: jax.Array | QuantArray, backend: Backend) -> jax.Arr
     batch and keeps the same row limit. With int8 activations (``backend.activations``) a
     packed product's input is rounded as llama.cpp rounds it (:mod:`phijax.int8`), on the
     kernel (integer products) or here.
+
+    The kernel reads layer ``layer`` of a stack in place. Elsewhere the layer is sliced
+    out here, as a ``scan`` over the stack would: XLA:CPU copies such a slice, every
+    layer's weights once per step (SmolLM2: 13% slower batch-1 decode than in place).
     """
+    one = w if layer is None else layer_view(w)
     activations = backend.activations_for(w)
-    if backend.uses_kernel(x, w):
+    if backend.uses_kernel(x, one):
         *lead, n = x.shape
         y = kernels.matmul(
             x.reshape(-1, n),
             w,
             build=backend.kernel,
-            max_rows=backend.kernel_rows(w),
+            max_rows=backend.kernel_rows(one),
             activations=activations,
+            layer=layer,
         )
         return y.reshape(*lead, -1)
+    if layer is not None:
+        w = at_layer(w, layer)
     if activations == "int8":
         x = int8.fake_quant(x, w.activation_block)
     if isinstance(w, QuantArray):
@@ -121,7 +140,7 @@ def attention_block(
     b, s, _ = x.shape
     q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
-    qkv = linear(h, p["qkv"], ctx.backend).astype(x.dtype)
+    qkv = linear(h, p["qkv"], ctx.backend, p.get(STACK_INDEX)).astype(x.dtype)
     q = qkv[..., :q_size].reshape(b, s, c.num_heads, c.head_dim)
     k = qkv[..., q_size : q_size + kv_size].reshape(b, s, c.num_kv_heads, c.head_dim)
     v = qkv[..., q_size + kv_size :].reshape(b, s, c.num_kv_heads, c.head_dim)
@@ -141,16 +160,20 @@ def attention_block(
         q.astype(dt), keys.astype(dt), values.astype(dt), ctx.mask, return_weights=return_weights
     )
     out = out.astype(x.dtype).reshape(b, s, q_size)
-    return linear(out, p["o_proj"], ctx.backend).astype(x.dtype), cache, weights
+    o = linear(out, p["o_proj"], ctx.backend, p.get(STACK_INDEX)).astype(x.dtype)
+    return o, cache, weights
 
 
 def mlp_block(p: dict[str, jax.Array], x: jax.Array, ctx: Context) -> jax.Array:
     """down(silu(gate) · up) of ``rmsnorm(x)``; ``x [batch, seq, hidden]`` → same shape."""
     c = ctx.config
     h = rms_norm(x, p["ffn_norm"], c.rms_norm_eps)
-    gu = linear(h, p["gate_up"], ctx.backend)
+    layer = p.get(STACK_INDEX)
+    gu = linear(h, p["gate_up"], ctx.backend, layer)
     gate, up = gu[..., : c.intermediate_size], gu[..., c.intermediate_size :]
-    return linear((jax.nn.silu(gate) * up).astype(x.dtype), p["down"], ctx.backend).astype(x.dtype)
+    return linear((jax.nn.silu(gate) * up).astype(x.dtype), p["down"], ctx.backend, layer).astype(
+        x.dtype
+    )
 
 
 def decoder_layer(

@@ -23,7 +23,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
 from phijax import backend, kernels
-from phijax.errors import ConfigError
+from phijax.errors import ConfigError, UnsupportedError
 from phijax.gguf import relayout
 from phijax.model.layers import linear as model_linear
 from phijax.quant import QuantArray
@@ -180,6 +180,61 @@ def test_vmap_over_activations_and_over_weights(default_kernel):
     per_weight = jax.vmap(kernels.matmul, in_axes=(None, 0))(x[0], stack)
     for i in range(3):
         np.testing.assert_array_equal(per_weight[i], kernels.matmul(x[0], stack[i]))
+
+
+STACK_KINDS = {
+    "Q4_K": lambda seed: file_weight(QT.Q4_K, 16, seed=seed)[0],
+    "Q8_0": lambda seed: file_weight(QT.Q8_0, 16, seed=seed, cols=256)[0],
+    "bf16": lambda seed: jnp.asarray(
+        np.random.default_rng(seed).standard_normal((16, 64)), jnp.bfloat16
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "activations"),
+    [("Q4_K", "f32"), ("Q8_0", "f32"), ("bf16", "f32"), ("Q4_K", "int8"), ("Q8_0", "int8")],
+)
+def test_a_stack_is_read_at_its_layer(build: str, kind: str, activations: str):
+    """``layer=i`` of a stacked weight ``[layers, out, in]`` is layer i's product bit for bit:
+    a static or traced index, under ``vmap`` (folded rows), and its derivative."""
+    parts = [STACK_KINDS[kind](seed) for seed in range(3)]
+    stack = jax.tree.map(lambda *a: jnp.stack(a), *parts)
+    cols = parts[0].shape[1]
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 5, cols)), jnp.float32)
+
+    def product(x, w, layer=None):
+        return kernels.matmul(x, w, build=build, activations=activations, layer=layer)
+
+    traced = jax.jit(product)
+    for i, part in enumerate(parts):
+        want = np.asarray(product(x[0], part))
+        np.testing.assert_array_equal(product(x[0], stack, i), want)
+        np.testing.assert_array_equal(traced(x[0], stack, jnp.int32(i)), want)
+        folded = jax.vmap(lambda x, i=i: product(x, stack, i))(x)
+        np.testing.assert_array_equal(folded[0], want)
+    if activations == "f32":
+        dx = jnp.ones_like(x[0])
+        tangent = jax.jvp(lambda x: product(x, stack, 1), (x[0],), (dx,))[1]
+        np.testing.assert_allclose(  # two f32 sums of ``cols`` terms: cols·eps apart
+            tangent, kernels.reference(dx, parts[1]), rtol=cols * F32_EPS, atol=1e-4
+        )
+    with pytest.raises(UnsupportedError, match="stacked weight"):
+        product(x[0], parts[0], 1)
+
+
+def test_linear_reads_a_stack_in_place(default_kernel):
+    """The model's ``linear`` with ``layer``: one kernel call on the whole stack, and no slice
+    of it (XLA:CPU copies a slice: every layer's weights once per decode step)."""
+    parts = [file_weight(QT.Q4_K, 16, seed=seed)[0] for seed in range(3)]
+    stack = jax.tree.map(lambda *a: jnp.stack(a), *parts)
+    x = jnp.ones((1, 1, parts[0].shape[1]), jnp.float32)
+    cpu = backend.choose(platform_name="cpu")
+    text = jax.jit(lambda x, i: model_linear(x, stack, cpu, i)).lower(x, jnp.int32(2)).as_text()
+    assert text.count(f"@{kernels.TARGET}_") == 1
+    assert "dynamic_slice" not in text
+    got = jax.jit(lambda x, i: model_linear(x, stack, cpu, i))(x, jnp.int32(2))
+    np.testing.assert_array_equal(got, model_linear(x, parts[2], cpu))
 
 
 def linear(x, w):

@@ -26,7 +26,9 @@ units = np.ones((24, 1, 1), np.float32)
 # its codes as 6 bits: nibbles 1 and, per 64 codes, 8 bytes of bit 4 (0) and of bit 5 (1): 33 - 32 = 1
 nibbles6 = np.full((24, 128), 0x11, np.uint8)
 planes6 = np.tile(np.r_[np.zeros(8), np.full(8, 255)].astype(np.uint8), (24, 4))
-cases = {  # name: (act, output shape, x, codes, scales, mins[, high bits[, interleave[, units[, nibbles]]]])
+# a stack of 3 weights: layers 0 and 1 zero, layer 2 the valid one
+stack, stacked_scales = np.stack([codes * 0, codes * 0, codes]), np.ones((3, 24, 2), np.float32)
+cases = {  # name: (act, output shape, x, codes, scales, mins[, high bits[, interleave[, units[, nibbles[, layer]]]]])
     "valid": (0, (1, 24), x, codes, scales, empty),
     "valid with mins": (0, (1, 24), x, codes, scales, np.ones((24, 2), np.float32)),
     "valid, int8 activations": (2, (1, 24), x, codes, scales, empty),
@@ -51,18 +53,23 @@ cases = {  # name: (act, output shape, x, codes, scales, mins[, high bits[, inte
     "valid, 6-bit codes": (1, (1, 24), x256, nibbles6, codes_s8, empty, planes6, 16, units, 64),
     "6-bit codes in row order": (1, (1, 24), x256, nibbles6, codes_s8, empty, planes6, 0, units, 64),
     "6-bit codes in groups of 32": (1, (1, 24), x256, nibbles6, codes_s8, empty, planes6, 16, units, 32),
+    "valid, layer 2 of a stack": (0, (1, 24), x, stack, stacked_scales, empty, bits, 0, empty, 0, 2),
+    "layer 3 of a stack of 3": (0, (1, 24), x, stack, stacked_scales, empty, bits, 0, empty, 0, 3),
+    "layer -1 of a stack": (0, (1, 24), x, stack, stacked_scales, empty, bits, 0, empty, 0, -1),
+    "layer 1 of one weight": (0, (1, 24), x, codes, scales, empty, bits, 0, empty, 0, 1),
+    "scales of 2 layers beside codes of 3": (0, (1, 24), x, stack, stacked_scales[:2], empty, bits, 0, empty, 0, 1),
 }
 results = {}
 for build in sys.argv[1:]:
     kernels.status(build)  # imports and registers the build's target
     for name, (act, shape, *args) in cases.items():
-        x_, codes_, scales_, mins_, high, interleave, units_, nibbles = [
-            *args, *(bits, 0, empty, 0)[len(args) - 4 :]
+        x_, codes_, scales_, mins_, high, interleave, units_, nibbles, layer = [
+            *args, *(bits, 0, empty, 0, 0)[len(args) - 4 :]
         ]
         out = jax.ShapeDtypeStruct(shape, jnp.float32)
         call = jax.ffi.ffi_call(kernels.target(build), out)
         try:
-            y = call(x_, codes_, scales_, mins_, high, units_, act=np.int64(act), nibbles=np.int64(nibbles),
+            y = call(x_, codes_, scales_, mins_, high, units_, np.int32(layer), act=np.int64(act), nibbles=np.int64(nibbles),
                      interleave=np.int64(interleave))
             results[f"{build}: {name}"] = f"accepted {float(np.asarray(y).ravel()[0])}"
         except Exception as e:
@@ -81,12 +88,13 @@ def test_the_handler_rejects_wrong_shapes(expected_builds):
     for build in expected_builds:
         assert results.pop(f"{build}: valid") == "accepted 64.0"
         assert results.pop(f"{build}: valid with mins") == "accepted 0.0"
+        assert results.pop(f"{build}: valid, layer 2 of a stack") == "accepted 64.0"
         # x = 1 rounds to 127 codes of scale f16(1/127): 64 * 127 * f16(1/127), within 0.1%
         accepted = results.pop(f"{build}: valid, int8 activations").split()
         assert accepted[0] == "accepted" and abs(float(accepted[1]) - 64) < 0.064
         for valid in ("two-level scales", "6-bit codes"):  # d · scale = 1, codes 1
             accepted = results.pop(f"{build}: valid, {valid}").split()
             assert accepted[0] == "accepted" and abs(float(accepted[1]) - 256) < 0.256
-    assert len(results) == 16 * len(expected_builds)
+    assert len(results) == 20 * len(expected_builds)
     for name, result in results.items():
         assert "INVALID_ARGUMENT" in result and "cpu_matmul" in result, (name, result)

@@ -373,7 +373,7 @@ def test_the_documented_parameter_trees_are_smollm2s(smollm2_model, smollm2_gguf
     """docs/research.md's tables are the real trees (f32 in both layouts, and quantized),
     leaf for leaf, in the order ``tree_flatten_with_path`` gives them."""
     docs = DOCS.read_text()
-    packed = phijax.load(smollm2_gguf, progress=False, quantized=True)
+    packed = phijax.load(smollm2_gguf, progress=False, quantized=True, layout="stacked")
     stacked = phijax.load(smollm2_gguf, progress=False, layout="stacked", quantized=False)
     for params in (smollm2_model.params, stacked.params, packed.params):
         table = "\n".join(_tree_rows(params))

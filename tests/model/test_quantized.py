@@ -115,8 +115,9 @@ def test_packed_weights_are_decoded_where_used(smollm2_quantized, smollm2_model)
             assert temp < 0.4 * dense, (
                 f"{name}: temporaries are {temp / dense:.2f} of the f32 weights"
             )
-            layers = 4 * smollm2_model.config.num_layers  # qkv, o_proj, gate_up, down
-            want = (layers if name == "decode" else 0) + 1  # + the head on the last position
+            # qkv, o_proj, gate_up, down in each layer (once, in a scan's body, when stacked)
+            per_layer = 4 * _unrolled(smollm2_quantized.params)
+            want = (per_layer if name == "decode" else 0) + 1  # + the head on the last position
             assert kernel_calls(step) == (want if kernel_on() else 0), name
 
 
@@ -145,7 +146,12 @@ def test_weights_of_any_width(tiny_config, tmp_path, mode: str):
         assert_logits_close(model.logits(ids), want, config)
     with step_calls("decode") as compiled:
         model.generate(ids, max_new_tokens=3, sampler=GREEDY)
-        assert kernel_calls(compiled("decode")) == (config.num_layers if kernel_on() else 0)
+        assert kernel_calls(compiled("decode")) == (_unrolled(model.params) if kernel_on() else 0)
+
+
+def _unrolled(params) -> int:
+    """How many copies of the layer a compiled step holds: each layer, or one scan body."""
+    return 1 if params.layout == "stacked" else params.config.num_layers
 
 
 def test_research_api_in_quantized_mode(smollm2_quantized, smollm2_model):
