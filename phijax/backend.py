@@ -108,6 +108,13 @@ class Backend:
         most of a load and XLA:CPU uses a read buffer in place."""
         return self.platform == "cpu" and self.packed and not self.mesh
 
+    @property
+    def reads_stacks_in_place(self) -> bool:
+        """Whether a layer's step gets the stacked matrices whole with the layer's index, for
+        the CPU kernel to read in place (XLA:CPU copies a slice of a stack: every layer's
+        weights once per step)."""
+        return self.kernel is not None and self.layout == "stacked"
+
     def activations_for(self, w: jax.Array | QuantArray) -> str:
         """How ``linear`` treats its input for ``w``: int8 activations apply to packed weights."""
         return self.activations if isinstance(w, QuantArray) else "f32"

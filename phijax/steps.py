@@ -241,8 +241,9 @@ unembed.__doc__ = _unembed.__doc__
 # a loaded 2-core machine). Called one layer at a time, every layer with the same edits and
 # captures (most of them: none) runs one compiled program, so a first call compiles about
 # one layer, not all of them, and runs as fast: prefill-size work per layer dwarfs a
-# dispatch (docs/benchmarks.md, "Compile time"). Only for one array per layer (the
-# ``layers`` layout); ``stacked`` weights already run under one ``lax.scan``.
+# dispatch (docs/benchmarks.md, "Compile time"). For one array per layer (the ``layers``
+# layout) and for stacks the CPU kernel reads in place (the stacks go whole, with a traced
+# index); other ``stacked`` weights run the whole pass, their scan unrolled by the hooks.
 
 _LAYER = "layer"  # the generic name the hooks of layer i take inside the shared layer step
 
@@ -276,6 +277,12 @@ def _head_step(params, x, positions, edit_arrays, *, edit_fns, names, head):
     return final(params, x, positions, hooks, head), hooks.captured
 
 
+def _index(params: Phi3, i: int) -> int | jax.Array:
+    """Layer ``i`` as :meth:`~phijax.model.phi3.Phi3.step_weights` should take it for the
+    shared layer step: traced where the stacks go whole (one program for every layer)."""
+    return jnp.int32(i) if params.backend.reads_stacks_in_place else i
+
+
 def activations(
     params: Phi3,
     tokens: jax.Array | None = None,
@@ -288,9 +295,11 @@ def activations(
     head: bool = True,
 ) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """:func:`~phijax.model.forward.forward_with_activations`, compiled: for right-padded
-    ``tokens [batch, seq]`` with ``lengths [batch]`` and one array per layer, one jitted
-    step per layer (the same values); otherwise :data:`whole_pass`, one program."""
-    if params.layout != "layers" or embeds is not None or lengths is None or tokens.ndim != 2:
+    ``tokens [batch, seq]`` with ``lengths [batch]``, one array per layer or stacks the
+    kernel reads in place, one jitted step per layer (the same values); otherwise
+    :data:`whole_pass`, one program."""
+    per_layer = params.layout == "layers" or params.backend.reads_stacks_in_place
+    if not per_layer or embeds is not None or lengths is None or tokens.ndim != 2:
         return whole_pass(
             params, tokens, embeds, edit_arrays, lengths,
             edit_fns=edit_fns, names=names, head=head,
@@ -311,8 +320,9 @@ def activations(
         own = {x: None for x in wanted if x.startswith(f"layers.{i}.")}
         f, a, n = spec(_local(fns, i), _local(arrays, i), _local(own, i))
         x, got = _layer_step(
-            params.layer(i), x, shared, a, config=c, backend=params.backend, edit_fns=f, names=n
-        )
+            params.step_weights(_index(params, i)), x, shared, a,
+            config=c, backend=params.backend, edit_fns=f, names=n,
+        )  # fmt: skip
         captured.update({f"layers.{i}.{k[len(_LAYER) + 1 :]}": v for k, v in got.items()})
     if not (head or "final" in wanted):
         return None, captured

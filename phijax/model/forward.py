@@ -38,7 +38,6 @@ from phijax.model.phi3 import Phi3
 from phijax.model.rope import inverse_frequencies, rope_angles, rope_scale
 from phijax.quant import QuantArray
 from phijax.sharding import CACHE_AXES, constrain
-from phijax.weight_schema import LAYER_MATRICES
 
 
 def embed(params: Phi3, tokens: jax.Array) -> jax.Array:
@@ -118,10 +117,10 @@ def decoder(
 
     depth = c.num_layers if depth is None else depth
     if params.layout == "stacked" and not hooks.per_layer and depth == c.num_layers:
-        scanned = params.stacked()
-        # On the kernel the matrices stay whole stacks, of which it reads layer i in place: a
-        # scan's slice of a stack is a copy, every layer's weights once per step.
-        whole = {n: scanned.pop(n) for n in LAYER_MATRICES} if params.backend.kernel else {}
+        # Where the kernel reads stacks in place, the matrices stay whole (Phi3.step_weights):
+        # a scan's slice of a stack is a copy, every layer's weights once per step.
+        whole = params.matrices() if params.backend.reads_stacks_in_place else {}
+        scanned = {n: w for n, w in params.stacked().items() if n not in whole}
 
         def step(carry, xs):
             p, i = xs
@@ -132,7 +131,7 @@ def decoder(
         (x, k, v), _ = jax.lax.scan(step, (x, k, v), (scanned, jnp.arange(c.num_layers)))
     else:
         for i in range(depth):
-            x, k, v = layer(x, k, v, params.layer(i), i, f"layers.{i}", hooks)
+            x, k, v = layer(x, k, v, params.step_weights(i), i, f"layers.{i}", hooks)
     cache = None if cache is None else KVCache(k, v, kv_len)
     if not (head or hooks.wants("final")):
         return None, cache

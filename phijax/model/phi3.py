@@ -19,9 +19,10 @@ from jax.sharding import Mesh, PartitionSpec
 from phijax.backend import Backend
 from phijax.cache import KVCache
 from phijax.config import Phi3Config
+from phijax.model.layers import STACK_INDEX
 from phijax.quant import QuantArray
 from phijax.sharding import CACHE_AXES, axis_units, check_mesh, spec, weight_axes
-from phijax.weight_schema import GLOBAL_WEIGHTS, LAYER_WEIGHTS, WEIGHTS, WeightSpec
+from phijax.weight_schema import GLOBAL_WEIGHTS, LAYER_MATRICES, LAYER_WEIGHTS, WEIGHTS, WeightSpec
 
 LAYER_PARAMS = tuple(w.name for w in LAYER_WEIGHTS)
 
@@ -119,6 +120,20 @@ class Phi3(nnx.Module):
     def stacked(self) -> dict[str, jax.Array]:
         """All layers' weights ``[layers, ...]`` (the ``stacked`` layout), for a scan."""
         return {name: getattr(self, name)[...] for name in LAYER_PARAMS}
+
+    def step_weights(self, i: int | jax.Array) -> dict[str, jax.Array]:
+        """What one layer's step takes: :meth:`layer` ``(i)``, except where the CPU kernel
+        reads stacks in place (:attr:`Backend.reads_stacks_in_place`): there the matrices
+        stay whole ``[layers, out, in]`` and ``i`` goes along under
+        :data:`~phijax.model.layers.STACK_INDEX` (``i`` may be traced)."""
+        if not self.backend.reads_stacks_in_place:
+            return self.layer(i)
+        norms = {n: getattr(self, n)[...][i] for n in LAYER_PARAMS if n not in LAYER_MATRICES}
+        return {**norms, **self.matrices(), STACK_INDEX: i}
+
+    def matrices(self) -> dict[str, jax.Array | QuantArray]:
+        """The per-layer matrices as stored: ``[layers, out, in]`` stacks when stacked."""
+        return {n: getattr(self, n)[...] for n in LAYER_MATRICES}
 
     def head(self) -> jax.Array | QuantArray:
         """The output projection ``[vocab, hidden]`` (the embedding when tied)."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import phijax
-from phijax import Sampler, steps
+from phijax import Sampler, kernels, steps
 from phijax.errors import ConfigError
 
 from numerics import assert_logits_close, f32_atol
@@ -378,3 +378,29 @@ def test_the_documented_parameter_trees_are_smollm2s(smollm2_model, smollm2_gguf
     for params in (smollm2_model.params, stacked.params, packed.params):
         table = "\n".join(_tree_rows(params))
         assert table in docs, table
+
+
+@pytest.mark.skipif(kernels.chosen() is None, reason="the kernel reads stacks in place")
+def test_stacked_layers_share_one_step_read_in_place(smollm2_gguf, monkeypatch):
+    """Packed SmolLM2 stacked on the kernel: research calls run the shared per-layer step (the
+    stacks passed whole with a traced index: one program for every layer, not the whole pass
+    unrolled), and give the ``layers`` layout's values: the same kernel sums; the norms, rope
+    and attention may fuse differently, so f32 rounding over the depth bounds them
+    (numerics.f32_atol's model)."""
+    stacked = phijax.load(smollm2_gguf, progress=False, quantized=True, layout="stacked")
+    layers = phijax.load(smollm2_gguf, progress=False, quantized=True, layout="layers")
+    assert stacked.params.backend.reads_stacks_in_place
+    calls = []
+    layer_step = steps._layer_step
+    monkeypatch.setattr(
+        steps, "_layer_step", lambda *a, **k: calls.append(a) or layer_step(*a, **k)
+    )
+    monkeypatch.setattr(steps, "whole_pass", None)  # not reached
+    prompt = list(range(5, 45))
+    names = ["layers.3.resid_post", "layers.17.mlp_out", "layers.29.resid_post"]
+    got = stacked.activations(prompt, names)
+    assert len(calls) == stacked.config.num_layers
+    want = layers.activations(prompt, names)
+    for name in names:
+        atol = f32_atol(stacked.config, float(np.ptp(want[name])))
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=atol, err_msg=name)
