@@ -304,13 +304,13 @@ def matmul(
 ) -> jax.Array:
     """``x [rows, in] @ w.T`` → ``[rows, out]`` f32 by the kernel, for a packed or bf16
     ``w [out, in]`` that it :func:`fits` (with ``layer``: layer ``layer`` of a stacked
-    ``w [layers, out, in]``, read in place: no slice of the stack is copied). ``build``: one of :func:`builds` (default: the one
-    :func:`status` names). ``max_rows``: when ``vmap`` folds a batch into more rows than this,
-    the batched product is the pure one (``linear`` passes :func:`row_limit`; ``None``: no
-    limit). ``activations``: ``"f32"``, or ``"int8"`` (a packed ``w`` only): ``x`` rounded
-    per block as llama.cpp rounds it (:mod:`phijax.int8`), multiplied in integers.
-    Differentiable (the derivatives are :func:`reference`'s) and batchable like any JAX
-    function."""
+    ``w [layers, out, in]``, read in place: no slice of the stack is copied). ``build``: one
+    of :func:`builds` (default: the one :func:`status` names). ``max_rows``: when ``vmap``
+    folds a batch into more rows than this, the batched product is the pure one (``linear``
+    passes :func:`row_limit`; ``None``: no limit). ``activations``: ``"f32"``, or ``"int8"``
+    (a packed ``w`` only): ``x`` rounded per block as llama.cpp rounds it
+    (:mod:`phijax.int8`), multiplied in integers. Differentiable (the derivatives are
+    :func:`reference`'s) and batchable like any JAX function."""
     if activations not in ACTIVATIONS:
         raise ConfigError(f"activations = {activations!r}; use one of {ACTIVATIONS}.")
     if (layer is None) != (_layers(w) is None):

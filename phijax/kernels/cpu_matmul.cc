@@ -14,6 +14,10 @@
 // Each output is computed the same way whatever the number of rows, so results do not
 // depend on the batch.
 //
+// Stacks: every weight operand may carry a leading axis of layers; the call then reads the
+// layer its int32 operand names, in place (XLA:CPU copies a slice of a stack, so a scan over
+// layers would copy every layer's weights once per step).
+//
 // Work: output columns are split into chunks claimed from an atomic counter by the caller
 // and by tasks on XLA's intra-op thread pool; the caller finishes any chunk left unclaimed,
 // so a busy or absent pool only costs parallelism, never progress.
