@@ -7,7 +7,8 @@ Each mode runs in a fresh process, so its memory is its own: load time, the load
 peak RSS over the process's RSS after JAX started (``VmHWM - VmRSS``), the weights'
 bytes, the first token of a ``--prompt``-token prompt (cold: tracing and compiling or the
 persistent cache; warm: median), decode tok/s at each ``--batch`` for ``--new`` tokens
-(median of ``--reps`` after one untimed run), and with ``--text`` the teacher-forced
+(median of ``--reps`` after one untimed run), the peak so far after batch 1 (llama.cpp's
+own workload: load, prompt, batch 1; later batches grow the cache), and with ``--text`` the teacher-forced
 top-1 token at every position of a real text, compared with f32's. Every ratio against
 f32 is printed in the same run. ``bench_model.py --modes`` runs the same measurement.
 
@@ -65,6 +66,8 @@ for b in spec["batches"]:
     m.generate(prompts, **kw)
     out[f"decode_b{b}"] = float(np.median([m.generate(prompts, **kw).timings["decode_tok_s"]
                                           for _ in range(spec["reps"])]))
+    if b == 1:  # llama.cpp's own workload so far: a load, a prompt, batch 1
+        out["peak_b1"] = status("VmHWM") - base
 if spec["text"]:
     ids = m.tokenizer.encode(spec["text"])[: min(512, m.config.context_length)]
     out["top1"] = np.asarray(m.logits(ids)).argmax(-1).tolist()
@@ -114,6 +117,8 @@ def mode_rows(results: dict[str, dict], batches, prompt: int, new: int) -> list[
         ("first_cold", f"first token, {prompt}-token prompt, cold (s)", 1.0, False),
         ("first_warm", f"first token, {prompt}-token prompt, warm (s)", 1.0, False),
     ]
+    if 1 in batches:
+        metrics.insert(3, ("peak_b1", "peak RSS, load + prompt + batch 1 (MB)", 1e-6, False))
     metrics += [
         (f"decode_b{b}", f"decode batch {b}, {new} tokens (tok/s)", 1.0, True) for b in batches
     ]
