@@ -169,8 +169,8 @@ def choose(
     pays once. Except where the kernel multiplies the matrices (packed or bf16, f32
     activations) of a model of fewer than :data:`STACKED_BELOW_PARAMETERS` ``parameters``: the
     kernel reads a stack's layer in place, and the unrolled programs would outweigh the
-    weights (int8 activations stay unrolled: a stacked load keeps no interleaved scales). The kernel only on
-    CPU and outside a mesh. ``has_quantized=False`` (a file whose matrices are all floats)
+    weights (int8 activations stay unrolled: a stacked load keeps no interleaved scales).
+    The kernel only on CPU and outside a mesh. ``has_quantized=False`` (a file whose matrices are all floats)
     leaves nothing to pack: the weights are dense.
     """
     name = platform_name or platform()

@@ -277,12 +277,6 @@ def _head_step(params, x, positions, edit_arrays, *, edit_fns, names, head):
     return final(params, x, positions, hooks, head), hooks.captured
 
 
-def _index(params: Phi3, i: int) -> int | jax.Array:
-    """Layer ``i`` as :meth:`~phijax.model.phi3.Phi3.step_weights` should take it for the
-    shared layer step: traced where the stacks go whole (one program for every layer)."""
-    return jnp.int32(i) if params.backend.reads_stacks_in_place else i
-
-
 def activations(
     params: Phi3,
     tokens: jax.Array | None = None,
@@ -319,10 +313,8 @@ def activations(
     for i in range(hk.depth(names, c.num_layers, head)):
         own = {x: None for x in wanted if x.startswith(f"layers.{i}.")}
         f, a, n = spec(_local(fns, i), _local(arrays, i), _local(own, i))
-        x, got = _layer_step(
-            params.step_weights(_index(params, i)), x, shared, a,
-            config=c, backend=params.backend, edit_fns=f, names=n,
-        )  # fmt: skip
+        p = params.step_weights(i)
+        x, got = _layer_step(p, x, shared, a, config=c, backend=params.backend, edit_fns=f, names=n)
         captured.update({f"layers.{i}.{k[len(_LAYER) + 1 :]}": v for k, v in got.items()})
     if not (head or "final" in wanted):
         return None, captured

@@ -171,9 +171,8 @@ def mlp_block(p: dict[str, jax.Array], x: jax.Array, ctx: Context) -> jax.Array:
     layer = p.get(STACK_INDEX)
     gu = linear(h, p["gate_up"], ctx.backend, layer)
     gate, up = gu[..., : c.intermediate_size], gu[..., c.intermediate_size :]
-    return linear((jax.nn.silu(gate) * up).astype(x.dtype), p["down"], ctx.backend, layer).astype(
-        x.dtype
-    )
+    down = linear((jax.nn.silu(gate) * up).astype(x.dtype), p["down"], ctx.backend, layer)
+    return down.astype(x.dtype)
 
 
 def decoder_layer(

@@ -121,15 +121,16 @@ class Phi3(nnx.Module):
         """All layers' weights ``[layers, ...]`` (the ``stacked`` layout), for a scan."""
         return {name: getattr(self, name)[...] for name in LAYER_PARAMS}
 
-    def step_weights(self, i: int | jax.Array) -> dict[str, jax.Array]:
+    def step_weights(self, i: int) -> dict[str, jax.Array]:
         """What one layer's step takes: :meth:`layer` ``(i)``, except where the CPU kernel
         reads stacks in place (:attr:`Backend.reads_stacks_in_place`): there the matrices
-        stay whole ``[layers, out, in]`` and ``i`` goes along under
-        :data:`~phijax.model.layers.STACK_INDEX` (``i`` may be traced)."""
+        stay whole ``[layers, out, in]`` and ``i`` goes along as an int32 array under
+        :data:`~phijax.model.layers.STACK_INDEX` (an argument, not a constant, of a step
+        compiled outside: one program serves every layer)."""
         if not self.backend.reads_stacks_in_place:
             return self.layer(i)
         norms = {n: getattr(self, n)[...][i] for n in LAYER_PARAMS if n not in LAYER_MATRICES}
-        return {**norms, **self.matrices(), STACK_INDEX: i}
+        return {**norms, **self.matrices(), STACK_INDEX: jnp.int32(i)}
 
     def matrices(self) -> dict[str, jax.Array | QuantArray]:
         """The per-layer matrices as stored: ``[layers, out, in]`` stacks when stacked."""
