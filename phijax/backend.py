@@ -166,10 +166,9 @@ def choose(
     kernel (inside a scan it copies or loops naively: batch-1 decode on Phi-3-mini shapes
     streams 6.7 GB/s instead of 31), while separate per-layer arrays reach the bound; the
     price is a layer loop unrolled at trace time, which the persistent compilation cache
-    pays once. Except where the kernel multiplies the matrices (packed or bf16, f32
-    activations) of a model of fewer than :data:`STACKED_BELOW_PARAMETERS` ``parameters``: the
-    kernel reads a stack's layer in place, and the unrolled programs would outweigh the
-    weights (int8 activations stay unrolled: a stacked load keeps no interleaved scales).
+    pays once. Except where the kernel multiplies the matrices (packed or bf16) of a model of
+    fewer than :data:`STACKED_BELOW_PARAMETERS` ``parameters``: the kernel reads a stack's
+    layer in place, and the unrolled programs would outweigh the weights.
     The kernel only on CPU and outside a mesh. ``has_quantized=False`` (a file whose matrices are all floats)
     leaves nothing to pack: the weights are dense.
     """
@@ -216,8 +215,7 @@ def choose(
     if layout is None and cpu:
         small = parameters is not None and parameters < STACKED_BELOW_PARAMETERS
         kernel_work = quantized or compute == jnp.bfloat16
-        # int8 activations stay unrolled: a stacked load keeps no interleaved two-level scales
-        if kernel is not None and kernel_work and small and activations == "f32":
+        if kernel is not None and kernel_work and small:
             layout = "stacked"
             why.append("stacked: a small model, whose layers the kernel reads in place")
         else:

@@ -45,7 +45,7 @@ def test_cpu_policy():
 @pytest.mark.parametrize("has_kernel", [True, False])
 def test_small_models_stack_where_the_kernel_multiplies(has_kernel, monkeypatch):
     """Under :data:`~phijax.backend.STACKED_BELOW_PARAMETERS` the CPU default is stacked when
-    the kernel multiplies the matrices (packed or bf16, f32 activations); otherwise, and from
+    the kernel multiplies the matrices (packed or bf16, f32 or int8 activations); otherwise, and from
     that size on, one array per layer. An explicit layout always wins."""
     monkeypatch.setattr(kernels, "chosen", lambda: "generic" if has_kernel else None)
     small, large = backend.STACKED_BELOW_PARAMETERS - 1, backend.STACKED_BELOW_PARAMETERS
@@ -57,7 +57,7 @@ def test_small_models_stack_where_the_kernel_multiplies(has_kernel, monkeypatch)
     assert layout(parameters=small) == stacked
     assert layout(parameters=small, dtype="bfloat16") == stacked
     assert layout(parameters=small, quantized=False) == "layers"  # f32: XLA's products
-    assert layout(parameters=small, activations="int8") == "layers"
+    assert layout(parameters=small, activations="int8") == stacked
     assert layout(parameters=large) == layout() == "layers"
     assert layout(parameters=small, layout="layers") == "layers"
     why = backend.choose(platform_name="cpu", parameters=small).why

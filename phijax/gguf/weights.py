@@ -173,17 +173,25 @@ def _packed_params(f: GGUFFile, layers: range) -> set[str]:
     return out
 
 
+def _stack_types(f: GGUFFile, c: Phi3Config, name: str) -> list[tuple[int, ...]]:
+    """Each layer's source tensor types for layer parameter ``name`` (in part order)."""
+    return [
+        tuple(f.tensor(s.tensor).ggml_type for s in _sources(f, i)[name])
+        for i in range(c.num_layers)
+    ]
+
+
 def _stack_formats(
     f: GGUFFile, c: Phi3Config, packed: set[str]
 ) -> dict[str, tuple[int, bool, relayout.Packing]]:
-    """For a ``stacked`` quantized load: each packed parameter's (sub-block, has mins, packing) over all
-    layers, so every layer's QuantArray has the same shape."""
+    """For a ``stacked`` quantized load: each packed parameter whose layers differ in their
+    tensors' types gets one (sub-block, has mins, packing) that all its layers are brought to,
+    so every layer's QuantArray has the same shape (layers of the same types already do)."""
     formats = {}
     for name in packed:
-        types = {
-            f.tensor(s.tensor).ggml_type for i in range(c.num_layers) for s in _sources(f, i)[name]
-        }
-        formats[name] = relayout.common_layout(types)
+        per_layer = set(_stack_types(f, c, name))
+        if len(per_layer) > 1:
+            formats[name] = relayout.common_layout(t for types in per_layer for t in types)
     return formats
 
 
@@ -203,12 +211,12 @@ def load_weights(
     as soon as it is decoded (:mod:`phijax.sharding`), so no device holds the whole model.
     ``interleave``: packed matrices that can take it are stored in the CPU kernel's
     int8-activation order (:func:`phijax.quant.interleaved`), with a k-quant's scales in its
-    two levels (``QuantArray.units``) and Q6_K's codes as 6 bits, one tensor at a time; a
-    stacked layout keeps row order (the kernel reads one matrix).
+    two levels (``QuantArray.units``) and Q6_K's codes as 6 bits, one tensor at a time (a
+    stack's layers of differing types share one-level scales and 8-bit codes).
     """
     c = module.config
     stacked = module.layout == "stacked"
-    two_level = interleave and not stacked  # undone below for any matrix not interleaved
+    two_level = interleave  # undone below for any matrix not interleaved
     total = sum(t.nbytes for t in f.tensors.values())
     bar = byte_bar("loading weights", total, progress)
 
@@ -225,13 +233,12 @@ def load_weights(
     def put(value, name, stacked=False):  # onto the mesh with its logical axes' sharding
         return place(value, weight_axes(name, stacked), mesh, c)
 
-    def arranged(value, tensors):  # a whole matrix (not a layer of a stack) in the kernel's order
+    def arranged(value, qtypes):  # a whole matrix in the kernel's order (qtypes: its sources')
         if not (interleave and isinstance(value, QuantArray)) or value.interleave:
             return value
         if not can_interleave(value):
             return value.one_level()
-        bits = relayout.code_bits(f.tensors[t].ggml_type for t in tensors)
-        return interleaved(value, code_bits=bits)
+        return interleaved(value, code_bits=relayout.code_bits(qtypes))
 
     for spec in GLOBAL_WEIGHTS:
         target = getattr(module, spec.name)
@@ -239,9 +246,11 @@ def load_weights(
             continue
         (source,) = spec.sources(f.tensors)
         value = load(source.tensor, spec.shape(c), spec.dtype(module.dtype), not spec.f32)
-        target.set_value(put(arranged(value, [source.tensor]), spec.name))
+        target.set_value(put(arranged(value, [f.tensor(source.tensor).ggml_type]), spec.name))
     packed = _packed_params(f, range(c.num_layers)) if quantized and stacked else set()
     formats = _stack_formats(f, c, packed)
+    # a stack's code bits come from every layer's types: one shape for all its layers
+    stack_types = {name: [t for ts in _stack_types(f, c, name) for t in ts] for name in packed}
     for i in range(c.num_layers):
         if quantized and not stacked:
             packed = _packed_params(f, range(i, i + 1))
@@ -264,19 +273,19 @@ def load_weights(
                     f"{list(shape)}."
                 )
             if stacked:
+                value = arranged(cast(value, dtype), stack_types.get(param_name, ()))
                 stack = target.get_value()
                 if isinstance(stack, jax.ShapeDtypeStruct) or i == 0:  # first layer: allocate
                     like = jax.tree.map(
-                        lambda x: jax.ShapeDtypeStruct((c.num_layers, *x.shape), x.dtype),
-                        cast(value, dtype),
+                        lambda x: jax.ShapeDtypeStruct((c.num_layers, *x.shape), x.dtype), value
                     )
                     stack = zeros(like, weight_axes(param_name, True), mesh, c)
-                layer = put(cast(value, dtype), param_name)
+                layer = put(value, param_name)
                 stack = _set_layer(stack, jnp.int32(i), layer)
                 target.set_value(put(stack, param_name, True))  # no-op unless XLA chose another
             else:
-                tensors = [source.tensor for source in parts]
-                target.set_value(put(arranged(cast(value, dtype), tensors), param_name))
+                qtypes = [f.tensor(source.tensor).ggml_type for source in parts]
+                target.set_value(put(arranged(cast(value, dtype), qtypes), param_name))
     bar.close()
     factors = BY_NAME["rope_factors"]
     return {

@@ -13,6 +13,7 @@ products), so no tolerance here depends on the CPU. Rows of x run across the til
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import gguf
 import jax
@@ -182,9 +183,18 @@ def test_vmap_over_activations_and_over_weights(default_kernel):
         np.testing.assert_array_equal(per_weight[i], kernels.matmul(x[0], stack[i]))
 
 
+def int8_order(qtype: QT, seed: int) -> QuantArray:
+    """A ``[16, 512]`` k-quant as the int8 mode loads it: interleaved, with the file's
+    two-level scales (Q6_K's codes as 6 bits)."""
+    raw = random_blocks(qtype, 16 * 512 // 256, seed=seed + int(qtype))
+    return relayout.relayout(raw, qtype, (16, 512), two_level=True, interleave=True)
+
+
 STACK_KINDS = {
     "Q4_K": lambda seed: file_weight(QT.Q4_K, 16, seed=seed)[0],
     "Q8_0": lambda seed: file_weight(QT.Q8_0, 16, seed=seed, cols=256)[0],
+    "Q4_K interleaved": functools.partial(int8_order, QT.Q4_K),
+    "Q6_K interleaved": functools.partial(int8_order, QT.Q6_K),
     "bf16": lambda seed: jnp.asarray(
         np.random.default_rng(seed).standard_normal((16, 64)), jnp.bfloat16
     ),
@@ -193,7 +203,10 @@ STACK_KINDS = {
 
 @pytest.mark.parametrize(
     ("kind", "activations"),
-    [("Q4_K", "f32"), ("Q8_0", "f32"), ("bf16", "f32"), ("Q4_K", "int8"), ("Q8_0", "int8")],
+    [
+        *[(kind, "f32") for kind in ("Q4_K", "Q8_0", "bf16")],
+        *[(kind, "int8") for kind in ("Q4_K", "Q8_0", "Q4_K interleaved", "Q6_K interleaved")],
+    ],
 )
 def test_a_stack_is_read_at_its_layer(build: str, kind: str, activations: str):
     """``layer=i`` of a stacked weight ``[layers, out, in]`` is layer i's product bit for bit:

@@ -38,9 +38,11 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from gguf import GGMLQuantizationType as QT
 
 import phijax
 from phijax import Sampler, kernels
+from phijax.gguf.synthetic import PHI3_MINI_TINY, write_phi3
 from phijax.quant import QuantArray, can_interleave
 
 from numerics import f32_atol
@@ -62,7 +64,13 @@ def reference() -> tuple[list[list[int]], np.ndarray]:
 
 @pytest.fixture(scope="module")
 def int8_model():
-    return phijax.load(GGUF, progress=False, quantized=True, activations="int8")
+    """Unrolled (a model this small defaults to ``stacked``: the test below compares them)."""
+    return phijax.load(GGUF, progress=False, quantized=True, activations="int8", layout="layers")
+
+
+@pytest.fixture(scope="module")
+def stacked_int8_model():
+    return phijax.load(GGUF, progress=False, activations="int8", layout="stacked")
 
 
 @pytest.fixture(scope="module")
@@ -123,29 +131,67 @@ def test_pure_path_matches_the_kernel_up_to_rounding_flips(
     monkeypatch.setenv(kernels.ENV, "off")
     pure = phijax.load(GGUF, progress=False, quantized=True, activations="int8")
     assert "int8 activations" in pure.backend.describe() and pure.backend.kernel is None
-    assert_rounding_flips_apart(np.concatenate(pure.logits(prompts)), logits, int8_model, want)
+    got = np.concatenate(pure.logits(prompts))
+    assert_rounding_flips_apart(got, logits, _atol(int8_model, want))
 
 
-def test_stacked_layout_keeps_row_order(reference, logits, int8_model):
-    """A stacked int8 load (the kernel reads one matrix, so layers stay in row order; the
-    global matrices are interleaved as in the layers layout) computes the same rounded
-    products: its logits are the layers layout's up to rounding flips."""
+def test_stacked_layout_interleaves_its_stacks(reference, logits, int8_model, stacked_int8_model):
+    """A stacked int8 load: the kernel reads each layer of a stack in place, so stacks take
+    the int8 path's order too. ``ffn_down`` is Q4_K in layer 0 and Q6_K in layer 1: its layers
+    share one-level scales per 16 and 8-bit codes, interleaved; the stacks 256 wide with
+    sub-blocks of 32 cannot interleave and keep row order. Logits: the layers layout's up to
+    rounding flips."""
+    if int8_model.backend.kernel is None:
+        pytest.skip(f"the CPU kernel is {kernels.status()}: nothing to interleave for")
     prompts, want = reference
-    stacked = phijax.load(
-        GGUF, progress=False, quantized=True, activations="int8", layout="stacked"
+    stacked = stacked_int8_model
+    down = stacked.params.down.get_value()
+    assert (down.interleave, down.units, down.planes) == (16, None, 0)
+    stacks = [q for q in packed_leaves(stacked) if q.ndim == 3]
+    assert all(bool(q.interleave) == (q.block == 16) for q in stacks)
+    got = np.concatenate(stacked.logits(prompts))
+    assert_rounding_flips_apart(got, logits, _atol(int8_model, want))
+
+
+def test_stacks_of_one_type_keep_two_level_scales(tmp_path):
+    """Where every layer of a stack has the same types, the stack is stored as its layers
+    would be unrolled (interleaved, the file's two-level scales, Q6_K's codes as 6 bits), so
+    the kernel computes the same products: logits within rounding flips of the layers layout
+    (measured: identical)."""
+    if kernels.chosen() is None:
+        pytest.skip(f"the CPU kernel is {kernels.status()}: nothing to interleave for")
+    config = PHI3_MINI_TINY.replace(
+        hidden_size=512, intermediate_size=512, num_heads=8, num_kv_heads=8, vocab_size=300
     )
-    packed = [
-        x for x in jax.tree.leaves(nnx.state(stacked.params), is_leaf=is_quant) if is_quant(x)
-    ]
-    assert not any(q.interleave or q.units is not None for q in packed if q.ndim == 3)
-    assert_rounding_flips_apart(np.concatenate(stacked.logits(prompts)), logits, int8_model, want)
+    path = tmp_path / "one_type.gguf"  # 512 wide: whole groups of 16 sub-blocks of 32
+    write_phi3(path, config, qtype=QT.Q4_K, qtypes={"ffn_down": QT.Q6_K, "token_embd": QT.Q8_0})
+    models = {
+        mode: phijax.load(path, progress=False, **kw)
+        for mode, kw in {
+            "f32": {"quantized": True},
+            "int8": {"activations": "int8", "layout": "layers"},
+            "stacked": {"activations": "int8", "layout": "stacked"},
+        }.items()
+    }
+    stacks = [q for q in packed_leaves(models["stacked"]) if q.ndim == 3]
+    assert len(stacks) == 4 and all(q.interleave and q.units is not None for q in stacks)
+    assert models["stacked"].params.down.get_value().planes == 2  # Q6_K: 6-bit codes
+    ids = list(range(3, 40))
+    got = {mode: np.asarray(m.logits(ids)) for mode, m in models.items()}
+    atol = f32_atol(config, float(np.ptp(got["int8"])))
+    assert_rounding_flips_apart(got.pop("stacked"), got, atol)
 
 
-def assert_rounding_flips_apart(got, logits, int8_model, want) -> None:
-    """At least a quarter of the positions within f32 rounding of the int8 mode's logits (the
-    model expects a third), everywhere within twice the rounding's own effect."""
+def packed_leaves(model) -> list[QuantArray]:
+    state = nnx.state(model.params)
+    return [x for x in jax.tree.leaves(state, is_leaf=is_quant) if is_quant(x)]
+
+
+def assert_rounding_flips_apart(got, logits: dict[str, np.ndarray], atol: float) -> None:
+    """At least a quarter of the positions within ``atol`` (f32 rounding) of the int8 mode's
+    logits (the model expects a third), everywhere within twice the rounding's own effect."""
     err = np.abs(got - logits["int8"]).max(-1)
-    assert np.mean(err <= _atol(int8_model, want)) >= 0.25, np.round(err, 5)
+    assert np.mean(err <= atol) >= 0.25, np.round(err, 5)
     rounding = np.abs(logits["int8"] - logits["f32"]).max()
     assert err.max() <= 2 * rounding, (err.max(), rounding)
 
@@ -157,8 +203,7 @@ def test_int8_mode_stores_k_quants_interleaved(int8_model):
     (nibbles and two high-bit planes)."""
     if int8_model.backend.kernel is None:
         pytest.skip(f"the CPU kernel is {kernels.status()}: nothing to interleave for")
-    state = nnx.state(int8_model.params)
-    packed = [x for x in jax.tree.leaves(state, is_leaf=is_quant) if is_quant(x)]
+    packed = packed_leaves(int8_model)
     assert any(q.interleave for q in packed)
     assert all(q.interleave or not can_interleave(q) for q in packed)
     two_level = [q for q in packed if q.units is not None]
@@ -172,10 +217,15 @@ def is_quant(x) -> bool:
     return isinstance(x, QuantArray)
 
 
-def test_int8_mode_generates_and_reads_activations(reference, logits, int8_model):
-    """Greedy decoding runs in this mode: its first token is the prompt's top-1 (llama.cpp's
-    margin there is 0.25, far beyond a rounding flip's 0.04); hooks read finite values."""
+@pytest.mark.parametrize("layout", ["layers", "stacked"])
+def test_int8_mode_generates_and_reads_activations(reference, logits, layout, request):
+    """Greedy decoding runs in this mode, in both layouts: its first token is the prompt's
+    top-1 (llama.cpp's margin there is 0.25, far beyond a rounding flip's 0.04); hooks read
+    finite values."""
     prompts, _ = reference
+    int8_model = request.getfixturevalue(
+        "int8_model" if layout == "layers" else "stacked_int8_model"
+    )
     g = int8_model.generate(prompts[0], sampler=Sampler.greedy(), max_new_tokens=16)
     tokens = g.tokens[0]
     assert 0 < len(tokens) <= 16 and all(0 <= t < int8_model.config.vocab_size for t in tokens)
