@@ -88,3 +88,16 @@ def test_no_seed_wording():
         "name it (Candle's sampler / the Candle haiku program, docs/sampling.md; Microsoft's "
         "Phi-3-mini-4k-instruct-q4.gguf, docs/formats.md):\n" + "\n".join(found)
     )
+
+
+MAX_MODULE_LINES = 450
+"""Small modules with one job each (docs/architecture.md): a module past this is split."""
+
+
+def test_modules_stay_small():
+    long = {
+        path.relative_to(ROOT).as_posix(): n
+        for path in (ROOT / "phijax").rglob("*.py")
+        if (n := len(_lines(path))) > MAX_MODULE_LINES
+    }
+    assert not long, f"over {MAX_MODULE_LINES} lines (split them): {long}"

@@ -1,16 +1,14 @@
 """A CPU kernel for packed and bf16 weights, registered with XLA through ``jax.ffi``.
 
-XLA:CPU does not fuse an int8 → float convert into a matrix product: it writes the
-decoded weight to memory first (about 1 G weights/s, ``docs/benchmarks.md``), so
-without help a :class:`~phijax.quant.QuantArray` buys memory, not speed, on
-CPU; and its bf16 matrix-vector product is 10x slower than f32's. :func:`matmul`
-decodes each block in registers and multiplies it in f32 (``cpu_matmul.cc``): the same
-weights as the f32 mode, bit for bit, read at a quarter (packed) or half (bf16) of their
-bytes. It is built at install time (``setup.py``) for AVX-512, AVX2 and any CPU
-(:data:`BUILDS`); each build this CPU runs registers its own FFI target and must pass a
-check against numpy before it is used. :func:`status` says which build
-:func:`~phijax.model.layers.linear` uses, or why none, in which case it keeps its
-pure-JAX path.
+XLA:CPU does not fuse an int8 → float convert into a matrix product: it writes the decoded
+weight to memory first (about 1 G weights/s, ``docs/benchmarks.md``), so without help a
+:class:`~phijax.quant.QuantArray` buys memory, not speed, on CPU; and its bf16 matrix-vector
+product is 10x slower than f32's. :func:`matmul` decodes each block in registers and
+multiplies it in f32 (``cpu_matmul.cc``): the f32 mode's weights bit for bit, read at a
+quarter (packed) or half (bf16) of their bytes. It is built at install time (``setup.py``)
+for AVX-512, AVX2 and any CPU (:data:`BUILDS`); each build this CPU runs registers its own
+FFI target and must pass a check against numpy before it is used. :func:`status` says which
+build :func:`~phijax.model.layers.linear` uses, or why none (it then keeps its pure path).
 
 ``PHIJAX_CPU_KERNEL``: unset, ``1``, ``on`` or ``true`` use the fastest build this CPU
 runs; ``0``, ``off`` or ``false`` turn the kernel off; ``avx512``, ``avx2`` or
@@ -47,11 +45,9 @@ TARGET = "phijax_cpu_matmul"
 ENV = "PHIJAX_CPU_KERNEL"
 MAX_ROWS = 256
 """Rows of ``x`` up to which :func:`applies` picks the kernel. Its time grows with the rows
-(each weight block is decoded once per tile of 8 rows, then multiplied on the vector units),
-while the pure path decodes the weight once and runs XLA's matrix-matrix product: on a
-Phi-3-mini ``[16384, 3072]`` Q4_K weight, 167 vs 211 ms at 256 rows, 268 vs 280 at 384,
-367 vs 336 at 512 (AMD EPYC Zen 4, 2 cores). 256 is also the prefill chunk, so a batch-1
-prompt prefills on the kernel."""
+(each weight block is decoded once per tile of rows), while the pure path decodes the weight
+once for XLA's matrix-matrix product: ``[16384, 3072]`` Q4_K, 167 vs 211 ms at 256 rows, 268
+vs 280 at 384, 367 vs 336 at 512 (AMD EPYC Zen 4, 2 cores). 256 is also the prefill chunk."""
 BF16_MAX_ROWS = 4
 """The same for a bf16 weight, whose pure path needs no decoding: XLA's bf16 matrix-matrix
 product overtakes the kernel's f32 arithmetic between 4 and 8 rows, while its
@@ -303,14 +299,13 @@ def matmul(
     layer: int | jax.Array | None = None,
 ) -> jax.Array:
     """``x [rows, in] @ w.T`` → ``[rows, out]`` f32 by the kernel, for a packed or bf16
-    ``w [out, in]`` that it :func:`fits` (with ``layer``: layer ``layer`` of a stacked
-    ``w [layers, out, in]``, read in place: no slice of the stack is copied). ``build``: one
-    of :func:`builds` (default: the one :func:`status` names). ``max_rows``: when ``vmap``
-    folds a batch into more rows than this, the batched product is the pure one (``linear``
-    passes :func:`row_limit`; ``None``: no limit). ``activations``: ``"f32"``, or ``"int8"``
-    (a packed ``w`` only): ``x`` rounded per block as llama.cpp rounds it
-    (:mod:`phijax.int8`), multiplied in integers. Differentiable (the derivatives are
-    :func:`reference`'s) and batchable like any JAX function."""
+    ``w [out, in]`` that it :func:`fits` (with ``layer``: layer ``layer`` of a stacked ``w
+    [layers, out, in]``, read in place). ``build``: one of :func:`builds` (default: the one
+    :func:`status` names). ``max_rows``: when ``vmap`` folds a batch into more rows than this,
+    the batched product is the pure one (``None``: no limit). ``activations``: ``"f32"``, or
+    ``"int8"`` (packed ``w``): ``x`` rounded per block as llama.cpp rounds it
+    (:mod:`phijax.int8`), multiplied in integers. Differentiable (:func:`reference`'s
+    derivatives) and batchable like any JAX function."""
     if activations not in ACTIVATIONS:
         raise ConfigError(f"activations = {activations!r}; use one of {ACTIVATIONS}.")
     if (layer is None) != (_layers(w) is None):
@@ -364,11 +359,6 @@ def _layers(w: jax.Array | QuantArray) -> int | None:
     return codes.shape[0] if codes.ndim == 3 else None
 
 
-def _act(activations: str, block: int) -> int:
-    """The kernel's ``act`` attribute (int8_dot.h's Act): 0 f32, 1 int8 per 256, 2 per 32."""
-    return 0 if activations == "f32" else 1 if block == 256 else 2
-
-
 def _call(
     build: str, max_rows: int | None, activations: str, x: jax.Array, w, layer=None
 ) -> jax.Array:
@@ -379,7 +369,8 @@ def _call(
     mins = empty if w.mins is None else w.mins
     high = no_bits if w.high is None else w.high
     units = empty if w.units is None else w.units
-    act = _act(activations, w.activation_block)
+    # the kernel's act attribute (int8_dot.h's Act): 0 f32, 1 int8 per 256, 2 int8 per 32
+    act = 0 if activations == "f32" else 1 if w.activation_block == 256 else 2
     call = _ffi(build, w.nibbles, w.activation_block, act, max_rows, w.interleave, w.zero)
     return call(x, w.values, w.scales, mins, high, units, layer)
 
