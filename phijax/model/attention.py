@@ -43,12 +43,22 @@ def attention(
     chex.assert_shape(mask, (b, s, n_keys))
     groups = hq // hkv
     qg = q.reshape(b, s, hkv, groups, d)
-    scores = jnp.einsum("bktd,bskgd->bkgst", k, qg, preferred_element_type=jnp.float32)
-    scores = scores * (d**-0.5)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    f32 = jnp.float32
+    if s == 1:
+        # Decode: the unit query axis left out of both products. With it, XLA:CPU copies each
+        # layer's attended keys and values transposed in every step (Phi-3-mini, batch 1,
+        # 2048 keys: 149 against 75 ms of attention per token).
+        scores = jnp.einsum("bktd,bkgd->bkgt", k, qg[:, 0], preferred_element_type=f32)
+        scores = scores[:, :, :, None]
+    else:
+        scores = jnp.einsum("bktd,bskgd->bkgst", k, qg, preferred_element_type=f32)
+    scores = jnp.where(mask[:, None, None], scores * (d**-0.5), jnp.finfo(f32).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum(
-        "bkgst,bktd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
-    )
+    if s == 1:
+        out = jnp.einsum(
+            "bkgt,bktd->bkgd", probs[:, :, :, 0].astype(v.dtype), v, preferred_element_type=f32
+        )[:, None]
+    else:
+        out = jnp.einsum("bkgst,bktd->bskgd", probs.astype(v.dtype), v, preferred_element_type=f32)
     weights = probs.reshape(b, hq, s, n_keys) if return_weights else None
     return out.reshape(b, s, hq, d).astype(q.dtype), weights
