@@ -32,6 +32,7 @@ def _kernel(isa: str, flags: list[str], include: str) -> Extension:
     return Extension(
         f"phijax.kernels.{name}",
         sources=["phijax/kernels/cpu_matmul.cc"],
+        depends=["phijax/kernels/int8_dot.h"],  # included: a change to it rebuilds the kernel
         include_dirs=[include],
         define_macros=macros,
         extra_compile_args=["/std:c++17", "/O2"]

@@ -15,10 +15,13 @@ weight once per call. This script times, per product (median over 16-step loops)
   compiled into each;
 - attention of one new token over ``keys`` cached positions, with the cache in
   ``[batch, keys, kv_heads, head_dim]`` (the old order) and in
-  ``[batch, kv_heads, keys, head_dim]`` (:class:`phijax.cache.KVCache`'s order).
+  ``[batch, kv_heads, keys, head_dim]`` (:class:`phijax.cache.KVCache`'s order), there
+  both with the query's unit axis in the products (the form before one-query attention)
+  and as :func:`phijax.model.attention.attention` computes it.
 
     python benchmarks/bench_products.py --markdown
     python benchmarks/bench_products.py --kernel-only --rows 1 4 8 16 32   # the kernel alone
+    python benchmarks/bench_products.py --kernel-only --activations int8   # its int8 path
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from phijax.gguf.relayout import relayout
 from phijax.gguf.synthetic import random_blocks
 from phijax.model.attention import attention
 from phijax.model.layers import linear
-from phijax.quant import QuantArray
+from phijax.quant import QuantArray, interleaved
 
 STEPS = 16
 
@@ -91,9 +94,13 @@ def _decoded(x, w):
     return kernels.reference(x.reshape(b * s, n), w).reshape(b, s, -1).mean(-1, keepdims=True)
 
 
-def _q4_k(shape, seed: int) -> QuantArray:
+def _q4_k(shape, seed: int, activations: str = "f32") -> QuantArray:
+    """A random Q4_K weight as each activation type's mode holds it (int8: interleaved, with
+    the file's two-level scales)."""
     raw = random_blocks(np.random.default_rng(seed), QT.Q4_K, shape[0] * shape[1] // 256)
-    return relayout(raw, QT.Q4_K, shape)
+    if activations == "f32":
+        return relayout(raw, QT.Q4_K, shape)
+    return interleaved(relayout(raw, QT.Q4_K, shape, two_level=True))
 
 
 FORMS = ("f32, x @ w.T", "bf16, XLA", "bf16, linear()", "Q4_K, XLA decode", "Q4_K, linear()")
@@ -122,19 +129,21 @@ def product_rows(shape, rows_list, reps: int) -> list[list[str]]:
     return rows
 
 
-def kernel_rows(shapes, rows_list, reps: int) -> list[list[str]]:
+def kernel_rows(shapes, rows_list, reps: int, activations: str = "f32") -> list[list[str]]:
     """The CPU kernel alone: ``kernels.matmul`` of ``[rows, in]`` by one Q4_K weight per
     shape, jitted, called 20 times per timing (no loop around it, one weight: it may stay in
     the CPU's caches, unlike the looped forms' four)."""
-    product = jax.jit(lambda x, w: kernels.matmul(x, w, build=kernels.chosen()))
+    product = jax.jit(
+        lambda x, w: kernels.matmul(x, w, build=kernels.chosen(), activations=activations)
+    )
 
     def twenty(x, w):
         return [product(x, w) for _ in range(20)]
 
     out = []
     for shape in shapes:
-        w = jax.tree.map(jnp.asarray, _q4_k(shape, 0))
-        row = [f"Q4_K {shape[0]} x {shape[1]}"]
+        w = jax.tree.map(jnp.asarray, _q4_k(shape, 0, activations))
+        row = [f"Q4_K {shape[0]} x {shape[1]}, {activations} activations"]
         for n in rows_list:
             x = jnp.ones((n, shape[1]), jnp.float32)
             row.append(f"{_median_ms(twenty, x, w, reps=reps) / 20:.2f} ms")
@@ -152,13 +161,24 @@ def _attend_keys_first(q, kv):
     return _attend_heads_first(q, kv.transpose(0, 2, 1, 3))
 
 
+def _attend_query_axis_kept(q, kv):
+    """Heads-first attention with the query's unit axis in both products (no mask, as
+    every key is attended here): XLA:CPU copies K and V transposed at batch 1."""
+    f32 = jnp.float32
+    scores = jnp.einsum("bktd,bskd->bkst", kv, q, preferred_element_type=f32)
+    probs = jax.nn.softmax(scores * q.shape[-1] ** -0.5, axis=-1)
+    return jnp.einsum("bkst,bktd->bskd", probs, kv, preferred_element_type=f32)
+
+
 def attention_rows(cases, heads: int, head_dim: int, reps: int) -> list[list[str]]:
     rows = []
     for batch, keys in cases:
         q = jnp.ones((batch, 1, heads, head_dim))
         row = [f"batch {batch}, {keys} keys, {heads} heads x {head_dim}"]
+        heads_first = (batch, heads, keys, head_dim)
         for op, order in ((_attend_keys_first, (batch, keys, heads, head_dim)),
-                          (_attend_heads_first, (batch, heads, keys, head_dim))):  # fmt: skip
+                          (_attend_query_axis_kept, heads_first),
+                          (_attend_heads_first, heads_first)):  # fmt: skip
             caches = [jnp.full(order, 0.01) for _ in range(4)]
             ms = _median_ms(_looped(op), q, caches, reps=reps) / (STEPS * len(caches))
             row.append(f"{ms:.2f} ms")
@@ -177,10 +197,17 @@ def main() -> None:
         action="store_true",
         help="only the CPU kernel's own Q4_K product at each --rows, [8192, 3072] and [16384, 3072]",
     )
+    parser.add_argument(
+        "--activations",
+        choices=["f32", "int8"],
+        default="f32",
+        help="with --kernel-only: the kernel's activation type (int8: the int8 mode's weights)",
+    )
     args = parser.parse_args()
     if args.kernel_only:
         print(f"# {cpu_name()}; jax {jax.__version__}; CPU kernel: {kernels.status()}")
-        table = kernel_rows([(8192, 3072), (16384, 3072)], args.rows, max(args.reps, 7))
+        shapes = [(8192, 3072), (16384, 3072)]
+        table = kernel_rows(shapes, args.rows, max(args.reps, 7), args.activations)
         print_table(["weight", *(f"{n} rows" for n in args.rows)], table, args.markdown)
         return
     print(f"# {cpu_name()}; jax {jax.__version__}; per product, {STEPS}-step loops")
@@ -188,8 +215,13 @@ def main() -> None:
     header = ["product", *FORMS]
     print_table(header, product_rows(tuple(args.shape), args.rows, args.reps), args.markdown)
     print()
-    cases = [(8, 128), (32, 128), (8, 1024)]
-    header = ["f32 attention, one new token", "cache [b, keys, heads, d]", "[b, heads, keys, d]"]
+    cases = [(1, 128), (1, 2048), (8, 128), (32, 128), (8, 1024)]
+    header = [
+        "f32 attention, one new token",
+        "cache [b, keys, heads, d]",
+        "[b, heads, keys, d], query axis kept",
+        "[b, heads, keys, d], attention()",
+    ]
     print_table(header, attention_rows(cases, 32, 96, args.reps), args.markdown)
 
 

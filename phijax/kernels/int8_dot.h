@@ -136,8 +136,6 @@ inline void unsigned_codes(const uint8_t* row, const uint8_t* high, int64_t k, u
 constexpr int kInt8Rows = 4;  // rows of x per tile: each weight group is unpacked once for them
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-constexpr bool kVnni = true;
-
 template <Codes kCodes>
 inline __m512i unsigned_codes_512(const uint8_t* row, const uint8_t* high, int64_t k) {
   if constexpr (kCodes == Codes::kInt8) {
@@ -156,8 +154,68 @@ inline __m512i unsigned_codes_512(const uint8_t* row, const uint8_t* high, int64
     return _mm512_mask_add_epi8(codes, _cvtu64_mask64(fifth), codes, _mm512_set1_epi8(16));
   }
 }
-#else
-constexpr bool kVnni = false;
+#elif defined(__AVX2__)
+// AVX2 without VNNI: llama.cpp's maddubs path. Per int32 lane, the sum of 4 products of unsigned
+// codes u and int8 activations q (-127..127): maddubs adds pairs into int16, exact while
+// u < 128 (|2 · 127 · 128| < 2^15); int8 codes (u up to 255) go in two parts, the top bit apart.
+template <Codes kCodes>
+inline __m256i dot4_256(__m256i u, __m256i q) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (kCodes != Codes::kInt8) return _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones);
+  const __m256i top = _mm256_and_si256(u, _mm256_set1_epi8(static_cast<char>(0x80)));
+  const __m256i rest = _mm256_xor_si256(u, top);
+  return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(top, q), ones),
+                          _mm256_madd_epi16(_mm256_maddubs_epi16(rest, q), ones));
+}
+
+// 0xFF in byte i where bit i of m is set (llama.cpp's bytes_from_bits_32).
+inline __m256i bytes_from_bits(uint32_t m) {
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(m)),
+      _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
+// v plus (16 << plane) in the bytes whose bit is set in m.
+inline __m256i add_plane(__m256i v, uint32_t m, int plane) {
+  return _mm256_add_epi8(v, _mm256_and_si256(bytes_from_bits(m), _mm256_set1_epi8(static_cast<char>(16 << plane))));
+}
+
+// unsigned_codes in two vectors (codes k ... k + 31, k + 32 ... k + 63).
+template <Codes kCodes>
+inline void unsigned_codes_256(const uint8_t* row, const uint8_t* high, int64_t k, __m256i* u) {
+  if constexpr (kCodes == Codes::kInt8) {
+    for (int h = 0; h < 2; ++h) {
+      u[h] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k + 32 * h)),
+                              _mm256_set1_epi8(static_cast<char>(0x80)));
+    }
+  } else {
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2));
+    const __m256i lo = _mm256_and_si256(b, _mm256_set1_epi8(15));
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(15));
+    if constexpr (kStep<kCodes> == 64) {  // bytes 0-31: low nibbles codes 0-31, high 32-63
+      u[0] = lo;
+      u[1] = hi;
+    } else {  // per 16 bytes: low nibbles, then high
+      u[0] = _mm256_permute2x128_si256(lo, hi, 0x20);
+      u[1] = _mm256_permute2x128_si256(lo, hi, 0x31);
+    }
+    if constexpr (has_fifth(kCodes)) {
+      uint32_t fifth[2];  // bit i: code k + 32h + i
+      std::memcpy(fifth, high + k / 8, sizeof fifth);
+      for (int h = 0; h < 2; ++h) u[h] = add_plane(u[h], fifth[h], 0);
+    }
+  }
+}
+
+// The sum of 16 lanes (8 in each of lo and hi) in the portable loops' order: halves, quarters, ...
+inline float reduce_16(__m256 lo, __m256 hi) {
+  const __m256 v = _mm256_add_ps(lo, hi);
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
 #endif
 
 // y[r * ldy] = sum[r] - the mins (and the +128 of int8 codes): sum_j (min_j + 128 scale_j) *
@@ -217,6 +275,28 @@ void int8_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, float* 
     }
   }
   for (int r = 0; r < kRows; ++r) sum[r] = _mm512_reduce_add_ps(acc[r]);
+#elif defined(__AVX2__)
+  __m256 acc[kRows][2];
+  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < cols; k += 64) {
+    if (m0 == 0) prefetch_ahead<kCodes, kSub>(row, scales, mins, high, k);
+    __m256i u[2];
+    unsigned_codes_256<kCodes>(row, high, k, u);
+    const float* sc = scales + k / kSub;  // lane l: scale (k + 4l) / kSub
+    const __m256 s[2] = {
+        kSub == 32 ? _mm256_set1_ps(sc[0]) : _mm256_set_m128(_mm_set1_ps(sc[1]), _mm_set1_ps(sc[0])),
+        kSub == 32 ? _mm256_set1_ps(sc[1]) : _mm256_set_m128(_mm_set1_ps(sc[3]), _mm_set1_ps(sc[2]))};
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t at = (m0 + r) * cols + k;
+      for (int h = 0; h < 2; ++h) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + at + 32 * h));
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(dot4_256<kCodes>(u[h], q)),
+                                       _mm256_loadu_ps(xq.lane.data() + at / 4 + 8 * h));
+        acc[r][h] = _mm256_fmadd_ps(f, s[h], acc[r][h]);
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) sum[r] = reduce_16(acc[r][0], acc[r][1]);
 #else
   float acc[kRows][16] = {};
   for (int64_t k = 0; k < cols; k += 64) {
@@ -340,27 +420,28 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
     row[c] = w.codes + (n + c) * w.row_bytes;
     high[c] = w.high ? w.high + (n + c) * (cols / 8 * kPlanes) : nullptr;
   }
+  [[maybe_unused]] const auto prefetch_group = [&](int64_t g) {  // kAhead bytes of codes ahead
+    for (int c = 0; c < kCols; ++c) {
+      for (int64_t b = 0; b < kGroupBytes; b += 64) prefetch(row[c] + g * kGroupBytes + b + kAhead);
+      const int64_t at = (n + c) * subs + (g + kGroupsAhead) * 16;
+      if (w.units) {
+        prefetch(w.scale_codes + at);
+        if (w.min_codes) prefetch(w.min_codes + at);
+        prefetch(w.units_of(n + c, (g + kGroupsAhead) * 16));
+      } else {
+        prefetch(w.scales + at);
+        if (w.mins) prefetch(w.mins + at);
+      }
+      if constexpr (kPlanes > 0) prefetch(high[c] + (g + kGroupsAhead) * kGroup / 8 * kPlanes);
+    }
+  };
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   __m512 acc[kRows][kCols];
   for (int r = 0; r < kRows; ++r) {
     for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_setzero_ps();
   }
   for (int64_t g = 0; g < groups; ++g) {
-    if (m0 == 0) {
-      for (int c = 0; c < kCols; ++c) {
-        for (int64_t b = 0; b < kGroupBytes; b += 64) prefetch(row[c] + g * kGroupBytes + b + kAhead);
-        const int64_t at = (n + c) * subs + (g + kGroupsAhead) * 16;
-        if (w.units) {
-          prefetch(w.scale_codes + at);
-          if (w.min_codes) prefetch(w.min_codes + at);
-          prefetch(w.units_of(n + c, (g + kGroupsAhead) * 16));
-        } else {
-          prefetch(w.scales + at);
-          if (w.mins) prefetch(w.mins + at);
-        }
-        if constexpr (kPlanes > 0) prefetch(high[c] + (g + kGroupsAhead) * kGroup / 8 * kPlanes);
-      }
-    }
+    if (m0 == 0) prefetch_group(g);
     const int8_t* xg = xq.q.data() + m0 * cols + g * kGroup;
     __m512i d[kRows][kCols];
     for (int r = 0; r < kRows; ++r) {
@@ -424,6 +505,75 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
   }
   for (int r = 0; r < kRows; ++r) {
     for (int c = 0; c < kCols; ++c) y[r * ldy + c] = _mm512_reduce_add_ps(acc[r][c]);
+  }
+#elif defined(__AVX2__)
+  // Lanes 0-7, then 8-15 of each group: 8 integer sums per row of x and weight row at a time.
+  const auto load = [](const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); };
+  __m256 acc[kRows][kCols][2];
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols; ++c) acc[r][c][0] = acc[r][c][1] = _mm256_setzero_ps();
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    if (m0 == 0) prefetch_group(g);
+    const int8_t* xg = xq.q.data() + m0 * cols + g * kGroup;
+    float s[kCols][16], off[kCols][16];
+    for (int c = 0; c < kCols; ++c) group_scales<kCodes>(w, n + c, g, s[c], off[c]);
+    for (int h = 0; h < 2; ++h) {
+      __m256i d[kRows][kCols];
+      for (int r = 0; r < kRows; ++r) {
+        for (int c = 0; c < kCols; ++c) d[r][c] = _mm256_setzero_si256();
+      }
+      if constexpr (kCodes == Codes::kInt8) {
+        for (int t = 0; t < kSteps; ++t) {
+          __m256i u[kCols];
+          for (int c = 0; c < kCols; ++c) {
+            u[c] = _mm256_xor_si256(load(row[c] + g * kGroupBytes + 64 * t + 32 * h),
+                                    _mm256_set1_epi8(static_cast<char>(0x80)));
+          }
+          for (int r = 0; r < kRows; ++r) {
+            const __m256i xv = load(xg + r * cols + 64 * t + 32 * h);
+            for (int c = 0; c < kCols; ++c) d[r][c] = _mm256_add_epi32(d[r][c], dot4_256<kCodes>(u[c], xv));
+          }
+        }
+      } else {
+        for (int t = 0; t < kSteps; t += 2) {  // codes 64t ... 64t + 127: low nibbles, then high
+          __m256i lo[kCols], hi[kCols];
+          for (int c = 0; c < kCols; ++c) {
+            const __m256i b = load(row[c] + g * kGroupBytes + 32 * t + 32 * h);
+            lo[c] = _mm256_and_si256(b, _mm256_set1_epi8(15));
+            hi[c] = _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(15));
+            if constexpr (kPlanes > 0) {  // steps t and t + 1: each plane's 8 bytes per step
+              uint32_t m[4 * kPlanes];
+              std::memcpy(m, high[c] + (g * kGroup / 64 + t) * 8 * kPlanes, sizeof m);
+              for (int p = 0; p < kPlanes; ++p) {
+                lo[c] = add_plane(lo[c], m[2 * p + h], p);
+                hi[c] = add_plane(hi[c], m[2 * (kPlanes + p) + h], p);
+              }
+            }
+          }
+          for (int r = 0; r < kRows; ++r) {
+            const __m256i x0 = load(xg + r * cols + 64 * t + 32 * h);
+            const __m256i x1 = load(xg + r * cols + 64 * t + 64 + 32 * h);
+            for (int c = 0; c < kCols; ++c) {
+              d[r][c] = _mm256_add_epi32(d[r][c], dot4_256<kCodes>(lo[c], x0));
+              d[r][c] = _mm256_add_epi32(d[r][c], dot4_256<kCodes>(hi[c], x1));
+            }
+          }
+        }
+      }
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t at = (m0 + r) * subs + g * 16 + 8 * h;
+        const __m256 dx = _mm256_loadu_ps(xq.lane.data() + at), xs = _mm256_loadu_ps(xq.sums.data() + at);
+        for (int c = 0; c < kCols; ++c) {
+          const __m256 sd = _mm256_mul_ps(_mm256_cvtepi32_ps(d[r][c]), dx);
+          const __m256 a = _mm256_fmadd_ps(sd, _mm256_loadu_ps(s[c] + 8 * h), acc[r][c][h]);
+          acc[r][c][h] = _mm256_fnmadd_ps(_mm256_loadu_ps(off[c] + 8 * h), xs, a);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols; ++c) y[r * ldy + c] = reduce_16(acc[r][c][0], acc[r][c][1]);
   }
 #else
   for (int c = 0; c < kCols; ++c) {

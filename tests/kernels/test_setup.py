@@ -15,12 +15,28 @@ import setuptools
 SETUP = Path(__file__).resolve().parents[2] / "setup.py"
 
 
-def extensions(monkeypatch) -> list[str]:
+def extension_modules(monkeypatch) -> list[setuptools.Extension]:
     """The extension modules setup.py asks setuptools to build."""
     seen = {}
     monkeypatch.setattr(setuptools, "setup", lambda **kw: seen.update(kw))
     runpy.run_path(str(SETUP), run_name="__main__")
-    return [e.name for e in seen["ext_modules"]]
+    return seen["ext_modules"]
+
+
+def extensions(monkeypatch) -> list[str]:
+    return [e.name for e in extension_modules(monkeypatch)]
+
+
+def test_a_header_change_rebuilds_every_kernel(monkeypatch):
+    """``setup.py build_ext --inplace`` rebuilds a build only when its sources or ``depends``
+    changed: every header beside the kernel's source must be among them (a changed
+    ``int8_dot.h`` once left stale builds in place)."""
+    headers = sorted(
+        str(h.relative_to(SETUP.parent)) for h in SETUP.parent.glob("phijax/kernels/*.h")
+    )
+    assert headers
+    for ext in extension_modules(monkeypatch):
+        assert sorted(ext.depends) == headers, ext.name
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="one portable build on Windows")
