@@ -3,6 +3,7 @@ pyproject.toml. Each build is optional: without a C++ compiler, or without jaxli
 environment, the install still succeeds and those weights use the pure-JAX path
 (``phijax.kernels.status()`` says why)."""
 
+import glob
 import os
 import platform
 import sys
@@ -25,6 +26,17 @@ VNNI_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
 """The AVX-512 build plus integer dot products (int8 activations: ``vpdpbusd``)."""
 
 
+HEADERS = sorted(
+    os.path.join("phijax", "kernels", h)
+    for h in glob.glob(
+        "*.h",
+        root_dir=os.path.join(os.path.dirname(os.path.abspath(__file__)), "phijax", "kernels"),
+    )
+)
+"""The kernel's headers: a change to one rebuilds every build (``build_ext --inplace`` compares
+only ``sources`` and ``depends`` with the built files)."""
+
+
 def _kernel(isa: str, flags: list[str], include: str) -> Extension:
     name = f"_cpu_matmul_{isa}"
     family = "AVX512" if isa.startswith("avx512") else isa.upper()
@@ -32,7 +44,7 @@ def _kernel(isa: str, flags: list[str], include: str) -> Extension:
     return Extension(
         f"phijax.kernels.{name}",
         sources=["phijax/kernels/cpu_matmul.cc"],
-        depends=["phijax/kernels/int8_dot.h"],  # included: a change to it rebuilds the kernel
+        depends=HEADERS,
         include_dirs=[include],
         define_macros=macros,
         extra_compile_args=["/std:c++17", "/O2"]
