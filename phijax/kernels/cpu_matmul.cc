@@ -229,10 +229,11 @@ struct Weight {
   // interleaved, sub-blocks of 16: Q6_K). Per 64 codes, 8 bytes of each plane.
   int64_t planes = 0;
 
-  // The units (d, then dmin if any) of the super-block of 256 that holds sub-block j of row n.
+  // The units (d, then dmin if any) of the super-block of 256 that holds sub-block j of row n
+  // (sub-blocks of kSub codes: compile-time shifts, no division in the loops).
+  template <int kSub>
   const float* units_of(int64_t n, int64_t j) const {
-    const int64_t supers = cols / 256;
-    return units + (n * supers + j / (groups / supers)) * (min_codes ? 2 : 1);
+    return units + (n * (cols / 256) + j / (256 / kSub)) * (min_codes ? 2 : 1);
   }
 };
 

@@ -355,12 +355,12 @@ constexpr bool kQ6Scales = kCodes == Codes::kInt8 || kCodes == Codes::kNibbles64
 // The 16 scales and offsets (mins, plus zero_point · scale) of group g of weight
 // row n of an interleaved weight: f32 as stored, or (w.units) integer codes times their
 // super-block's d and dmin, the f32 products QuantArray.scale_values() makes.
-template <Codes kCodes>
+template <Codes kCodes, int kSub>
 inline void group_scales(const Weight& w, int64_t n, int64_t g, float* s, float* off) {
   const int64_t at = n * w.groups + g * 16;
   for (int l = 0; l < 16; ++l) {
     if (w.units) {
-      const float* u = w.units_of(n, g * 16 + l);
+      const float* u = w.units_of<kSub>(n, g * 16 + l);
       const uint8_t code = w.scale_codes[at + l];
       s[l] = u[0] * (kQ6Scales<kCodes> ? static_cast<float>(static_cast<int8_t>(code)) : static_cast<float>(code));
       off[l] = w.min_codes ? u[1] * static_cast<float>(w.min_codes[at + l]) : 0.0f;
@@ -376,16 +376,16 @@ inline void group_scales(const Weight& w, int64_t n, int64_t g, float* s, float*
 // group_scales in two vectors. Two levels: int8 and 6-bit codes are Q6_K's (sub-blocks of 16:
 // the group is super-block g, d only), 4- and 5-bit codes Q4_K's or Q5_K's (sub-blocks of 32:
 // lanes 0-7 of super-block 2g, 8-15 of 2g + 1, d and dmin each).
-template <Codes kCodes>
+template <Codes kCodes, int kSub>
 inline void group_scales_512(const Weight& w, int64_t n, int64_t g, __m512& s, __m512& off) {
   const int64_t at = n * w.groups + g * 16;
   if (w.units) {
     const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale_codes + at));
     if constexpr (kQ6Scales<kCodes>) {
-      s = _mm512_mul_ps(_mm512_set1_ps(*w.units_of(n, g * 16)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
+      s = _mm512_mul_ps(_mm512_set1_ps(*w.units_of<kSub>(n, g * 16)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
       off = _mm512_setzero_ps();
     } else {
-      const __m512 u = _mm512_maskz_loadu_ps(0xF, w.units_of(n, g * 16));  // d, dmin of 2g and 2g + 1
+      const __m512 u = _mm512_maskz_loadu_ps(0xF, w.units_of<kSub>(n, g * 16));  // d, dmin of 2g and 2g + 1
       const __m512i d = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
       const __m512i dmin = _mm512_add_epi32(d, _mm512_set1_epi32(1));
       const __m128i mn = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.min_codes + at));
@@ -398,6 +398,32 @@ inline void group_scales_512(const Weight& w, int64_t n, int64_t g, __m512& s, _
   }
   if constexpr (zero_point(kCodes) != 0) {
     off = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(zero_point(kCodes))), s, off);
+  }
+}
+#elif defined(__AVX2__)
+// Lanes 8h ... 8h + 7 of group_scales, computed as group_scales computes them (a product, then
+// the zero point's product added): the scalar loop's units lookups were the int8 decode's
+// bound (Q4_K [8192, 3072] at one row, AMD EPYC Zen 3: 1.2 -> 0.6 ms).
+template <Codes kCodes, int kSub>
+inline void group_scales_256(const Weight& w, int64_t n, int64_t g, int h, __m256& s, __m256& off) {
+  const int64_t at = n * w.groups + g * 16 + 8 * h;
+  const auto eight = [](const uint8_t* p) { return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)); };
+  if (w.units) {
+    const float* u = w.units_of<kSub>(n, g * 16);
+    if constexpr (kQ6Scales<kCodes>) {  // one super-block: d
+      s = _mm256_mul_ps(_mm256_set1_ps(u[0]), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight(w.scale_codes + at))));
+      off = _mm256_setzero_ps();
+    } else {  // lanes 0-7 of super-block 2g, 8-15 of 2g + 1: d and dmin each
+      s = _mm256_mul_ps(_mm256_set1_ps(u[2 * h]), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(eight(w.scale_codes + at))));
+      off = _mm256_mul_ps(_mm256_set1_ps(u[2 * h + 1]),
+                          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(eight(w.min_codes + at))));
+    }
+  } else {
+    s = _mm256_loadu_ps(w.scales + at);
+    off = w.mins ? _mm256_loadu_ps(w.mins + at) : _mm256_setzero_ps();
+  }
+  if constexpr (zero_point(kCodes) != 0) {
+    off = _mm256_add_ps(off, _mm256_mul_ps(_mm256_set1_ps(static_cast<float>(zero_point(kCodes))), s));
   }
 }
 #endif
@@ -420,14 +446,16 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
     row[c] = w.codes + (n + c) * w.row_bytes;
     high[c] = w.high ? w.high + (n + c) * (cols / 8 * kPlanes) : nullptr;
   }
-  [[maybe_unused]] const auto prefetch_group = [&](int64_t g) {  // kAhead bytes of codes ahead
+  // kAhead bytes of codes ahead. Inlined by force: GCC took the lambda for a pure function (a
+  // prefetch has no side effects it models) and deleted its calls, and with them every prefetch.
+  [[maybe_unused]] const auto prefetch_group = [&](int64_t g) __attribute__((always_inline)) {
     for (int c = 0; c < kCols; ++c) {
       for (int64_t b = 0; b < kGroupBytes; b += 64) prefetch(row[c] + g * kGroupBytes + b + kAhead);
       const int64_t at = (n + c) * subs + (g + kGroupsAhead) * 16;
       if (w.units) {
         prefetch(w.scale_codes + at);
         if (w.min_codes) prefetch(w.min_codes + at);
-        prefetch(w.units_of(n + c, (g + kGroupsAhead) * 16));
+        prefetch(w.units_of<kSub>(n + c, (g + kGroupsAhead) * 16));
       } else {
         prefetch(w.scales + at);
         if (w.mins) prefetch(w.mins + at);
@@ -493,7 +521,7 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
       }
     }
     __m512 s[kCols], off[kCols];
-    for (int c = 0; c < kCols; ++c) group_scales_512<kCodes>(w, n + c, g, s[c], off[c]);
+    for (int c = 0; c < kCols; ++c) group_scales_512<kCodes, kSub>(w, n + c, g, s[c], off[c]);
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (m0 + r) * subs + g * 16;
       const __m512 dx = _mm512_loadu_ps(xq.lane.data() + at), xs = _mm512_loadu_ps(xq.sums.data() + at);
@@ -516,8 +544,7 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
   for (int64_t g = 0; g < groups; ++g) {
     if (m0 == 0) prefetch_group(g);
     const int8_t* xg = xq.q.data() + m0 * cols + g * kGroup;
-    float s[kCols][16], off[kCols][16];
-    for (int c = 0; c < kCols; ++c) group_scales<kCodes>(w, n + c, g, s[c], off[c]);
+#pragma GCC unroll 2  // h indexes the accumulators: as a loop, it kept them in memory (Q5_K 1.5x slower)
     for (int h = 0; h < 2; ++h) {
       __m256i d[kRows][kCols];
       for (int r = 0; r < kRows; ++r) {
@@ -536,6 +563,12 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
           }
         }
       } else {
+        // maddubs' int16 pairs are summed in int16 while they cannot overflow (codes below
+        // 16 << kPlanes times |q| <= 127), then widened by one madd: Q4_K's 8 steps need one.
+        constexpr int kMaxCode = (16 << kPlanes) - 1;
+        constexpr int kPerWiden = std::min<int>(kSteps, 32767 / (2 * 127 * kMaxCode) / 2 * 2);
+        static_assert(kPerWiden >= 2 && kSteps % kPerWiden == 0, "whole step pairs per widening");
+        __m256i p16[kRows][kCols];
         for (int t = 0; t < kSteps; t += 2) {  // codes 64t ... 64t + 127: low nibbles, then high
           __m256i lo[kCols], hi[kCols];
           for (int c = 0; c < kCols; ++c) {
@@ -543,11 +576,13 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
             lo[c] = _mm256_and_si256(b, _mm256_set1_epi8(15));
             hi[c] = _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(15));
             if constexpr (kPlanes > 0) {  // steps t and t + 1: each plane's 8 bytes per step
-              uint32_t m[4 * kPlanes];
-              std::memcpy(m, high[c] + (g * kGroup / 64 + t) * 8 * kPlanes, sizeof m);
+              const uint8_t* bits = high[c] + (g * kGroup / 64 + t) * 8 * kPlanes + 4 * h;
               for (int p = 0; p < kPlanes; ++p) {
-                lo[c] = add_plane(lo[c], m[2 * p + h], p);
-                hi[c] = add_plane(hi[c], m[2 * (kPlanes + p) + h], p);
+                uint32_t m[2];
+                std::memcpy(&m[0], bits + 8 * p, 4);
+                std::memcpy(&m[1], bits + 8 * (kPlanes + p), 4);
+                lo[c] = add_plane(lo[c], m[0], p);
+                hi[c] = add_plane(hi[c], m[1], p);
               }
             }
           }
@@ -555,19 +590,23 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
             const __m256i x0 = load(xg + r * cols + 64 * t + 32 * h);
             const __m256i x1 = load(xg + r * cols + 64 * t + 64 + 32 * h);
             for (int c = 0; c < kCols; ++c) {
-              d[r][c] = _mm256_add_epi32(d[r][c], dot4_256<kCodes>(lo[c], x0));
-              d[r][c] = _mm256_add_epi32(d[r][c], dot4_256<kCodes>(hi[c], x1));
+              const __m256i pair = _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], x0), _mm256_maddubs_epi16(hi[c], x1));
+              p16[r][c] = t % kPerWiden ? _mm256_add_epi16(p16[r][c], pair) : pair;
+              if (t % kPerWiden == kPerWiden - 2) {
+                d[r][c] = _mm256_add_epi32(d[r][c], _mm256_madd_epi16(p16[r][c], _mm256_set1_epi16(1)));
+              }
             }
           }
         }
       }
-      for (int r = 0; r < kRows; ++r) {
-        const int64_t at = (m0 + r) * subs + g * 16 + 8 * h;
-        const __m256 dx = _mm256_loadu_ps(xq.lane.data() + at), xs = _mm256_loadu_ps(xq.sums.data() + at);
-        for (int c = 0; c < kCols; ++c) {
-          const __m256 sd = _mm256_mul_ps(_mm256_cvtepi32_ps(d[r][c]), dx);
-          const __m256 a = _mm256_fmadd_ps(sd, _mm256_loadu_ps(s[c] + 8 * h), acc[r][c][h]);
-          acc[r][c][h] = _mm256_fnmadd_ps(_mm256_loadu_ps(off[c] + 8 * h), xs, a);
+      for (int c = 0; c < kCols; ++c) {
+        __m256 s, off;
+        group_scales_256<kCodes, kSub>(w, n + c, g, h, s, off);
+        for (int r = 0; r < kRows; ++r) {
+          const int64_t at = (m0 + r) * subs + g * 16 + 8 * h;
+          const __m256 sd = _mm256_mul_ps(_mm256_cvtepi32_ps(d[r][c]), _mm256_loadu_ps(xq.lane.data() + at));
+          const __m256 a = _mm256_fmadd_ps(sd, s, acc[r][c][h]);
+          acc[r][c][h] = _mm256_fnmadd_ps(off, _mm256_loadu_ps(xq.sums.data() + at), a);
         }
       }
     }
@@ -589,7 +628,7 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
         }
       }
       float s[16], off[16];
-      group_scales<kCodes>(w, n + c, g, s, off);
+      group_scales<kCodes, kSub>(w, n + c, g, s, off);
       for (int r = 0; r < kRows; ++r) {
         const float* dx = xq.lane.data() + (m0 + r) * subs + g * 16;
         const float* xs = xq.sums.data() + (m0 + r) * subs + g * 16;
