@@ -568,33 +568,42 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
         constexpr int kMaxCode = (16 << kPlanes) - 1;
         constexpr int kPerWiden = std::min<int>(kSteps, 32767 / (2 * 127 * kMaxCode) / 2 * 2);
         static_assert(kPerWiden >= 2 && kSteps % kPerWiden == 0, "whole step pairs per widening");
-        __m256i p16[kRows][kCols];
-        for (int t = 0; t < kSteps; t += 2) {  // codes 64t ... 64t + 127: low nibbles, then high
-          __m256i lo[kCols], hi[kCols];
-          for (int c = 0; c < kCols; ++c) {
-            const __m256i b = load(row[c] + g * kGroupBytes + 32 * t + 32 * h);
-            lo[c] = _mm256_and_si256(b, _mm256_set1_epi8(15));
-            hi[c] = _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(15));
-            if constexpr (kPlanes > 0) {  // steps t and t + 1: each plane's 8 bytes per step
-              const uint8_t* bits = high[c] + (g * kGroup / 64 + t) * 8 * kPlanes + 4 * h;
-              for (int p = 0; p < kPlanes; ++p) {
-                uint32_t m[2];
-                std::memcpy(&m[0], bits + 8 * p, 4);
-                std::memcpy(&m[1], bits + 8 * (kPlanes + p), 4);
-                lo[c] = add_plane(lo[c], m[0], p);
-                hi[c] = add_plane(hi[c], m[1], p);
+        for (int t0 = 0; t0 < kSteps; t0 += kPerWiden) {
+          __m256i p16[kRows][kCols];
+          // steps t and t + 1 = codes 64t ... 64t + 127 (low nibbles, then high), unrolled at
+          // compile time so that where the sums widen is no branch in the loop
+          unrolled(std::make_integer_sequence<int, kPerWiden / 2>{}, [&](auto i) {
+            constexpr int kI = decltype(i)::value;
+            const int t = t0 + 2 * kI;
+            __m256i lo[kCols], hi[kCols];
+            for (int c = 0; c < kCols; ++c) {
+              const __m256i b = load(row[c] + g * kGroupBytes + 32 * t + 32 * h);
+              lo[c] = _mm256_and_si256(b, _mm256_set1_epi8(15));
+              hi[c] = _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(15));
+              if constexpr (kPlanes > 0) {  // steps t and t + 1: each plane's 8 bytes per step
+                const uint8_t* bits = high[c] + (g * kGroup / 64 + t) * 8 * kPlanes + 4 * h;
+                for (int p = 0; p < kPlanes; ++p) {
+                  uint32_t m[2];
+                  std::memcpy(&m[0], bits + 8 * p, 4);
+                  std::memcpy(&m[1], bits + 8 * (kPlanes + p), 4);
+                  lo[c] = add_plane(lo[c], m[0], p);
+                  hi[c] = add_plane(hi[c], m[1], p);
+                }
               }
             }
-          }
-          for (int r = 0; r < kRows; ++r) {
-            const __m256i x0 = load(xg + r * cols + 64 * t + 32 * h);
-            const __m256i x1 = load(xg + r * cols + 64 * t + 64 + 32 * h);
-            for (int c = 0; c < kCols; ++c) {
-              const __m256i pair = _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], x0), _mm256_maddubs_epi16(hi[c], x1));
-              p16[r][c] = t % kPerWiden ? _mm256_add_epi16(p16[r][c], pair) : pair;
-              if (t % kPerWiden == kPerWiden - 2) {
-                d[r][c] = _mm256_add_epi32(d[r][c], _mm256_madd_epi16(p16[r][c], _mm256_set1_epi16(1)));
+            for (int r = 0; r < kRows; ++r) {
+              const __m256i x0 = load(xg + r * cols + 64 * t + 32 * h);
+              const __m256i x1 = load(xg + r * cols + 64 * t + 64 + 32 * h);
+              for (int c = 0; c < kCols; ++c) {
+                const __m256i pair =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], x0), _mm256_maddubs_epi16(hi[c], x1));
+                p16[r][c] = kI ? _mm256_add_epi16(p16[r][c], pair) : pair;
               }
+            }
+          });
+          for (int r = 0; r < kRows; ++r) {
+            for (int c = 0; c < kCols; ++c) {
+              d[r][c] = _mm256_add_epi32(d[r][c], _mm256_madd_epi16(p16[r][c], _mm256_set1_epi16(1)));
             }
           }
         }
