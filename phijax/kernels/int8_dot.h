@@ -10,7 +10,8 @@
 //   rounded to f16, q = round(x * 127 / amax).
 // Then y = sum over weight sub-blocks j of dx * (scale_j * D_j - min_j * B_j), with
 // D_j = sum(code * q) exact in int32 and B_j = sum(q). Codes must be unsigned for the
-// u8 x s8 products (VNNI vpdpbusd): int8 codes get +128 and min_j += 128 * scale_j.
+// u8 x s8 products (VNNI vpdpbusd): int8 codes get +128 and min_j += 128 * scale_j (AVX2
+// multiplies them signed instead: kSignedInt8).
 //
 // Per output, 16 lanes of 4 codes are scaled and summed in f32 in a fixed order, and rows
 // of x never share a sum: results do not depend on the batch.
@@ -22,6 +23,18 @@
 // instead of one per 64 codes.
 
 enum class Act : int64_t { kF32 = 0, kQ8K = 1, kQ8_0 = 2 };
+
+// Whether int8 codes are multiplied signed (AVX2's maddubs: dot4_256) rather than offset by 128
+// to unsigned (VNNI's u8 x s8 product, and the portable loops, which mirror it).
+#if defined(__AVX2__) && !(defined(__AVX512VNNI__) && defined(__AVX512BW__))
+constexpr bool kSignedInt8 = true;
+#else
+constexpr bool kSignedInt8 = false;
+#endif
+
+// What the codes the loops multiply exceed the codes by: zero_point, but 0 for signed int8 codes.
+template <Codes kCodes>
+constexpr int kOffset = kCodes == Codes::kInt8 && kSignedInt8 ? 0 : zero_point(kCodes);
 
 // ggml's nearest_int: round to nearest, ties to even, for |f| < 2^22.
 inline int32_t nearest_int(float f) {
@@ -155,17 +168,16 @@ inline __m512i unsigned_codes_512(const uint8_t* row, const uint8_t* high, int64
   }
 }
 #elif defined(__AVX2__)
-// AVX2 without VNNI: llama.cpp's maddubs path. Per int32 lane, the sum of 4 products of unsigned
-// codes u and int8 activations q (-127..127): maddubs adds pairs into int16, exact while
-// u < 128 (|2 · 127 · 128| < 2^15); int8 codes (u up to 255) go in two parts, the top bit apart.
+// AVX2 without VNNI: llama.cpp's maddubs path. Per int32 lane, the sum of 4 products of codes u
+// and int8 activations q (-127..127): maddubs multiplies unsigned by signed bytes and adds pairs
+// into int16, exact while |u| <= 128 (2 · 128 · 127 < 2^15). 4- to 6-bit codes go as they are;
+// int8 codes go signed, as llama.cpp's Q8_0 products do: their magnitudes by the activations
+// with the codes' signs (vpsignb), so no +128 offset (kOffset) and one product, not two.
 template <Codes kCodes>
 inline __m256i dot4_256(__m256i u, __m256i q) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  if constexpr (kCodes != Codes::kInt8) return _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones);
-  const __m256i top = _mm256_and_si256(u, _mm256_set1_epi8(static_cast<char>(0x80)));
-  const __m256i rest = _mm256_xor_si256(u, top);
-  return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(top, q), ones),
-                          _mm256_madd_epi16(_mm256_maddubs_epi16(rest, q), ones));
+  const __m256i pairs = kCodes == Codes::kInt8 ? _mm256_maddubs_epi16(_mm256_abs_epi8(u), _mm256_sign_epi8(q, u))
+                                               : _mm256_maddubs_epi16(u, q);
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
 // 0xFF in byte i where bit i of m is set (llama.cpp's bytes_from_bits_32).
@@ -182,14 +194,11 @@ inline __m256i add_plane(__m256i v, uint32_t m, int plane) {
   return _mm256_add_epi8(v, _mm256_and_si256(bytes_from_bits(m), _mm256_set1_epi8(static_cast<char>(16 << plane))));
 }
 
-// unsigned_codes in two vectors (codes k ... k + 31, k + 32 ... k + 63).
+// unsigned_codes in two vectors (codes k ... k + 31, k + 32 ... k + 63), int8 codes signed.
 template <Codes kCodes>
 inline void unsigned_codes_256(const uint8_t* row, const uint8_t* high, int64_t k, __m256i* u) {
   if constexpr (kCodes == Codes::kInt8) {
-    for (int h = 0; h < 2; ++h) {
-      u[h] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k + 32 * h)),
-                              _mm256_set1_epi8(static_cast<char>(0x80)));
-    }
+    for (int h = 0; h < 2; ++h) u[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k + 32 * h));
   } else {
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2));
     const __m256i lo = _mm256_and_si256(b, _mm256_set1_epi8(15));
@@ -218,29 +227,33 @@ inline float reduce_16(__m256 lo, __m256 hi) {
 }
 #endif
 
-// y[r * ldy] = sum[r] - the mins (and the +128 of int8 codes): sum_j (min_j + 128 scale_j) *
-// d_j * B_j over the sub-blocks j of weight row n, in 16 lanes.
+// y[r * ldy] = sum[r] - the mins (and the +128 of unsigned int8 codes): sum_j (min_j + kOffset
+// scale_j) * d_j * B_j over the sub-blocks j of weight row n, in 16 lanes.
 template <Codes kCodes, int kSub, int kRows>
 void subtract_offsets(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, const float* sum, float* y,
                       int64_t ldy) {
   const float* scales = w.scales + n * w.groups;
   const float* mins = w.mins ? w.mins + n * w.groups : nullptr;
-  const int64_t groups = w.cols / kSub;
-  thread_local std::vector<float> offsets;
-  offsets.resize(groups);
-  const float offset = kCodes == Codes::kInt8 ? 128.0f : 0.0f;
-  for (int64_t j = 0; j < groups; ++j) offsets[j] = offset * scales[j];
-  if (mins) {
-    for (int64_t j = 0; j < groups; ++j) offsets[j] += mins[j];
+  if (kOffset<kCodes> == 0 && !mins) {  // nothing to subtract (signed int8 codes without mins: Q8_0)
+    for (int r = 0; r < kRows; ++r) y[r * ldy] = sum[r];
+    return;
   }
+  const int64_t groups = w.cols / kSub;
+  // min_j + kOffset scale_j (two roundings, the order QuantArray's weights have), per use: a
+  // thread_local buffer cost a TLS lookup per weight row in the shared object
+  const auto offset = [&](int64_t j) {
+    if constexpr (kOffset<kCodes> == 0) return mins[j];
+    const float o = static_cast<float>(kOffset<kCodes>) * scales[j];
+    return mins ? o + mins[j] : o;
+  };
   for (int r = 0; r < kRows; ++r) {
     const float* xs = xq.sums.data() + (m0 + r) * groups;
     float lanes[16] = {};
     int64_t j = 0;
     for (; j + 16 <= groups; j += 16) {
-      for (int l = 0; l < 16; ++l) lanes[l] += offsets[j + l] * xs[j + l];
+      for (int l = 0; l < 16; ++l) lanes[l] += offset(j + l) * xs[j + l];
     }
-    for (; j < groups; ++j) lanes[j % 16] += offsets[j] * xs[j];
+    for (; j < groups; ++j) lanes[j % 16] += offset(j) * xs[j];
     for (int width = 8; width > 0; width /= 2) {
       for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
     }
@@ -368,7 +381,7 @@ inline void group_scales(const Weight& w, int64_t n, int64_t g, float* s, float*
       s[l] = w.scales[at + l];
       off[l] = w.mins ? w.mins[at + l] : 0.0f;
     }
-    if constexpr (zero_point(kCodes) != 0) off[l] += static_cast<float>(zero_point(kCodes)) * s[l];
+    if constexpr (kOffset<kCodes> != 0) off[l] += static_cast<float>(kOffset<kCodes>) * s[l];
   }
 }
 
@@ -396,8 +409,8 @@ inline void group_scales_512(const Weight& w, int64_t n, int64_t g, __m512& s, _
     s = _mm512_loadu_ps(w.scales + at);
     off = w.mins ? _mm512_loadu_ps(w.mins + at) : _mm512_setzero_ps();
   }
-  if constexpr (zero_point(kCodes) != 0) {
-    off = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(zero_point(kCodes))), s, off);
+  if constexpr (kOffset<kCodes> != 0) {
+    off = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(kOffset<kCodes>)), s, off);
   }
 }
 #elif defined(__AVX2__)
@@ -422,8 +435,8 @@ inline void group_scales_256(const Weight& w, int64_t n, int64_t g, int h, __m25
     s = _mm256_loadu_ps(w.scales + at);
     off = w.mins ? _mm256_loadu_ps(w.mins + at) : _mm256_setzero_ps();
   }
-  if constexpr (zero_point(kCodes) != 0) {
-    off = _mm256_add_ps(off, _mm256_mul_ps(_mm256_set1_ps(static_cast<float>(zero_point(kCodes))), s));
+  if constexpr (kOffset<kCodes> != 0) {
+    off = _mm256_add_ps(off, _mm256_mul_ps(_mm256_set1_ps(static_cast<float>(kOffset<kCodes>)), s));
   }
 }
 #endif
@@ -554,8 +567,7 @@ void int8_group_tile(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, f
         for (int t = 0; t < kSteps; ++t) {
           __m256i u[kCols];
           for (int c = 0; c < kCols; ++c) {
-            u[c] = _mm256_xor_si256(load(row[c] + g * kGroupBytes + 64 * t + 32 * h),
-                                    _mm256_set1_epi8(static_cast<char>(0x80)));
+            u[c] = load(row[c] + g * kGroupBytes + 64 * t + 32 * h);  // signed (dot4_256)
           }
           for (int r = 0; r < kRows; ++r) {
             const __m256i xv = load(xg + r * cols + 64 * t + 32 * h);
