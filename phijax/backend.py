@@ -139,7 +139,10 @@ class Backend:
         else:
             products = "XLA's products"
         if self.activations == "int8":
-            weights += " with int8 activations (llama.cpp's rounding)"
+            how = kernels.INT8_PRODUCTS.get(self.kernel, "portable loops") if self.kernel else ""
+            weights += (
+                f" with int8 activations (llama.cpp's rounding{how and '; products by ' + how})"
+            )
         line = f"{self.dtype}, {weights}, {self.layout} layout, {products}"
         return line + (f" ({'; '.join(self.why)})" if self.why else "")
 

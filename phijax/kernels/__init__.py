@@ -11,8 +11,7 @@ FFI target and must pass a check against numpy before it is used. :func:`status`
 build :func:`~phijax.model.layers.linear` uses, or why none (it then keeps its pure path).
 
 ``PHIJAX_CPU_KERNEL``: unset, ``1``, ``on`` or ``true`` use the fastest build this CPU
-runs; ``0``, ``off`` or ``false`` turn the kernel off; ``avx512``, ``avx2`` or
-``generic`` pick a build.
+runs; ``0``, ``off`` or ``false`` turn the kernel off; a name from :data:`BUILDS` picks one.
 """
 
 from __future__ import annotations
@@ -35,8 +34,10 @@ from phijax.kernels.check import verdict
 from phijax.quant import QuantArray, at_layer, dense, layer_view
 
 BUILDS: tuple[str, ...] = ("avx512vnni", "avx512", "avx2", "generic")
-"""The kernel's builds (``setup.py``), fastest first: ``avx512vnni`` is ``avx512`` plus
-integer dot products for int8 activations (the others run those with portable loops)."""
+"""The kernel's builds (``setup.py``), fastest first: ``avx512vnni`` is ``avx512`` plus VNNI's
+integer dot products for int8 activations (:data:`INT8_PRODUCTS` names each build's)."""
+INT8_PRODUCTS = {"avx512vnni": "vpdpbusd", "avx512": "vpmaddubsw", "avx2": "vpmaddubsw"}
+"""The instruction each vector build multiplies int8 activations with (``generic``: loops)."""
 ACTIVATIONS = ("f32", "int8")
 """How the kernel multiplies: f32 activations (the f32 mode's products), or activations
 rounded to int8 per block as llama.cpp rounds them (:mod:`phijax.int8`, ``int8_dot.h``)."""

@@ -199,4 +199,8 @@ def test_int8_activations_need_packed_weights(default_kernel):
     bf16 = jnp.ones((8, 64), jnp.bfloat16)
     with pytest.raises(UnsupportedError, match="int8 activations take a packed weight"):
         kernels.matmul(jnp.ones((1, 64)), bf16, activations="int8")
-    assert "int8 activations" in backend.choose(platform_name="cpu", activations="int8").describe()
+    line = backend.choose(platform_name="cpu", activations="int8").describe()
+    assert "int8 activations" in line
+    build = kernels.chosen()
+    if build is not None:  # the load summary names the integer product this CPU runs
+        assert kernels.INT8_PRODUCTS.get(build, "portable loops") in line
