@@ -98,6 +98,7 @@ struct Simd {
     return _mm512_permutexvar_ps(b, table);  // reads each index's low 4 bits only
   }
   static V iota() { return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+  static constexpr bool kBytes5 = false;  // the mask or of nibbles5 is one operation
 };
 #elif defined(PHIJAX_AVX2)
 constexpr const char* kIsa = "avx2";
@@ -140,6 +141,30 @@ struct Simd {
     return _mm256_cvtepi32_ps(b);
   }
   static constexpr bool kLookup = false;  // an 8-lane permute holds half a table
+  // Half of a 64-code group with fifth bits (kShift 0: the bytes' low nibbles, codes 0-31; 4:
+  // the high ones, codes 32-63) as 32 bytes, the 32 fifth bits at ``bits`` merged in bytes
+  // (0xFF in byte j where bit j is set, as llama.cpp spreads them): the half's four vectors
+  // share it, where nibbles5 spent a broadcast, a compare and three logic operations on each.
+  static constexpr bool kBytes5 = true;
+  template <int kShift>
+  static __m256i bytes5(const uint8_t* p, const uint8_t* bits) {
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if (kShift) b = _mm256_srli_epi16(b, kShift);
+    uint32_t m;
+    std::memcpy(&m, bits, sizeof m);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(static_cast<int>(m)),
+        _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+    const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
+    const __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+    return _mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi8(15)), fifth);
+  }
+  template <int kQuarter>  // bytes 8 kQuarter ... 8 kQuarter + 7 as floats
+  static V widen(__m256i bytes) {
+    __m128i q = kQuarter < 2 ? _mm256_castsi256_si128(bytes) : _mm256_extracti128_si256(bytes, 1);
+    if (kQuarter % 2) q = _mm_srli_si128(q, 8);
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+  }
 };
 #else
 constexpr const char* kIsa = "generic";
@@ -185,6 +210,7 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
     return map([&](int i) { return static_cast<float>(((p[i] >> kShift) & 15) | (((*bits >> i) & 1) << 4)); });
   }
   static constexpr bool kLookup = false;
+  static constexpr bool kBytes5 = false;
 };
 #endif
 
@@ -278,6 +304,19 @@ inline void unrolled(std::integer_sequence<int, I...>, F&& f) {
   (f(std::integral_constant<int, I>{}), ...);
 }
 
+// Codes k + kI * kLanes ... of a 64-code group with fifth bits, by Simd::bytes5 (the builds
+// that have it): the compiler computes each half's bytes once for its four vectors.
+template <int kI>
+V fifth_bit_codes(const uint8_t* row, const uint8_t* high, int64_t k);
+
+#if defined(PHIJAX_AVX2)
+template <int kI>
+V fifth_bit_codes(const uint8_t* row, const uint8_t* high, int64_t k) {
+  constexpr int h = kI * kLanes / 32;
+  return Simd::widen<kI * kLanes % 32 / kLanes>(Simd::bytes5<4 * h>(row + k / 2, high + (k + 32 * h) / 8));
+}
+#endif
+
 // Codes k + i * kLanes ... of a row (fifth bits in ``high``) as floats; k is a multiple of kStep.
 template <Codes kCodes, int kI>
 inline V decode(const uint8_t* row, const uint8_t* high, int64_t k) {
@@ -288,7 +327,9 @@ inline V decode(const uint8_t* row, const uint8_t* high, int64_t k) {
     return Simd::bf16s(row + 2 * (k + off));
   } else {
     constexpr int half = kStep<kCodes> / 2;
-    if constexpr (has_fifth(kCodes)) {
+    if constexpr (kCodes == Codes::kNibbles64H && Simd::kBytes5) {
+      return fifth_bit_codes<kI>(row, high, k);
+    } else if constexpr (has_fifth(kCodes)) {
       return Simd::nibbles5<(off < half ? 0 : 4)>(row + k / 2 + off % half, high + (k + off) / 8);
     } else {
       return Simd::nibbles<(off < half ? 0 : 4)>(row + k / 2 + off % half);
