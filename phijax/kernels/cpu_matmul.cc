@@ -47,6 +47,17 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+#if defined(__AVX2__)
+// 0xFF in byte i where bit i of m is set (llama.cpp's bytes_from_bits_32).
+inline __m256i bytes_from_bits(uint32_t m) {
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(m)),
+      _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+#endif
+
 #if defined(PHIJAX_AVX512)
 #if defined(__AVX512VNNI__)
 constexpr const char* kIsa = "avx512vnni";
@@ -152,11 +163,7 @@ struct Simd {
     if (kShift) b = _mm256_srli_epi16(b, kShift);
     uint32_t m;
     std::memcpy(&m, bits, sizeof m);
-    const __m256i spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(static_cast<int>(m)),
-        _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
-    const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
-    const __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+    const __m256i fifth = _mm256_and_si256(bytes_from_bits(m), _mm256_set1_epi8(16));
     return _mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi8(15)), fifth);
   }
   template <int kQuarter>  // bytes 8 kQuarter ... 8 kQuarter + 7 as floats

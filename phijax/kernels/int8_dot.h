@@ -180,15 +180,6 @@ inline __m256i dot4_256(__m256i u, __m256i q) {
   return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
-// 0xFF in byte i where bit i of m is set (llama.cpp's bytes_from_bits_32).
-inline __m256i bytes_from_bits(uint32_t m) {
-  const __m256i spread = _mm256_shuffle_epi8(
-      _mm256_set1_epi32(static_cast<int>(m)),
-      _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
-  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
-  return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-}
-
 // v plus (16 << plane) in the bytes whose bit is set in m.
 inline __m256i add_plane(__m256i v, uint32_t m, int plane) {
   return _mm256_add_epi8(v, _mm256_and_si256(bytes_from_bits(m), _mm256_set1_epi8(static_cast<char>(16 << plane))));
