@@ -238,8 +238,18 @@ constexpr bool is_nibbles(Codes c) {
 constexpr bool has_fifth(Codes c) { return c == Codes::kNibbles32H || c == Codes::kNibbles64H; }
 // Bit planes above the nibbles: per 64 codes, 8 bytes of each (bit 4, then bit 5).
 constexpr int high_planes(Codes c) { return c == Codes::kNibbles64H2 ? 2 : has_fifth(c) ? 1 : 0; }
-// What the unsigned codes the loops multiply exceed the codes by (int8 codes are offset by 128).
-constexpr int zero_point(Codes c) { return c == Codes::kInt8 ? 128 : c == Codes::kNibbles64H2 ? 32 : 0; }
+// Whether the int8 path multiplies int8 codes signed (AVX2's maddubs: int8_dot.h's dot4_256)
+// rather than offset by 128 to unsigned (VNNI's u8 x s8 product, and the portable loops).
+#if defined(__AVX2__) && !(defined(__AVX512VNNI__) && defined(__AVX512BW__))
+constexpr bool kSignedInt8 = true;
+#else
+constexpr bool kSignedInt8 = false;
+#endif
+// What the codes the int8 path multiplies exceed the codes by: 128 for unsigned int8 codes, 32
+// for Q6_K's 6-bit codes.
+constexpr int zero_point(Codes c) {
+  return c == Codes::kInt8 ? (kSignedInt8 ? 0 : 128) : c == Codes::kNibbles64H2 ? 32 : 0;
+}
 
 template <Codes kCodes>
 constexpr int kStep = kCodes == Codes::kNibbles64 || kCodes == Codes::kNibbles64H || kCodes == Codes::kNibbles64H2

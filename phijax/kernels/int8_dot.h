@@ -24,17 +24,6 @@
 
 enum class Act : int64_t { kF32 = 0, kQ8K = 1, kQ8_0 = 2 };
 
-// Whether int8 codes are multiplied signed (AVX2's maddubs: dot4_256) rather than offset by 128
-// to unsigned (VNNI's u8 x s8 product, and the portable loops, which mirror it).
-#if defined(__AVX2__) && !(defined(__AVX512VNNI__) && defined(__AVX512BW__))
-constexpr bool kSignedInt8 = true;
-#else
-constexpr bool kSignedInt8 = false;
-#endif
-
-// What the codes the loops multiply exceed the codes by: zero_point, but 0 for signed int8 codes.
-template <Codes kCodes>
-constexpr int kOffset = kCodes == Codes::kInt8 && kSignedInt8 ? 0 : zero_point(kCodes);
 
 // ggml's nearest_int: round to nearest, ties to even, for |f| < 2^22.
 inline int32_t nearest_int(float f) {
@@ -172,7 +161,7 @@ inline __m512i unsigned_codes_512(const uint8_t* row, const uint8_t* high, int64
 // and int8 activations q (-127..127): maddubs multiplies unsigned by signed bytes and adds pairs
 // into int16, exact while |u| <= 128 (2 · 128 · 127 < 2^15). 4- to 6-bit codes go as they are;
 // int8 codes go signed, as llama.cpp's Q8_0 products do: their magnitudes by the activations
-// with the codes' signs (vpsignb), so no +128 offset (kOffset) and one product, not two.
+// with the codes' signs (vpsignb), so no +128 offset (zero_point) and one product, not two.
 template <Codes kCodes>
 inline __m256i dot4_256(__m256i u, __m256i q) {
   const __m256i pairs = kCodes == Codes::kInt8 ? _mm256_maddubs_epi16(_mm256_abs_epi8(u), _mm256_sign_epi8(q, u))
@@ -218,23 +207,23 @@ inline float reduce_16(__m256 lo, __m256 hi) {
 }
 #endif
 
-// y[r * ldy] = sum[r] - the mins (and the +128 of unsigned int8 codes): sum_j (min_j + kOffset
+// y[r * ldy] = sum[r] - the mins (and the +128 of unsigned int8 codes): sum_j (min_j + zero_point
 // scale_j) * d_j * B_j over the sub-blocks j of weight row n, in 16 lanes.
 template <Codes kCodes, int kSub, int kRows>
 void subtract_offsets(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, const float* sum, float* y,
                       int64_t ldy) {
   const float* scales = w.scales + n * w.groups;
   const float* mins = w.mins ? w.mins + n * w.groups : nullptr;
-  if (kOffset<kCodes> == 0 && !mins) {  // nothing to subtract (signed int8 codes without mins: Q8_0)
+  if (zero_point(kCodes) == 0 && !mins) {  // nothing to subtract (signed int8 codes without mins: Q8_0)
     for (int r = 0; r < kRows; ++r) y[r * ldy] = sum[r];
     return;
   }
   const int64_t groups = w.cols / kSub;
-  // min_j + kOffset scale_j (two roundings, the order QuantArray's weights have), per use: a
+  // min_j + zero_point scale_j (two roundings, the order QuantArray's weights have), per use: a
   // thread_local buffer cost a TLS lookup per weight row in the shared object
   const auto offset = [&](int64_t j) {
-    if constexpr (kOffset<kCodes> == 0) return mins[j];
-    const float o = static_cast<float>(kOffset<kCodes>) * scales[j];
+    if constexpr (zero_point(kCodes) == 0) return mins[j];
+    const float o = static_cast<float>(zero_point(kCodes)) * scales[j];
     return mins ? o + mins[j] : o;
   };
   for (int r = 0; r < kRows; ++r) {
@@ -372,7 +361,7 @@ inline void group_scales(const Weight& w, int64_t n, int64_t g, float* s, float*
       s[l] = w.scales[at + l];
       off[l] = w.mins ? w.mins[at + l] : 0.0f;
     }
-    if constexpr (kOffset<kCodes> != 0) off[l] += static_cast<float>(kOffset<kCodes>) * s[l];
+    if constexpr (zero_point(kCodes) != 0) off[l] += static_cast<float>(zero_point(kCodes)) * s[l];
   }
 }
 
@@ -400,8 +389,8 @@ inline void group_scales_512(const Weight& w, int64_t n, int64_t g, __m512& s, _
     s = _mm512_loadu_ps(w.scales + at);
     off = w.mins ? _mm512_loadu_ps(w.mins + at) : _mm512_setzero_ps();
   }
-  if constexpr (kOffset<kCodes> != 0) {
-    off = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(kOffset<kCodes>)), s, off);
+  if constexpr (zero_point(kCodes) != 0) {
+    off = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(zero_point(kCodes))), s, off);
   }
 }
 #elif defined(__AVX2__)
@@ -426,8 +415,8 @@ inline void group_scales_256(const Weight& w, int64_t n, int64_t g, int h, __m25
     s = _mm256_loadu_ps(w.scales + at);
     off = w.mins ? _mm256_loadu_ps(w.mins + at) : _mm256_setzero_ps();
   }
-  if constexpr (kOffset<kCodes> != 0) {
-    off = _mm256_add_ps(off, _mm256_mul_ps(_mm256_set1_ps(static_cast<float>(kOffset<kCodes>)), s));
+  if constexpr (zero_point(kCodes) != 0) {
+    off = _mm256_add_ps(off, _mm256_mul_ps(_mm256_set1_ps(static_cast<float>(zero_point(kCodes))), s));
   }
 }
 #endif
