@@ -131,10 +131,12 @@ def test_every_layout_against_gguf(build: str, layout: str):
         assert_rounding_close(y, x[:rows], want)
 
 
-def test_rows_do_not_depend_on_the_batch(build: str):
+@pytest.mark.parametrize("layout", ["Q4_K", "Q6_K", "bf16"])
+def test_rows_do_not_depend_on_the_batch(build: str, layout: str):
     """Each output row is summed the same way in a batch of 1, 3 or 17 rows (tiles of 4
-    and a remainder), so a sample's logits do not depend on what else is in the batch."""
-    w, _ = file_weight(QT.Q4_K, rows=40)
+    and a remainder, whose shapes differ by code layout: 4-bit codes, int8 codes, bf16), so a
+    sample's logits do not depend on what else is in the batch."""
+    w, _ = LAYOUTS[layout]()
     x = np.random.default_rng(1).standard_normal((17, w.shape[1])).astype(np.float32)
     full = np.asarray(kernels.matmul(x, w, build=build))
     for lo, hi in [(0, 1), (5, 8), (16, 17), (3, 14)]:
