@@ -68,7 +68,7 @@ struct Simd {
   using V = __m512;
   static constexpr int kLanes = 16;
   static constexpr int kMaxRows = 4, kCols = 2;  // 4 rows x 2 columns x 2 accumulators of the 32 registers
-  static constexpr int kBf16Cols = kCols, kBf16ColsFrom = 2;
+  static constexpr int kBf16Cols = kCols;
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float v) { return _mm512_set1_ps(v); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
@@ -118,13 +118,13 @@ struct Simd {
   using V = __m256;
   static constexpr int kLanes = 8;
   static constexpr int kMaxRows = 4, kCols = 1;  // 4 rows x 2 accumulators of the 16 registers
-  // bf16 weights (a shift to decode) at 3 or 4 rows: 2 columns, each x vector serving two
+  // bf16 weights (a shift to decode) from 3 rows: 2 columns, each x vector serving two
   // weight rows, though 16 accumulators leave no register for the rest. Weights in L2, one
   // thread, Zen 3, cycles per 8 weights per row of x at 4 rows: bf16 1.09 -> 0.83 (int8 codes
   // 1.21 -> 1.07, 4-bit codes 1.01 -> 1.30); [8192, 3072] from memory at 3 / 4 rows: bf16
   // 2.41-3.07 / 3.13-3.54 -> 2.23-2.65 / 2.75-3.10 ms, while Q6_K's int8 codes were slower
   // from 2 to 8 rows with two weight streams per tile (and at 2 rows bf16 too).
-  static constexpr int kBf16Cols = 2, kBf16ColsFrom = 3;
+  static constexpr int kBf16Cols = 2;
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float v) { return _mm256_set1_ps(v); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
@@ -189,7 +189,7 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   };
   static constexpr int kLanes = 8;
   static constexpr int kMaxRows = 4, kCols = 1;
-  static constexpr int kBf16Cols = kCols, kBf16ColsFrom = 2;
+  static constexpr int kBf16Cols = kCols;
   template <typename F>
   static V map(F f) {
     V r;
@@ -447,12 +447,10 @@ using RowsFn = void (*)(const Problem&, int64_t, int64_t);
 
 // Weight rows per tile of kRows rows of x: one at one row of x (a batch-1 decode streams each
 // weight row once, and fewer concurrent streams measured faster: Phi-3-mini 4.5-5.4 tok/s
-// against 3.7-4.3 with two), else the build's choice for the codes. Every tile sums in the
-// same order, so the shape changes only the speed.
+// against 3.7-4.3 with two), else the build's choice (bf16 from 3 rows: kBf16Cols). Every
+// tile sums in the same order, so the shape changes only the speed.
 template <Codes kCodes, int kRows>
-constexpr int kTileCols = kRows == 1                                                     ? 1
-                          : kCodes == Codes::kBf16 && kRows >= Simd::kBf16ColsFrom ? Simd::kBf16Cols
-                                                                                       : Simd::kCols;
+constexpr int kTileCols = kRows == 1 ? 1 : kCodes == Codes::kBf16 && kRows > 2 ? Simd::kBf16Cols : Simd::kCols;
 
 // Output columns [n0, n1) for rows [m0, m0 + kRows) of x.
 template <Codes kCodes, int kBlock, bool kMins, int kRows>
