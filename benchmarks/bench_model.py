@@ -79,7 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _common import cpu_name, llama_cpp_version, print_table
-from bench_modes import MODES, mode_rows, print_backends, real_text, run_mode, run_modes
+from bench_modes import BY_DEFAULT, MODES, mode_rows, print_backends, real_text, run_mode, run_modes
 
 import phijax
 from phijax import Sampler, backend, driver, hub, loading, steps
@@ -735,8 +735,8 @@ def main() -> None:
     parser.add_argument(
         "--reps", type=int, default=3, help="timed runs per decode figure (default 3)"
     )
-    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES),
-                        help="weight modes to compare, each in its own process (default: all; none: skip)")  # fmt: skip
+    parser.add_argument("--modes", nargs="*", default=BY_DEFAULT, choices=list(MODES),
+                        help="weight modes to compare, each in its own process (default: all but the mapped; none: skip)")  # fmt: skip
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one rep: a smoke test")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")

@@ -1,7 +1,9 @@
 """Weight modes side by side: the default, f32, quantized=True and bf16 on this machine, one model.
 
 ``default`` is ``phijax.load(source)`` with no options: whatever :func:`phijax.backend.choose`
-picks here (its choice is printed under the table); ``f32`` is ``quantized=False``.
+picks here (its choice is printed under the table); ``f32`` is ``quantized=False``; ``int8``
+the int8 activations; ``mapped`` and ``int8-mapped`` (only when named) the same loads with
+``map_prepared=True``.
 
 Each mode runs in a fresh process, so its memory is its own: load time, the load's
 peak RSS over the process's RSS after JAX started (``VmHWM - VmRSS``), the weights'
@@ -37,7 +39,7 @@ def status(key):
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
 
 if spec["rebuild"]:  # a first load: re-lay the file out (and write its prepared weights)
-    phijax.prepared.load = lambda *args: None
+    phijax.prepared.load = lambda *args, **kwargs: None
 jnp.zeros(1).block_until_ready()
 base = status("VmRSS")
 before = resource.getrusage(resource.RUSAGE_SELF)
@@ -52,7 +54,8 @@ out = {"load_s": time.perf_counter() - start, "load_peak": status("VmHWM") - bas
        "step_bytes": sum(x.nbytes for x in jax.tree.leaves(m.params))
        - (0 if m.params.lm_head is None else sum(x.nbytes for x in jax.tree.leaves(m.params.embed))),
        "backend": m.backend.describe(),
-       "load_from": "prepared weights read" if "read from" in m.load_summary else "the file"}
+       "load_from": next((f"prepared weights {how}" for how in ("read", "mapped")
+                          if f"{how} from" in m.load_summary), "the file")}
 rng = np.random.default_rng(0)
 vocab = m.config.vocab_size
 greedy = Sampler.greedy()
@@ -81,7 +84,11 @@ MODES = {
     "quantized": {"quantized": True},
     "bf16": {"dtype": "bfloat16"},
     "int8": {"quantized": True, "activations": "int8"},
+    "mapped": {"map_prepared": True},
+    "int8-mapped": {"quantized": True, "activations": "int8", "map_prepared": True},
 }
+BY_DEFAULT = [m for m in MODES if "map_prepared" not in MODES[m]]
+"""The modes run unless ``--modes`` names others: the mapped ones differ only in their load."""
 REAL_TEXT = Path(__file__).parents[1] / "docs" / "sampling.md"
 
 
@@ -149,7 +156,7 @@ def real_text(tokens_max: int = 512) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pypi:smollm2")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=BY_DEFAULT, choices=list(MODES))
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new", type=int, default=64, help="decode tokens per run (default 64)")
     parser.add_argument("--prompt", type=int, default=256, help="prompt tokens (default 256)")

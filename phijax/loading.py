@@ -171,8 +171,9 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
     # logits do not depend on how many tokens a request asks for (HF switches per length).
     rope_limit = min(opts.max_seq_len or config.context_length, config.context_length)
     key = prepared.key_for(path, policy, {"rope_limit": rope_limit if longrope else None})
-    folder = prepared.load(key, params, progress) if key else None
+    folder = prepared.load(key, params, progress, mapped=bool(opts.map_prepared)) if key else None
     saved = False
+    how = "mapped from" if opts.map_prepared else "read from"
     if folder is None:
         factors = load_weights(
             f, params, progress=progress, quantized=policy.packed, mesh=mesh,
@@ -189,7 +190,7 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
         f"{config.hidden_size}; {policy.describe()}; sliding window {window_reason}"
     )
     if folder is not None:
-        summary += f"; {prepared.describe(folder, saved)}"
+        summary += f"; {prepared.describe(folder, 'saved to' if saved else how)}"
     if mesh is not None:
         summary += f"; {describe(mesh, config)}"
     if progress:

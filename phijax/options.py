@@ -72,6 +72,13 @@ class LoadOptions(BaseModel):
         description="int8: round each packed product's input to int8 per block as llama.cpp does "
         "(its numerics, and integer products on CPU); default f32",
     )
+    map_prepared: bool | None = Field(
+        default=None,
+        description="map a packed CPU load's prepared weights (their file's page-cache pages, "
+        "copy-on-write) instead of reading them into fresh memory (the default): Phi-3-mini "
+        "loaded in 0.5 s instead of 2.5-5 s on one VM, and decoded as fast; another VM decoded "
+        "1.19x slower over a mapping (docs/benchmarks.md), so measure yours",
+    )
     policy: Literal["cpu", "gpu", "tpu"] | None = Field(
         default=None,
         description="whose defaults to apply (default: the platform JAX runs on); e.g. gpu on "

@@ -4,8 +4,10 @@ A packed load re-lays the file's blocks out for the kernel (:mod:`phijax.gguf.re
 for Phi-3-mini that is most of a 5-10 s load, repeated by every process. The first load of
 a file under a policy writes the finished parameters to ``$PHIJAX_CACHE/prepared/<key>/``
 (``weights.bin`` plus a JSON ``manifest.json``); later loads read ``weights.bin`` into one
-buffer, which XLA:CPU uses in place: a load is then a file read. Not mapped: over a
-mapped file Phi-3-mini's batch-1 decode ran 17% slower (``docs/benchmarks.md``).
+buffer, which XLA:CPU uses in place: a load is then a file read. Or, with the load option
+``map_prepared``, they map it: no copy at all, but on one VM Phi-3-mini's batch-1 decode
+ran 1.19x slower over the mapping, while on another it ran as fast and the load took a
+tenth of the time (``docs/benchmarks.md``), so reading stays the default.
 
 The key is the GGUF file's identity (path, size, modification time, inode), the
 :class:`~phijax.backend.Backend`, the load's other parameter choices, and a hash of the
@@ -23,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -52,6 +55,7 @@ KEEP_BYTES = 8 << 30
 models' beside them."""
 ALIGN = 4096  # each array's offset (XLA:CPU needs 64) and O_DIRECT's unit
 STAGE = 16 << 20  # bytes per write
+MADV_POPULATE_READ = 22  # Linux 5.14; Python 3.11's mmap module does not name it
 _QUANT_STATIC = tuple(f.name for f in dataclasses.fields(QuantArray) if f.metadata.get("static"))
 _QUANT_ARRAYS = tuple(f.name for f in dataclasses.fields(QuantArray) if f.name not in _QUANT_STATIC)
 
@@ -213,10 +217,11 @@ def _entry_bytes(folder: Path) -> int:
         return 0
 
 
-def load(key: dict, module: nnx.Module, progress: bool = True) -> Path | None:
+def load(key: dict, module: nnx.Module, progress: bool = True, mapped: bool = False) -> Path | None:
     """Fill ``module``'s (abstract) parameters from the entry for ``key`` (``progress``: a
     bar); returns its folder, or ``None`` if there is none or it is unusable (a warning says
-    why; the caller then loads the file as usual)."""
+    why; the caller then loads the file as usual). ``mapped``: the parameters are a mapping of
+    ``weights.bin`` (:func:`map_file`) instead of a copy of it."""
     folder = _folder(key)
     if not (folder / "manifest.json").exists():
         return None
@@ -227,8 +232,11 @@ def load(key: dict, module: nnx.Module, progress: bool = True) -> Path | None:
         size = (folder / "weights.bin").stat().st_size
         if size != manifest["bytes"]:
             raise ValueError(f"weights.bin has {size} bytes, the manifest says {manifest['bytes']}")
-        with byte_bar("reading prepared weights", size, progress) as bar:
-            stored = read_aligned(folder / "weights.bin", 0, size, bar)
+        if mapped:
+            stored = map_file(folder / "weights.bin", size)
+        else:
+            with byte_bar("reading prepared weights", size, progress) as bar:
+                stored = read_aligned(folder / "weights.bin", 0, size, bar)
         views = [_views(e, stored) for e in manifest["params"]]
         placed = jax.device_put(views)  # one batched call: 2-6x faster than one per array
         values = [
@@ -253,6 +261,21 @@ def load(key: dict, module: nnx.Module, progress: bool = True) -> Path | None:
     with contextlib.suppress(OSError):  # most recently used (a read-only cache stays as it is)
         os.utime(folder)
     return folder
+
+
+def map_file(path: Path, nbytes: int) -> np.ndarray:
+    """The first ``nbytes`` of ``path`` (which has them) as a private copy-on-write mapping of
+    the page cache's own pages: nothing is copied or allocated, and a write (XLA writes no
+    parameter) would change a private copy, never the file. The pages are mapped at once where
+    the kernel can (``MADV_POPULATE_READ``), else at first touch. An entry replaced or evicted
+    meanwhile leaves the mapping as it was; it is unmapped when the last array using it goes."""
+    with open(path, "rb") as f:
+        region = mmap.mmap(
+            f.fileno(), nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
+        )
+    with contextlib.suppress(OSError):  # an older kernel: the pages fault in as they are read
+        region.madvise(MADV_POPULATE_READ)
+    return np.frombuffer(region, np.uint8)
 
 
 def _views(entry: dict, stored: np.ndarray) -> dict[str, np.ndarray | None]:
@@ -288,7 +311,7 @@ def _variable(module: nnx.Module, path: list) -> nnx.Variable:
     return obj
 
 
-def describe(folder: Path, saved: bool) -> str:
-    """The load summary's words for an entry used or written."""
+def describe(folder: Path, how: str) -> str:
+    """The load summary's words for an entry ``how`` ("saved to", "read from", "mapped from")."""
     where = str(folder).replace(str(Path.home()), "~", 1)
-    return f"prepared weights {'saved to' if saved else 'read from'} {where}"
+    return f"prepared weights {how} {where}"

@@ -65,6 +65,21 @@ def test_second_load_reads_the_same_parameters(cache, gguf, options, monkeypatch
     _assert_same_params(plain, second)
 
 
+@pytest.mark.parametrize("options", [{}, {"activations": "int8"}], ids=["default", "int8"])
+def test_a_mapped_entry_gives_the_same_parameters(cache, gguf, options, monkeypatch):
+    """``map_prepared``: the parameters are the entry's file mapped, not read, and stay whole
+    when the entry is evicted (its file deleted) while the model is in use."""
+    first = phijax.load(gguf, progress=False, **options)
+    monkeypatch.setattr(prepared, "read_aligned", lambda *a, **k: pytest.fail("read, not mapped"))
+    mapped = phijax.load(gguf, progress=False, map_prepared=True, **options)
+    assert "prepared weights mapped from" in mapped.load_summary
+    _assert_same_params(first, mapped)
+    ids = [5, 17, 42, 7, 99]
+    expected = np.asarray(first.logits(ids))
+    shutil.rmtree(next(cache.iterdir()))
+    np.testing.assert_array_equal(np.asarray(mapped.logits(ids)), expected)
+
+
 def test_a_changed_file_or_policy_is_not_read(cache, gguf, monkeypatch):
     phijax.load(gguf, progress=False)
     assert "read from" in phijax.load(gguf, progress=False).load_summary

@@ -176,6 +176,7 @@ class ExperimentConfig(_Strict):
                 del data["model"][name]
         if data["task"] is None:  # likewise
             del data["task"]
+        del data["model"]["map_prepared"]  # how the weights reach memory changes no result
         blob = json.dumps(
             data,
             sort_keys=True,

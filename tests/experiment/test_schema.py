@@ -109,6 +109,8 @@ def test_quantized_enters_the_hash_only_when_set():
     assert plain.config_hash() == "817f4a5a1ddd2a73bb1f401a7c7fa373b01fd0f2b088872c3242f598154d6a18"
     packed = parse_config(_base(model={"source": "pypi:smollm2", "quantized": True}))
     assert packed.model.quantized and packed.config_hash() != plain.config_hash()
+    mapped = parse_config(_base(model={"source": "pypi:smollm2", "map_prepared": True}))
+    assert mapped.model.map_prepared and mapped.config_hash() == plain.config_hash()
 
 
 def test_unreadable_and_non_mapping_files(tmp_path):
