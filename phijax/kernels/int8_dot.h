@@ -667,8 +667,16 @@ struct Int8Problem {
   int64_t m;
 };
 
-// Output columns [n0, n1) for every row of x. Interleaved weights go two weight rows at a
-// time from 2 rows of x on (one row of x streams each weight row alone, as the f32 path does).
+// Whether interleaved weights go two weight rows at a time from 2 rows of x on (one row of x
+// streams each weight row alone, as the f32 path does). Not codes with bit planes (Q5_K, Q6_K's
+// 6-bit codes) in the maddubs tiles (kSignedInt8's builds): there the planes' registers made
+// the 2-column tiles spill. Zen 3, kernel alone, [8192, 3072] at 8 / 32 rows, two alternating
+// rounds: Q5_K 2.62-3.03 / 10.4-11.3 ms in 4 x 2 tiles, 2.28-2.43 / 8.8-9.5 ms in 4 x 1; Q6_K
+// 3.08-3.87 / 10.7-11.2 against 2.74-3.12 / 10.2-11.7 ms; Q4_K faster in pairs at 32 rows.
+template <Codes kCodes, bool kInterleaved>
+constexpr bool kInt8Pairs = kInterleaved && !(kSignedInt8 && high_planes(kCodes) > 0);
+
+// Output columns [n0, n1) for every row of x.
 template <Codes kCodes, int kSub, bool kInterleaved = false>
 void int8_columns(const Int8Problem& p, int64_t n0, int64_t n1) {
   using Rows = std::make_integer_sequence<int, kInt8Rows>;
@@ -678,7 +686,7 @@ void int8_columns(const Int8Problem& p, int64_t n0, int64_t n1) {
     const int64_t rows = std::min<int64_t>(kInt8Rows, p.m - m0);
     float* y = p.y + m0 * p.w.rows;
     int64_t n = n0;
-    if constexpr (kInterleaved) {
+    if constexpr (kInt8Pairs<kCodes, kInterleaved>) {
       if (rows > 1) {
         for (; n + 2 <= n1; n += 2) pairs[rows - 1](p.w, n, p.x, m0, y + n, p.w.rows);
       }
