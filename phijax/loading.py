@@ -173,7 +173,6 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
     key = prepared.key_for(path, policy, {"rope_limit": rope_limit if longrope else None})
     folder = prepared.load(key, params, progress, mapped=bool(opts.map_prepared)) if key else None
     saved = False
-    how = "mapped from" if opts.map_prepared else "read from"
     if folder is None:
         factors = load_weights(
             f, params, progress=progress, quantized=policy.packed, mesh=mesh,
@@ -190,7 +189,8 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
         f"{config.hidden_size}; {policy.describe()}; sliding window {window_reason}"
     )
     if folder is not None:
-        summary += f"; {prepared.describe(folder, 'saved to' if saved else how)}"
+        how = "saved to" if saved else "mapped from" if opts.map_prepared else "read from"
+        summary += f"; {prepared.describe(folder, how)}"
     if mesh is not None:
         summary += f"; {describe(mesh, config)}"
     if progress:

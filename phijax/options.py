@@ -76,8 +76,8 @@ class LoadOptions(BaseModel):
         default=None,
         description="map a packed CPU load's prepared weights (their file's page-cache pages, "
         "copy-on-write) instead of reading them into fresh memory (the default): Phi-3-mini "
-        "loaded in 0.5 s instead of 2.5-5 s on one VM, and decoded as fast; another VM decoded "
-        "1.19x slower over a mapping (docs/benchmarks.md), so measure yours",
+        "loaded in 0.3-0.5 s instead of 1.2-9.6 s on one VM, and decoded as fast; another VM "
+        "decoded 1.19x slower over a mapping (docs/benchmarks.md), so measure yours",
     )
     policy: Literal["cpu", "gpu", "tpu"] | None = Field(
         default=None,
