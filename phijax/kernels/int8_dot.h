@@ -670,7 +670,7 @@ struct Int8Problem {
 // Whether interleaved weights go two weight rows at a time from 2 rows of x on (one row of x
 // streams each weight row alone, as the f32 path does). Not codes with bit planes (Q5_K, Q6_K's
 // 6-bit codes) in the maddubs tiles (kSignedInt8's builds): there the planes' registers made
-// the 2-column tiles spill. Zen 3, kernel alone, [8192, 3072] at 8 / 32 rows, two alternating
+// the 2-column tiles spill. Zen 3, kernel alone, [8192, 3072] at 8 / 32 rows, four alternating
 // rounds: Q5_K 2.62-3.03 / 10.4-11.3 ms in 4 x 2 tiles, 2.28-2.43 / 8.8-9.5 ms in 4 x 1; Q6_K
 // 3.08-3.87 / 10.7-11.2 against 2.74-3.12 / 10.2-11.7 ms; Q4_K faster in pairs at 32 rows.
 template <Codes kCodes, bool kInterleaved>
