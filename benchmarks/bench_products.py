@@ -22,11 +22,13 @@ weight once per call. This script times, per product (median over 16-step loops)
     python benchmarks/bench_products.py --markdown
     python benchmarks/bench_products.py --kernel-only --rows 1 4 8 16 32   # the kernel alone
     python benchmarks/bench_products.py --kernel-only --activations int8   # its int8 path
+    python benchmarks/bench_products.py --kernel-only --activations int8 --types Q5_K Q6_K
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import jax
@@ -40,7 +42,7 @@ from phijax.gguf.relayout import relayout
 from phijax.gguf.synthetic import random_blocks
 from phijax.model.attention import attention
 from phijax.model.layers import linear
-from phijax.quant import QuantArray, interleaved
+from phijax.quant import QuantArray
 
 STEPS = 16
 
@@ -94,13 +96,13 @@ def _decoded(x, w):
     return kernels.reference(x.reshape(b * s, n), w).reshape(b, s, -1).mean(-1, keepdims=True)
 
 
-def _q4_k(shape, seed: int, activations: str = "f32") -> QuantArray:
-    """A random Q4_K weight as each activation type's mode holds it (int8: interleaved, with
-    the file's two-level scales)."""
-    raw = random_blocks(np.random.default_rng(seed), QT.Q4_K, shape[0] * shape[1] // 256)
-    if activations == "f32":
-        return relayout(raw, QT.Q4_K, shape)
-    return interleaved(relayout(raw, QT.Q4_K, shape, two_level=True))
+def _weight(shape, seed: int, activations: str = "f32", qtype: QT = QT.Q4_K) -> QuantArray:
+    """A random ``qtype`` weight as each activation type's mode holds it (int8: interleaved,
+    with the file's two-level scales, Q6_K's codes in 6 bits)."""
+    raw = random_blocks(np.random.default_rng(seed), qtype, shape[0] * shape[1] // 256)
+    return relayout(
+        raw, qtype, shape, two_level=activations == "int8", interleave=activations == "int8"
+    )
 
 
 FORMS = ("f32, x @ w.T", "bf16, XLA", "bf16, linear()", "Q4_K, XLA decode", "Q4_K, linear()")
@@ -110,7 +112,7 @@ def product_rows(shape, rows_list, reps: int) -> list[list[str]]:
     out_dim, in_dim = shape
     w32 = [jax.random.normal(jax.random.key(i), shape) for i in range(4)]
     w16 = [w.astype(jnp.bfloat16) for w in w32]
-    q4 = [_q4_k(shape, i) for i in range(4)]
+    q4 = [_weight(shape, i) for i in range(4)]
     forms = [(_x_first, w32), (_weight_first, w16), (_linear, w16), (_decoded, q4), (_linear, q4)]
     rows = []
     for n in rows_list:
@@ -129,8 +131,10 @@ def product_rows(shape, rows_list, reps: int) -> list[list[str]]:
     return rows
 
 
-def kernel_rows(shapes, rows_list, reps: int, activations: str = "f32") -> list[list[str]]:
-    """The CPU kernel alone: ``kernels.matmul`` of ``[rows, in]`` by one Q4_K weight per
+def kernel_rows(
+    shapes, rows_list, reps: int, activations: str = "f32", qtypes=(QT.Q4_K,)
+) -> list[list[str]]:
+    """The CPU kernel alone: ``kernels.matmul`` of ``[rows, in]`` by one weight per type and
     shape, jitted, called 20 times per timing (no loop around it, one weight: it may stay in
     the CPU's caches, unlike the looped forms' four)."""
     product = jax.jit(
@@ -141,9 +145,9 @@ def kernel_rows(shapes, rows_list, reps: int, activations: str = "f32") -> list[
         return [product(x, w) for _ in range(20)]
 
     out = []
-    for shape in shapes:
-        w = jax.tree.map(jnp.asarray, _q4_k(shape, 0, activations))
-        row = [f"Q4_K {shape[0]} x {shape[1]}, {activations} activations"]
+    for qtype, shape in itertools.product(qtypes, shapes):
+        w = jax.tree.map(jnp.asarray, _weight(shape, 0, activations, qtype))
+        row = [f"{qtype.name} {shape[0]} x {shape[1]}, {activations} activations"]
         for n in rows_list:
             x = jnp.ones((n, shape[1]), jnp.float32)
             row.append(f"{_median_ms(twenty, x, w, reps=reps) / 20:.2f} ms")
@@ -203,11 +207,19 @@ def main() -> None:
         default="f32",
         help="with --kernel-only: the kernel's activation type (int8: the int8 mode's weights)",
     )
+    parser.add_argument(
+        "--types",
+        nargs="+",
+        choices=["Q4_K", "Q5_K", "Q6_K"],
+        default=["Q4_K"],
+        help="with --kernel-only: the weights' types",
+    )
     args = parser.parse_args()
     if args.kernel_only:
         print(f"# {cpu_name()}; jax {jax.__version__}; CPU kernel: {kernels.status()}")
         shapes = [(8192, 3072), (16384, 3072)]
-        table = kernel_rows(shapes, args.rows, max(args.reps, 7), args.activations)
+        qtypes = [QT[name] for name in args.types]
+        table = kernel_rows(shapes, args.rows, max(args.reps, 7), args.activations, qtypes)
         print_table(["weight", *(f"{n} rows" for n in args.rows)], table, args.markdown)
         return
     print(f"# {cpu_name()}; jax {jax.__version__}; per product, {STEPS}-step loops")

@@ -41,9 +41,10 @@ import jax.numpy as jnp
 class QuantArray:
     """``values`` int8 ``[..., rows, cols]`` (uint8 ``[..., rows, cols // 2]`` when ``nibbles``,
     the packing group, is not 0); ``scales``, ``mins`` f32 ``[..., rows, cols // block]``
-    (``mins`` may be ``None``); ``high``: ``None``, or uint8 ``[..., rows, cols // 8]``
-    with packed codes: bit i of byte b is the fifth bit of code 8b + i; leading axes (a
-    layer stack) are allowed."""
+    (``mins`` may be ``None``); ``high``: ``None``, or uint8 ``[..., rows, cols // 8 · planes]``
+    with packed codes: in row order, bit i of byte b is the fifth bit of code 8b + i;
+    interleaved, each group's 64 bytes hold its steps' bit planes (``_interleaved_planes``);
+    leading axes (a layer stack) are allowed."""
 
     values: jax.Array
     scales: jax.Array
@@ -75,7 +76,7 @@ class QuantArray:
 
     @property
     def planes(self) -> int:
-        """High-bit planes beside nibbles: ``high`` holds, per 64 codes, 8 bytes of each."""
+        """High-bit planes beside nibbles: ``high`` holds 8 bytes of each per 64 codes."""
         return 0 if self.high is None else self.high.shape[-1] * 8 // self.shape[-1]
 
     @property
@@ -115,11 +116,20 @@ class QuantArray:
             g = 128 if self.interleave else self.nibbles
             v = self.values.reshape(*lead, cols // g, 1, g // 2)
             stored = jnp.concatenate([v & 15, v >> 4], axis=-2).reshape(*lead, cols)
-            if self.high is not None:  # bits 4 (and 5), in the same order as the codes
-                planes = self.high.reshape(*lead, cols // 64, self.planes, 8)
-                bits = jnp.unpackbits(planes, axis=-1, bitorder="little")
+            if self.high is not None and self.interleave:  # bits 4 (and 5): _interleaved_planes
+                per_group = 64 * 8 // self.planes  # codes whose bits one group's 64 bytes hold
+                planes = self.high.reshape(*lead, cols // per_group, 1, 64)
+                shifts = jnp.arange(8, dtype=jnp.uint8)[:, None]
+                bits = ((planes >> shifts) & 1).reshape(
+                    *lead, cols // per_group, -1, self.planes, 64
+                )
                 for p in range(self.planes):
                     stored = stored | (bits[..., p, :].reshape(*lead, cols) << (4 + p))
+            elif self.high is not None:  # fifth bits, in the same order as the codes
+                bits = jnp.unpackbits(
+                    self.high.reshape(*lead, cols // 8, 1), axis=-1, bitorder="little"
+                )
+                stored = stored | (bits.reshape(*lead, cols) << 4)
         if self.interleave:  # steps t of 64 codes, lane l, byte j: code l·S + 4t + j
             s = self.interleave
             steps = stored.reshape(*lead, cols // (16 * s), s // 4, 16, 4)
@@ -201,16 +211,30 @@ def interleaved(q: QuantArray, code_bits: int = 8) -> QuantArray:
         pairs = steps.astype(jnp.uint8).reshape(*lead, groups, s // 8, 2, 64)
         values = ((pairs[..., 0, :] & 15) | (pairs[..., 1, :] & 15) << 4).reshape(*lead, cols // 2)
         planes = 2 if six else q.planes
-        if planes:  # per 64 codes: 8 bytes of bit 4, then (6-bit codes) 8 bytes of bit 5
-            chunks = steps.astype(jnp.uint8).reshape(*lead, cols // 64, 1, 64)
-            bits = (chunks >> (4 + jnp.arange(planes, dtype=jnp.uint8)[:, None])) & 1
-            high = jnp.packbits(bits, axis=-1, bitorder="little").reshape(*lead, cols // 8 * planes)
+        if planes:
+            high = _interleaved_planes(steps.astype(jnp.uint8), planes).reshape(
+                *lead, cols // 8 * planes
+            )
     else:
         values = steps.reshape(*lead, cols)
     nibbles = 64 if six else q.nibbles
     return dataclasses.replace(
         q, values=values, high=high, interleave=s, nibbles=nibbles, zero=zero
     )
+
+
+def _interleaved_planes(steps: jax.Array, planes: int) -> jax.Array:
+    """The high bits of interleaved codes ``steps [..., groups, steps, 64]`` (uint8, 4
+    plus ``planes`` bits), 64 bytes per group: bit ``t · planes + p`` of byte ``i`` is bit
+    ``4 + p`` of code ``i`` of step ``t`` (steps x planes = 8: Q5_K's 8 steps of one plane,
+    Q6_K's 4 of two). One vector load per group serves all its steps, and a step's bits
+    come out by a mask and a shift (ggml's ``qh`` in Q5_K and Q6_K works the same way),
+    where bits in code order needed a shuffle and a compare per vector of codes."""
+    *_, steps_, width = steps.shape
+    assert steps_ * planes == 8 and width == 64, (steps_, planes, width)
+    bits = (steps[..., None, :] >> (4 + jnp.arange(planes, dtype=jnp.uint8)[:, None])) & 1
+    weights = (jnp.uint8(1) << jnp.arange(8, dtype=jnp.uint8)).reshape(steps_, planes, 1)
+    return (bits * weights).sum(axis=(-3, -2), dtype=jnp.uint8)
 
 
 def dense(w: jax.Array | QuantArray, dtype) -> jax.Array:

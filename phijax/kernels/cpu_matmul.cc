@@ -270,7 +270,7 @@ struct Weight {
   const float* scales;   // [rows, groups]
   const float* mins;     // [rows, groups], or null
   int64_t rows, cols, row_bytes, groups;
-  const uint8_t* high = nullptr;  // [rows, cols / 8 * planes]: fifth bits, bit i of byte b for code 8b + i
+  const uint8_t* high = nullptr;  // [rows, cols / 8 * planes]: high bits of the codes (planes)
   int64_t interleave = 0;         // 0: codes in row order; else int8_dot.h's order, sub-blocks of this
   // Two-level k-quant scales (interleaved only; scales and mins then null): integer codes
   // [rows, groups] (u8; Q6_K's scales s8) and f32 units [rows, cols / 256, 1 or 2] (d, dmin).
@@ -278,7 +278,9 @@ struct Weight {
   const uint8_t* min_codes = nullptr;
   const float* units = nullptr;
   // High-bit planes: 0, 1 (fifth bits) or 2 (bits 4 and 5 of 6-bit codes with zero point 32;
-  // interleaved, sub-blocks of 16: Q6_K). Per 64 codes, 8 bytes of each plane.
+  // interleaved, sub-blocks of 16: Q6_K), 8 bytes of each per 64 codes. In row order, bit i of
+  // byte b is the fifth bit of code 8b + i; interleaved, bit t * planes + p of byte i of a
+  // group's 64 bytes is plane p of code i of step t (int8_dot.h's with_planes).
   int64_t planes = 0;
 
   // The units (d, then dmin if any) of the super-block of 256 that holds sub-block j of row n

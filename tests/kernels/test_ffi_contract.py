@@ -23,9 +23,10 @@ empty, bits = np.zeros((0,), np.float32), np.zeros((0,), np.uint8)
 # a Q6_K-like weight with two-level scales: int8 codes and scales, one d per 256 columns
 x256, codes256, codes_s8 = np.ones((1, 256), np.float32), np.ones((24, 256), np.int8), np.ones((24, 16), np.int8)
 units = np.ones((24, 1, 1), np.float32)
-# its codes as 6 bits: nibbles 1 and, per 64 codes, 8 bytes of bit 4 (0) and of bit 5 (1): 33 - 32 = 1
+# its codes as 6 bits: nibbles 1 and, in the group's 64 plane bytes, bit 4 (bits 0, 2, 4, 6: steps
+# 0-3) clear and bit 5 (bits 1, 3, 5, 7) set: 33 - 32 = 1
 nibbles6 = np.full((24, 128), 0x11, np.uint8)
-planes6 = np.tile(np.r_[np.zeros(8), np.full(8, 255)].astype(np.uint8), (24, 4))
+planes6 = np.full((24, 64), 0b10101010, np.uint8)
 # a stack of 3 weights: layers 0 and 1 zero, layer 2 the valid one
 stack, stacked_scales = np.stack([codes * 0, codes * 0, codes]), np.ones((3, 24, 2), np.float32)
 cases = {  # name: (act, output shape, x, codes, scales, mins[, high bits[, interleave[, units[, nibbles[, layer]]]]])
