@@ -191,6 +191,8 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
     if folder is not None:
         how = "saved to" if saved else "mapped from" if opts.map_prepared else "read from"
         summary += f"; {prepared.describe(folder, how)}"
+    elif opts.map_prepared:
+        summary += f"; map_prepared ignored: {prepared.NONE_KEPT}"
     if mesh is not None:
         summary += f"; {describe(mesh, config)}"
     if progress:

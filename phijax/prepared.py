@@ -50,6 +50,11 @@ from phijax.quant import QuantArray
 MIN_BYTES = 32 << 20
 """Files below this load in a fraction of a second without an entry (tests' fixtures);
 SmolLM2-135M (93 MB) loads in 0.15 s from its entry against 0.35-0.45 s re-laid out."""
+NONE_KEPT = (
+    "this load keeps no prepared weights (they are kept for packed loads on one CPU device, "
+    f"with caches on, of files from {MIN_BYTES >> 20} MiB)"
+)
+"""Why a load has no entry to map (its summary's words where ``map_prepared`` was asked for)."""
 KEEP_BYTES = 8 << 30
 """Disk for all entries: Phi-3-mini's default and int8 entries (3.2 and 2.4 GB) and small
 models' beside them."""

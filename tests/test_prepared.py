@@ -118,7 +118,8 @@ def test_a_damaged_entry_is_rebuilt(cache, gguf, damage):
 
 
 def test_none_for_small_files_dense_loads_or_when_caches_are_off(cache, gguf, monkeypatch):
-    phijax.load(gguf, progress=False, quantized=False)  # dense: nothing to re-lay out
+    dense = phijax.load(gguf, progress=False, quantized=False, map_prepared=True)
+    assert f"map_prepared ignored: {prepared.NONE_KEPT}" in dense.load_summary  # not silently
     monkeypatch.setenv("PHIJAX_NO_CACHE", "1")
     phijax.load(gguf, progress=False)
     monkeypatch.delenv("PHIJAX_NO_CACHE")
