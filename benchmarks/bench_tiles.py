@@ -4,9 +4,9 @@ row of x, for each code layout and tile shape. No memory, threads or XLA in the 
 each loop costs, to compare tile shapes and summation orders (``docs/benchmarks.md``,
 fifteenth step).
 
-It compiles ``benchmarks/tiles.cc`` (which includes the kernel's source) with the flags of
-one kernel build into a temporary shared library and calls it through ctypes; it needs a
-C++ compiler and jaxlib's XLA FFI headers, as ``setup.py`` does.
+It compiles ``benchmarks/tiles.cc`` (which includes the kernel's source) with the flags
+``setup.py`` gives one kernel build into a temporary shared library and calls it through
+ctypes; it needs a C++ compiler and jaxlib's XLA FFI headers, as ``setup.py`` does.
 
     python benchmarks/bench_tiles.py [--isa avx2] [--ghz 3.05] [--cpu 1] [--markdown]
 """
@@ -17,22 +17,38 @@ import argparse
 import ctypes
 import importlib.util
 import os
+import runpy
 import shutil
 import subprocess
 import sysconfig
 import tempfile
 from pathlib import Path
+from unittest import mock
 
+import setuptools
 from _common import cpu_name, print_table
 
 from phijax import kernels
 
 ROOT = Path(__file__).resolve().parent.parent
-FLAGS = {
-    "generic": [],
-    "avx2": ["-mavx2", "-mfma", "-DPHIJAX_AVX2=1"],
-    "avx512": ["-mavx512f", "-mfma", "-DPHIJAX_AVX512=1"],
-}
+
+
+def setup_flags() -> dict[str, list[str]]:
+    """Each kernel build's compile flags and macros (but its module name) as ``setup.py``
+    asks setuptools to build it: one place for them."""
+    seen = {}
+    with mock.patch.object(setuptools, "setup", lambda **kw: seen.update(kw)):
+        runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+    return {
+        ext.name.rsplit("_", 1)[-1]: [
+            *ext.extra_compile_args,
+            *(f"-D{k}={v}" for k, v in ext.define_macros if k != "PHIJAX_MODULE"),
+        ]
+        for ext in seen["ext_modules"]
+    }
+
+
+FLAGS = setup_flags()
 LAYOUTS = {"Q4_K (4-bit, mins)": 0, "Q5_K (fifth bits)": 1, "Q6_K (int8 codes)": 2, "bf16": 3}
 TILES = [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2)]
 
@@ -44,8 +60,7 @@ def build(isa: str, out: Path) -> ctypes.CDLL:
         raise SystemExit("bench_tiles: no C++ compiler (set CXX)")
     jaxlib = importlib.util.find_spec("jaxlib")
     include = Path(jaxlib.origin).parent / "include"
-    command = [compiler, "-std=c++17", "-O3", "-ffp-contract=off", "-fPIC", "-shared",
-               *FLAGS[isa], "-DPHIJAX_MODULE=_tiles", f"-I{ROOT / 'phijax' / 'kernels'}",
+    command = [compiler, *FLAGS[isa], "-fPIC", "-shared", "-DPHIJAX_MODULE=_tiles", f"-I{ROOT / 'phijax' / 'kernels'}",
                f"-I{include}", f"-I{sysconfig.get_paths()['include']}",
                str(ROOT / "benchmarks" / "tiles.cc"), "-o", str(out)]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)

@@ -52,7 +52,7 @@ double by_shape(int tile_rows, int tile_cols, int64_t rows, int64_t cols, int re
 // ns per 8 weights of one tile of ``tile_rows`` rows of x by ``tile_cols`` weight rows, over
 // a weight [rows, cols] of ``layout`` (0 Q4_K's 4-bit codes with mins, 1 Q5_K's with fifth
 // bits, 2 int8 codes in blocks of 16 (Q6_K), 3 bf16); the best of ``reps``. -1: no such tile.
-extern "C" double phijax_time_tile(int layout, int tile_rows, int tile_cols, int64_t rows, int64_t cols, int reps) {
+extern "C" __attribute__((visibility("default"))) double phijax_time_tile(int layout, int tile_rows, int tile_cols, int64_t rows, int64_t cols, int reps) {
   switch (layout) {
     case 0: return by_shape<Codes::kNibbles64, 32, true>(tile_rows, tile_cols, rows, cols, reps);
     case 1: return by_shape<Codes::kNibbles64H, 32, true>(tile_rows, tile_cols, rows, cols, reps);
