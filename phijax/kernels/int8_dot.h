@@ -200,9 +200,10 @@ inline void unsigned_codes_256(const uint8_t* row, const uint8_t* high, int64_t 
 
 // Marks v as computed here: the compiler may not fold the integer additions before this point
 // into those after it. Without it, GCC sums a 4-bit tile's unrolled steps as a tree, which
-// keeps every step's products live at once: the 4 x 2 tile spilled 327 vector values per group
-// of 16 sub-blocks, 119 with it (Zen 3, kernel alone, Q4_K [8192, 3072], alternating builds:
-// 32 rows 8.5-8.7 -> 6.8-7.9 ms). Not for codes with planes: their tiles measured slower.
+// keeps every step's products live at once: 327 of the 4 x 2 tile's instructions (a group of
+// 16 sub-blocks a pass) moved vectors to or from the stack, 119 with it (Zen 3, kernel alone,
+// Q4_K [8192, 3072], alternating builds: 32 rows 8.5-10.2 -> 6.2-7.9 ms). Not for codes with
+// planes: their tiles measured slower.
 inline void summed_in_order(__m256i& v) { __asm__("" : "+x"(v)); }
 
 // The sum of 16 lanes (8 in each of lo and hi) in the portable loops' order: halves, quarters, ...
@@ -431,12 +432,12 @@ inline void group_scales_256(const Weight& w, int64_t n, int64_t g, int h, __m25
 // The nibbles of step t of an interleaved group with their bits 4 (and 5) added: bit
 // t * kPlanes + p of each of the group's plane bytes (phijax.quant's _interleaved_planes).
 // AVX-512 tests each plane into a mask, one instruction as loading the mask of the bits in
-// code order was, and keeps the loop over steps (unrolled at compile time, the 2-column
-// Q5_K tile kept 57 more vector values on the stack). The maddubs builds mask and shift them
-// into place, two instructions per vector for both planes where the bits in code order took
-// a broadcast, a shuffle, a compare and a mask per plane (Zen 3, kernel alone, [8192, 3072],
-// alternating builds: Q5_K at 32 rows 9.2-9.6 -> 8.0-8.6 ms, Q6_K 11.3-11.5 -> 9.0-9.6 ms, and
-// at one row 0.95-1.04 -> 0.60 ms).
+// code order was, and keeps the loop over steps (unrolled at compile time, 81 of the 2-column
+// Q5_K tile's instructions moved vectors to or from the stack, not 24). The maddubs builds
+// mask and shift them into place, two instructions per vector for both planes where the bits
+// in code order took a broadcast, a shuffle, a compare and a mask per plane (Zen 3, kernel
+// alone, [8192, 3072], alternating builds: Q5_K at 32 rows 9.2-9.6 -> 8.0-8.6 ms, Q6_K
+// 11.3-11.5 -> 9.0-9.6 ms, and at one row 0.95-1.04 -> 0.60 ms).
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 template <int kPlanes>
 inline __m512i with_planes(__m512i nibbles, __m512i planes, int t) {
