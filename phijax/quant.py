@@ -117,12 +117,10 @@ class QuantArray:
             v = self.values.reshape(*lead, cols // g, 1, g // 2)
             stored = jnp.concatenate([v & 15, v >> 4], axis=-2).reshape(*lead, cols)
             if self.high is not None and self.interleave:  # bits 4 (and 5): _interleaved_planes
-                per_group = 64 * 8 // self.planes  # codes whose bits one group's 64 bytes hold
-                planes = self.high.reshape(*lead, cols // per_group, 1, 64)
+                groups = cols // (16 * self.interleave)  # of 16 sub-blocks, 64 plane bytes each
+                planes = self.high.reshape(*lead, groups, 1, 64)
                 shifts = jnp.arange(8, dtype=jnp.uint8)[:, None]
-                bits = ((planes >> shifts) & 1).reshape(
-                    *lead, cols // per_group, -1, self.planes, 64
-                )
+                bits = ((planes >> shifts) & 1).reshape(*lead, groups, -1, self.planes, 64)
                 for p in range(self.planes):
                     stored = stored | (bits[..., p, :].reshape(*lead, cols) << (4 + p))
             elif self.high is not None:  # fifth bits, in the same order as the codes
