@@ -50,8 +50,17 @@ def _kernel(isa: str, flags: list[str], include: str) -> Extension:
         extra_compile_args=["/std:c++17", "/O2"]
         if sys.platform == "win32"
         # no contraction of a * b + c into one FMA where the source does not ask for one: the
-        # int8 activations must round x * scale first, as llama.cpp does (int8_dot.h)
-        else ["-std=c++17", "-O3", "-fvisibility=hidden", "-ffp-contract=off", *flags],
+        # int8 activations must round x * scale first, as llama.cpp does (int8_dot.h). No
+        # wrapping signed arithmetic (Python's flags ask for it): under it GCC cannot prove a
+        # loop's index non-negative, and each k / 2 in a tile's loop costs a sign fix-up.
+        else [
+            "-std=c++17",
+            "-O3",
+            "-fvisibility=hidden",
+            "-ffp-contract=off",
+            "-fno-wrapv",
+            *flags,
+        ],
         language="c++",
         optional=True,
     )

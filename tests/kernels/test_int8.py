@@ -105,6 +105,16 @@ def test_every_type_against_gguf(build: str, qtype: QT):
     assert_int8_products(build, w, want)
 
 
+@pytest.mark.parametrize("cols", [64, 384, 576, 832])
+@pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q5_1], ids=lambda t: t.name)
+def test_mins_over_every_tail_of_sub_blocks(build: str, qtype: QT, cols: int):
+    """The mins' sum runs in 16 lanes, two registers in the vector builds: 2, 12, 18 and 26
+    sub-blocks of 32 end mid-way through the first register, the second, and past 16."""
+    w, want = file_weight(qtype, cols)
+    assert w.mins is not None
+    assert_int8_products(build, w, want)
+
+
 @pytest.mark.parametrize("qtype", [t for t in QUANTIZED if GGML_QUANT_SIZES[t][0] == 256])
 def test_interleaved_k_quants_against_gguf(build: str, qtype: QT):
     """The same for a k-quant stored in the int8 path's interleaved order (one integer sum
