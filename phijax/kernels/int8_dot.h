@@ -235,31 +235,29 @@ void subtract_offsets(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, 
   const int64_t groups = w.cols / kSub;
 #if defined(__AVX2__)
   // min_j + zero_point scale_j for 8 sub-blocks from j (two roundings, the order QuantArray's
-  // weights have); lanes past the row's end (tail < 8) are zero
-  const auto offsets = [&](int64_t j, int64_t tail) {
-    const __m256i in = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(tail)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  // weights have); zero in the lanes outside `in`
+  const auto offsets = [&](int64_t j, __m256i in) {
     const __m256 m = mins ? _mm256_maskload_ps(mins + j, in) : _mm256_setzero_ps();
     if constexpr (zero_point(kCodes) == 0) return m;
     const __m256 o = _mm256_mul_ps(_mm256_set1_ps(static_cast<float>(zero_point(kCodes))),
                                    _mm256_maskload_ps(scales + j, in));
     return mins ? _mm256_add_ps(o, m) : o;
   };
-  // v plus offsets times sums for the lanes that hold sub-blocks j .. j + tail - 1 (the others
-  // unchanged, not plus zero: -0 + 0 is +0)
-  const auto add = [&](__m256 v, const float* xs, int64_t j, int64_t tail) {
-    const __m256i in = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(tail)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const __m256 t = _mm256_add_ps(v, _mm256_mul_ps(offsets(j, tail), _mm256_maskload_ps(xs + j, in)));
-    return _mm256_blendv_ps(v, t, _mm256_castsi256_ps(in));
+  // v plus offsets times sums in the lanes of sub-blocks j .. j + n - 1 (the others unchanged,
+  // not plus zero: -0 + 0 is +0)
+  const auto add = [&](__m256 v, const float* xs, int64_t j, int64_t n) {
+    const __m256i in =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 t = _mm256_add_ps(v, _mm256_mul_ps(offsets(j, in), _mm256_maskload_ps(xs + j, in)));
+    return n == 8 ? t : _mm256_blendv_ps(v, t, _mm256_castsi256_ps(in));
   };
   for (int r = 0; r < kRows; ++r) {
     const float* xs = xq.sums.data() + (m0 + r) * groups;
     __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= groups; j += 16) {
-      lo = _mm256_add_ps(lo, _mm256_mul_ps(offsets(j, 8), _mm256_loadu_ps(xs + j)));
-      hi = _mm256_add_ps(hi, _mm256_mul_ps(offsets(j + 8, 8), _mm256_loadu_ps(xs + j + 8)));
+      lo = add(lo, xs, j, 8);
+      hi = add(hi, xs, j + 8, 8);
     }
     if (j < groups) {
       lo = add(lo, xs, j, std::min<int64_t>(groups - j, 8));
