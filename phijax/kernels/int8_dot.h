@@ -243,13 +243,13 @@ void subtract_offsets(const Weight& w, int64_t n, const QuantX& xq, int64_t m0, 
                                    _mm256_maskload_ps(scales + j, in));
     return mins ? _mm256_add_ps(o, m) : o;
   };
-  // v plus offsets times sums in the lanes of sub-blocks j .. j + n - 1 (the others unchanged,
-  // not plus zero: -0 + 0 is +0)
-  const auto add = [&](__m256 v, const float* xs, int64_t j, int64_t n) {
+  // v plus offsets times sums in the lanes of sub-blocks j .. j + count - 1 (the others
+  // unchanged, not plus zero: -0 + 0 is +0)
+  const auto add = [&](__m256 v, const float* xs, int64_t j, int64_t count) {
     const __m256i in =
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     const __m256 t = _mm256_add_ps(v, _mm256_mul_ps(offsets(j, in), _mm256_maskload_ps(xs + j, in)));
-    return n == 8 ? t : _mm256_blendv_ps(v, t, _mm256_castsi256_ps(in));
+    return count == 8 ? t : _mm256_blendv_ps(v, t, _mm256_castsi256_ps(in));
   };
   for (int r = 0; r < kRows; ++r) {
     const float* xs = xq.sums.data() + (m0 + r) * groups;
