@@ -24,11 +24,12 @@ double time_tile(int64_t rows, int64_t cols, int reps) {
   const Weight w{codes.data(), bf16 ? nullptr : scales.data(), kMins ? mins.data() : nullptr,
                  rows, cols, bf16 ? 2 * cols : nibbles ? cols / 2 : cols, bf16 ? 0 : groups,
                  has_fifth(kCodes) ? high.data() : nullptr, 0};
+  const std::vector<float> xsums = block_sums(x.data(), kRows, cols, kBlock);
   double best = 1e30;
   for (int rep = 0; rep < reps; ++rep) {
     const auto start = std::chrono::steady_clock::now();
     for (int64_t n = 0; n + kCols <= rows; n += kCols) {
-      dot_tile<kCodes, kBlock, kMins, kRows, kCols>(w, n, x.data(), cols, y.data() + n, rows);
+      dot_tile<kCodes, kBlock, kMins, kRows, kCols>(w, n, x.data(), xsums.data(), cols, y.data() + n, rows);
     }
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }

@@ -157,8 +157,8 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
 
 def _weight(codes: np.ndarray, scales: np.ndarray, mins: np.ndarray | None, block: int):
     """The f32 weight ``scales · codes - mins`` (exact products: dyadic scales; one rounding
-    for the min, like the kernel's fmsub) and each term's size for the rounding bound (int8
-    codes are offset by 128 for int8 activations)."""
+    for the min) and each term's size for the rounding bound: the kernel sums the scaled codes
+    and the mins apart (int8 codes are offset by 128 for int8 activations)."""
     per_code = np.repeat(scales, block, 1)
     w = per_code * codes.astype(np.float32)
     size = np.abs(per_code) * (np.abs(codes) + 128)

@@ -7,10 +7,10 @@
 // and with no flags (portable loops). The portable build also reports the CPU's features, so
 // Python imports a vector build only on a CPU that runs it.
 //
-// Exactness: a code times its scale is exact in f32 (phijax.gguf.dequant), so
-// fmsub(code, scale, min) rounds once, like QuantArray.dequantize's product-then-subtract:
-// the weights are the f32 mode's, bit for bit. Only the order of the sum differs (two
-// accumulators of L lanes per output, for even and odd vectors of a step, then a tree).
+// Exactness: a code times its scale is exact in f32 (phijax.gguf.dequant). The products are
+// summed per block and scaled once, the mins' part apart (dot_tile), so the weights are the
+// f32 mode's, bit for bit (one non-zero x gives scale * code - min, rounded once, as
+// QuantArray.dequantize rounds it), and the sums differ from its product by rounding alone.
 // Each output is computed the same way whatever the number of rows, so results do not
 // depend on the batch.
 //
@@ -84,11 +84,11 @@ struct Simd {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
-  template <int kShift>
+  template <int kShift>  // a permute of 0..15 by each lane's low 4 bits: a mask and a convert in one
   static V nibbles(const uint8_t* p) {
     __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     if (kShift) b = _mm512_srli_epi32(b, kShift);
-    return _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
+    return _mm512_permutexvar_ps(b, _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   }
   template <int kShift>  // with a fifth bit per lane from the 16 bits at ``bits``
   static V nibbles5(const uint8_t* p, const uint8_t* bits) {
@@ -99,17 +99,6 @@ struct Simd {
     b = _mm512_and_si512(b, _mm512_set1_epi32(15));
     return _mm512_cvtepi32_ps(_mm512_mask_or_epi32(b, m, b, _mm512_set1_epi32(16)));
   }
-  // The weights of 16 4-bit codes, looked up in the 16 values scale * j - min of their block:
-  // one permute instead of a convert and a fused multiply-subtract per vector, and the same
-  // rounded weights (the table is computed by the same fmsub).
-  static constexpr bool kLookup = true;
-  template <int kShift>
-  static V lookup(const uint8_t* p, V table) {
-    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    if (kShift) b = _mm512_srli_epi32(b, kShift);
-    return _mm512_permutexvar_ps(b, table);  // reads each index's low 4 bits only
-  }
-  static V iota() { return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
   static constexpr bool kBytes5 = false;  // the mask or of nibbles5 is one operation
 };
 #elif defined(PHIJAX_AVX2)
@@ -144,11 +133,10 @@ struct Simd {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
-  template <int kShift>
+  template <int kShift>  // a widened byte's high nibble is its shift alone
   static V nibbles(const uint8_t* p) {
-    __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    if (kShift) b = _mm256_srli_epi32(b, kShift);
-    return _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(15)));
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_cvtepi32_ps(kShift ? _mm256_srli_epi32(b, kShift) : _mm256_and_si256(b, _mm256_set1_epi32(15)));
   }
   template <int kShift>  // with a fifth bit per lane from the byte at ``bits``
   static V nibbles5(const uint8_t* p, const uint8_t* bits) {
@@ -159,7 +147,6 @@ struct Simd {
     b = _mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(15)), _mm256_and_si256(set, _mm256_set1_epi32(16)));
     return _mm256_cvtepi32_ps(b);
   }
-  static constexpr bool kLookup = false;  // an 8-lane permute holds half a table
   // Half of a 64-code group with fifth bits (kShift 0: the bytes' low nibbles, codes 0-31; 4:
   // the high ones, codes 32-63) as 32 bytes, the 32 fifth bits at ``bits`` merged in bytes
   // (0xFF in byte j where bit j is set, as llama.cpp spreads them): the half's four vectors
@@ -225,7 +212,6 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   static V nibbles5(const uint8_t* p, const uint8_t* bits) {
     return map([&](int i) { return static_cast<float>(((p[i] >> kShift) & 15) | (((*bits >> i) & 1) << 4)); });
   }
-  static constexpr bool kLookup = false;
   static constexpr bool kBytes5 = false;
 };
 #endif
@@ -293,20 +279,32 @@ struct Weight {
 
 struct Problem {
   Weight w;
-  const float* x;  // [m, cols]
-  float* y;        // [m, rows]
+  const float* x;      // [m, cols]
+  float* y;            // [m, rows]
   int64_t m;
+  const float* xsums;  // [m, groups]: block_sums(x), where the weight has mins
 };
 
 // Software prefetch of a weight stream this many bytes of codes ahead: the hardware prefetcher
 // alone left the loops waiting on memory (per Q4_K [16384, 3072] product, AMD EPYC Zen 4: int8
 // activations at 4 rows 4.0 -> 2.3 ms; 512 and 8192 bytes measured slower). The f32 path
 // prefetches in one-row tiles only (batch-1 decode): in its 4 x 2 tiles the prefetch's
-// registers made int8-code weights (Q5_K, Q6_K) spill, 1.8x slower at 32 rows. The int8 path
-// prefetches in the first tile of rows (later tiles find the chunk in cache).
+// registers made int8-code weights (Q5_K, Q6_K) spill, 1.8x slower at 32 rows; and only the
+// codes (the scales, read once per block, gained nothing: Q4_K from memory 0.49 -> 0.47 ns per
+// 8 weights without them). The int8 path prefetches in the first tile of rows (later tiles
+// find the chunk in cache).
 constexpr int64_t kAhead = 2048;
 
-inline void prefetch(const void* p) {
+// Prefetches are inlined by force: GCC takes a function that only prefetches for one without
+// side effects and deletes the calls it does not inline, and with them the prefetches (so the
+// one-row tiles of fifth-bit codes and bf16 prefetched nothing until this was forced).
+#if defined(__GNUC__) || defined(__clang__)
+#define PHIJAX_PREFETCH_INLINE inline __attribute__((always_inline))
+#else
+#define PHIJAX_PREFETCH_INLINE inline
+#endif
+
+PHIJAX_PREFETCH_INLINE void prefetch(const void* p) {
 #if defined(__GNUC__) || defined(__clang__)
   __builtin_prefetch(p);
 #else
@@ -317,7 +315,7 @@ inline void prefetch(const void* p) {
 // Prefetch the codes, scales and mins of a weight row kAhead bytes of codes past code k
 // (kBlock codes per scale; every offset a compile-time shift, no division in the loop).
 template <Codes kCodes, int kBlock>
-inline void prefetch_ahead(const uint8_t* row, const float* scales, const float* mins, const uint8_t* high,
+PHIJAX_PREFETCH_INLINE void prefetch_ahead(const uint8_t* row, const float* scales, const float* mins, const uint8_t* high,
                            int64_t k) {
   constexpr int64_t kHalves = kCodes == Codes::kBf16 ? 4 : kCodes == Codes::kInt8 ? 2 : 1;  // bytes x 2
   constexpr int64_t kCodesAhead = kAhead * 2 / kHalves;
@@ -365,34 +363,35 @@ inline V decode(const uint8_t* row, const uint8_t* high, int64_t k) {
   }
 }
 
-// At one row of x, 4-bit codes (no fifth bit) are looked up in their block's 16 weights
-// (Simd::lookup): Q4_K [16384, 3072] per product, one thread, AMD EPYC Zen 4: 0.67 -> 0.57 ns
-// per 16 weights from cache, the loop's bound when it streams.
-template <Codes kCodes, int kRows>
-constexpr bool kLookup = Simd::kLookup && kRows == 1 && is_nibbles(kCodes) && !has_fifth(kCodes);
-
-// The weights of codes k + i * kLanes ... of a row by Simd::lookup (vector builds that have it).
-template <Codes kCodes, int kI, bool kMins>
-V lookup_weights(const uint8_t* row, int64_t k, float scale, float min);
-
-#if defined(PHIJAX_AVX512)
-template <Codes kCodes, int kI, bool kMins>
-V lookup_weights(const uint8_t* row, int64_t k, float scale, float min) {
-  const V s = Simd::set1(scale);
-  const V table = kMins ? Simd::fmsub(Simd::iota(), s, Simd::set1(min)) : Simd::mul(Simd::iota(), s);
-  constexpr int off = kI * kLanes, half = kStep<kCodes> / 2;
-  return Simd::lookup<(off < half ? 0 : 4)>(row + k / 2 + off % half, table);
+// Sums of x over each block of ``block`` columns: [m, cols / block], each the block's vectors
+// added in order, then Simd::sum. They carry the mins' part of every product (below), and
+// depend on x alone, so one call computes them once for all weight rows.
+std::vector<float> block_sums(const float* x, int64_t m, int64_t cols, int64_t block) {
+  std::vector<float> out(m * (cols / block));
+  for (int64_t i = 0; i < static_cast<int64_t>(out.size()); ++i) {
+    const float* p = x + i * block;
+    V s = Simd::load(p);
+    for (int64_t j = kLanes; j < block; j += kLanes) s = Simd::add(s, Simd::load(p + j));
+    out[i] = Simd::sum(s);
+  }
+  return out;
 }
-#endif
 
 // y[r * ldy + c] = dot(x[r * ldx, :], w[n + c, :]) for r < kRows, c < kCols: each block of
 // a weight row is decoded once for kRows rows of x, and each x vector serves kCols weight rows.
-// Two accumulators per (r, c), one for the even and one for the odd vectors of each step,
-// whatever the tile: the sums do not depend on the tiling, and at one row of x the two
-// independent chains of fused multiply-adds keep the vector units busy (one chain waits
-// on each FMA's latency: Q4_K [16384, 3072] at one row 2.11 -> 1.47 ms, AMD EPYC Zen 4).
+//
+// The sum is factored as llama.cpp's is, w = scale * code - min per block:
+//   y = sum_b scale_b * (sum_{j in b} code_j x_j) - sum_b min_b * xsum_b,
+// with xsum_b = block_sums(x). Per vector of codes that is a convert and a fused multiply-add,
+// where forming the weights cost a fused multiply-subtract more; and the chains of dependent
+// adds advance once per block, not per vector, so one row of x is no longer bound by their
+// latency (one thread, Zen 3, cycles per 8 weights at one row in L2: Q4_K 1.93 -> 1.45, Q5_K
+// 3.37 -> 2.75, Q6_K 2.06 -> 1.55; docs/benchmarks.md, nineteenth step). Each block's sum goes
+// to one of two accumulators by the block's parity, the mins' terms are summed apart, and
+// every tile does the same, so results do not depend on the batch. With one non-zero x the
+// sum is scale * code - min, rounded once, as QuantArray.dequantize rounds it.
 template <Codes kCodes, int kBlock, bool kMins, int kRows, int kCols>
-void dot_tile(const Weight& w, int64_t n, const float* x, int64_t ldx, float* y, int64_t ldy) {
+void dot_tile(const Weight& w, int64_t n, const float* x, const float* xsums, int64_t ldx, float* y, int64_t ldy) {
   const uint8_t* row[kCols];
   const uint8_t* high[kCols];
   const float* scales[kCols];
@@ -407,39 +406,77 @@ void dot_tile(const Weight& w, int64_t n, const float* x, int64_t ldx, float* y,
   for (int r = 0; r < kRows; ++r) {
     for (int c = 0; c < kCols; ++c) acc[r][c][0] = acc[r][c][1] = Simd::zero();
   }
-  constexpr int kVectors = kStep<kCodes> / kLanes;
-  static_assert(kVectors % 2 == 0, "a step feeds both accumulators");
-  for (int64_t k = 0; k < w.cols; k += kStep<kCodes>) {
-    if constexpr (kRows == 1) {
-      for (int c = 0; c < kCols; ++c) prefetch_ahead<kCodes, kBlock>(row[c], scales[c], mins[c], high[c], k);
-    }
-    unrolled(std::make_integer_sequence<int, kVectors>{}, [&](auto i) {
-      constexpr int kI = decltype(i)::value;
-      const int64_t g = k / kBlock + kI * kLanes / kBlock;  // shared by the block's vectors
-      (void)g;
-      V weight[kCols];
-      for (int c = 0; c < kCols; ++c) {
-        if constexpr (kLookup<kCodes, kRows>) {
-          weight[c] = lookup_weights<kCodes, kI, kMins>(row[c], k, scales[c][g], kMins ? mins[c][g] : 0.0f);
-        } else {
-          const V q = decode<kCodes, kI>(row[c], high[c], k);
-          if constexpr (kCodes == Codes::kBf16) {
-            weight[c] = q;
-          } else if constexpr (kMins) {
-            weight[c] = Simd::fmsub(q, Simd::set1(scales[c][g]), Simd::set1(mins[c][g]));
-          } else {
-            weight[c] = Simd::mul(q, Simd::set1(scales[c][g]));
+  constexpr int kStepVectors = kStep<kCodes> / kLanes;
+  if constexpr (kCodes == Codes::kBf16) {  // the code is the weight: even and odd vectors alternate
+    for (int64_t k = 0; k < w.cols; k += kStep<kCodes>) {
+      if constexpr (kRows == 1) {
+        for (int c = 0; c < kCols; ++c) prefetch_ahead<kCodes, kBlock>(row[c], nullptr, nullptr, nullptr, k);
+      }
+      unrolled(std::make_integer_sequence<int, kStepVectors>{}, [&](auto i) {
+        constexpr int kI = decltype(i)::value;
+        for (int r = 0; r < kRows; ++r) {
+          const V xv = Simd::load(x + r * ldx + k + kI * kLanes);
+          for (int c = 0; c < kCols; ++c) {
+            acc[r][c][kI % 2] = Simd::fmadd(decode<kCodes, kI>(row[c], high[c], k), xv, acc[r][c][kI % 2]);
           }
         }
+      });
+    }
+  } else {
+    constexpr int kBlockVectors = kBlock / kLanes;
+    // Codes per pass: two whole steps of the layout and an even number of blocks, so a block's
+    // parity is known at compile time (two steps: Q6_K from memory 0.63 -> 0.56 ns per 8
+    // weights). A row's last codes that fill no pass go one step at a time.
+    constexpr int kPass = 2 * std::max(kStep<kCodes>, 2 * kBlock);
+    const auto pass = [&](int64_t k, auto vectors) {
+      constexpr int kBlocks = decltype(vectors)::value / kBlockVectors;
+      if constexpr (kRows == 1) {
+        for (int64_t s = 0; s < decltype(vectors)::value * kLanes; s += kStep<kCodes>) {
+          for (int c = 0; c < kCols; ++c) prefetch_ahead<kCodes, kBlock>(row[c], nullptr, nullptr, high[c], k + s);
+        }
       }
-      for (int r = 0; r < kRows; ++r) {
-        const V xv = Simd::load(x + r * ldx + k + kI * kLanes);
-        for (int c = 0; c < kCols; ++c) acc[r][c][kI % 2] = Simd::fmadd(weight[c], xv, acc[r][c][kI % 2]);
-      }
-    });
+      unrolled(std::make_integer_sequence<int, kBlocks>{}, [&](auto b) {
+        constexpr int kB = decltype(b)::value;
+        V part[kRows][kCols];
+        unrolled(std::make_integer_sequence<int, kBlockVectors>{}, [&](auto v) {
+          constexpr int kI = kB * kBlockVectors + decltype(v)::value;  // vector of the pass
+          V q[kCols];
+          for (int c = 0; c < kCols; ++c) {
+            q[c] = decode<kCodes, kI % kStepVectors>(row[c], high[c], k + kI / kStepVectors * kStep<kCodes>);
+          }
+          for (int r = 0; r < kRows; ++r) {
+            const V xv = Simd::load(x + r * ldx + k + kI * kLanes);
+            for (int c = 0; c < kCols; ++c) {
+              part[r][c] = decltype(v)::value == 0 ? Simd::mul(q[c], xv) : Simd::fmadd(q[c], xv, part[r][c]);
+            }
+          }
+        });
+        const int64_t g = k / kBlock + kB;
+        for (int c = 0; c < kCols; ++c) {
+          const V s = Simd::set1(scales[c][g]);
+          for (int r = 0; r < kRows; ++r) acc[r][c][kB % 2] = Simd::fmadd(part[r][c], s, acc[r][c][kB % 2]);
+        }
+      });
+    };
+    int64_t k = 0;
+    for (; k + kPass <= w.cols; k += kPass) pass(k, std::integral_constant<int, kPass / kLanes>{});
+    if constexpr (kPass > kStep<kCodes>) {
+      for (; k < w.cols; k += kStep<kCodes>) pass(k, std::integral_constant<int, kStepVectors>{});
+    }
   }
   for (int r = 0; r < kRows; ++r) {
-    for (int c = 0; c < kCols; ++c) y[r * ldy + c] = Simd::sum(Simd::add(acc[r][c][0], acc[r][c][1]));
+    for (int c = 0; c < kCols; ++c) {
+      float off = 0.0f;
+      if constexpr (kMins) {  // sum_b min_b * xsum_b: lanes of kLanes blocks, then the rest in order
+        const float* xs = xsums + r * w.groups;
+        V m = Simd::zero();
+        int64_t g = 0;
+        for (; g + kLanes <= w.groups; g += kLanes) m = Simd::fmadd(Simd::load(mins[c] + g), Simd::load(xs + g), m);
+        off = Simd::sum(m);
+        for (; g < w.groups; ++g) off += mins[c][g] * xs[g];
+      }
+      y[r * ldy + c] = Simd::sum(Simd::add(acc[r][c][0], acc[r][c][1])) - off;
+    }
   }
 }
 
@@ -460,12 +497,13 @@ void tile_columns(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
   constexpr int kCols = kTileCols<kCodes, kRows>;
   const int64_t cols = p.w.cols, rows = p.w.rows;
   const float* x = p.x + m0 * cols;
+  const float* xsums = kMins ? p.xsums + m0 * p.w.groups : nullptr;
   float* y = p.y + m0 * rows;
   int64_t n = n0;
   for (; n + kCols <= n1; n += kCols) {
-    dot_tile<kCodes, kBlock, kMins, kRows, kCols>(p.w, n, x, cols, y + n, rows);
+    dot_tile<kCodes, kBlock, kMins, kRows, kCols>(p.w, n, x, xsums, cols, y + n, rows);
   }
-  for (; n < n1; ++n) dot_tile<kCodes, kBlock, kMins, kRows, 1>(p.w, n, x, cols, y + n, rows);
+  for (; n < n1; ++n) dot_tile<kCodes, kBlock, kMins, kRows, 1>(p.w, n, x, xsums, cols, y + n, rows);
 }
 
 using Tile = void (*)(const Problem&, int64_t, int64_t, int64_t);
@@ -665,9 +703,13 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
       fn(*p, n0, n1);
     };
   } else {
-    const Problem problem{*w, x.typed_data(), y->typed_data(), m};
-    job->columns = [problem, fn = pick(codes.element_type() == ffi::DataType::BF16, nibbles, w->high != nullptr,
-                                       block, w->mins != nullptr)](int64_t n0, int64_t n1) { fn(problem, n0, n1); };
+    auto xsums = std::make_shared<std::vector<float>>();
+    if (w->mins != nullptr) *xsums = block_sums(x.typed_data(), m, cols, block);
+    const Problem problem{*w, x.typed_data(), y->typed_data(), m, xsums->data()};
+    job->columns = [problem, xsums, fn = pick(codes.element_type() == ffi::DataType::BF16, nibbles,
+                                              w->high != nullptr, block, w->mins != nullptr)](int64_t n0, int64_t n1) {
+      fn(problem, n0, n1);
+    };
   }
   job->rows = w->rows;
   // Chunks of ~256 K multiply-adds, at most 256 rows: long runs of each weight stream, and

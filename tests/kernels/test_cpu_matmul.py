@@ -4,10 +4,11 @@ The kernel decodes each block in registers and multiplies in f32, so two things 
 checked separately, for every build this CPU runs (``build`` fixture, conftest.py) and every
 code layout: the weights it uses are the file's as ``gguf.quants.dequantize`` decodes them,
 bit for bit (a product with the identity rows returns them exactly: one non-zero term per
-sum), and its sums differ from an exact (float64) product by rounding alone, at most
-``cols · eps · Σ|w·x|`` for any order of summation (the standard bound on f32 dot
-products), so no tolerance here depends on the CPU. Rows of x run across the tile edges
-(tiles of 4 rows): 1-9 and 255-257.
+sum), and its sums differ from an exact (float64) product by rounding alone. The kernel sums
+``scale · Σ code·x`` per block and subtracts ``Σ min · Σx`` (llama.cpp's factoring), so the
+error model is the standard bound on f32 sums of those terms, for any order:
+``cols · eps · Σ(|scale·code| + |min|)·|x|`` (bf16: ``Σ|w·x|``). No tolerance here depends on
+the CPU. Rows of x run across the tile edges (tiles of 4 rows): 1-9 and 255-257.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def file_weight(
     return relayout.relayout(raw, qtype, (rows, cols)), want
 
 
-def numpy_weight(w: QuantArray) -> np.ndarray:
-    """``scales · codes - mins`` in f32 by numpy, unpacking 4-bit codes itself (byte j of a
-    group of g holds code j low, code j + g/2 high; a fifth bit from bit i of byte b of
-    ``high`` for code 8b + i): independent of QuantArray's decoding."""
+def numpy_terms(w: QuantArray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``scales · codes`` and the mins, ``[rows, cols]`` in f32 by numpy, unpacking 4-bit
+    codes itself (byte j of a group of g holds code j low, code j + g/2 high; a fifth bit from
+    bit i of byte b of ``high`` for code 8b + i): independent of QuantArray's decoding."""
     values = np.asarray(w.values)
     if w.nibbles:
         groups = values.reshape(values.shape[0], -1, w.nibbles // 2)
@@ -61,8 +62,14 @@ def numpy_weight(w: QuantArray) -> np.ndarray:
             fifth = (np.asarray(w.high)[:, :, None] >> np.arange(8, dtype=np.uint8)) & 1
             values = values | fifth.reshape(values.shape).astype(np.uint8) << 4
     block = values.shape[1] // w.scales.shape[1]
-    out = np.repeat(np.asarray(w.scales), block, 1) * values.astype(np.float32)
-    return out if w.mins is None else out - np.repeat(np.asarray(w.mins), block, 1)
+    scaled = np.repeat(np.asarray(w.scales), block, 1) * values.astype(np.float32)
+    return scaled, None if w.mins is None else np.repeat(np.asarray(w.mins), block, 1)
+
+
+def numpy_weight(w: QuantArray) -> np.ndarray:
+    """``scales · codes - mins`` in f32 by numpy (:func:`numpy_terms`)."""
+    scaled, mins = numpy_terms(w)
+    return scaled if mins is None else scaled - mins
 
 
 def without_mins(qtype: QT) -> tuple[QuantArray, np.ndarray]:
@@ -94,10 +101,16 @@ Q5_K with mins, ...), 4-bit codes in groups of 32 (Q4_1) and 64 (Q4_K), with and
 mins, mixed parts, and bf16."""
 
 
-def assert_rounding_close(got, x, w: np.ndarray) -> None:
-    """``got`` = ``x @ w.T`` up to f32 rounding: within cols · eps · Σ|w·x| of the exact sum."""
+def assert_rounding_close(got, x, w: np.ndarray | QuantArray) -> None:
+    """``got`` = ``x @ w.T`` up to f32 rounding: within cols · eps · Σ|term·x| of the exact
+    sum, whose terms are the weights, or for a QuantArray its scaled codes and mins apart."""
+    if isinstance(w, QuantArray):
+        scaled, mins = numpy_terms(w)
+        w, size = numpy_weight(w), np.abs(scaled) + (0 if mins is None else np.abs(mins))
+    else:
+        size = np.abs(w)
     x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    bound = x64.shape[-1] * F32_EPS * (np.abs(x64) @ np.abs(w64).T)
+    bound = x64.shape[-1] * F32_EPS * (np.abs(x64) @ np.asarray(size, np.float64).T)
     np.testing.assert_array_less(np.abs(np.asarray(got) - x64 @ w64.T), bound + 1e-30)
 
 
@@ -128,7 +141,23 @@ def test_every_layout_against_gguf(build: str, layout: str):
     np.testing.assert_array_equal(np.asarray(identity).T, want)
     for rows, y in zip(ROWS, got, strict=True):
         assert y.shape == (rows, want.shape[0])
-        assert_rounding_close(y, x[:rows], want)
+        assert_rounding_close(y, x[:rows], w if isinstance(w, QuantArray) else want)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_1])
+def test_passes_and_their_tails(build: str, qtype: QT):
+    """Rows of 1 to 13 blocks of 32: the kernel sums whole passes of 4 blocks, then the
+    steps left one at a time, and the mins' terms 8 or 16 blocks at a time, then one at a
+    time. Every split gives the file's weights back, products within rounding, and the
+    same row at 1 and 5 rows of x."""
+    for blocks in (1, 3, 4, 5, 13):
+        w, want = file_weight(qtype, rows=9, seed=blocks, cols=32 * blocks)
+        x = np.random.default_rng(blocks).standard_normal((5, want.shape[1])).astype(np.float32)
+        eye = np.eye(want.shape[1], dtype=np.float32)
+        identity, one, five = (kernels.matmul(a, w, build=build) for a in (eye, x[:1], x))
+        np.testing.assert_array_equal(np.asarray(identity).T, want)
+        assert_rounding_close(five, x, w)
+        np.testing.assert_array_equal(np.asarray(one), np.asarray(five)[:1])
 
 
 @pytest.mark.parametrize("layout", ["Q4_K", "Q6_K", "bf16"])
@@ -302,7 +331,7 @@ def test_vmap_counts_the_batched_rows(default_kernel, kind: str):
     assert kernel_calls(jax.vmap(linear, in_axes=(0, None)), few, w) == 1
     x = np.random.default_rng(4).standard_normal((3, 1, limit, q.shape[1])).astype(np.float32)
     got = jax.vmap(linear, in_axes=(0, None))(x, w)
-    exact = numpy_weight(q) if kind == "packed" else np.asarray(w.astype(jnp.float32))
+    exact = q if kind == "packed" else np.asarray(w.astype(jnp.float32))
     assert_rounding_close(got.reshape(-1, 16), x.reshape(-1, q.shape[1]), exact)
 
 

@@ -86,7 +86,7 @@ def test_an_unloadable_build_fails_the_suite(cxx: str, tmp_path: Path):
     assert_fails(run_suite(tmp_path, "built_and_runs"), "not loadable (")
 
 
-PLANTED = ("Simd::fmsub(q, Simd::set1(scales[c][g]), Simd::set1(mins[c][g]))", "fmsub", "fmadd")
+PLANTED = ("Simd::sum(Simd::add(acc[r][c][0], acc[r][c][1])) - off", "- off", "+ off")
 """A wrong build: the mins' sign flipped (``+ min`` instead of ``- min``)."""
 
 
