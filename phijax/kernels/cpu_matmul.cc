@@ -385,8 +385,8 @@ std::vector<float> block_sums(const float* x, int64_t m, int64_t cols, int64_t b
 // with xsum_b = block_sums(x). Per vector of codes that is a convert and a fused multiply-add,
 // where forming the weights cost a fused multiply-subtract more; and the chains of dependent
 // adds advance once per block, not per vector, so one row of x is no longer bound by their
-// latency (one thread, Zen 3, cycles per 8 weights at one row in L2: Q4_K 1.93 -> 1.45, Q5_K
-// 3.37 -> 2.75, Q6_K 2.06 -> 1.55; docs/benchmarks.md, nineteenth step). Each block's sum goes
+// latency (one thread, Zen 3, cycles per 8 weights at one row in L2: Q4_K 1.93 -> 1.34, Q5_K
+// 2.99 -> 2.74, Q6_K 1.88 -> 1.29; docs/benchmarks.md, nineteenth step). Each block's sum goes
 // to one of two accumulators by the block's parity, the mins' terms are summed apart, and
 // every tile does the same, so results do not depend on the batch. With one non-zero x the
 // sum is scale * code - min, rounded once, as QuantArray.dequantize rounds it.
