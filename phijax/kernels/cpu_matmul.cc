@@ -75,7 +75,6 @@ struct Simd {
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V fmsub(V a, V b, V c) { return _mm512_fmsub_ps(a, b, c); }
   static float sum(V a) { return _mm512_reduce_add_ps(a); }
   static V int8s(const uint8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
@@ -120,7 +119,6 @@ struct Simd {
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V fmsub(V a, V b, V c) { return _mm256_fmsub_ps(a, b, c); }
   static float sum(V a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -189,7 +187,6 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   static V add(V a, V b) { return map([&](int i) { return a.v[i] + b.v[i]; }); }
   static V mul(V a, V b) { return map([&](int i) { return a.v[i] * b.v[i]; }); }
   static V fmadd(V a, V b, V c) { return map([&](int i) { return a.v[i] * b.v[i] + c.v[i]; }); }
-  static V fmsub(V a, V b, V c) { return map([&](int i) { return a.v[i] * b.v[i] - c.v[i]; }); }
   static float sum(V a) {
     return ((a.v[0] + a.v[4]) + (a.v[2] + a.v[6])) + ((a.v[1] + a.v[5]) + (a.v[3] + a.v[7]));
   }
@@ -296,8 +293,8 @@ struct Problem {
 constexpr int64_t kAhead = 2048;
 
 // Prefetches are inlined by force: GCC takes a function that only prefetches for one without
-// side effects and deletes the calls it does not inline, and with them the prefetches (so the
-// one-row tiles of fifth-bit codes and bf16 prefetched nothing until this was forced).
+// side effects and deletes the calls it does not inline, and with them the prefetches (the
+// f32 one-row tiles and the int8 row-order tiles of fifth-bit codes, Q5_K and Q5_1, had none).
 #if defined(__GNUC__) || defined(__clang__)
 #define PHIJAX_PREFETCH_INLINE inline __attribute__((always_inline))
 #else
