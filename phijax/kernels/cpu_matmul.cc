@@ -457,9 +457,7 @@ void dot_tile(const Weight& w, int64_t n, const float* x, const float* xsums, in
     };
     int64_t k = 0;
     for (; k + kPass <= w.cols; k += kPass) pass(k, std::integral_constant<int, kPass / kLanes>{});
-    if constexpr (kPass > kStep<kCodes>) {
-      for (; k < w.cols; k += kStep<kCodes>) pass(k, std::integral_constant<int, kStepVectors>{});
-    }
+    for (; k < w.cols; k += kStep<kCodes>) pass(k, std::integral_constant<int, kStepVectors>{});
   }
   for (int r = 0; r < kRows; ++r) {
     for (int c = 0; c < kCols; ++c) {
