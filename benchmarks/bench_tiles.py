@@ -49,7 +49,15 @@ def setup_flags() -> dict[str, list[str]]:
 
 
 FLAGS = setup_flags()
-LAYOUTS = {"Q4_K (4-bit, mins)": 0, "Q5_K (fifth bits)": 1, "Q6_K (int8 codes)": 2, "bf16": 3}
+LAYOUTS = {
+    "Q4_K (4-bit, mins)": 0,
+    "Q5_K (fifth bits)": 1,
+    "Q6_K (int8 codes)": 2,
+    "bf16": 3,
+    "Q4_K, two-level scales": 4,
+    "Q5_K, two-level scales": 5,
+    "Q6_K, two-level scales": 6,
+}
 TILES = [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2)]
 
 

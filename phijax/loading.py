@@ -177,6 +177,7 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
         factors = load_weights(
             f, params, progress=progress, quantized=policy.packed, mesh=mesh,
             interleave=policy.kernel is not None and policy.activations == "int8",
+            two_level=policy.kernel is not None,
         )  # fmt: skip
         if longrope:
             chosen = longrope_factors(config, rope_limit, factors.get("long"), factors.get("short"))

@@ -14,12 +14,12 @@ its high half), so the load copies them as they are: about 0.75 bytes per weight
 bits (Q5_K, Q5_1: 0..31) keep their low 4 bits the same way, and their fifth bits as a bit plane
 (``high``): about 0.875 bytes per weight instead of 1.25.
 
-The int8-activation path of the CPU kernel also keeps the k-quants' scales as the file
+Where the CPU kernel multiplies them, the k-quants also keep their scales as the file
 stores them (``units``): 6-bit (Q6_K: 8-bit) integer scale and min codes per sub-block and
 one f32 ``d`` (and ``dmin``) per super-block of 256, about 0.09 instead of 0.25 bytes per
-weight; the products ``d · scale`` are the same f32 values. It stores Q6_K's 6-bit codes
-as nibbles plus two high-bit planes with a zero point of 32 (``zero``): 0.75 bytes per
-code instead of 1.
+weight; the products ``d · scale`` are the same f32 values. The int8-activation path also
+stores Q6_K's 6-bit codes as nibbles plus two high-bit planes with a zero point of 32
+(``zero``): 0.75 bytes per code instead of 1.
 
 A QuantArray is a pytree: it flows through ``jit``, ``scan`` and sharding like
 an array, and :func:`phijax.model.layers.linear` decodes it inside the compiled

@@ -96,7 +96,8 @@ def relayout(
 ) -> QuantArray:
     """One quantized tensor's raw bytes → a :class:`QuantArray` of ``shape`` (numpy order).
     ``two_level``: keep a k-quant's integer scales and per-super-block units as the file
-    stores them (``QuantArray.units``; the CPU kernel reads them only in its int8 order).
+    stores them (``QuantArray.units``; the CPU kernel reads them in row order with f32
+    activations, and in its int8 order).
     ``interleave``: a matrix that can take the int8 path's order
     (:func:`~phijax.quant.can_interleave`) gets it in the same program (Q6_K's codes as
     6 bits): no row-order copy is made first."""

@@ -203,6 +203,7 @@ def load_weights(
     quantized: bool = False,
     mesh=None,
     interleave: bool = False,
+    two_level: bool = False,
 ) -> dict[str, np.ndarray]:
     """Fill ``module``'s parameters from ``f``; returns LongRoPE factor arrays if the file has them.
 
@@ -212,18 +213,20 @@ def load_weights(
     ``interleave``: packed matrices that can take it are stored in the CPU kernel's
     int8-activation order (:func:`phijax.quant.interleaved`), with a k-quant's scales in its
     two levels (``QuantArray.units``) and Q6_K's codes as 6 bits, one tensor at a time (a
-    stack's layers of differing types share one-level scales and 8-bit codes).
+    stack's layers of differing types share one-level scales and 8-bit codes). ``two_level``
+    without ``interleave``: k-quants keep their two levels in row order (the kernel's f32
+    path reads them so: 0.59 instead of 0.75 bytes per Q4_K weight).
     """
     c = module.config
     stacked = module.layout == "stacked"
-    two_level = interleave  # undone below for any matrix not interleaved
+    two_level = two_level or interleave  # with interleave: undone for any matrix not interleaved
     total = sum(t.nbytes for t in f.tensors.values())
     bar = byte_bar("loading weights", total, progress)
 
     def load(name, shape, dtype=module.dtype, may_pack=True, whole=True):
         # whole: the tensor is the whole matrix, so it can take the kernel's order at once
         packed = quantized and may_pack and f.tensors[name].ggml_type in relayout.QUANTIZED_TYPES
-        value = _load(f, name, shape, dtype, packed, two_level, two_level and whole)
+        value = _load(f, name, shape, dtype, packed, two_level, interleave and whole)
         bar.update(f.tensors[name].nbytes)
         return value
 

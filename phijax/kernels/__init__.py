@@ -230,7 +230,7 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
             return False
     if w.mins is not None and w.mins.shape != w.scales.shape:
         return False
-    if w.units is not None and not _two_level_fits(w):
+    if w.units is not None and not _two_level_fits(w, activations):
         return False
     if w.nibbles:
         six = w.planes == 2  # Q6_K's codes, interleaved only, offset by 32
@@ -250,14 +250,16 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     return w.block in (16, 32) and w.values.dtype == jnp.int8 and w.high is None and not w.zero
 
 
-def _two_level_fits(w: QuantArray) -> bool:
-    """Integer scales with per-super-block units (``QuantArray.units``) go with the int8
-    order only: Q4_K/Q5_K (nibbles, uint8 scales and mins, d and dmin) or Q6_K (int8
-    codes or 6-bit ones, int8 scales, d)."""
+def _two_level_fits(w: QuantArray, activations: str) -> bool:
+    """Integer scales with per-super-block units (``QuantArray.units``): Q4_K/Q5_K (nibbles in
+    groups of 64, uint8 scales and mins, d and dmin) or Q6_K (int8 codes, or interleaved 6-bit
+    ones, int8 scales, d); interleaved with int8 activations, in row order with f32 ones."""
     rows, cols = w.shape
     k = 1 if w.mins is None else 2
     q4 = w.nibbles and w.planes < 2  # Q4_K or Q5_K
-    if not w.interleave or w.block != (32 if q4 else 16):
+    if bool(w.interleave) != (activations == "int8") or w.block != (32 if q4 else 16):
+        return False
+    if q4 and w.nibbles != 64:
         return False
     if w.units.shape != (rows, cols // 256, k):
         return False

@@ -61,10 +61,10 @@ def pack(codes: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray | None]:
 def self_check(build: str, call: Callable[..., jax.Array]) -> str:
     """``build`` (multiplying through ``call(build, max_rows, activations, x, w)``) against
     numpy on every code layout: int8 codes in blocks of 16 and 32, 4- and 5-bit codes in
-    groups of 32 and 64, each with and without mins, and bf16. With f32 activations and, for
-    packed layouts, int8 ones (:mod:`phijax.int8`'s rounding in blocks of 256 and 32; in
-    blocks of 256 also with the codes interleaved, 6-bit codes as nibbles and two planes,
-    and with two-level scales); 9 rows of x (tiles of 4 and a remainder) and 7 weight rows
+    groups of 32 and 64, each with and without mins, two-level scales, and bf16. With f32
+    activations and, for packed layouts, int8 ones (:mod:`phijax.int8`'s rounding in blocks
+    of 256 and 32; in blocks of 256 also with the codes interleaved, 6-bit codes as nibbles
+    and two planes, and with two-level scales); 9 rows of x (tiles of 4 and a remainder) and 7 weight rows
     (pairs and a remainder). '' when every product is within f32 rounding
     of the exact one (of the rounded activations, for int8), else which layout is wrong."""
     rng = np.random.default_rng(0)
@@ -134,6 +134,12 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
             ("int8", bits),
             *_weight(codes, scales, mins, block),
         )
+        if bits != 6:  # the f32 path reads them in row order (6-bit codes are interleaved only)
+            cases[f"{name}, two-level scales"] = (
+                q,
+                ("f32", None),
+                *_weight(codes, scales, mins, block),
+            )
     w16 = rng.standard_normal((out, cols)).astype(jnp.bfloat16)
     cases["bf16"] = (w16, ("f32", None), w16.astype(np.float32), np.abs(w16.astype(np.float32)))
     acts = [act for _, act, _, _ in cases.values()]

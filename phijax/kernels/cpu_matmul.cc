@@ -72,12 +72,19 @@ struct Simd {
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float v) { return _mm512_set1_ps(v); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static float sum(V a) { return _mm512_reduce_add_ps(a); }
   static V int8s(const uint8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static V uint8s(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static V per_eighth(const float* p, int64_t stride) {  // lanes 8i ... 8i + 7: p[i * stride]
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(p[0]), _mm512_set1_ps(p[stride]));
   }
   static V bf16s(const uint8_t* p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -89,16 +96,17 @@ struct Simd {
     if (kShift) b = _mm512_srli_epi32(b, kShift);
     return _mm512_permutexvar_ps(b, _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   }
-  template <int kShift>  // with a fifth bit per lane from the 16 bits at ``bits``
+  // With a fifth bit per lane from the 16 bits at ``bits``: 16 added where it is set, one masked
+  // add after nibbles (Q5_K's one-row tile in L2 took 0.53 -> 0.47 ns per 8 weights on Zen 4,
+  // against masking, merging the bit and converting).
+  template <int kShift>
   static V nibbles5(const uint8_t* p, const uint8_t* bits) {
-    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    if (kShift) b = _mm512_srli_epi32(b, kShift);
     uint16_t m;
     std::memcpy(&m, bits, sizeof m);
-    b = _mm512_and_si512(b, _mm512_set1_epi32(15));
-    return _mm512_cvtepi32_ps(_mm512_mask_or_epi32(b, m, b, _mm512_set1_epi32(16)));
+    const V low = nibbles<kShift>(p);
+    return _mm512_mask_add_ps(low, m, low, _mm512_set1_ps(16.0f));
   }
-  static constexpr bool kBytes5 = false;  // the mask or of nibbles5 is one operation
+  static constexpr bool kBytes5 = false;  // the masked add of nibbles5 is one operation
 };
 #elif defined(PHIJAX_AVX2)
 constexpr const char* kIsa = "avx2";
@@ -116,6 +124,7 @@ struct Simd {
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float v) { return _mm256_set1_ps(v); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
@@ -127,6 +136,10 @@ struct Simd {
   static V int8s(const uint8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
+  static V uint8s(const uint8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static V per_eighth(const float* p, int64_t) { return set1(p[0]); }  // lanes 8i ... 8i + 7: p[i * stride]
   static V bf16s(const uint8_t* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -184,6 +197,7 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   static V zero() { return set1(0.0f); }
   static V set1(float x) { return map([&](int) { return x; }); }
   static V load(const float* p) { return map([&](int i) { return p[i]; }); }
+  static void store(float* p, V v) { std::memcpy(p, v.v, sizeof v.v); }
   static V add(V a, V b) { return map([&](int i) { return a.v[i] + b.v[i]; }); }
   static V mul(V a, V b) { return map([&](int i) { return a.v[i] * b.v[i]; }); }
   static V fmadd(V a, V b, V c) { return map([&](int i) { return a.v[i] * b.v[i] + c.v[i]; }); }
@@ -193,6 +207,10 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   static V int8s(const uint8_t* p) {
     return map([&](int i) { return static_cast<float>(static_cast<int8_t>(p[i])); });
   }
+  static V uint8s(const uint8_t* p) {
+    return map([&](int i) { return static_cast<float>(p[i]); });
+  }
+  static V per_eighth(const float* p, int64_t) { return set1(p[0]); }  // lanes 8i ... 8i + 7: p[i * stride]
   static V bf16s(const uint8_t* p) {
     return map([&](int i) {
       const uint32_t bits = static_cast<uint32_t>(p[2 * i] | (p[2 * i + 1] << 8)) << 16;
@@ -309,6 +327,13 @@ PHIJAX_PREFETCH_INLINE void prefetch(const void* p) {
 #endif
 }
 
+// Prefetch every cache line of ``bytes`` bytes from ``start``.
+PHIJAX_PREFETCH_INLINE void prefetch_lines(const void* start, int64_t bytes) {
+  const auto* p = static_cast<const uint8_t*>(start);
+  for (int64_t i = 0; i < bytes; i += 64) prefetch(p + i);
+  prefetch(p + bytes - 1);
+}
+
 // Prefetch the codes, scales and mins of a weight row kAhead bytes of codes past code k
 // (kBlock codes per scale; every offset a compile-time shift, no division in the loop).
 template <Codes kCodes, int kBlock>
@@ -374,6 +399,87 @@ std::vector<float> block_sums(const float* x, int64_t m, int64_t cols, int64_t b
   return out;
 }
 
+// Weight rows ahead whose two-level scales a tile prefetches (BlockScales::prefetch_row).
+constexpr int64_t kRowsAhead = 4;
+
+// Codes per segment of a row whose two-level scales are formed at once (BlockScales::form): a
+// whole number of super-blocks and of passes.
+constexpr int64_t kSegment = 4096;
+
+// The scales and mins of one weight row's blocks of kBlock codes: f32 values, or (kUnits) the
+// file's two levels, an integer code per block (Q4_K, Q5_K: uint8 scales and mins; Q6_K's int8
+// codes: int8 scales) times its super-block's unit, d or dmin. Those products are exact in f32
+// and are the values QuantArray.scale_values() gives, so either form gives the same sums, bit
+// for bit, while the two levels read 0.09 instead of 0.25 bytes per weight (Q4_K: 0.59 bytes a
+// weight in all, not 0.75). Two-level scales are formed a segment at a time, a vector of
+// blocks per multiply, into a buffer that the loop then reads as it reads f32 scales (one
+// scale per block, in the loop, cost Q4_K's one-row tile in L2 28% more time; Zen 4).
+template <Codes kCodes, int kBlock, bool kMins, bool kUnits>
+struct BlockScales {
+  static constexpr int kPerSuper = 256 / kBlock;
+  static constexpr int kUnitsPer = kMins ? 2 : 1;  // d (, dmin) per super-block
+  const float* scales = nullptr;
+  const float* min_values = nullptr;
+  const uint8_t* scale_codes = nullptr;
+  const uint8_t* min_codes = nullptr;
+  const float* units = nullptr;
+  int64_t first = 0;                             // the block whose scale formed[0] holds
+  float formed[kUnits ? kSegment / kBlock : 1];  // two levels: the scales of blocks first, ...
+
+  BlockScales() = default;
+  BlockScales(const Weight& w, int64_t n) {
+    if constexpr (kUnits) {
+      scale_codes = w.scale_codes + n * w.groups;
+      min_codes = kMins ? w.min_codes + n * w.groups : nullptr;
+      units = w.units + n * (w.cols / 256) * kUnitsPer;
+    } else {
+      scales = w.scales + n * w.groups;
+      min_values = kMins ? w.mins + n * w.groups : nullptr;
+    }
+  }
+  // Two levels: prefetch row n's scale and min codes and units (its codes are prefetched as
+  // they are read). Each is a few cache lines per row, read at its start and end, which the
+  // hardware prefetcher did not fetch in time.
+  PHIJAX_PREFETCH_INLINE static void prefetch_row(const Weight& w, int64_t n) {
+    if (n >= w.rows) return;
+    prefetch_lines(w.scale_codes + n * w.groups, w.groups);
+    if constexpr (kMins) prefetch_lines(w.min_codes + n * w.groups, w.groups);
+    prefetch_lines(w.units + n * (w.cols / 256) * kUnitsPer, w.cols / 256 * kUnitsPer * 4);
+  }
+  // Lane l: the unit (j = 0: d, 1: dmin) of block g + l's super-block (g a multiple of kLanes).
+  V unit_lanes(int64_t g, int j) const {
+    const float* u = units + g / kPerSuper * kUnitsPer + j;
+    if constexpr (kPerSuper >= kLanes) return Simd::set1(u[0]);
+    return Simd::per_eighth(u, kUnitsPer);
+  }
+  // Two levels: the scales of blocks [g0, g1) (whole super-blocks, at most kSegment codes).
+  void form(int64_t g0, int64_t g1) {
+    first = g0;
+    int64_t g = g0;
+    for (; g + kLanes <= g1; g += kLanes) {
+      const V codes = kCodes == Codes::kInt8 ? Simd::int8s(scale_codes + g) : Simd::uint8s(scale_codes + g);
+      Simd::store(formed + (g - g0), Simd::mul(codes, unit_lanes(g, 0)));
+    }
+    for (; g < g1; ++g) {
+      const float code = kCodes == Codes::kInt8 ? static_cast<float>(static_cast<int8_t>(scale_codes[g]))
+                                                : static_cast<float>(scale_codes[g]);
+      formed[g - g0] = units[g / kPerSuper * kUnitsPer] * code;
+    }
+  }
+  float scale(int64_t g) const {
+    if constexpr (kUnits) return formed[g - first];
+    return scales[g];
+  }
+  float min(int64_t g) const {
+    if constexpr (kUnits) return units[g / kPerSuper * kUnitsPer + 1] * static_cast<float>(min_codes[g]);
+    return min_values[g];
+  }
+  V mins(int64_t g) const {  // of blocks g ... g + kLanes - 1 (g a multiple of kLanes)
+    if constexpr (kUnits) return Simd::mul(Simd::uint8s(min_codes + g), unit_lanes(g, 1));
+    return Simd::load(min_values + g);
+  }
+};
+
 // y[r * ldy + c] = dot(x[r * ldx, :], w[n + c, :]) for r < kRows, c < kCols: each block of
 // a weight row is decoded once for kRows rows of x, and each x vector serves kCols weight rows.
 //
@@ -387,17 +493,16 @@ std::vector<float> block_sums(const float* x, int64_t m, int64_t cols, int64_t b
 // to one of two accumulators by the block's parity, the mins' terms are summed apart, and
 // every tile does the same, so results do not depend on the batch. With one non-zero x the
 // sum is scale * code - min, rounded once, as QuantArray.dequantize rounds it.
-template <Codes kCodes, int kBlock, bool kMins, int kRows, int kCols>
+template <Codes kCodes, int kBlock, bool kMins, bool kUnits, int kRows, int kCols>
 void dot_tile(const Weight& w, int64_t n, const float* x, const float* xsums, int64_t ldx, float* y, int64_t ldy) {
   const uint8_t* row[kCols];
   const uint8_t* high[kCols];
-  const float* scales[kCols];
-  const float* mins[kCols];
+  BlockScales<kCodes, kBlock, kMins, kUnits> scales[kCols];
   for (int c = 0; c < kCols; ++c) {
     row[c] = w.codes + (n + c) * w.row_bytes;
     high[c] = w.high ? w.high + (n + c) * (w.cols / 8) : nullptr;
-    scales[c] = w.scales ? w.scales + (n + c) * w.groups : nullptr;
-    mins[c] = kMins ? w.mins + (n + c) * w.groups : nullptr;
+    if constexpr (kCodes != Codes::kBf16) scales[c] = BlockScales<kCodes, kBlock, kMins, kUnits>(w, n + c);
+    if constexpr (kUnits) BlockScales<kCodes, kBlock, kMins, kUnits>::prefetch_row(w, n + c + kRowsAhead * kCols);
   }
   V acc[kRows][kCols][2];
   for (int r = 0; r < kRows; ++r) {
@@ -450,14 +555,21 @@ void dot_tile(const Weight& w, int64_t n, const float* x, const float* xsums, in
         });
         const int64_t g = k / kBlock + kB;
         for (int c = 0; c < kCols; ++c) {
-          const V s = Simd::set1(scales[c][g]);
+          const V s = Simd::set1(scales[c].scale(g));
           for (int r = 0; r < kRows; ++r) acc[r][c][kB % 2] = Simd::fmadd(part[r][c], s, acc[r][c][kB % 2]);
         }
       });
     };
+    static_assert(!kUnits || (kSegment % kPass == 0 && kSegment % 256 == 0), "segments of whole passes");
     int64_t k = 0;
-    for (; k + kPass <= w.cols; k += kPass) pass(k, std::integral_constant<int, kPass / kLanes>{});
-    for (; k < w.cols; k += kStep<kCodes>) pass(k, std::integral_constant<int, kStepVectors>{});
+    for (int64_t end = 0; end < w.cols;) {  // one segment of two-level scales, or the whole row
+      end = kUnits ? std::min(w.cols, end + kSegment) : w.cols;
+      if constexpr (kUnits) {
+        for (int c = 0; c < kCols; ++c) scales[c].form(k / kBlock, end / kBlock);
+      }
+      for (; k + kPass <= end; k += kPass) pass(k, std::integral_constant<int, kPass / kLanes>{});
+      for (; k < end; k += kStep<kCodes>) pass(k, std::integral_constant<int, kStepVectors>{});
+    }
   }
   for (int r = 0; r < kRows; ++r) {
     for (int c = 0; c < kCols; ++c) {
@@ -466,9 +578,9 @@ void dot_tile(const Weight& w, int64_t n, const float* x, const float* xsums, in
         const float* xs = xsums + r * w.groups;
         V m = Simd::zero();
         int64_t g = 0;
-        for (; g + kLanes <= w.groups; g += kLanes) m = Simd::fmadd(Simd::load(mins[c] + g), Simd::load(xs + g), m);
+        for (; g + kLanes <= w.groups; g += kLanes) m = Simd::fmadd(scales[c].mins(g), Simd::load(xs + g), m);
         off = Simd::sum(m);
-        for (; g < w.groups; ++g) off += mins[c][g] * xs[g];
+        for (; g < w.groups; ++g) off += scales[c].min(g) * xs[g];
       }
       y[r * ldy + c] = Simd::sum(Simd::add(acc[r][c][0], acc[r][c][1])) - off;
     }
@@ -487,7 +599,7 @@ template <Codes kCodes, int kRows>
 constexpr int kTileCols = kRows == 1 ? 1 : kCodes == Codes::kBf16 && kRows > 2 ? Simd::kBf16Cols : Simd::kCols;
 
 // Output columns [n0, n1) for rows [m0, m0 + kRows) of x.
-template <Codes kCodes, int kBlock, bool kMins, int kRows>
+template <Codes kCodes, int kBlock, bool kMins, bool kUnits, int kRows>
 void tile_columns(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
   constexpr int kCols = kTileCols<kCodes, kRows>;
   const int64_t cols = p.w.cols, rows = p.w.rows;
@@ -496,23 +608,23 @@ void tile_columns(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
   float* y = p.y + m0 * rows;
   int64_t n = n0;
   for (; n + kCols <= n1; n += kCols) {
-    dot_tile<kCodes, kBlock, kMins, kRows, kCols>(p.w, n, x, xsums, cols, y + n, rows);
+    dot_tile<kCodes, kBlock, kMins, kUnits, kRows, kCols>(p.w, n, x, xsums, cols, y + n, rows);
   }
-  for (; n < n1; ++n) dot_tile<kCodes, kBlock, kMins, kRows, 1>(p.w, n, x, xsums, cols, y + n, rows);
+  for (; n < n1; ++n) dot_tile<kCodes, kBlock, kMins, kUnits, kRows, 1>(p.w, n, x, xsums, cols, y + n, rows);
 }
 
 using Tile = void (*)(const Problem&, int64_t, int64_t, int64_t);
 
-template <Codes kCodes, int kBlock, bool kMins, int... R>
+template <Codes kCodes, int kBlock, bool kMins, bool kUnits, int... R>
 constexpr std::array<Tile, sizeof...(R)> tile_table(std::integer_sequence<int, R...>) {
-  return {&tile_columns<kCodes, kBlock, kMins, R + 1>...};
+  return {&tile_columns<kCodes, kBlock, kMins, kUnits, R + 1>...};
 }
 
 // Output columns [n0, n1) for every row of x, in tiles of up to kMaxRows rows.
-template <Codes kCodes, int kBlock, bool kMins>
+template <Codes kCodes, int kBlock, bool kMins, bool kUnits = false>
 void columns(const Problem& p, int64_t n0, int64_t n1) {
   static constexpr auto tiles =
-      tile_table<kCodes, kBlock, kMins>(std::make_integer_sequence<int, Simd::kMaxRows>{});
+      tile_table<kCodes, kBlock, kMins, kUnits>(std::make_integer_sequence<int, Simd::kMaxRows>{});
   for (int64_t m0 = 0; m0 < p.m; m0 += Simd::kMaxRows) {
     const int64_t rows = std::min<int64_t>(Simd::kMaxRows, p.m - m0);
     tiles[rows - 1](p, m0, n0, n1);
@@ -525,8 +637,14 @@ RowsFn pick(bool with_mins) {
 }
 
 // Packed codes come from Q4_K, Q4_1, Q5_K or Q5_1, whose blocks are 32; int8 codes have 16 or 32.
-RowsFn pick(bool bf16, int64_t nibbles, bool fifth, int64_t block, bool with_mins) {
+// Two-level scales (``units``) come with Q4_K and Q5_K (nibbles in groups of 64, mins) and
+// Q6_K (int8 codes in blocks of 16, no mins).
+RowsFn pick(bool bf16, int64_t nibbles, bool fifth, int64_t block, bool with_mins, bool units) {
   if (bf16) return &columns<Codes::kBf16, 32, false>;
+  if (units && nibbles == 64) {
+    return fifth ? &columns<Codes::kNibbles64H, 32, true, true> : &columns<Codes::kNibbles64, 32, true, true>;
+  }
+  if (units) return &columns<Codes::kInt8, 16, false, true>;
   if (nibbles == 32) return fifth ? pick<Codes::kNibbles32H, 32>(with_mins) : pick<Codes::kNibbles32, 32>(with_mins);
   if (nibbles == 64) return fifth ? pick<Codes::kNibbles64H, 32>(with_mins) : pick<Codes::kNibbles64, 32>(with_mins);
   return block == 16 ? pick<Codes::kInt8, 16>(with_mins) : pick<Codes::kInt8, 32>(with_mins);
@@ -635,11 +753,11 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes_buf, ffi::AnyB
   if (two_level) {
     const bool q4 = packed && !six;  // Q4_K, Q5_K
     const auto code_type = q4 ? ffi::DataType::U8 : ffi::DataType::S8;
-    if (interleave == 0 || cols % 256 != 0 || block != (q4 ? 32 : 16) || ud.size() != 3 || ud[0] != rows ||
+    if ((interleave == 0 && q4 && nibbles != 64) || cols % 256 != 0 || block != (q4 ? 32 : 16) || ud.size() != 3 || ud[0] != rows ||
         ud[1] != cols / 256 || ud[2] != (with_mins ? 2 : 1) || scales_buf.element_type() != code_type ||
         with_mins != q4 || (with_mins && mins_buf.element_type() != ffi::DataType::U8)) {
-      return bad("cpu_matmul: two-level scales are interleaved Q4_K/Q5_K (u8 scales and mins, units "
-                 "[rows, cols / 256, 2]) or Q6_K (s8 scales, units [rows, cols / 256, 1])");
+      return bad("cpu_matmul: two-level scales are Q4_K/Q5_K's (nibbles in groups of 64, u8 scales and mins, "
+                 "units [rows, cols / 256, 2]) or Q6_K's (s8 scales, units [rows, cols / 256, 1])");
     }
   }
   if (interleave != 0 && (interleave != block || cols % (16 * block) != 0 || (packed && nibbles != 64))) {
@@ -680,6 +798,9 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   if (w->interleave != 0 && act != static_cast<int64_t>(Act::kQ8K)) {
     return ffi::Error::InvalidArgument("cpu_matmul: interleaved codes take int8 activations in blocks of 256");
   }
+  if (w->interleave == 0 && w->units != nullptr && act != static_cast<int64_t>(Act::kF32)) {
+    return ffi::Error::InvalidArgument("cpu_matmul: two-level scales in row order take f32 activations");
+  }
   if (act != static_cast<int64_t>(Act::kF32)) {
     if ((act != static_cast<int64_t>(Act::kQ8K) && act != static_cast<int64_t>(Act::kQ8_0)) || block == 0 ||
         cols % (act == static_cast<int64_t>(Act::kQ8K) ? 256 : 64) != 0 ||
@@ -699,10 +820,12 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
     };
   } else {
     auto xsums = std::make_shared<std::vector<float>>();
-    if (w->mins != nullptr) *xsums = block_sums(x.typed_data(), m, cols, block);
+    const bool with_mins = w->mins != nullptr || w->min_codes != nullptr;
+    if (with_mins) *xsums = block_sums(x.typed_data(), m, cols, block);
     const Problem problem{*w, x.typed_data(), y->typed_data(), m, xsums->data()};
     job->columns = [problem, xsums, fn = pick(codes.element_type() == ffi::DataType::BF16, nibbles,
-                                              w->high != nullptr, block, w->mins != nullptr)](int64_t n0, int64_t n1) {
+                                              w->high != nullptr, block, with_mins, w->units != nullptr)](
+                       int64_t n0, int64_t n1) {
       fn(problem, n0, n1);
     };
   }

@@ -38,16 +38,17 @@ OUT = 37  # weight rows: pairs of rows per tile and a remainder; chunks end mid-
 
 
 def file_weight(
-    qtype: QT, rows: int = OUT, seed: int = 0, cols: int | None = None
+    qtype: QT, rows: int = OUT, seed: int = 0, cols: int | None = None, two_level: bool = False
 ) -> tuple[QuantArray, np.ndarray]:
     """Random blocks of ``qtype`` (every bit field hit) as the QuantArray ``quantized=True``
-    loads, and as ``gguf.quants.dequantize`` decodes them ``[rows, cols]`` (default: 3 blocks
-    per row for types of 32 elements, one for k-quants of 256)."""
+    loads (``two_level``: a k-quant's scales as the file's integer codes and units, as the
+    default CPU load keeps them), and as ``gguf.quants.dequantize`` decodes them ``[rows,
+    cols]`` (default: 3 blocks per row for types of 32 elements, one for k-quants of 256)."""
     elems, _ = GGML_QUANT_SIZES[qtype]
     cols = cols or (3 * elems if elems == 32 else elems)
     raw = random_blocks(qtype, rows * cols // elems, seed=seed + int(qtype))
     want = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
-    return relayout.relayout(raw, qtype, (rows, cols)), want
+    return relayout.relayout(raw, qtype, (rows, cols), two_level=two_level), want
 
 
 def numpy_terms(w: QuantArray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -62,8 +63,13 @@ def numpy_terms(w: QuantArray) -> tuple[np.ndarray, np.ndarray | None]:
             fifth = (np.asarray(w.high)[:, :, None] >> np.arange(8, dtype=np.uint8)) & 1
             values = values | fifth.reshape(values.shape).astype(np.uint8) << 4
     block = values.shape[1] // w.scales.shape[1]
-    scaled = np.repeat(np.asarray(w.scales), block, 1) * values.astype(np.float32)
-    return scaled, None if w.mins is None else np.repeat(np.asarray(w.mins), block, 1)
+    scales, mins = np.asarray(w.scales), None if w.mins is None else np.asarray(w.mins)
+    if w.units is not None:  # two levels: each block's integer code times its super-block's unit
+        units = np.repeat(np.asarray(w.units), 256 // block, 1)
+        scales = units[..., 0] * scales.astype(np.float32)
+        mins = None if mins is None else units[..., 1] * mins.astype(np.float32)
+    scaled = np.repeat(scales, block, 1) * values.astype(np.float32)
+    return scaled, None if mins is None else np.repeat(mins, block, 1)
 
 
 def numpy_weight(w: QuantArray) -> np.ndarray:
@@ -90,15 +96,21 @@ def bf16() -> tuple[jax.Array, np.ndarray]:
 
 
 QUANTIZED = sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name)
-LAYOUTS = {t.name: lambda t=t: file_weight(t) for t in QUANTIZED} | {
-    "Q4_K-without-mins": lambda: without_mins(QT.Q4_K),
-    "Q4_1-without-mins": lambda: without_mins(QT.Q4_1),
-    "fused-Q6_K-Q4_K-Q8_0": fused,
-    "bf16": bf16,
-}
+TWO_LEVEL = (QT.Q4_K, QT.Q5_K, QT.Q6_K)
+"""The types whose two-level scales the kernel's f32 path reads (``QuantArray.units``)."""
+LAYOUTS = (
+    {t.name: lambda t=t: file_weight(t) for t in QUANTIZED}
+    | {
+        "Q4_K-without-mins": lambda: without_mins(QT.Q4_K),
+        "Q4_1-without-mins": lambda: without_mins(QT.Q4_1),
+        "fused-Q6_K-Q4_K-Q8_0": fused,
+        "bf16": bf16,
+    }
+    | {f"{t.name}-two-level": lambda t=t: file_weight(t, two_level=True) for t in TWO_LEVEL}
+)
 """Every code layout: int8 codes in blocks of 16 (Q2_K with mins, Q3_K, Q6_K) and 32 (Q8_0,
 Q5_K with mins, ...), 4-bit codes in groups of 32 (Q4_1) and 64 (Q4_K), with and without
-mins, mixed parts, and bf16."""
+mins, mixed parts, bf16, and the k-quants' two-level scales that the default load keeps."""
 
 
 def assert_rounding_close(got, x, w: np.ndarray | QuantArray) -> None:
@@ -160,7 +172,26 @@ def test_passes_and_their_tails(build: str, qtype: QT):
         np.testing.assert_array_equal(np.asarray(one), np.asarray(five)[:1])
 
 
-@pytest.mark.parametrize("layout", ["Q4_K", "Q6_K", "bf16"])
+@pytest.mark.parametrize("qtype", TWO_LEVEL, ids=lambda t: t.name)
+def test_two_level_scales_give_the_same_products(build: str, qtype: QT):
+    """The file's two levels (an integer code per block, ``d`` and ``dmin`` per 256) give
+    every product of the f32 scales bit for bit: ``d · code`` is exact in f32, the same value
+    ``QuantArray.scale_values`` holds. Rows of 1 to 5 super-blocks: the mins' terms by lanes
+    of 8 or 16 blocks and their tails, at 1 and 5 rows of x."""
+    for supers in (1, 2, 3, 5):
+        two, want = file_weight(qtype, rows=9, seed=supers, cols=256 * supers, two_level=True)
+        assert two.units is not None and kernels.fits(two) and not kernels.fits(two, "int8")
+        one = two.one_level()
+        x = np.random.default_rng(supers).standard_normal((5, want.shape[1])).astype(np.float32)
+        for rows in (1, 5):
+            np.testing.assert_array_equal(
+                kernels.matmul(x[:rows], two, build=build),
+                kernels.matmul(x[:rows], one, build=build),
+            )
+        np.testing.assert_array_equal(numpy_weight(two), want)
+
+
+@pytest.mark.parametrize("layout", ["Q4_K", "Q6_K", "bf16", "Q4_K-two-level", "Q6_K-two-level"])
 def test_rows_do_not_depend_on_the_batch(build: str, layout: str):
     """Each output row is summed the same way in a batch of 1, 3 or 17 rows (tiles of 4
     and a remainder, whose shapes differ by code layout: 4-bit codes, int8 codes, bf16), so a
@@ -223,6 +254,7 @@ def int8_order(qtype: QT, seed: int) -> QuantArray:
 
 STACK_KINDS = {
     "Q4_K": lambda seed: file_weight(QT.Q4_K, 16, seed=seed)[0],
+    "Q5_K two-level": lambda seed: file_weight(QT.Q5_K, 16, seed=seed, two_level=True)[0],
     "Q8_0": lambda seed: file_weight(QT.Q8_0, 16, seed=seed, cols=256)[0],
     "Q4_K interleaved": functools.partial(int8_order, QT.Q4_K),
     "Q6_K interleaved": functools.partial(int8_order, QT.Q6_K),
@@ -235,7 +267,7 @@ STACK_KINDS = {
 @pytest.mark.parametrize(
     ("kind", "activations"),
     [
-        *[(kind, "f32") for kind in ("Q4_K", "Q8_0", "bf16")],
+        *[(kind, "f32") for kind in ("Q4_K", "Q5_K two-level", "Q8_0", "bf16")],
         *[(kind, "int8") for kind in ("Q4_K", "Q8_0", "Q4_K interleaved", "Q6_K interleaved")],
     ],
 )

@@ -46,6 +46,10 @@ cases = {  # name: (act, output shape, x, codes, scales, mins[, high bits[, inte
     "valid, two-level scales": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 16, units),
     "int8 scales without units": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 16),
     "units beside row-order codes": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 0, units),
+    "valid, two-level scales in row order": (0, (1, 24), x256, codes256, codes_s8, empty, bits, 0, units),
+    "units beside nibbles in groups of 32": (0, (1, 24), x256, np.full((24, 128), 0x11, np.uint8),
+                                             np.ones((24, 8), np.uint8), np.ones((24, 8), np.uint8), bits, 0,
+                                             np.ones((24, 1, 2), np.float32), 32),
     "units [24, 2, 1] for 256 columns": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 16,
                                          np.ones((24, 2, 1), np.float32)),
     "units beside int8 codes in blocks of 32": (1, (1, 24), np.ones((1, 512), np.float32),
@@ -96,6 +100,7 @@ def test_the_handler_rejects_wrong_shapes(expected_builds):
         for valid in ("two-level scales", "6-bit codes"):  # d · scale = 1, codes 1
             accepted = results.pop(f"{build}: valid, {valid}").split()
             assert accepted[0] == "accepted" and abs(float(accepted[1]) - 256) < 0.256
-    assert len(results) == 20 * len(expected_builds)
+        assert results.pop(f"{build}: valid, two-level scales in row order") == "accepted 256.0"
+    assert len(results) == 21 * len(expected_builds)
     for name, result in results.items():
         assert "INVALID_ARGUMENT" in result and "cpu_matmul" in result, (name, result)
