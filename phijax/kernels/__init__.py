@@ -257,11 +257,8 @@ def _two_level_fits(w: QuantArray, activations: str) -> bool:
     rows, cols = w.shape
     k = 1 if w.mins is None else 2
     q4 = w.nibbles and w.planes < 2  # Q4_K or Q5_K
-    if bool(w.interleave) != (activations == "int8") or w.block != (32 if q4 else 16):
-        return False
-    if q4 and w.nibbles != 64:
-        return False
-    if w.units.shape != (rows, cols // 256, k):
+    order_ok = bool(w.interleave) == (activations == "int8") and (not q4 or w.nibbles == 64)
+    if not order_ok or w.block != (32 if q4 else 16) or w.units.shape != (rows, cols // 256, k):
         return False
     if q4:
         return w.scales.dtype == jnp.uint8 and k == 2 and w.mins.dtype == jnp.uint8
