@@ -139,7 +139,8 @@ struct Simd {
   static V uint8s(const uint8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
-  static V per_eighth(const float* p, int64_t) { return set1(p[0]); }  // lanes 8i ... 8i + 7: p[i * stride]
+  // lanes 8i ... 8i + 7: p[i * stride] (8 lanes: one unit; BlockScales names it in every build)
+  static V per_eighth(const float* p, int64_t) { return set1(p[0]); }
   static V bf16s(const uint8_t* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -210,7 +211,8 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   static V uint8s(const uint8_t* p) {
     return map([&](int i) { return static_cast<float>(p[i]); });
   }
-  static V per_eighth(const float* p, int64_t) { return set1(p[0]); }  // lanes 8i ... 8i + 7: p[i * stride]
+  // lanes 8i ... 8i + 7: p[i * stride] (8 lanes: one unit; BlockScales names it in every build)
+  static V per_eighth(const float* p, int64_t) { return set1(p[0]); }
   static V bf16s(const uint8_t* p) {
     return map([&](int i) {
       const uint32_t bits = static_cast<uint32_t>(p[2 * i] | (p[2 * i + 1] << 8)) << 16;
@@ -273,7 +275,7 @@ struct Weight {
   int64_t rows, cols, row_bytes, groups;
   const uint8_t* high = nullptr;  // [rows, cols / 8 * planes]: high bits of the codes (planes)
   int64_t interleave = 0;         // 0: codes in row order; else int8_dot.h's order, sub-blocks of this
-  // Two-level k-quant scales (interleaved only; scales and mins then null): integer codes
+  // Two-level k-quant scales (scales and mins then null): integer codes
   // [rows, groups] (u8; Q6_K's scales s8) and f32 units [rows, cols / 256, 1 or 2] (d, dmin).
   const uint8_t* scale_codes = nullptr;
   const uint8_t* min_codes = nullptr;
@@ -431,7 +433,7 @@ struct BlockScales {
     if constexpr (kUnits) {
       scale_codes = w.scale_codes + n * w.groups;
       min_codes = kMins ? w.min_codes + n * w.groups : nullptr;
-      units = w.units + n * (w.cols / 256) * kUnitsPer;
+      units = w.units_of<kBlock>(n, 0);
     } else {
       scales = w.scales + n * w.groups;
       min_values = kMins ? w.mins + n * w.groups : nullptr;
@@ -444,11 +446,17 @@ struct BlockScales {
     if (n >= w.rows) return;
     prefetch_lines(w.scale_codes + n * w.groups, w.groups);
     if constexpr (kMins) prefetch_lines(w.min_codes + n * w.groups, w.groups);
-    prefetch_lines(w.units + n * (w.cols / 256) * kUnitsPer, w.cols / 256 * kUnitsPer * 4);
+    prefetch_lines(w.units_of<kBlock>(n, 0), w.cols / 256 * kUnitsPer * 4);
   }
-  // Lane l: the unit (j = 0: d, 1: dmin) of block g + l's super-block (g a multiple of kLanes).
+  // The unit (j = 0: d, 1: dmin) of block g's super-block.
+  const float* unit(int64_t g, int j) const { return units + g / kPerSuper * kUnitsPer + j; }
+  // A scale code's value (Q6_K's are signed).
+  static float code(uint8_t c) {
+    return kCodes == Codes::kInt8 ? static_cast<float>(static_cast<int8_t>(c)) : static_cast<float>(c);
+  }
+  // Lane l: the unit of block g + l's super-block (g a multiple of kLanes).
   V unit_lanes(int64_t g, int j) const {
-    const float* u = units + g / kPerSuper * kUnitsPer + j;
+    const float* u = unit(g, j);
     if constexpr (kPerSuper >= kLanes) return Simd::set1(u[0]);
     return Simd::per_eighth(u, kUnitsPer);
   }
@@ -460,18 +468,14 @@ struct BlockScales {
       const V codes = kCodes == Codes::kInt8 ? Simd::int8s(scale_codes + g) : Simd::uint8s(scale_codes + g);
       Simd::store(formed + (g - g0), Simd::mul(codes, unit_lanes(g, 0)));
     }
-    for (; g < g1; ++g) {
-      const float code = kCodes == Codes::kInt8 ? static_cast<float>(static_cast<int8_t>(scale_codes[g]))
-                                                : static_cast<float>(scale_codes[g]);
-      formed[g - g0] = units[g / kPerSuper * kUnitsPer] * code;
-    }
+    for (; g < g1; ++g) formed[g - g0] = *unit(g, 0) * code(scale_codes[g]);
   }
   float scale(int64_t g) const {
     if constexpr (kUnits) return formed[g - first];
     return scales[g];
   }
   float min(int64_t g) const {
-    if constexpr (kUnits) return units[g / kPerSuper * kUnitsPer + 1] * static_cast<float>(min_codes[g]);
+    if constexpr (kUnits) return *unit(g, 1) * static_cast<float>(min_codes[g]);
     return min_values[g];
   }
   V mins(int64_t g) const {  // of blocks g ... g + kLanes - 1 (g a multiple of kLanes)
