@@ -98,13 +98,17 @@ def run_mode(source: str, mode: str, *, batches, new: int, prompt: int, reps: in
     re-lays the file out instead of reading prepared weights, :mod:`phijax.prepared`)."""
     spec = {"source": str(source), "kwargs": MODES[mode], "batches": list(batches), "new": new,
             "prompt": prompt, "reps": reps, "text": text, "rebuild": rebuild}  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-c", ONE_MODE, json.dumps(spec)], capture_output=True, text=True
-    )
+    return json.loads(_python(mode, ONE_MODE, json.dumps(spec)).strip().splitlines()[-1])
+
+
+def _python(mode: str, code: str, *args: str) -> str:
+    """``code`` run by this Python in a fresh process: its stdout; a RuntimeError with the end
+    of its stderr if it fails."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     if proc.returncode != 0:
         why = " (SIGKILL: out of memory?)" if proc.returncode == -9 else ""
         raise RuntimeError(f"mode {mode} exited with {proc.returncode}{why}\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout
 
 
 PREPARE = """
@@ -119,10 +123,7 @@ def prepare(source: str, mode: str) -> None:
     maps its file from the page cache. Without it a mode whose entry an earlier run had
     evicted (``bench_model.py --phi3`` clears them) was timed re-laying the file out: SmolLM2's
     int8 load 0.62 s against 0.17 s read back, and its peak 61 MB higher."""
-    subprocess.run(
-        [sys.executable, "-c", PREPARE, str(source), json.dumps(MODES[mode])],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    _python(mode, PREPARE, str(source), json.dumps(MODES[mode]))
 
 
 def run_modes(source: str, modes, **kwargs) -> dict[str, dict]:
