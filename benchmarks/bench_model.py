@@ -748,7 +748,7 @@ def main() -> None:
         "--reps", type=int, default=3, help="timed runs per decode figure (default 3)"
     )
     parser.add_argument("--modes", nargs="*", default=BY_DEFAULT, choices=list(MODES),
-                        help="weight modes to compare, each in its own process (default: all but the mapped; none: skip)")  # fmt: skip
+                        help="weight modes to compare, each in its own process (default: all but the read; none: skip)")  # fmt: skip
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one rep: a smoke test")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")

@@ -2,8 +2,8 @@
 
 ``default`` is ``phijax.load(source)`` with no options: whatever :func:`phijax.backend.choose`
 picks here (its choice is printed under the table); ``f32`` is ``quantized=False``; ``int8``
-the int8 activations; ``mapped`` and ``int8-mapped`` (only when named) the same loads with
-``map_prepared=True``.
+the int8 activations; ``read`` and ``int8-read`` (only when named) the same loads with
+``map_prepared=False`` (prepared weights read into fresh memory instead of mapped).
 
 Each mode runs in a fresh process, so its memory is its own: load time, the load's
 peak RSS over the process's RSS after JAX started (``VmHWM - VmRSS``), the weights'
@@ -84,11 +84,11 @@ MODES = {
     "quantized": {"quantized": True},
     "bf16": {"dtype": "bfloat16"},
     "int8": {"quantized": True, "activations": "int8"},
-    "mapped": {"map_prepared": True},
-    "int8-mapped": {"quantized": True, "activations": "int8", "map_prepared": True},
+    "read": {"map_prepared": False},
+    "int8-read": {"quantized": True, "activations": "int8", "map_prepared": False},
 }
 BY_DEFAULT = [m for m in MODES if "map_prepared" not in MODES[m]]
-"""The modes run unless ``--modes`` names others: the mapped ones differ only in their load."""
+"""The modes run unless ``--modes`` names others: the read ones differ only in their load."""
 REAL_TEXT = Path(__file__).parents[1] / "docs" / "sampling.md"
 
 

@@ -109,6 +109,16 @@ class Backend:
         return self.platform == "cpu" and self.packed and not self.mesh
 
     @property
+    def maps_prepared_weights(self) -> bool:
+        """Whether a load maps its prepared weights' file (the page cache's own pages,
+        copy-on-write: :func:`phijax.prepared.map_file`) instead of reading it into fresh
+        memory, unless ``map_prepared`` says otherwise. Fresh memory's page faults were most
+        of a read load, and decode ran as fast over the mapping: Phi-3-mini loaded in 0.2-0.35 s
+        instead of 0.8-1.2 s on an Intel Xeon VM and 0.3 s instead of 1.2 s on an AMD EPYC
+        VM (``docs/benchmarks.md``), as llama.cpp maps its file."""
+        return self.keeps_prepared_weights
+
+    @property
     def reads_stacks_in_place(self) -> bool:
         """Whether a layer's step gets the stacked matrices whole with the layer's index, for
         the CPU kernel to read in place (XLA:CPU copies a slice of a stack: every layer's

@@ -171,7 +171,8 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
     # logits do not depend on how many tokens a request asks for (HF switches per length).
     rope_limit = min(opts.max_seq_len or config.context_length, config.context_length)
     key = prepared.key_for(path, policy, {"rope_limit": rope_limit if longrope else None})
-    folder = prepared.load(key, params, progress, mapped=bool(opts.map_prepared)) if key else None
+    mapped = policy.maps_prepared_weights if opts.map_prepared is None else opts.map_prepared
+    folder = prepared.load(key, params, progress, mapped=mapped) if key else None
     saved = False
     if folder is None:
         factors = load_weights(
@@ -190,7 +191,7 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
         f"{config.hidden_size}; {policy.describe()}; sliding window {window_reason}"
     )
     if folder is not None:
-        how = "saved to" if saved else "mapped from" if opts.map_prepared else "read from"
+        how = "saved to" if saved else "mapped from" if mapped else "read from"
         summary += f"; {prepared.describe(folder, how)}"
     elif opts.map_prepared:
         summary += f"; map_prepared ignored: {prepared.NONE_KEPT}"

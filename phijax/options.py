@@ -75,9 +75,9 @@ class LoadOptions(BaseModel):
     map_prepared: bool | None = Field(
         default=None,
         description="map a packed CPU load's prepared weights (their file's page-cache pages, "
-        "copy-on-write) instead of reading them into fresh memory (the default): Phi-3-mini "
-        "loaded in 0.3-0.5 s instead of 1.2-9.6 s on one VM, and decoded as fast; another VM "
-        "decoded 1.19x slower over a mapping (docs/benchmarks.md), so measure yours",
+        "copy-on-write; the default) or, if false, read them into fresh memory: Phi-3-mini "
+        "loaded in 0.2-0.35 s instead of 0.8-1.2 s and decoded as fast on two VMs, but one "
+        "older run decoded 1.17x slower over a lazily faulted mapping (docs/benchmarks.md)",
     )
     policy: Literal["cpu", "gpu", "tpu"] | None = Field(
         default=None,

@@ -1,13 +1,16 @@
-"""Prepared weights: a packed CPU load's parameters kept on disk and read by the next load.
+"""Prepared weights: a packed CPU load's parameters kept on disk and mapped by the next load.
 
 A packed load re-lays the file's blocks out for the kernel (:mod:`phijax.gguf.relayout`):
 for Phi-3-mini that is most of a 5-10 s load, repeated by every process. The first load of
 a file under a policy writes the finished parameters to ``$PHIJAX_CACHE/prepared/<key>/``
-(``weights.bin`` plus a JSON ``manifest.json``); later loads read ``weights.bin`` into one
-buffer, which XLA:CPU uses in place: a load is then a file read. Or, with the load option
-``map_prepared``, they map it: no copy at all, but on one VM Phi-3-mini's batch-1 decode
-ran 1.19x slower over the mapping, while on another it ran as fast and the load took a
-tenth of the time (``docs/benchmarks.md``), so reading stays the default.
+(``weights.bin`` plus a JSON ``manifest.json``); later loads map ``weights.bin``
+copy-on-write, and XLA:CPU uses the mapping in place: no copy at all, the page cache's own
+pages (:attr:`~phijax.backend.Backend.maps_prepared_weights`; Phi-3-mini then loads in a
+quarter of the time of a read into fresh memory and decodes as fast,
+``docs/benchmarks.md``). The load option ``map_prepared=False`` reads the file into one
+fresh buffer instead. A mapped entry must not be truncated in place while a model uses it
+(phijax never does: entries are written whole, renamed, and deleted), as llama.cpp's file
+must not.
 
 The key is the GGUF file's identity (path, size, modification time, inode), the
 :class:`~phijax.backend.Backend`, the load's other parameter choices, and a hash of the

@@ -1,4 +1,4 @@
-"""Prepared weights (phijax.prepared): a packed load's parameters written once, then read back.
+"""Prepared weights (phijax.prepared): a packed load's parameters written once, then mapped back.
 
 The second load must give the same parameters bit for bit as loading the file, and a
 changed file, another policy, or a damaged entry must never be used.
@@ -49,40 +49,35 @@ def _assert_same_params(a, b) -> None:
 
 
 @pytest.mark.parametrize("options", [{}, {"activations": "int8"}], ids=["default", "int8"])
-def test_second_load_reads_the_same_parameters(cache, gguf, options, monkeypatch):
+def test_second_load_maps_the_same_parameters(cache, gguf, options, monkeypatch):
+    """The next load maps the entry (reads nothing) and ``map_prepared=False`` reads it: both
+    give the first load's parameters and logits bit for bit, and stay whole when the entry is
+    evicted (its file deleted) while they are in use."""
     first = phijax.load(gguf, progress=False, **options)
     assert "prepared weights saved to" in first.load_summary
     (entry,) = cache.iterdir()
     assert {p.name for p in entry.iterdir()} == {"manifest.json", "weights.bin"}
-    second = phijax.load(gguf, progress=False, **options)
-    assert "prepared weights read from" in second.load_summary
-    _assert_same_params(first, second)
+    with monkeypatch.context() as m:
+        m.setattr(prepared, "read_aligned", lambda *a, **k: pytest.fail("read, not mapped"))
+        mapped = phijax.load(gguf, progress=False, **options)
+    assert "prepared weights mapped from" in mapped.load_summary
+    read = phijax.load(gguf, progress=False, map_prepared=False, **options)
+    assert "prepared weights read from" in read.load_summary
     ids = [5, 17, 42, 7, 99]
-    np.testing.assert_array_equal(np.asarray(first.logits(ids)), np.asarray(second.logits(ids)))
+    expected = np.asarray(first.logits(ids))
+    shutil.rmtree(entry)
+    for model in (mapped, read):
+        _assert_same_params(first, model)
+        np.testing.assert_array_equal(np.asarray(model.logits(ids)), expected)
     monkeypatch.setenv("PHIJAX_NO_CACHE", "1")
     plain = phijax.load(gguf, progress=False, **options)
     assert "prepared weights" not in plain.load_summary
-    _assert_same_params(plain, second)
-
-
-@pytest.mark.parametrize("options", [{}, {"activations": "int8"}], ids=["default", "int8"])
-def test_a_mapped_entry_gives_the_same_parameters(cache, gguf, options, monkeypatch):
-    """``map_prepared``: the parameters are the entry's file mapped, not read, and stay whole
-    when the entry is evicted (its file deleted) while the model is in use."""
-    first = phijax.load(gguf, progress=False, **options)
-    monkeypatch.setattr(prepared, "read_aligned", lambda *a, **k: pytest.fail("read, not mapped"))
-    mapped = phijax.load(gguf, progress=False, map_prepared=True, **options)
-    assert "prepared weights mapped from" in mapped.load_summary
-    _assert_same_params(first, mapped)
-    ids = [5, 17, 42, 7, 99]
-    expected = np.asarray(first.logits(ids))
-    shutil.rmtree(next(cache.iterdir()))
-    np.testing.assert_array_equal(np.asarray(mapped.logits(ids)), expected)
+    _assert_same_params(plain, mapped)
 
 
 def test_a_changed_file_or_policy_is_not_read(cache, gguf, monkeypatch):
     phijax.load(gguf, progress=False)
-    assert "read from" in phijax.load(gguf, progress=False).load_summary
+    assert "mapped from" in phijax.load(gguf, progress=False).load_summary
     (first,) = cache.iterdir()
     other = phijax.load(gguf, progress=False, activations="int8")
     assert "saved to" in other.load_summary  # another policy: another entry
@@ -114,7 +109,7 @@ def test_a_damaged_entry_is_rebuilt(cache, gguf, damage):
         again = phijax.load(gguf, progress=False)
     assert "saved to" in again.load_summary
     _assert_same_params(first, again)
-    assert "read from" in phijax.load(gguf, progress=False).load_summary
+    assert "mapped from" in phijax.load(gguf, progress=False).load_summary
 
 
 def test_none_for_small_files_dense_loads_or_when_caches_are_off(cache, gguf, monkeypatch):
@@ -140,7 +135,7 @@ def test_longrope_factors_follow_the_sequence_limit(cache, tmp_path, tiny_config
             m.setenv("PHIJAX_NO_CACHE", "1")
             plain = phijax.load(path, progress=False, max_seq_len=limit)
         _assert_same_params(model, plain)
-    assert "read from" in model.load_summary
+    assert "mapped from" in model.load_summary
     assert len(list(cache.iterdir())) == 2
     short = phijax.load(path, progress=False, max_seq_len=16).params.rope_factors[...]
     assert not np.array_equal(np.asarray(short), np.asarray(model.params.rope_factors[...]))

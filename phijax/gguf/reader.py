@@ -114,23 +114,26 @@ class _Cursor:
 
     def strings(self, count: int, what: str) -> list[str]:
         """``count`` strings in a row (a vocabulary: 10^5 of them), checked as :meth:`string`
-        checks one, in one loop over local names (3x faster than ``count`` calls of it)."""
-        buf, size, pos = self.buf, self.size, self.pos
+        checks one, in one loop over local names (3x faster than ``count`` calls of it). The
+        loop checks no bounds: a length field past the end raises ``struct.error`` (or, past
+        2^63, ``OverflowError``), as every later one does; a string past the end is cut short
+        and leaves ``pos`` past it."""
+        buf, pos = self.buf, self.pos
         length = struct.Struct("<Q").unpack_from
         out: list = []
         append = out.append
-        for _ in range(count):
-            if pos > size - 8:
-                break
-            (n,) = length(buf, pos)
-            start = pos + 8
-            if n > size - start:
-                break
-            pos = start + n
-            append(buf[start:pos])
+        try:
+            for _ in range(count):
+                (n,) = length(buf, pos)
+                start = pos + 8
+                pos = start + n
+                append(buf[start:pos])
+        except (struct.error, OverflowError):
+            pos = self.size + 1
+        if pos > self.size:  # one ran past the end: the checked reads raise its error
+            for _ in range(count):
+                self.string(what)
         self.pos = pos
-        if len(out) < count:
-            self.string(what)  # raises the truncation error for the string at self.pos
         try:
             return [raw.decode("utf-8") for raw in out]
         except UnicodeDecodeError as e:
