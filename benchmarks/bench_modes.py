@@ -118,7 +118,7 @@ phijax.load(sys.argv[1], progress=False, **json.loads(sys.argv[2]))
 
 
 def prepare(source: str, mode: str) -> None:
-    """Load ``mode`` once in a process of its own, untimed, so that the timed load reads
+    """Load ``mode`` once in a process of its own, untimed, so that the timed load finds
     prepared weights (:mod:`phijax.prepared`) as a user's second run does, and as llama.cpp
     maps its file from the page cache. Without it a mode whose entry an earlier run had
     evicted (``bench_model.py --phi3`` clears them) was timed re-laying the file out: SmolLM2's

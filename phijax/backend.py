@@ -16,6 +16,7 @@ model's functions read instead of asking JAX. :func:`platform` is the only reade
 from __future__ import annotations
 
 import dataclasses
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,8 +116,9 @@ class Backend:
         memory, unless ``map_prepared`` says otherwise. Fresh memory's page faults were most
         of a read load, and decode ran as fast over the mapping: Phi-3-mini loaded in 0.2-0.35 s
         instead of 0.8-1.2 s on an Intel Xeon VM and 0.3 s instead of 1.2 s on an AMD EPYC
-        VM (``docs/benchmarks.md``), as llama.cpp maps its file."""
-        return self.keeps_prepared_weights
+        VM (``docs/benchmarks.md``), as llama.cpp maps its file. Not where Python's ``mmap``
+        has no private mappings (Windows)."""
+        return self.keeps_prepared_weights and hasattr(mmap, "MAP_PRIVATE")
 
     @property
     def reads_stacks_in_place(self) -> bool:

@@ -77,7 +77,7 @@ class LoadOptions(BaseModel):
         description="map a packed CPU load's prepared weights (their file's page-cache pages, "
         "copy-on-write; the default) or, if false, read them into fresh memory: Phi-3-mini "
         "loaded in 0.2-0.35 s instead of 0.8-1.2 s and decoded as fast on two VMs, but one "
-        "older run decoded 1.17x slower over a lazily faulted mapping (docs/benchmarks.md)",
+        "older run decoded 17% slower over a lazily faulted mapping (docs/benchmarks.md)",
     )
     policy: Literal["cpu", "gpu", "tpu"] | None = Field(
         default=None,
