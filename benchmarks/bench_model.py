@@ -83,6 +83,7 @@ from _common import cpu_name, llama_cpp_version, print_table
 from bench_modes import (
     BY_DEFAULT,
     MODES,
+    load_from,
     mode_rows,
     prepare,
     print_backends,
@@ -449,7 +450,7 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
     gbps_rows = []
 
     # Load first, so that even ru_maxrss (where VmHWM cannot be reset) sees a clean peak; after
-    # a load in another process, so that this one reads prepared weights (bench_modes.prepare).
+    # a load in another process, so that this one finds prepared weights (bench_modes.prepare).
     prepare(str(path), "default")
     jax.devices()
     peak = PeakRSS().start()
@@ -457,7 +458,7 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
     model = phijax.load(path, progress=False)
     load_s = time.perf_counter() - start
     load_peak = peak.peak()
-    load_how = "mapped" if "mapped from" in model.load_summary else "read"
+    loaded_from = load_from(model.load_summary)
     after_load = rss()
 
     for rows, cols in sizes.matvec:
@@ -614,8 +615,8 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
         f"{load_s:.2f} s",
         f"{llama['load_s']:.2f} s" if llama else None,
         ratio(load_s, llama.get("load_s")),
-        f"phijax: first load in this process, prepared weights {load_how}; llama.cpp mmaps the "
-        "file, keeps it quantized",
+        f"phijax: first load in this process, {loaded_from}; llama.cpp mmaps the file, keeps it "
+        "quantized",
     )
     table.add(
         "peak RSS delta, load",

@@ -53,9 +53,7 @@ out = {"load_s": time.perf_counter() - start, "load_peak": status("VmHWM") - bas
        # what a batch-1 decode step reads: every weight but an untied embedding (one row)
        "step_bytes": sum(x.nbytes for x in jax.tree.leaves(m.params))
        - (0 if m.params.lm_head is None else sum(x.nbytes for x in jax.tree.leaves(m.params.embed))),
-       "backend": m.backend.describe(),
-       "load_from": next((f"prepared weights {how}" for how in ("read", "mapped")
-                          if f"{how} from" in m.load_summary), "the file")}
+       "backend": m.backend.describe(), "load_summary": m.load_summary}
 rng = np.random.default_rng(0)
 vocab = m.config.vocab_size
 greedy = Sampler.greedy()
@@ -98,7 +96,15 @@ def run_mode(source: str, mode: str, *, batches, new: int, prompt: int, reps: in
     re-lays the file out instead of reading prepared weights, :mod:`phijax.prepared`)."""
     spec = {"source": str(source), "kwargs": MODES[mode], "batches": list(batches), "new": new,
             "prompt": prompt, "reps": reps, "text": text, "rebuild": rebuild}  # fmt: skip
-    return json.loads(_python(mode, ONE_MODE, json.dumps(spec)).strip().splitlines()[-1])
+    out = json.loads(_python(mode, ONE_MODE, json.dumps(spec)).strip().splitlines()[-1])
+    out["load_from"] = load_from(out.pop("load_summary"))
+    return out
+
+
+def load_from(summary: str) -> str:
+    """Where a load got its weights, from its ``load_summary``."""
+    saved = (f"prepared weights {how}" for how in ("read", "mapped") if f"{how} from" in summary)
+    return next(saved, "the file")
 
 
 def _python(mode: str, code: str, *args: str) -> str:
