@@ -370,10 +370,10 @@ def _check_against_tensors(c: Phi3Config, f: GGUFFile) -> None:
             f"{f.path}: {arch}.vocab_size = {short_repr(declared)} but tensor {_EMBED!r} "
             f"has {c.vocab_size} rows. {_FIX}"
         )
-    tokens = f.metadata.get("tokenizer.ggml.tokens")
-    if isinstance(tokens, list) and len(tokens) > c.vocab_size:
+    n_tokens = f.array_length("tokenizer.ggml.tokens")
+    if n_tokens is not None and n_tokens > c.vocab_size:
         raise ConfigError(
-            f"{f.path}: tokenizer.ggml.tokens has {len(tokens)} tokens but tensor "
+            f"{f.path}: tokenizer.ggml.tokens has {n_tokens} tokens but tensor "
             f"{_EMBED!r} has only {c.vocab_size} rows, so token ids {c.vocab_size} and "
             "up would index past the embedding. The file is corrupt: download or convert it again."
         )

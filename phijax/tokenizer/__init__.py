@@ -20,7 +20,7 @@ import tokenizers
 
 from phijax.errors import TokenizerError
 from phijax.gguf import GGUFFile
-from phijax.tokenizer import chat, gguf_vocab
+from phijax.tokenizer import chat, gguf_vocab, vocab_cache
 from phijax.tokenizer.stream import StreamDecoder
 
 # Texts that end a turn or a document in the families we run; a vocabulary
@@ -67,16 +67,39 @@ class Tokenizer:
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def from_gguf(cls, source: str | os.PathLike | Any) -> Tokenizer:
-        """The vocabulary embedded in a GGUF file (a path or a :class:`~phijax.gguf.GGUFFile`)."""
-        f = source if isinstance(source, GGUFFile) else GGUFFile(source)
-        vocab = gguf_vocab.GGUFVocab.from_metadata(f.metadata, str(f.path))
+    def from_gguf(
+        cls, source: str | os.PathLike | GGUFFile, *, prepared: vocab_cache.Entry | None = None
+    ) -> Tokenizer:
+        """The vocabulary embedded in a GGUF file (a path or a :class:`~phijax.gguf.GGUFFile`).
+
+        With caches on, the first build of a model file's vocabulary keeps what it derived
+        (:mod:`phijax.tokenizer.vocab_cache`) and builds from a path start from it. A
+        :class:`~phijax.gguf.GGUFFile` is built from its metadata as it stands (its owner may
+        have edited it), unless ``prepared``, the entry looked up for its file before it was
+        opened with the entry's spans deferred (as ``phijax.load`` does), is given."""
+        if isinstance(source, GGUFFile):
+            f = source
+        else:
+            prepared = vocab_cache.lookup(source)
+            f = GGUFFile(source, deferred=prepared.spans if prepared else None)
+        if prepared is not None and prepared.spans.identity != f.identity:
+            prepared = None  # the file changed between the lookup and the parse
+        where = str(f.path)
+        if prepared is None:
+            vocab = gguf_vocab.GGUFVocab.from_metadata(f.metadata, where)
+            pieces = gguf_vocab.pieces(vocab)
+        else:
+            pieces = prepared.pieces
+            vocab = gguf_vocab.GGUFVocab.from_metadata(f.metadata, where, tokens=pieces.tokens)
+        hf = gguf_vocab.build(vocab, pieces)
+        if prepared is None:
+            vocab_cache.save(f, pieces)
         template = f.metadata.get("tokenizer.chat_template")
         if not isinstance(template, str):
             template = chat.PHI3_TEMPLATE if f.architecture == "phi3" else None
         ids = vocab.special_ids
         return cls(
-            gguf_vocab.build(vocab),
+            hf,
             bos_id=ids.get("bos"),
             eos_id=ids.get("eos"),
             add_bos=vocab.add_bos,

@@ -20,6 +20,7 @@ HF tokenizers would keep a user-defined ``</s>`` (Gemma-3) matchable as text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,7 @@ class GGUFVocab:
     model: str
     pre: str | None
     tokens: list[str]
-    types: list[int]
+    types: list[int] | None  # None: read from a prepared vocabulary (its pieces are built)
     scores: list[float] | None
     merges: list[str] | None
     add_space_prefix: bool
@@ -89,44 +90,24 @@ class GGUFVocab:
     where: str = ""  # the file, for error messages
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, Any], where: str) -> GGUFVocab:
+    def from_metadata(
+        cls, meta: Mapping[str, Any], where: str, tokens: list[str] | None = None
+    ) -> GGUFVocab:
+        """The vocabulary ``meta`` describes, validated. ``tokens``: the tokens of a prepared
+        vocabulary of this file (:mod:`phijax.tokenizer.vocab_cache`, validated when it was
+        written); then the per-token arrays are not read, and ``types``, ``scores`` and
+        ``merges`` are ``None``."""
         model = meta.get("tokenizer.ggml.model")
         if model not in ("llama", "gpt2"):
             raise TokenizerError(
                 f"{where}: tokenizer.ggml.model = {model!r} is not supported "
                 "(supported: 'llama' SentencePiece-style, 'gpt2' byte-level BPE)."
             )
-        tokens = meta.get("tokenizer.ggml.tokens")
-        if not isinstance(tokens, list) or not tokens:
-            raise TokenizerError(
-                f"{where}: tokenizer.ggml.tokens is missing or empty, or not an array of strings "
-                f"({_FIX})."
-            )
-        if not all(isinstance(t, str) for t in tokens):
-            raise TokenizerError(
-                f"{where}: tokenizer.ggml.tokens must be an array of strings ({_FIX})."
-            )
+        if tokens is None:
+            tokens, types, scores, merges = _per_token_arrays(meta, model, where)
+        else:
+            types = scores = merges = None
         n = len(tokens)
-        types = _numbers(meta.get("tokenizer.ggml.token_type"), n, "token_type", where, np.integer)
-        types = [NORMAL] * n if types is None else types.tolist()
-        scores = _numbers(meta.get("tokenizer.ggml.scores"), n, "scores", where, np.number)
-        if scores is not None:
-            if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
-                raise TokenizerError(f"{where}: tokenizer.ggml.scores contains NaN ({_FIX}).")
-            scores = scores.astype(np.float64).tolist()
-        merges = meta.get("tokenizer.ggml.merges")
-        if model == "gpt2" and not isinstance(merges, list):
-            raise TokenizerError(
-                f"{where}: a gpt2 tokenizer needs tokenizer.ggml.merges, an array of strings "
-                f"({_FIX})."
-            )
-        if model == "gpt2":
-            bad = next((m for m in merges if not isinstance(m, str) or " " not in m), None)
-            if bad is not None:
-                raise TokenizerError(
-                    f"{where}: tokenizer.ggml.merges has the entry {bad!r}; each must be two "
-                    f"tokens separated by a space ({_FIX})."
-                )
         pre = meta.get("tokenizer.ggml.pre")
         if pre is not None and not isinstance(pre, str):
             raise TokenizerError(
@@ -194,6 +175,43 @@ class GGUFVocab:
 _FIX = "the vocabulary is corrupt: download or re-convert the model"
 
 
+def _per_token_arrays(
+    meta: Mapping[str, Any], model: str, where: str
+) -> tuple[list[str], list[int], list[float] | None, list[str] | None]:
+    """``tokenizer.ggml.{tokens, token_type, scores, merges}``, validated."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise TokenizerError(
+            f"{where}: tokenizer.ggml.tokens is missing or empty, or not an array of strings "
+            f"({_FIX})."
+        )
+    if not all(isinstance(t, str) for t in tokens):
+        raise TokenizerError(
+            f"{where}: tokenizer.ggml.tokens must be an array of strings ({_FIX})."
+        )
+    n = len(tokens)
+    types = _numbers(meta.get("tokenizer.ggml.token_type"), n, "token_type", where, np.integer)
+    types = [NORMAL] * n if types is None else types.tolist()
+    scores = _numbers(meta.get("tokenizer.ggml.scores"), n, "scores", where, np.number)
+    if scores is not None:
+        if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
+            raise TokenizerError(f"{where}: tokenizer.ggml.scores contains NaN ({_FIX}).")
+        scores = scores.astype(np.float64).tolist()
+    merges = meta.get("tokenizer.ggml.merges")
+    if model == "gpt2" and not isinstance(merges, list):
+        raise TokenizerError(
+            f"{where}: a gpt2 tokenizer needs tokenizer.ggml.merges, an array of strings ({_FIX})."
+        )
+    if model == "gpt2":
+        bad = next((m for m in merges if not isinstance(m, str) or " " not in m), None)
+        if bad is not None:
+            raise TokenizerError(
+                f"{where}: tokenizer.ggml.merges has the entry {bad!r}; each must be two "
+                f"tokens separated by a space ({_FIX})."
+            )
+    return tokens, types, scores, merges
+
+
 def _numbers(value: Any, n: int, key: str, where: str, kind: type) -> np.ndarray | None:
     """``tokenizer.ggml.<key>``: None if absent, else a numeric array of one entry per token."""
     if value is None:
@@ -216,11 +234,9 @@ def _numbers(value: Any, n: int, key: str, where: str, kind: type) -> np.ndarray
     return value
 
 
-def _vocab_dict(tokens: list[str]) -> dict[str, int]:
-    vocab: dict[str, int] = {}
-    for i, tok in enumerate(tokens):
-        vocab.setdefault(tok, i)
-    return vocab
+def token_ids(tokens: list[str]) -> dict[str, int]:
+    """Token -> id, the first id of a token spelled twice (the later entries overwrite)."""
+    return dict(zip(reversed(tokens), range(len(tokens) - 1, -1, -1), strict=True))
 
 
 def spm_merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
@@ -237,17 +253,48 @@ def spm_merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, st
     return [(left, right) for *_, left, right in ranked]
 
 
-def build(vocab: GGUFVocab) -> Tokenizer:
-    """The ``tokenizers.Tokenizer`` equivalent of llama.cpp's tokenizer for ``vocab``."""
-    ids = _vocab_dict(vocab.tokens)
+@dataclass(frozen=True)
+class BPEPieces:
+    """What a vocabulary's ``tokenizers`` BPE is built from, derived from the per-token
+    arrays: the part of the build a prepared vocabulary keeps (:mod:`.vocab_cache`)."""
+
+    tokens: list[str]
+    merges: list[tuple[str, str]]
+    added: list[tuple[str, bool, bool]]  # text, special, rstrip: in token order
+
+
+def pieces(vocab: GGUFVocab) -> BPEPieces:
+    """The BPE pieces of ``vocab`` (from :meth:`GGUFVocab.from_metadata` without ``tokens``)."""
     if vocab.model == "llama":
         scores = vocab.scores or [-float(i) for i in range(len(vocab.tokens))]
+        merges = spm_merges(token_ids(vocab.tokens), scores)
+    else:
+        merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
+    rstrip = vocab.rstrip_tokens()
+    kinds = [
+        CONTROL if tok in EOG_SPELLINGS else kind
+        for tok, kind in zip(vocab.tokens, vocab.types, strict=True)
+    ]
+    added = [
+        (tok, kind != USER_DEFINED, tok in rstrip)
+        for tok, kind in zip(vocab.tokens, kinds, strict=True)
+        if kind in (CONTROL, USER_DEFINED, UNKNOWN) and tok
+    ]
+    return BPEPieces(vocab.tokens, merges, added)
+
+
+def build(vocab: GGUFVocab, built: BPEPieces | None = None) -> Tokenizer:
+    """The ``tokenizers.Tokenizer`` equivalent of llama.cpp's tokenizer for ``vocab``, from
+    ``built`` (its :func:`pieces`, computed if not given)."""
+    built = built or pieces(vocab)
+    ids = token_ids(built.tokens)
+    if vocab.model == "llama":
         unk = vocab.special_ids.get("unknown")
         tk = _bpe(
             vocab,
             vocab=ids,
-            merges=spm_merges(ids, scores),
-            unk_token=vocab.tokens[unk] if unk is not None else None,
+            merges=built.merges,
+            unk_token=built.tokens[unk] if unk is not None else None,
             fuse_unk=True,
             byte_fallback=True,
         )
@@ -261,24 +308,18 @@ def build(vocab: GGUFVocab) -> Tokenizer:
         tk.decoder = decoders.Sequence(unescape)
     else:
         regexes, ignore_merges = PRE_TOKENIZERS[vocab.pre or "default"]
-        merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
-        tk = _bpe(vocab, vocab=ids, merges=merges, ignore_merges=ignore_merges)
+        tk = _bpe(vocab, vocab=ids, merges=built.merges, ignore_merges=ignore_merges)
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
         )
         tk.decoder = decoders.ByteLevel()
-    rstrip = vocab.rstrip_tokens()
-    kinds = [
-        CONTROL if tok in EOG_SPELLINGS else kind
-        for tok, kind in zip(vocab.tokens, vocab.types, strict=True)
-    ]
-    added = [
-        AddedToken(tok, special=kind != USER_DEFINED, normalized=False, rstrip=tok in rstrip)
-        for tok, kind in zip(vocab.tokens, kinds, strict=True)
-        if kind in (CONTROL, USER_DEFINED, UNKNOWN) and tok
-    ]
-    tk.add_tokens(added)
+    tk.add_tokens(
+        [
+            AddedToken(tok, special=special, normalized=False, rstrip=rstrip)
+            for tok, special, rstrip in built.added
+        ]
+    )
     return tk
 
 
