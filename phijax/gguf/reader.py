@@ -4,8 +4,8 @@ The file is memory-mapped; the header (metadata and tensor infos) is parsed
 eagerly with every count and length checked against the bytes that remain, so
 a lying header can neither make us read past the end nor allocate more than
 the file's own size. Tensor data stays on disk until asked for. Metadata values whose
-byte spans an earlier parse of this very file recorded (:class:`ValueSpans`, e.g. a
-vocabulary's 10^5 strings kept by :mod:`phijax.tokenizer.vocab_cache`) can be skipped:
+byte spans an earlier parse of this very file recorded (:mod:`phijax.gguf.metadata`, e.g.
+a vocabulary's 10^5 strings kept by :mod:`phijax.tokenizer.vocab_cache`) can be skipped:
 they are parsed, with the same checks, when first read.
 
 Why not ``gguf.GGUFReader``: it builds several numpy views per array element
@@ -24,8 +24,8 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from phijax.errors import GGUFFormatError, HubError, UnsupportedError
 from phijax.gguf.dequant import dequantize
+from phijax.gguf.metadata import DeferredValue, Metadata, ValueSpans
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -82,58 +83,6 @@ class TensorInfo:
     @property
     def type_name(self) -> str:
         return self.ggml_type.name
-
-
-@dataclass(frozen=True)
-class ValueSpans:
-    """Where some metadata values lie in one version of a GGUF file: the file's identity
-    (size, modification time in ns, inode) and each key's value as a byte span ``[start,
-    end)`` from its array's element type on (:meth:`GGUFFile.value_spans`)."""
-
-    identity: tuple[int, int, int]
-    spans: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Deferred:
-    start: int
-    end: int
-
-
-class Metadata(MutableMapping[str, Any]):
-    """A GGUF file's metadata by key, in file order, as a dict. A value skipped at parse
-    time (a :class:`ValueSpans` entry) is parsed, with every check, when first read; ``in``,
-    ``len`` and iterating the keys parse nothing."""
-
-    def __init__(self, parse: Any):
-        self._values: dict[str, Any] = {}
-        self._parse = parse
-
-    def __getitem__(self, key: str) -> Any:
-        value = self._values[key]
-        if isinstance(value, _Deferred):
-            value = self._values[key] = self._parse(key, value)
-        return value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._values[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._values[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._values
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    @property
-    def deferred(self) -> list[str]:
-        """The keys whose values have not been parsed yet."""
-        return [k for k, v in self._values.items() if isinstance(v, _Deferred)]
 
 
 class _Cursor:
@@ -277,7 +226,7 @@ class GGUFFile:
             vtype = self._value_type(cur, f"metadata {key!r}")
             start, end = skip.get(key, (-1, -1))
             if vtype == GGUFValueType.ARRAY and start == cur.pos and start + 12 <= end <= self.size:
-                values[key] = _Deferred(start, end)
+                values[key] = DeferredValue(start, end)
                 cur.pos = end
             else:
                 start = cur.pos
@@ -353,7 +302,7 @@ class GGUFFile:
         values = cur.array(dtype, count, f"the values of {key!r}")
         return values.astype(bool) if etype == GGUFValueType.BOOL else values
 
-    def _read_deferred(self, key: str, span: _Deferred) -> Any:
+    def _read_deferred(self, key: str, span: DeferredValue) -> Any:
         cur = _Cursor(self._mmap, self.size, self.path)
         cur.pos = span.start
         value = self._read_value(cur, GGUFValueType.ARRAY, key, depth=0)
@@ -369,7 +318,7 @@ class GGUFFile:
         """How many elements array ``key`` has (``None``: absent or not an array), without
         parsing a deferred value (its count follows its element type)."""
         value = self.metadata._values.get(key)
-        if isinstance(value, _Deferred):
+        if isinstance(value, DeferredValue):
             return struct.unpack_from("<Q", self._mmap, value.start + 4)[0]
         return len(value) if isinstance(value, (list, np.ndarray)) else None
 

@@ -80,7 +80,7 @@ class Tokenizer:
         if isinstance(source, GGUFFile):
             f = source
         else:
-            prepared = vocab_cache.lookup(source)
+            prepared = prepared or vocab_cache.lookup(source)
             f = GGUFFile(source, deferred=prepared.spans if prepared else None)
         if prepared is not None and prepared.spans.identity != f.identity:
             prepared = None  # the file changed between the lookup and the parse

@@ -6,7 +6,7 @@ vocabularies, ranking every split of every token (Phi-3's 32k: 95 ms). That is m
 SmolLM2's load (``docs/benchmarks.md``). An entry keeps the derived
 :class:`~phijax.tokenizer.gguf_vocab.BPEPieces` as text that one ``str.split`` reads back,
 and where the file's per-token arrays lie, so that the next parse of the file's header skips
-them (:class:`~phijax.gguf.reader.ValueSpans`; they are still parsed, with every check, if
+them (:class:`~phijax.gguf.metadata.ValueSpans`; they are still parsed, with every check, if
 anything reads them).
 
 One entry per GGUF path, ``$PHIJAX_CACHE/vocab/<name>.bin``: a JSON line (the file's identity
@@ -40,7 +40,8 @@ import numpy as np
 
 from phijax.errors import PhijaxError
 from phijax.gguf import reader
-from phijax.gguf.reader import GGUFFile, ValueSpans
+from phijax.gguf.metadata import ValueSpans
+from phijax.gguf.reader import GGUFFile
 from phijax.paths import cache_dir, caches_enabled, entry_name, source_hash
 from phijax.tokenizer import gguf_vocab
 from phijax.tokenizer.gguf_vocab import BPEPieces
