@@ -2,26 +2,26 @@
 
 Building ``tokenizers``' BPE from a GGUF file means parsing ~10^5 length-prefixed strings
 and deriving the merges: splitting them (SmolLM2's 49k: 12 ms) or, for SentencePiece
-vocabularies, ranking every split of every token (Phi-3's 32k: 95 ms). That is most of
+vocabularies, ranking every split of every token (Phi-3's 32k: 95 ms). That was most of
 SmolLM2's load (``docs/benchmarks.md``). An entry keeps the derived
-:class:`~phijax.tokenizer.gguf_vocab.BPEPieces` as text that one ``str.split`` reads back,
-and where the file's per-token arrays lie, so that the next parse of the file's header skips
-them (:class:`~phijax.gguf.metadata.ValueSpans`; they are still parsed, with every check, if
-anything reads them).
+:class:`~phijax.tokenizer.gguf_vocab.BPEPieces`, and where the file's per-token arrays lie,
+so that the next parse of the file's header skips them
+(:class:`~phijax.gguf.metadata.ValueSpans`; anything that reads them still parses them, with
+every check).
 
-One entry per GGUF path, ``$PHIJAX_CACHE/vocab/<name>.bin``: a JSON line (the file's identity
-(size, modification time, inode), a hash of the code that derives the pieces, the spans, the
-counts and the added tokens), the tokens joined by NUL, then each merge as its two tokens'
-ids (``uint32``, little-endian; the merges' strings are the tokens' own objects). An
-entry whose identity or code differs is rebuilt silently; a damaged one with a warning; it
-never fails a load. Only files of at least :data:`MIN_BYTES` are kept (model files, not the
-vocabulary-only files tests write by the hundred); only when the file's modification time
-was :data:`SETTLED_NS` old when it was opened (a file rewritten within its clock tick keeps
-its identity: git's "racily clean" case); and only pieces derived from the file's own
-metadata (a caller may have edited a :class:`~phijax.gguf.GGUFFile`'s: checked against one
-more parse of the header, once per version of a file). Entries are written whole (a temporary file,
-renamed); the :data:`KEEP` most recently used stay. ``PHIJAX_NO_CACHE=1`` turns this off with
-phijax's other caches.
+One entry per GGUF path, ``$PHIJAX_CACHE/vocab/<name>.bin``: a JSON line (the file's
+identity (size, modification time, inode), a hash of the code that derives the pieces, the
+spans, the counts and the added tokens), the tokens joined by NUL (one ``str.split`` reads
+them back), then each merge as its two tokens' ids (``uint32``, little-endian: the merges
+are tuples of the tokens' own strings). An entry whose identity or code differs is rebuilt
+silently, a damaged one with a warning; it never fails a load. Kept only for files of at
+least :data:`MIN_BYTES` (model files, not the vocabulary-only files tests write by the
+hundred); only when the file's modification time was :data:`SETTLED_NS` old when it was
+opened (a file rewritten within its clock tick keeps its identity: git's "racily clean"
+case); and only for pieces derived from the file's own metadata (a caller may have edited a
+:class:`~phijax.gguf.GGUFFile`'s: checked against one more parse of the header, once per
+version of a file). Entries are written whole (a temporary file, renamed); the :data:`KEEP`
+most recently used stay. ``PHIJAX_NO_CACHE=1`` turns this off with phijax's other caches.
 """
 
 from __future__ import annotations
