@@ -17,7 +17,6 @@ name only labels the key, it never decides.
 from __future__ import annotations
 
 import json
-import os
 import time
 from functools import partial
 
@@ -29,7 +28,7 @@ from filelock import FileLock
 from phijax import kernels
 from phijax.backend import Backend
 from phijax.model.layers import linear
-from phijax.paths import cache_dir, caches_enabled, cpu_name
+from phijax.paths import cache_dir, caches_enabled, cpu_name, write_atomically
 
 # Batch buckets whose padding is measured: from 8 rows, products are matrix-matrix anyway.
 SMALL_BATCHES = (1, 2, 4)
@@ -104,9 +103,7 @@ def decode_rows(backend: Backend, shape: tuple[int, int]) -> dict[int, int]:
             plans = _read(path)
             if key not in plans:
                 plans[key] = {str(b): r for b, r in measure(backend, shape).items()}
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(plans, indent=1))
-                os.replace(tmp, path)
+                write_atomically(path, json.dumps(plans, indent=1).encode())
             return {int(b): int(r) for b, r in plans[key].items()}
     return measure(backend, shape)
 

@@ -9,10 +9,12 @@ decode padding), ``sha256/`` (file hashes for provenance).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,26 @@ def entry_name(key: Any) -> str:
     """The folder or file name of a cache entry identified by ``key`` (JSON values): 24 hex
     digits of the SHA-256 of its JSON with sorted keys."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells one version of a file from another in a cache key: size, modification time
+    (ns) and inode, as ``os.stat`` gives them (the file's bytes are too many to hash)."""
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, renamed
+    over it (readers in other processes see the old file or the new one)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def source_hash(files: Iterable[str | os.PathLike]) -> str:

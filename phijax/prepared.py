@@ -47,7 +47,7 @@ from phijax import quant, weight_schema
 from phijax.backend import Backend
 from phijax.gguf import blocks, dequant, relayout, weights
 from phijax.gguf.weights import aligned, byte_bar, read_aligned
-from phijax.paths import cache_dir, caches_enabled, entry_name, source_hash
+from phijax.paths import cache_dir, caches_enabled, entry_name, file_identity, source_hash
 from phijax.quant import QuantArray
 
 MIN_BYTES = 32 << 20
@@ -82,14 +82,14 @@ def key_for(path: str | os.PathLike, backend: Backend, choices: dict[str, Any]) 
     not a packed CPU load on one device, or a file under :data:`MIN_BYTES`."""
     if not (caches_enabled() and backend.keeps_prepared_weights):
         return None
-    st = os.stat(path)
-    if st.st_size < MIN_BYTES:
+    size, mtime_ns, inode = file_identity(os.stat(path))
+    if size < MIN_BYTES:
         return None
     return {
         "file": str(Path(path).resolve()),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "inode": st.st_ino,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "inode": inode,
         "backend": {k: v for k, v in dataclasses.asdict(backend).items() if k != "why"},
         "choices": choices,
         "code": _code_hash(),

@@ -8,7 +8,7 @@ each, with the reader's checks, when it is first read (:class:`~phijax.gguf.read
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -19,7 +19,7 @@ class ValueSpans:
     end)`` from its array's element type on (:meth:`GGUFFile.value_spans`)."""
 
     identity: tuple[int, int, int]
-    spans: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    spans: Mapping[str, tuple[int, int]]
 
 
 @dataclass(frozen=True)

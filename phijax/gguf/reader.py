@@ -35,6 +35,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from phijax.errors import GGUFFormatError, HubError, UnsupportedError
 from phijax.gguf.dequant import dequantize
 from phijax.gguf.metadata import DeferredValue, Metadata, ValueSpans
+from phijax.paths import file_identity
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -183,7 +184,7 @@ class GGUFFile:
                 st = os.fstat(f.fileno())
                 self.opened_ns = time.time_ns()
                 self.size = st.st_size
-                self.identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+                self.identity = file_identity(st)
                 if self.size < HEADER_BYTES:
                     raise GGUFFormatError(
                         f"{self.path}: file is {self.size} bytes, shorter than a GGUF header "

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phijax import int8, quant
-from phijax.paths import cache_dir, caches_enabled, cpu_name, entry_name, source_hash
+from phijax.paths import cache_dir, caches_enabled, cpu_name, entry_name, file_identity, source_hash
 from phijax.quant import QuantArray, can_interleave, interleaved
 
 
@@ -40,8 +40,7 @@ def verdict(build: str, library: str, call: Callable[..., jax.Array], wrapper: s
 def _pass_marker(build: str, library: str, wrapper: str) -> Path | None:
     if not caches_enabled():
         return None
-    st = os.stat(library)
-    key = [build, os.path.realpath(library), st.st_size, st.st_mtime_ns, st.st_ino]
+    key = [build, os.path.realpath(library), *file_identity(os.stat(library))]
     key += [source_hash((__file__, wrapper, quant.__file__, int8.__file__)), jax.__version__]
     key += [jax.lib.__version__, cpu_name()]
     return cache_dir() / "kernel_checks" / entry_name(key)

@@ -31,7 +31,6 @@ import functools
 import gc
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,14 @@ from phijax.errors import PhijaxError
 from phijax.gguf import reader
 from phijax.gguf.metadata import ValueSpans
 from phijax.gguf.reader import GGUFFile
-from phijax.paths import cache_dir, caches_enabled, entry_name, source_hash
+from phijax.paths import (
+    cache_dir,
+    caches_enabled,
+    entry_name,
+    file_identity,
+    source_hash,
+    write_atomically,
+)
 from phijax.tokenizer import gguf_vocab
 from phijax.tokenizer.gguf_vocab import BPEPieces
 
@@ -100,7 +106,7 @@ def lookup(gguf_path: str | os.PathLike) -> Entry | None:
         data = path.read_bytes()
     except OSError:
         return None
-    identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+    identity = file_identity(st)
     try:
         line, _, body = data.partition(b"\n")
         head = json.loads(line)
@@ -166,19 +172,13 @@ def save(f: GGUFFile, pieces: BPEPieces) -> None:
         "counts": [len(pieces.tokens), len(pieces.merges), len(encoded)],
         "added": pieces.added,
     }
-    path, tmp = _path(f.path), None
+    path = _path(f.path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as out:
-            out.write(json.dumps(head).encode() + b"\n" + encoded + ids.tobytes())
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(head).encode() + b"\n" + encoded + ids.tobytes())
         _evict(path.parent)
     except OSError as e:
         warnings.warn(f"{path}: cannot keep the prepared vocabulary ({e}).", stacklevel=2)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def _as_on_disk(f: GGUFFile) -> bool:
