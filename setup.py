@@ -79,9 +79,9 @@ def _kernels() -> list[Extension]:
     kernels = [_kernel("generic", [], include)]
     if platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32":
         kernels += [
-            _kernel("avx2", ["-mavx2", "-mfma"], include),
-            _kernel("avx512", ["-mavx512f", "-mfma"], include),
-            _kernel("avx512vnni", [*VNNI_FLAGS, "-mfma"], include),
+            _kernel("avx2", ["-mavx2", "-mfma", "-mf16c"], include),
+            _kernel("avx512", ["-mavx512f", "-mfma", "-mf16c"], include),
+            _kernel("avx512vnni", [*VNNI_FLAGS, "-mfma", "-mf16c"], include),
         ]
     return kernels
 

@@ -16,8 +16,8 @@ bits (Q5_K, Q5_1: 0..31) keep their low 4 bits the same way, and their fifth bit
 
 Where the CPU kernel multiplies them, the k-quants also keep their scales as the file
 stores them (``units``): 6-bit (Q6_K: 8-bit) integer scale and min codes per sub-block and
-one f32 ``d`` (and ``dmin``) per super-block of 256, about 0.09 instead of 0.25 bytes per
-weight; the products ``d · scale`` are the same f32 values. The int8-activation path also
+one f16 ``d`` (and ``dmin``) per super-block of 256, as the file stores them: about 0.08
+instead of 0.25 bytes per weight; the products ``d · scale`` are the same f32 values. The int8-activation path also
 stores Q6_K's 6-bit codes as nibbles plus two high-bit planes with a zero point of 32
 (``zero``): 0.75 bytes per code instead of 1.
 
@@ -62,8 +62,8 @@ class QuantArray:
     units: jax.Array | None = None
     """``None``: ``scales`` and ``mins`` are f32. Else the k-quants' two levels (Q4_K,
     Q5_K, Q6_K): ``scales`` and ``mins`` hold integer codes (uint8; Q6_K's scales int8),
-    and ``units`` f32 ``[..., rows, cols // 256, k]`` each super-block's ``d`` (and, k = 2,
-    ``dmin``): :meth:`scale_values` is ``d · scales``."""
+    and ``units`` f16 ``[..., rows, cols // 256, k]`` each super-block's ``d`` (and, k = 2,
+    ``dmin``) as the file stores them: :meth:`scale_values` is ``d · scales`` in f32."""
     zero: int = field(default=0, metadata={"static": True})
     """What the stored (unsigned) codes are offset by: 32 for Q6_K's 6-bit codes kept as
     nibbles and two high-bit planes (``interleaved(q, code_bits=6)``), else 0."""
@@ -154,7 +154,8 @@ class QuantArray:
         *lead, subs = codes.shape
         supers = self.units.shape[-2]
         per = codes.reshape(*lead, supers, subs // supers).astype(jnp.float32)
-        return (self.units[..., k : k + 1] * per).reshape(*lead, subs)
+        unit = self.units[..., k : k + 1].astype(jnp.float32)  # f16 → f32 is exact
+        return (unit * per).reshape(*lead, subs)
 
     def one_level(self) -> QuantArray:
         """The same weight with f32 ``scales`` and ``mins`` (``units`` folded in)."""

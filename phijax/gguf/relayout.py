@@ -72,7 +72,9 @@ def _relayout(
     scales, mins, units = fields.scales, fields.mins, None
     if two_level and fields.two_level is not None:
         scales, mins, units = fields.two_level
+        # f16 as the file stores them (the decoder's f32 came from f16: exact both ways)
         units = units.reshape(*lead, cols // GGML_QUANT_SIZES[qtype][0], units.shape[-1])
+        units = units.astype(jnp.float16)
     q = QuantArray(
         codes,
         scales.reshape(groups),

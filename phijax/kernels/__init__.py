@@ -258,7 +258,8 @@ def _two_level_fits(w: QuantArray, activations: str) -> bool:
     k = 1 if w.mins is None else 2
     q4 = w.nibbles and w.planes < 2  # Q4_K or Q5_K
     order_ok = bool(w.interleave) == (activations == "int8") and (not q4 or w.nibbles == 64)
-    if not order_ok or w.block != (32 if q4 else 16) or w.units.shape != (rows, cols // 256, k):
+    units_ok = w.units.shape == (rows, cols // 256, k) and w.units.dtype == jnp.float16
+    if not order_ok or w.block != (32 if q4 else 16) or not units_ok:
         return False
     if q4:
         return w.scales.dtype == jnp.uint8 and k == 2 and w.mins.dtype == jnp.uint8
@@ -364,11 +365,12 @@ def _call(
 ) -> jax.Array:
     layer = jnp.int32(0) if layer is None else layer
     empty, no_bits = jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.uint8)
+    no_units = jnp.zeros((0,), jnp.float16)
     if not isinstance(w, QuantArray):
-        return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty, no_bits, empty, layer)
+        return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty, no_bits, no_units, layer)
     mins = empty if w.mins is None else w.mins
     high = no_bits if w.high is None else w.high
-    units = empty if w.units is None else w.units
+    units = no_units if w.units is None else w.units
     # the kernel's act attribute (int8_dot.h's Act): 0 f32, 1 int8 per 256, 2 int8 per 32
     act = 0 if activations == "f32" else 1 if w.activation_block == 256 else 2
     call = _ffi(build, w.nibbles, w.activation_block, act, max_rows, w.interleave, w.zero)

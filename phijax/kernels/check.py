@@ -105,7 +105,7 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
     # two-level scales, as Q4_K/Q5_K and Q6_K keep them (Q6_K's codes also as 6 bits)
     for nibbles, block, bits in ((64, 32, 4), (0, 16, 8), (0, 16, 6)):
         k, per = (2, 8) if nibbles else (1, 16)  # units per super-block; sub-blocks per super-block
-        units = (rng.integers(1, 8, (out, cols // 256, k)) / 8).astype(np.float32)
+        units = (rng.integers(1, 8, (out, cols // 256, k)) / 8).astype(np.float16)
         sc = (
             rng.integers(0, 64, (out, cols // block))
             if nibbles

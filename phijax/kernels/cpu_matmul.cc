@@ -3,7 +3,8 @@
 // multiplied in f32.
 //
 // One source, built four times (setup.py): with -mavx512f (16 lanes), the same with integer
-// dot products (-mavx512vnni, for int8 activations: int8_dot.h), with -mavx2 -mfma (8 lanes)
+// dot products (-mavx512vnni, for int8 activations: int8_dot.h), with -mavx2 -mfma (8 lanes; every
+// vector build also has -mf16c, for the f16 units of two-level scales)
 // and with no flags (portable loops). The portable build also reports the CPU's features, so
 // Python imports a vector build only on a CPU that runs it.
 //
@@ -83,8 +84,8 @@ struct Simd {
   static V uint8s(const uint8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
-  static V per_eighth(const float* p, int64_t stride) {  // lanes 8i ... 8i + 7: p[i * stride]
-    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(p[0]), _mm512_set1_ps(p[stride]));
+  static V halves(float lo, float hi) {  // lanes 0-7: lo, 8-15: hi
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(lo), _mm512_set1_ps(hi));
   }
   static V bf16s(const uint8_t* p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -140,7 +141,7 @@ struct Simd {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   // lanes 8i ... 8i + 7: p[i * stride] (8 lanes: one unit; BlockScales names it in every build)
-  static V per_eighth(const float* p, int64_t) { return set1(p[0]); }
+  static V halves(float lo, float) { return set1(lo); }
   static V bf16s(const uint8_t* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -212,7 +213,7 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
     return map([&](int i) { return static_cast<float>(p[i]); });
   }
   // lanes 8i ... 8i + 7: p[i * stride] (8 lanes: one unit; BlockScales names it in every build)
-  static V per_eighth(const float* p, int64_t) { return set1(p[0]); }
+  static V halves(float lo, float) { return set1(lo); }
   static V bf16s(const uint8_t* p) {
     return map([&](int i) {
       const uint32_t bits = static_cast<uint32_t>(p[2 * i] | (p[2 * i + 1] << 8)) << 16;
@@ -268,6 +269,24 @@ constexpr int kStep = kCodes == Codes::kNibbles64 || kCodes == Codes::kNibbles64
                           ? 64
                           : 32;  // codes per loop step
 
+// An IEEE half's value, exactly (a k-quant's d or dmin, kept as the file stores it).
+inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+  float f;
+  if (exp == 0) {  // zero or subnormal: man * 2^-24, exact in f32
+    f = std::ldexp(static_cast<float>(man), -24);
+    return h & 0x8000u ? -f : f;
+  }
+  const uint32_t bits = (static_cast<uint32_t>(h & 0x8000u) << 16) |
+                        (exp == 31 ? 0x7F800000u : (exp + 112) << 23) | (man << 13);
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+#endif
+}
+
 struct Weight {
   const uint8_t* codes;  // [rows, row_bytes]
   const float* scales;   // [rows, groups]
@@ -276,10 +295,11 @@ struct Weight {
   const uint8_t* high = nullptr;  // [rows, cols / 8 * planes]: high bits of the codes (planes)
   int64_t interleave = 0;         // 0: codes in row order; else int8_dot.h's order, sub-blocks of this
   // Two-level k-quant scales (scales and mins then null): integer codes
-  // [rows, groups] (u8; Q6_K's scales s8) and f32 units [rows, cols / 256, 1 or 2] (d, dmin).
+  // [rows, groups] (u8; Q6_K's scales s8) and f16 units [rows, cols / 256, 1 or 2] (d, dmin),
+  // read by half_to_float.
   const uint8_t* scale_codes = nullptr;
   const uint8_t* min_codes = nullptr;
-  const float* units = nullptr;
+  const uint16_t* units = nullptr;
   // High-bit planes: 0, 1 (fifth bits) or 2 (bits 4 and 5 of 6-bit codes with zero point 32;
   // interleaved, sub-blocks of 16: Q6_K), 8 bytes of each per 64 codes. In row order, bit i of
   // byte b is the fifth bit of code 8b + i; interleaved, bit t * planes + p of byte i of a
@@ -289,7 +309,7 @@ struct Weight {
   // The units (d, then dmin if any) of the super-block of 256 that holds sub-block j of row n
   // (sub-blocks of kSub codes: compile-time shifts, no division in the loops).
   template <int kSub>
-  const float* units_of(int64_t n, int64_t j) const {
+  const uint16_t* units_of(int64_t n, int64_t j) const {
     return units + (n * (cols / 256) + j / (256 / kSub)) * (min_codes ? 2 : 1);
   }
 };
@@ -412,7 +432,7 @@ constexpr int64_t kSegment = 4096;
 // file's two levels, an integer code per block (Q4_K, Q5_K: uint8 scales and mins; Q6_K's int8
 // codes: int8 scales) times its super-block's unit, d or dmin. Those products are exact in f32
 // and are the values QuantArray.scale_values() gives, so either form gives the same sums, bit
-// for bit, while the two levels read 0.09 instead of 0.25 bytes per weight (Q4_K: 0.59 bytes a
+// for bit, while the two levels read 0.08 instead of 0.25 bytes per weight (Q4_K: 0.58 bytes a
 // weight in all, not 0.75). Two-level scales are formed a segment at a time, a vector of
 // blocks per multiply, into a buffer that the loop then reads as it reads f32 scales (one
 // scale per block, in the loop, cost Q4_K's one-row tile in L2 28% more time; Zen 4).
@@ -424,7 +444,7 @@ struct BlockScales {
   const float* min_values = nullptr;
   const uint8_t* scale_codes = nullptr;
   const uint8_t* min_codes = nullptr;
-  const float* units = nullptr;
+  const uint16_t* units = nullptr;
   int64_t first = 0;                             // the block whose scale formed[0] holds
   float formed[kUnits ? kSegment / kBlock : 1];  // two levels: the scales of blocks first, ...
 
@@ -446,19 +466,18 @@ struct BlockScales {
     if (n >= w.rows) return;
     prefetch_lines(w.scale_codes + n * w.groups, w.groups);
     if constexpr (kMins) prefetch_lines(w.min_codes + n * w.groups, w.groups);
-    prefetch_lines(w.units_of<kBlock>(n, 0), w.cols / 256 * kUnitsPer * 4);
+    prefetch_lines(w.units_of<kBlock>(n, 0), w.cols / 256 * kUnitsPer * 2);
   }
   // The unit (j = 0: d, 1: dmin) of block g's super-block.
-  const float* unit(int64_t g, int j) const { return units + g / kPerSuper * kUnitsPer + j; }
+  float unit(int64_t g, int j) const { return half_to_float(units[g / kPerSuper * kUnitsPer + j]); }
   // A scale code's value (Q6_K's are signed).
   static float code(uint8_t c) {
     return kCodes == Codes::kInt8 ? static_cast<float>(static_cast<int8_t>(c)) : static_cast<float>(c);
   }
   // Lane l: the unit of block g + l's super-block (g a multiple of kLanes).
   V unit_lanes(int64_t g, int j) const {
-    const float* u = unit(g, j);
-    if constexpr (kPerSuper >= kLanes) return Simd::set1(u[0]);
-    return Simd::per_eighth(u, kUnitsPer);
+    if constexpr (kPerSuper >= kLanes) return Simd::set1(unit(g, j));
+    return Simd::halves(unit(g, j), unit(g + kPerSuper, j));
   }
   // Two levels: the scales of blocks [g0, g1) (whole super-blocks, at most kSegment codes).
   void form(int64_t g0, int64_t g1) {
@@ -468,14 +487,14 @@ struct BlockScales {
       const V codes = kCodes == Codes::kInt8 ? Simd::int8s(scale_codes + g) : Simd::uint8s(scale_codes + g);
       Simd::store(formed + (g - g0), Simd::mul(codes, unit_lanes(g, 0)));
     }
-    for (; g < g1; ++g) formed[g - g0] = *unit(g, 0) * code(scale_codes[g]);
+    for (; g < g1; ++g) formed[g - g0] = unit(g, 0) * code(scale_codes[g]);
   }
   float scale(int64_t g) const {
     if constexpr (kUnits) return formed[g - first];
     return scales[g];
   }
   float min(int64_t g) const {
-    if constexpr (kUnits) return *unit(g, 1) * static_cast<float>(min_codes[g]);
+    if constexpr (kUnits) return unit(g, 1) * static_cast<float>(min_codes[g]);
     return min_values[g];
   }
   V mins(int64_t g) const {  // of blocks g ... g + kLanes - 1 (g a multiple of kLanes)
@@ -699,7 +718,7 @@ ffi::ErrorOr<Part> part_of(const B& b, size_t rank, int64_t layer, int64_t layer
 }
 
 ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes_buf, ffi::AnyBuffer scales_buf,
-                               ffi::AnyBuffer mins_buf, ffi::Buffer<ffi::U8> high_buf, ffi::Buffer<ffi::F32> units_buf,
+                               ffi::AnyBuffer mins_buf, ffi::Buffer<ffi::U8> high_buf, ffi::Buffer<ffi::F16> units_buf,
                                int64_t nibbles, int64_t interleave, int64_t layer) {
   const auto stack = codes_buf.dimensions();
   const int64_t layers = stack.size() == 3 ? stack[0] : 0;
@@ -775,7 +794,7 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes_buf, ffi::AnyB
   if (two_level) {
     w.scale_codes = scale_data;
     w.min_codes = min_data;
-    w.units = reinterpret_cast<const float*>(units->data);
+    w.units = reinterpret_cast<const uint16_t*>(units->data);
   } else {
     w.scales = reinterpret_cast<const float*>(scale_data);
     w.mins = reinterpret_cast<const float*>(min_data);
@@ -784,7 +803,7 @@ ffi::ErrorOr<Weight> weight_of(int64_t cols, ffi::AnyBuffer codes_buf, ffi::AnyB
 }
 
 ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes, ffi::AnyBuffer scales,
-                           ffi::AnyBuffer mins, ffi::Buffer<ffi::U8> high, ffi::Buffer<ffi::F32> units,
+                           ffi::AnyBuffer mins, ffi::Buffer<ffi::U8> high, ffi::Buffer<ffi::F16> units,
                            ffi::Buffer<ffi::S32> layer, ffi::ResultBuffer<ffi::F32> y, int64_t act, int64_t nibbles,
                            int64_t interleave) {
   const auto xd = x.dimensions();
@@ -855,7 +874,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmul, CpuMatmulImpl,
                                   .Arg<ffi::AnyBuffer>()         // scales [rows, groups] or [0]: f32, or u8/s8 codes
                                   .Arg<ffi::AnyBuffer>()         // mins [rows, groups] or [0]: f32, or u8 codes
                                   .Arg<ffi::Buffer<ffi::U8>>()   // high bits [rows, cols / 8 * planes] or [0]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // units [rows, cols / 256, k] or [0]: d (, dmin)
+                                  .Arg<ffi::Buffer<ffi::F16>>()  // units [rows, cols / 256, k] or [0]: d (, dmin)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // layer: which of a stack's weights (else 0)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y [m, rows]
                                   .Attr<int64_t>("act")          // activations: 0 f32, 1 int8 per 256, 2 per 32
@@ -875,7 +894,8 @@ PyObject* Supported(PyObject*, PyObject*) {
   PyObject* out = PyList_New(0);
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx2 =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   const bool avx512 = __builtin_cpu_supports("avx512f") && avx2;
   const bool vnni = avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                     __builtin_cpu_supports("avx512vnni");

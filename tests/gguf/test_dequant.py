@@ -302,6 +302,14 @@ def test_two_level_scales_keep_the_weight(qtype: QT) -> None:
     q = relayout.relayout(blocks, qtype, shape, two_level=True)
     assert q.units.shape == (3, 4, 1 if qtype == QT.Q6_K else 2)
     assert q.scales.dtype == (jnp.int8 if qtype == QT.Q6_K else jnp.uint8)
+    # the units are the blocks' own f16 fields (d, then dmin), bit for bit
+    fields = np.stack(
+        [blocks[:, o : o + 2].copy().view(np.uint16)[:, 0] for o in F16_FIELDS[qtype]], -1
+    )
+    assert q.units.dtype == jnp.float16
+    np.testing.assert_array_equal(
+        np.asarray(q.units).view(np.uint16), fields.reshape(q.units.shape)
+    )
     one = relayout.relayout(blocks, qtype, shape)
     assert q.nbytes < one.nbytes
     want = reference(blocks, qtype, shape)

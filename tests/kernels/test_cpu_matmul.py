@@ -181,6 +181,7 @@ def test_two_level_scales_give_the_same_products(build: str, qtype: QT):
     for supers in (1, 2, 3, 5):
         two, want = file_weight(qtype, rows=9, seed=supers, cols=256 * supers, two_level=True)
         assert two.units is not None and kernels.fits(two) and not kernels.fits(two, "int8")
+        assert not kernels.fits(dataclasses.replace(two, units=two.units.astype(jnp.float32)))
         one = two.one_level()
         x = np.random.default_rng(supers).standard_normal((5, want.shape[1])).astype(np.float32)
         for rows in (1, 5):

@@ -22,7 +22,7 @@ tall = np.ones((200_000, 64), np.int8), np.ones((200_000, 2), np.float32)
 empty, bits = np.zeros((0,), np.float32), np.zeros((0,), np.uint8)
 # a Q6_K-like weight with two-level scales: int8 codes and scales, one d per 256 columns
 x256, codes256, codes_s8 = np.ones((1, 256), np.float32), np.ones((24, 256), np.int8), np.ones((24, 16), np.int8)
-units = np.ones((24, 1, 1), np.float32)
+units, no_units = np.ones((24, 1, 1), np.float16), np.zeros((0,), np.float16)
 # its codes as 6 bits: nibbles 1 and, in the group's 64 plane bytes, bit 4 (bits 0, 2, 4, 6: steps
 # 0-3) clear and bit 5 (bits 1, 3, 5, 7) set: 33 - 32 = 1
 nibbles6 = np.full((24, 128), 0x11, np.uint8)
@@ -49,27 +49,27 @@ cases = {  # name: (act, output shape, x, codes, scales, mins[, high bits[, inte
     "valid, two-level scales in row order": (0, (1, 24), x256, codes256, codes_s8, empty, bits, 0, units),
     "units beside nibbles in groups of 32": (0, (1, 24), x256, np.full((24, 128), 0x11, np.uint8),
                                              np.ones((24, 8), np.uint8), np.ones((24, 8), np.uint8), bits, 0,
-                                             np.ones((24, 1, 2), np.float32), 32),
+                                             np.ones((24, 1, 2), np.float16), 32),
     "units [24, 2, 1] for 256 columns": (1, (1, 24), x256, codes256, codes_s8, empty, bits, 16,
-                                         np.ones((24, 2, 1), np.float32)),
+                                         np.ones((24, 2, 1), np.float16)),
     "units beside int8 codes in blocks of 32": (1, (1, 24), np.ones((1, 512), np.float32),
                                                 np.ones((24, 512), np.int8), codes_s8, empty, bits, 32,
-                                                np.ones((24, 2, 1), np.float32)),
+                                                np.ones((24, 2, 1), np.float16)),
     "valid, 6-bit codes": (1, (1, 24), x256, nibbles6, codes_s8, empty, planes6, 16, units, 64),
     "6-bit codes in row order": (1, (1, 24), x256, nibbles6, codes_s8, empty, planes6, 0, units, 64),
     "6-bit codes in groups of 32": (1, (1, 24), x256, nibbles6, codes_s8, empty, planes6, 16, units, 32),
-    "valid, layer 2 of a stack": (0, (1, 24), x, stack, stacked_scales, empty, bits, 0, empty, 0, 2),
-    "layer 3 of a stack of 3": (0, (1, 24), x, stack, stacked_scales, empty, bits, 0, empty, 0, 3),
-    "layer -1 of a stack": (0, (1, 24), x, stack, stacked_scales, empty, bits, 0, empty, 0, -1),
-    "layer 1 of one weight": (0, (1, 24), x, codes, scales, empty, bits, 0, empty, 0, 1),
-    "scales of 2 layers beside codes of 3": (0, (1, 24), x, stack, stacked_scales[:2], empty, bits, 0, empty, 0, 1),
+    "valid, layer 2 of a stack": (0, (1, 24), x, stack, stacked_scales, empty, bits, 0, no_units, 0, 2),
+    "layer 3 of a stack of 3": (0, (1, 24), x, stack, stacked_scales, empty, bits, 0, no_units, 0, 3),
+    "layer -1 of a stack": (0, (1, 24), x, stack, stacked_scales, empty, bits, 0, no_units, 0, -1),
+    "layer 1 of one weight": (0, (1, 24), x, codes, scales, empty, bits, 0, no_units, 0, 1),
+    "scales of 2 layers beside codes of 3": (0, (1, 24), x, stack, stacked_scales[:2], empty, bits, 0, no_units, 0, 1),
 }
 results = {}
 for build in sys.argv[1:]:
     kernels.status(build)  # imports and registers the build's target
     for name, (act, shape, *args) in cases.items():
         x_, codes_, scales_, mins_, high, interleave, units_, nibbles, layer = [
-            *args, *(bits, 0, empty, 0, 0)[len(args) - 4 :]
+            *args, *(bits, 0, no_units, 0, 0)[len(args) - 4 :]
         ]
         out = jax.ShapeDtypeStruct(shape, jnp.float32)
         call = jax.ffi.ffi_call(kernels.target(build), out)
