@@ -364,8 +364,7 @@ def _call(
     build: str, max_rows: int | None, activations: str, x: jax.Array, w, layer=None
 ) -> jax.Array:
     layer = jnp.int32(0) if layer is None else layer
-    empty, no_bits = jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.uint8)
-    no_units = jnp.zeros((0,), jnp.float16)
+    empty, no_bits, no_units = (jnp.zeros((0,), t) for t in (jnp.float32, jnp.uint8, jnp.float16))
     if not isinstance(w, QuantArray):
         return _ffi(build, 0, 32, 0, max_rows)(x, w, empty, empty, no_bits, no_units, layer)
     mins = empty if w.mins is None else w.mins
