@@ -140,7 +140,7 @@ struct Simd {
   static V uint8s(const uint8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
-  // lanes 8i ... 8i + 7: p[i * stride] (8 lanes: one unit; BlockScales names it in every build)
+  // lanes 0-7: lo (8 lanes: one unit; BlockScales names it in every build)
   static V halves(float lo, float) { return set1(lo); }
   static V bf16s(const uint8_t* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -212,7 +212,7 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   static V uint8s(const uint8_t* p) {
     return map([&](int i) { return static_cast<float>(p[i]); });
   }
-  // lanes 8i ... 8i + 7: p[i * stride] (8 lanes: one unit; BlockScales names it in every build)
+  // lanes 0-7: lo (8 lanes: one unit; BlockScales names it in every build)
   static V halves(float lo, float) { return set1(lo); }
   static V bf16s(const uint8_t* p) {
     return map([&](int i) {
