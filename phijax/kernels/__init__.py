@@ -259,8 +259,8 @@ def _two_level_fits(w: QuantArray, activations: str) -> bool:
     q4 = w.nibbles and w.planes < 2  # Q4_K or Q5_K
     order_ok = bool(w.interleave) == (activations == "int8") and (not q4 or w.nibbles == 64)
     units_ok = w.units.shape == (rows, cols // 256, k) and w.units.dtype == jnp.float16
-    if not order_ok or w.block != (32 if q4 else 16) or not units_ok:
-        return False
+    if not order_ok or w.block != (32 if q4 else 16) or not units_ok or cols > 65536:
+        return False  # 65536 columns at most: the kernel holds a row's units as f32
     if q4:
         return w.scales.dtype == jnp.uint8 and k == 2 and w.mins.dtype == jnp.uint8
     return w.scales.dtype == jnp.int8 and k == 1

@@ -190,6 +190,13 @@ def test_two_level_scales_give_the_same_products(build: str, qtype: QT):
                 kernels.matmul(x[:rows], one, build=build),
             )
         np.testing.assert_array_equal(numpy_weight(two), want)
+    # the kernel holds a row's units as f32, up to 256 super-blocks: a full row, then one too wide
+    wide, _ = file_weight(qtype, rows=2, seed=0, cols=256 * 256, two_level=True)
+    x = np.random.default_rng(0).standard_normal((1, 256 * 256)).astype(np.float32)
+    np.testing.assert_array_equal(
+        kernels.matmul(x, wide, build=build), kernels.matmul(x, wide.one_level(), build=build)
+    )
+    assert not kernels.fits(file_weight(qtype, rows=1, seed=0, cols=256 * 257, two_level=True)[0])
 
 
 @pytest.mark.parametrize("layout", ["Q4_K", "Q6_K", "bf16", "Q4_K-two-level", "Q6_K-two-level"])
