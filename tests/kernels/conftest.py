@@ -20,9 +20,9 @@ from phijax import kernels
 
 COMPILERS = ("c++", "g++", "clang++")
 NEEDS = {
-    "avx512vnni": {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx2", "fma"},
-    "avx512": {"avx512f", "avx2", "fma"},
-    "avx2": {"avx2", "fma"},
+    "avx512vnni": {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"},
+    "avx512": {"avx512f", "avx2", "fma", "f16c"},
+    "avx2": {"avx2", "fma", "f16c"},
     "generic": set(),
 }
 """The CPU flags (``/proc/cpuinfo`` names) each build's code uses (``setup.py``)."""
