@@ -153,11 +153,11 @@ def _compile_prefill(params: Phi3, request: Request, chunk_len: int) -> None:
     rows = jax.ShapeDtypeStruct((b,), jnp.int32)
     tokens = jax.ShapeDtypeStruct((b, chunk), jnp.int32)
     cache = _cache_type(params.config, b, request.cache_len, params.backend.kv_dtype)
-    steps.prefill.lower(
-        params, tokens, tokens, cache, rows,
+    steps.compile_now(
+        steps.prefill, params, tokens, tokens, cache, rows,
         jax.ShapeDtypeStruct((b, 1), jnp.int32), request.edit_arrays or {},
         attend_len=min(bucket(chunk, 128), request.cache_len), edit_fns=request.edit_fns,
-    ).compile()  # fmt: skip
+    )  # fmt: skip
 
 
 def _cache_type(config, b: int, cache_len: int, kv_dtype) -> KVCache:

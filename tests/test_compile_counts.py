@@ -8,6 +8,7 @@ of the sweep may compile (a new shape); the nineteen after it, in the same lengt
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -126,6 +127,31 @@ def test_a_big_cache_is_allocated_after_its_steps_compiled(model, caplog, monkey
     for step in ("jit(prefill)", "jit(decode)"):
         assert sum(step in m for m in compiled_before_cache) == 1, compiled_before_cache
         assert sum(step in m for m in everything) == 1, everything
+
+
+def test_a_second_request_of_a_signature_does_not_lower_its_steps_again(model):
+    """``jit(...).lower`` runs Python over every argument each time, even where JAX's caches
+    hold the executable (Phi-3-mini's decode: about 50 ms of a core per request). A
+    signature compiled before is handed back at once, and another shape or static value is
+    not mistaken for it."""
+    from phijax import steps
+
+    x = jax.ShapeDtypeStruct((2, 3), np.float32)
+    first = steps.compile_later(model_free_step, x, scale=2).result()
+    again = steps.compile_later(model_free_step, x, scale=2)
+    assert again.done() and again.result() is first
+    assert steps.compile_now(model_free_step, x, scale=2) is first
+    other_shape = steps.compile_now(
+        model_free_step, jax.ShapeDtypeStruct((2, 4), np.float32), scale=2
+    )
+    other_static = steps.compile_now(model_free_step, x, scale=3)
+    assert len({id(first), id(other_shape), id(other_static)}) == 3
+    assert np.asarray(other_static(np.ones((2, 3), np.float32)))[0, 0] == 3
+
+
+@partial(jax.jit, static_argnames=("scale",))
+def model_free_step(x, *, scale: int):
+    return x * scale
 
 
 @contextlib.contextmanager
