@@ -127,6 +127,14 @@ class Backend:
         weights once per step)."""
         return self.kernel is not None and self.layout == "stacked"
 
+    @property
+    def reads_cache_in_place(self) -> bool:
+        """Whether decode attention (one query position per row) runs on the CPU kernel,
+        reading each layer's keys and values where the stacked cache holds them, and only
+        the filled slots (:mod:`phijax.kernels.attention`): XLA:CPU copies every layer's
+        attended slice out of the cache first."""
+        return self.kernel is not None
+
     def activations_for(self, w: jax.Array | QuantArray) -> str:
         """How ``linear`` treats its input for ``w``: int8 activations apply to packed weights."""
         return self.activations if isinstance(w, QuantArray) else "f32"
@@ -141,7 +149,7 @@ class Backend:
         return self.kernel is not None and kernels.applies(x, w, self.activations_for(w))
 
     def describe(self) -> str:
-        """One line for the load summary: dtype, weights, layout, products, and why."""
+        """One line for the load summary: dtype, weights, layout, products, attention, and why."""
         weights = "packed weights" if self.packed else "dense weights"
         kernel_work = self.packed or self.dtype == "bfloat16"  # what the kernel multiplies
         if self.kernel is not None and kernel_work:
@@ -156,6 +164,7 @@ class Backend:
                 f" with int8 activations (llama.cpp's rounding{how and '; products by ' + how})"
             )
         line = f"{self.dtype}, {weights}, {self.layout} layout, {products}"
+        line += ", decode attention on the CPU kernel" if self.reads_cache_in_place else ""
         return line + (f" ({'; '.join(self.why)})" if self.why else "")
 
 

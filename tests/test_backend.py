@@ -65,10 +65,11 @@ def test_small_models_stack_where_the_kernel_multiplies(has_kernel, monkeypatch)
 
 
 @pytest.mark.skipif(kernels.chosen() is None, reason="names the kernel: needs a build here")
-def test_summary_names_the_kernel_only_where_it_multiplies():
+def test_summary_names_the_kernel_where_it_multiplies_and_attends():
     assert f"CPU kernel {kernels.chosen()}" in backend.choose(platform_name="cpu").describe()
     dense = backend.choose(platform_name="cpu", quantized=False).describe()
-    assert "kernel" not in dense and "dense weights" in dense
+    assert "XLA's products" in dense and "dense weights" in dense
+    assert dense.endswith(", decode attention on the CPU kernel")  # what it does for f32
 
 
 def test_cpu_policy_without_the_kernel(monkeypatch):

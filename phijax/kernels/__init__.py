@@ -1,4 +1,4 @@
-"""A CPU kernel for packed and bf16 weights, registered with XLA through ``jax.ffi``.
+"""A CPU kernel for packed and bf16 weights and decode attention (:mod:`.attention`), via FFI.
 
 XLA:CPU does not fuse an int8 → float convert into a matrix product: it writes the decoded
 weight to memory first (about 1 G weights/s, ``docs/benchmarks.md``), so without help a
@@ -7,8 +7,8 @@ product is 10x slower than f32's. :func:`matmul` decodes each block in registers
 multiplies it in f32 (``cpu_matmul.cc``): the f32 mode's weights bit for bit, read at a
 quarter (packed) or half (bf16) of their bytes. It is built at install time (``setup.py``)
 for AVX-512, AVX2 and any CPU (:data:`BUILDS`); each build this CPU runs registers its own
-FFI target and must pass a check against numpy before it is used. :func:`status` says which
-build :func:`~phijax.model.layers.linear` uses, or why none (it then keeps its pure path).
+FFI targets and must pass a check against numpy before use. :func:`status` says which build
+:func:`~phijax.model.layers.linear` uses, or why none (it then keeps its pure path).
 
 ``PHIJAX_CPU_KERNEL``: unset, ``1``, ``on`` or ``true`` use the fastest build this CPU
 runs; ``0``, ``off`` or ``false`` turn the kernel off; a name from :data:`BUILDS` picks one.
@@ -30,6 +30,7 @@ import numpy as np
 
 from phijax import int8
 from phijax.errors import ConfigError, UnsupportedError
+from phijax.kernels import attention
 from phijax.kernels.check import verdict
 from phijax.quant import QuantArray, at_layer, dense, layer_view
 
@@ -118,8 +119,7 @@ def _known(build: str) -> str:
 
 @functools.cache
 def _load(build: str) -> tuple[ModuleType | None, str]:
-    """``build`` imported and registered as :func:`target` ``(build)``, or ``None`` and why
-    not."""
+    """``build`` imported, its targets registered (``target``, ``attention.target``); or why not."""
     runs, why = _cpu()
     if why:
         return None, why
@@ -130,9 +130,10 @@ def _load(build: str) -> tuple[ModuleType | None, str]:
         module = importlib.import_module(f"{__name__}.{name}")
     except ImportError as e:
         return None, _missing(name, e)
-    try:
-        jax.ffi.register_ffi_target(target(build), module.handler(), platform="cpu")
-    except Exception as e:  # a build for another jaxlib may be refused here
+    try:  # a build for another jaxlib may be refused here
+        jax.ffi.register_ffi_target(target(build), module.handler())
+        jax.ffi.register_ffi_target(attention.target(build), module.attention_handler())
+    except Exception as e:
         return None, f"not registered with XLA ({type(e).__name__}: {e})"
     return module, ""
 
@@ -211,9 +212,8 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     """Whether the kernel takes ``w`` (``cpu_matmul.cc``'s rules): one matrix of a width that
     is a multiple of 32; bf16, or int8 codes in blocks of 16 or 32, or 4-bit codes in groups of
     32 or 64 with blocks of 32 (and fifth bits, if any, one per code), or interleaved 6-bit
-    codes in blocks of 16 (two high-bit planes, zero point 32); mins, if any, shaped
-    like the scales. int8 activations take
-    packed weights of a width that is a multiple of 64 (and of the activation block)."""
+    codes in blocks of 16 (two high-bit planes, zero point 32); mins, if any, shaped like the
+    scales. int8 activations take packed weights of a width, a multiple of 64 and of the block."""
     if activations == "int8" and (
         not isinstance(w, QuantArray) or w.shape[-1] % max(64, w.activation_block)
     ):

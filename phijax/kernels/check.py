@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phijax import int8, quant
+from phijax.kernels import attention
 from phijax.paths import cache_dir, caches_enabled, cpu_name, entry_name, file_identity, source_hash
 from phijax.quant import QuantArray, can_interleave, interleaved
 
@@ -41,7 +42,10 @@ def _pass_marker(build: str, library: str, wrapper: str) -> Path | None:
     if not caches_enabled():
         return None
     key = [build, os.path.realpath(library), *file_identity(os.stat(library))]
-    key += [source_hash((__file__, wrapper, quant.__file__, int8.__file__)), jax.__version__]
+    key += [
+        source_hash((__file__, wrapper, quant.__file__, int8.__file__, attention.__file__)),
+        jax.__version__,
+    ]
     key += [jax.lib.__version__, cpu_name()]
     return cache_dir() / "kernel_checks" / entry_name(key)
 
@@ -157,6 +161,24 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
         bound = cols * np.finfo(np.float32).eps * (np.abs(x64) @ size.astype(np.float64).T)
         if not np.all(np.abs(np.asarray(y) - x64 @ w.astype(np.float64).T) <= bound):
             return f"wrong products for {name}"
+    return attention_check(build, rng)
+
+
+def attention_check(build: str, rng: np.random.Generator) -> str:
+    """``build``'s decode attention against numpy (:func:`attention.reference`): layer 1 of
+    2, 2 kv heads of 2 query heads, head size 32, 9 of 12 slots; one row sees a prefix, one a
+    window, one no slot. '' when within f32 rounding, else what is wrong."""
+    layers, b, kv_heads, seq, d, n = 2, 3, 2, 12, 32, 9
+    k, v = (rng.standard_normal((layers, b, kv_heads, seq, d)).astype(np.float32) for _ in "kv")
+    q = rng.standard_normal((b, 2 * kv_heads, d)).astype(np.float32)
+    mask = np.zeros((b, n), np.bool_)
+    mask[0, :5] = mask[1, 2:8] = True
+    got = jax.jit(attention.call, static_argnums=0)(build, q, k, v, 1, mask)
+    # the scores' products (d terms) and the output's sums (n terms) round in f32: each
+    # within (d + n) eps relative, times the largest value a probability weighs
+    bound = (d + n) * np.finfo(np.float32).eps * np.abs(v).max()
+    if not np.all(np.abs(np.asarray(got) - attention.reference(q, k, v, 1, mask)) <= bound):
+        return "wrong decode attention"
     return ""
 
 

@@ -22,6 +22,9 @@
 // Work: output columns are split into chunks claimed from an atomic counter by the caller
 // and by tasks on XLA's intra-op thread pool; the caller finishes any chunk left unclaimed,
 // so a busy or absent pool only costs parallelism, never progress.
+//
+// The same library registers a second target, decode attention over the KV cache in place
+// (decode_attention.h).
 
 #include <Python.h>
 
@@ -32,6 +35,7 @@
 #include <cstring>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -710,6 +714,17 @@ struct Job {
   }
 };
 
+// ``job``'s chunks on the caller and on up to all of the pool's threads; returns when every
+// chunk is done.
+void run(ffi::ThreadPool& pool, const std::shared_ptr<Job>& job) {
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), job->chunks) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->work(); });
+  job->work();
+  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
+}
+
+#include "decode_attention.h"
+
 ffi::Unexpected<ffi::Error> bad(const char* message) {
   return ffi::Unexpected<ffi::Error>(ffi::Error::InvalidArgument(message));
 }
@@ -880,10 +895,7 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   // dozens of chunks per matrix to share between threads.
   job->chunk = 4 * std::clamp<int64_t>((int64_t{1} << 18) / std::max<int64_t>(1, m * cols), 1, 64);
   job->chunks = (w->rows + job->chunk - 1) / job->chunk;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), job->chunks) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->work(); });
-  job->work();
-  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
+  run(pool, job);
   return ffi::Error::Success();
 }
 
@@ -904,10 +916,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmul, CpuMatmulImpl,
                                   .Attr<int64_t>("nibbles")
                                   .Attr<int64_t>("interleave"));  // 0, or the sub-block of int8_dot.h's order
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuAttention, CpuAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // q [batch, q_heads, head_dim]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // k [layers, batch, kv_heads, seq, head_dim]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // v, the same
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // layer
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // mask [batch, attended slots]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // [batch, q_heads, head_dim]
+
 namespace {
 
 PyObject* Handler(PyObject*, PyObject*) {
   return PyCapsule_New(reinterpret_cast<void*>(&CpuMatmul), nullptr, nullptr);
+}
+
+PyObject* AttentionHandler(PyObject*, PyObject*) {
+  return PyCapsule_New(reinterpret_cast<void*>(&CpuAttention), nullptr, nullptr);
 }
 
 PyObject* Isa(PyObject*, PyObject*) { return PyUnicode_FromString(kIsa); }
@@ -934,6 +960,7 @@ PyObject* Supported(PyObject*, PyObject*) {
 
 PyMethodDef kMethods[] = {
     {"handler", Handler, METH_NOARGS, "The XLA FFI handler, as a PyCapsule."},
+    {"attention_handler", AttentionHandler, METH_NOARGS, "The decode attention's FFI handler, as a PyCapsule."},
     {"isa", Isa, METH_NOARGS, "The instruction set this build uses."},
     {"supported", Supported, METH_NOARGS, "Vector builds that this CPU can run."},
     {nullptr, nullptr, 0, nullptr},

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from phijax import int8, kernels
 from phijax.backend import Backend
 from phijax.config import Phi3Config
+from phijax.kernels import attention as cache_attention
 from phijax.model.attention import attention
 from phijax.model.hooks import Hooks
 from phijax.model.rope import apply_rope
@@ -156,12 +157,34 @@ def attention_block(
         values = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)[:, :, : ctx.attend_len]
         cache = LayerCache(k_all, v_all, i)
     dt = ctx.backend.kv_dtype
-    out, weights = attention(
-        q.astype(dt), keys.astype(dt), values.astype(dt), ctx.mask, return_weights=return_weights
-    )
+    if _attends_in_place(ctx, cache, s, return_weights):
+        out = cache_attention.decode_attention(
+            ctx.backend.kernel, q[:, 0].astype(dt), cache.k, cache.v, cache.index, ctx.mask[:, 0]
+        )
+        weights = None
+    else:
+        out, weights = attention(
+            q.astype(dt),
+            keys.astype(dt),
+            values.astype(dt),
+            ctx.mask,
+            return_weights=return_weights,
+        )
     out = out.astype(x.dtype).reshape(b, s, q_size)
     o = linear(out, p["o_proj"], ctx.backend, p.get(STACK_INDEX)).astype(x.dtype)
     return o, cache, weights
+
+
+def _attends_in_place(ctx: Context, cache: LayerCache | None, s: int, return_weights: bool) -> bool:
+    """Whether this attention is a decode step's on the CPU kernel, over the cache in place
+    (the pure path's keys and values, sliced out of the cache, then go unused)."""
+    return (
+        cache is not None
+        and s == 1
+        and not return_weights
+        and ctx.backend.reads_cache_in_place
+        and cache_attention.fits(ctx.config.head_dim, cache.k.dtype)
+    )
 
 
 def mlp_block(p: dict[str, jax.Array], x: jax.Array, ctx: Context) -> jax.Array:
