@@ -16,8 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phijax.errors import UnsupportedError
-
 TARGET = "phijax_cpu_attention"
 """The prefix of the builds' attention targets: build ``b`` registers ``f"{TARGET}_{b}"``."""
 LANES = 16
@@ -40,17 +38,9 @@ def decode_attention(
     """``q [batch, q_heads, head_dim]`` (f32) attending to layer ``layer`` of the cache
     ``k, v [layers, batch, kv_heads, max_seq, head_dim]``, over its first ``slots`` positions
     where ``mask [batch, slots]`` shows them (:func:`phijax.model.attention.attention_mask`'s
-    row of the query) → ``[batch, q_heads, head_dim]`` f32. ``build``: one of
-    :func:`phijax.kernels.builds`, else :class:`~phijax.errors.UnsupportedError`."""
-    from phijax import kernels  # which imports this module; checks and registers the build
-
-    if not kernels.available(build):
-        raise UnsupportedError(f"phijax's CPU kernel build {kernels.status(build)}")
-    return call(build, q, k, v, layer, mask)
-
-
-def call(build: str, q: jax.Array, k: jax.Array, v: jax.Array, layer, mask: jax.Array) -> jax.Array:
-    """:func:`decode_attention` on a registered ``build``, unchecked (the build's check)."""
+    row of the query) → ``[batch, q_heads, head_dim]`` f32. ``build``: one that
+    :func:`phijax.kernels.builds` lists, which registers its targets (the model's
+    ``Backend.kernel``)."""
     b, hq, d = q.shape
     chex.assert_rank([k, v], 5)
     chex.assert_equal_shape([k, v])

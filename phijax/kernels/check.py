@@ -173,7 +173,7 @@ def attention_check(build: str, rng: np.random.Generator) -> str:
     q = rng.standard_normal((b, 2 * kv_heads, d)).astype(np.float32)
     mask = np.zeros((b, n), np.bool_)
     mask[0, :5] = mask[1, 2:8] = True
-    got = jax.jit(attention.call, static_argnums=0)(build, q, k, v, 1, mask)
+    got = jax.jit(attention.decode_attention, static_argnums=0)(build, q, k, v, 1, mask)
     # the scores' products (d terms) and the output's sums (n terms) round in f32: each
     # within (d + n) eps relative, times the largest value a probability weighs
     bound = (d + n) * np.finfo(np.float32).eps * np.abs(v).max()

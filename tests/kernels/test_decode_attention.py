@@ -98,8 +98,8 @@ def test_the_self_check_fails_a_wrong_attention(build, monkeypatch):
     refused (here: every output 0.1% off)."""
     rng = np.random.default_rng(0)
     assert check.attention_check(build, rng) == ""
-    right = cache_attention.call
-    monkeypatch.setattr(cache_attention, "call", lambda *a: right(*a) * 1.001)
+    right = cache_attention.decode_attention
+    monkeypatch.setattr(cache_attention, "decode_attention", lambda *a: right(*a) * 1.001)
     assert check.attention_check(build, rng) == "wrong decode attention"
 
 
