@@ -146,38 +146,41 @@ def attention_block(
     k = qkv[..., q_size : q_size + kv_size].reshape(b, s, c.num_kv_heads, c.head_dim)
     v = qkv[..., q_size + kv_size :].reshape(b, s, c.num_kv_heads, c.head_dim)
     q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
-    if cache is None:
-        keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    else:
+    if cache is not None:
         # [b, s, kv_heads, d] written at [i, rows, :, positions] (indices first, then the slice)
         rows, i = jnp.arange(b)[:, None], cache.index
         k_all = cache.k.at[i, rows, :, ctx.positions].set(k.astype(cache.k.dtype), mode="drop")
         v_all = cache.v.at[i, rows, :, ctx.positions].set(v.astype(cache.v.dtype), mode="drop")
-        keys = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)[:, :, : ctx.attend_len]
-        values = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)[:, :, : ctx.attend_len]
         cache = LayerCache(k_all, v_all, i)
     dt = ctx.backend.kv_dtype
     if _attends_in_place(ctx, cache, s, return_weights):
         out = cache_attention.decode_attention(
             ctx.backend.kernel, q[:, 0].astype(dt), cache.k, cache.v, cache.index, ctx.mask[:, 0]
         )
-        weights = None
+        return _output(p, out, x, ctx), cache, None
+    if cache is None:
+        keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     else:
-        out, weights = attention(
-            q.astype(dt),
-            keys.astype(dt),
-            values.astype(dt),
-            ctx.mask,
-            return_weights=return_weights,
+        keys, values = (
+            jax.lax.dynamic_index_in_dim(a, cache.index, keepdims=False)[:, :, : ctx.attend_len]
+            for a in (cache.k, cache.v)
         )
-    out = out.astype(x.dtype).reshape(b, s, q_size)
-    o = linear(out, p["o_proj"], ctx.backend, p.get(STACK_INDEX)).astype(x.dtype)
-    return o, cache, weights
+    out, weights = attention(
+        q.astype(dt), keys.astype(dt), values.astype(dt), ctx.mask, return_weights=return_weights
+    )
+    return _output(p, out, x, ctx), cache, weights
+
+
+def _output(p: dict[str, jax.Array], out: jax.Array, x: jax.Array, ctx: Context) -> jax.Array:
+    """o_proj of the heads' outputs ``out [batch, seq, heads, head_dim]`` → ``[batch, seq, hidden]``."""
+    b, s, _ = x.shape
+    out = out.astype(x.dtype).reshape(b, s, -1)
+    return linear(out, p["o_proj"], ctx.backend, p.get(STACK_INDEX)).astype(x.dtype)
 
 
 def _attends_in_place(ctx: Context, cache: LayerCache | None, s: int, return_weights: bool) -> bool:
     """Whether this attention is a decode step's on the CPU kernel, over the cache in place
-    (the pure path's keys and values, sliced out of the cache, then go unused)."""
+    (the pure path slices each layer's attended keys and values out of it: a copy)."""
     return (
         cache is not None
         and s == 1
