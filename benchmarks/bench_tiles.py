@@ -57,6 +57,8 @@ LAYOUTS = {
     "Q4_K, two-level scales": 4,
     "Q5_K, two-level scales": 5,
     "Q6_K, two-level scales": 6,
+    "Q4_K, two-level, interleaved": 7,
+    "Q5_K, two-level, interleaved": 8,
 }
 TILES = [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2)]
 

@@ -9,24 +9,29 @@
 
 namespace {
 
-template <Codes kCodes, int kBlock, bool kMins, bool kUnits, int kRows, int kCols>
+template <Codes kCodes, int kBlock, bool kMins, bool kUnits, int kRows, int kCols, bool kInterleaved = false>
 double time_tile(int64_t rows, int64_t cols, int reps) {
   std::mt19937 g(0);
   const int64_t groups = cols / kBlock;
-  std::vector<uint8_t> codes(rows * cols * 2), high(rows * cols / 8);
-  std::vector<float> scales(rows * groups), mins(rows * groups), x(kRows * cols), y(kRows * rows);
+  std::vector<uint8_t> storage(rows * cols * 2 + 64), high(rows * cols / 8);
+  // codes 64-byte aligned, as XLA's buffers are: a vector load across two cache lines costs more
+  const auto misaligned = reinterpret_cast<uintptr_t>(storage.data()) % 64;
+  uint8_t* codes = storage.data() + (misaligned ? 64 - misaligned : 0);
+  std::vector<float> scales(rows * groups), mins(rows * groups), x_storage(kRows * cols + 16), y(kRows * rows);
+  const auto x_misaligned = reinterpret_cast<uintptr_t>(x_storage.data()) % 64 / sizeof(float);
+  float* x = x_storage.data() + (x_misaligned ? 16 - x_misaligned : 0);  // aligned too
   std::vector<uint8_t> scale_codes(rows * groups), min_codes(rows * groups);
-  std::vector<float> units(rows * cols / 256 * 2);
+  std::vector<uint16_t> units(rows * cols / 256 * 2);  // f16 bits, as the file stores d and dmin
   for (auto& c : scale_codes) c = g() & 0x3f;
   for (auto& c : min_codes) c = g() & 0x3f;
-  for (auto& u : units) u = (g() % 64) / 4096.0f;
-  for (auto& c : codes) c = g() & 0x3f;  // bf16: small finite values; int8: codes of 6 bits
+  for (auto& u : units) u = static_cast<uint16_t>(0x1000 + g() % 64);  // small positive halves
+  for (int64_t i = 0; i < rows * cols * 2; ++i) codes[i] = g() & 0x3f;  // bf16: small finite values; int8: 6-bit codes
   for (auto& c : high) c = g();
   for (auto& s : scales) s = (g() % 64) / 64.0f;
   for (auto& s : mins) s = (g() % 64) / 64.0f;
-  for (auto& v : x) v = (g() % 1000) / 1000.0f;
+  for (int64_t i = 0; i < kRows * cols; ++i) x[i] = (g() % 1000) / 1000.0f;
   const bool bf16 = kCodes == Codes::kBf16, nibbles = is_nibbles(kCodes);
-  Weight w{codes.data(), bf16 || kUnits ? nullptr : scales.data(), kMins && !kUnits ? mins.data() : nullptr,
+  Weight w{codes, bf16 || kUnits ? nullptr : scales.data(), kMins && !kUnits ? mins.data() : nullptr,
            rows, cols, bf16 ? 2 * cols : nibbles ? cols / 2 : cols, bf16 ? 0 : groups,
            has_fifth(kCodes) ? high.data() : nullptr, 0};
   if (kUnits) {  // the file's two levels: integer codes per block, d (and dmin) per 256
@@ -34,26 +39,33 @@ double time_tile(int64_t rows, int64_t cols, int reps) {
     w.min_codes = kMins ? min_codes.data() : nullptr;
     w.units = units.data();
   }
-  const std::vector<float> xsums = block_sums(x.data(), kRows, cols, kBlock);
+  const std::vector<float> xsums = block_sums(x, kRows, cols, kBlock);
+  // interleaved (Q4_K): the same codes read in f32_interleaved.h's order, x permuted to match
+  const AlignedVector<float> xp = kInterleaved ? interleaved_x(x, kRows, cols) : AlignedVector<float>();
+  if (kInterleaved) w.interleave = 32;
   double best = 1e30;
   for (int rep = 0; rep < reps; ++rep) {
     const auto start = std::chrono::steady_clock::now();
     for (int64_t n = 0; n + kCols <= rows; n += kCols) {
-      dot_tile<kCodes, kBlock, kMins, kUnits, kRows, kCols>(w, n, x.data(), xsums.data(), cols, y.data() + n, rows);
+      if constexpr (kInterleaved) {
+        dot_tile_interleaved<has_fifth(kCodes), kRows, kCols>(w, n, xp.data(), xsums.data(), cols, y.data() + n, rows);
+      } else {
+        dot_tile<kCodes, kBlock, kMins, kUnits, kRows, kCols>(w, n, x, xsums.data(), cols, y.data() + n, rows);
+      }
     }
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   return best * 1e9 / (static_cast<double>(rows) * cols / 8);  // ns per 8 weights
 }
 
-template <Codes kCodes, int kBlock, bool kMins, bool kUnits = false>
+template <Codes kCodes, int kBlock, bool kMins, bool kUnits = false, bool kIl = false>
 double by_shape(int tile_rows, int tile_cols, int64_t rows, int64_t cols, int reps) {
   switch (tile_rows * 10 + tile_cols) {
-    case 11: return time_tile<kCodes, kBlock, kMins, kUnits, 1, 1>(rows, cols, reps);
-    case 21: return time_tile<kCodes, kBlock, kMins, kUnits, 2, 1>(rows, cols, reps);
-    case 22: return time_tile<kCodes, kBlock, kMins, kUnits, 2, 2>(rows, cols, reps);
-    case 41: return time_tile<kCodes, kBlock, kMins, kUnits, 4, 1>(rows, cols, reps);
-    case 42: return time_tile<kCodes, kBlock, kMins, kUnits, 4, 2>(rows, cols, reps);
+    case 11: return time_tile<kCodes, kBlock, kMins, kUnits, 1, 1, kIl>(rows, cols, reps);
+    case 21: return time_tile<kCodes, kBlock, kMins, kUnits, 2, 1, kIl>(rows, cols, reps);
+    case 22: return time_tile<kCodes, kBlock, kMins, kUnits, 2, 2, kIl>(rows, cols, reps);
+    case 41: return time_tile<kCodes, kBlock, kMins, kUnits, 4, 1, kIl>(rows, cols, reps);
+    case 42: return time_tile<kCodes, kBlock, kMins, kUnits, 4, 2, kIl>(rows, cols, reps);
     default: return -1;
   }
 }
@@ -63,7 +75,7 @@ double by_shape(int tile_rows, int tile_cols, int64_t rows, int64_t cols, int re
 // ns per 8 weights of one tile of ``tile_rows`` rows of x by ``tile_cols`` weight rows, over
 // a weight [rows, cols] of ``layout`` (0 Q4_K's 4-bit codes with mins, 1 Q5_K's with fifth
 // bits, 2 int8 codes in blocks of 16 (Q6_K), 3 bf16; 4-6: 0-2 with the file's two-level
-// scales); the best of ``reps``. -1: no such tile.
+// scales; 7, 8: 4, 5 interleaved, f32_interleaved.h); the best of ``reps``. -1: no such tile.
 extern "C" __attribute__((visibility("default"))) double phijax_time_tile(int layout, int tile_rows, int tile_cols, int64_t rows, int64_t cols, int reps) {
   switch (layout) {
     case 0: return by_shape<Codes::kNibbles64, 32, true>(tile_rows, tile_cols, rows, cols, reps);
@@ -73,6 +85,8 @@ extern "C" __attribute__((visibility("default"))) double phijax_time_tile(int la
     case 4: return by_shape<Codes::kNibbles64, 32, true, true>(tile_rows, tile_cols, rows, cols, reps);
     case 5: return by_shape<Codes::kNibbles64H, 32, true, true>(tile_rows, tile_cols, rows, cols, reps);
     case 6: return by_shape<Codes::kInt8, 16, false, true>(tile_rows, tile_cols, rows, cols, reps);
+    case 7: return by_shape<Codes::kNibbles64, 32, true, true, true>(tile_rows, tile_cols, rows, cols, reps);
+    case 8: return by_shape<Codes::kNibbles64H, 32, true, true, true>(tile_rows, tile_cols, rows, cols, reps);
     default: return -1;
   }
 }

@@ -45,6 +45,19 @@ how many high-bit planes are present (a file's types have at most one: the fifth
 UNPACKED: Packing = (0, 0)
 
 
+F32_INTERLEAVED = frozenset({QT.Q4_K, QT.Q5_K})
+"""The types whose interleaved order (:func:`~phijax.quant.interleaved`) the CPU kernel's f32
+path reads too, faster than their row order (``f32_interleaved.h``)."""
+
+
+def interleaves(qtypes: Iterable[QT], activations: str | None) -> bool:
+    """Whether a matrix of parts of ``qtypes`` takes the CPU kernel's interleaved order when it
+    multiplies ``activations`` (``None``: the kernel does not run; every order is row order)."""
+    if activations is None:
+        return False
+    return activations == "int8" or all(QT(t) in F32_INTERLEAVED for t in qtypes)
+
+
 def code_bits(qtypes: Iterable[QT]) -> int:
     """The bits a weight's int8 codes need when interleaved (``interleaved(q, code_bits=)``):
     6 when every part is Q6_K (codes -32..31, stored as nibbles and two planes), else 8."""

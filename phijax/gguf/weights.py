@@ -202,7 +202,7 @@ def load_weights(
     progress: bool = True,
     quantized: bool = False,
     mesh=None,
-    interleave: bool = False,
+    interleave: str | None = None,
     two_level: bool = False,
 ) -> dict[str, np.ndarray]:
     """Fill ``module``'s parameters from ``f``; returns LongRoPE factor arrays if the file has them.
@@ -210,23 +210,26 @@ def load_weights(
     ``quantized``: quantized matrices stay packed (:class:`QuantArray`, 0.75-1.25 bytes per weight);
     norms and float tensors load as arrays either way. ``mesh``: each tensor goes to its shards
     as soon as it is decoded (:mod:`phijax.sharding`), so no device holds the whole model.
-    ``interleave``: packed matrices that can take it are stored in the CPU kernel's
-    int8-activation order (:func:`phijax.quant.interleaved`), with a k-quant's scales in its
-    two levels (``QuantArray.units``) and Q6_K's codes as 6 bits, one tensor at a time (a
-    stack's layers of differing types share one-level scales and 8-bit codes). ``two_level``
-    without ``interleave``: k-quants keep their two levels in row order (the kernel's f32
+    ``interleave``: the activations the CPU kernel will multiply (``"int8"`` or ``"f32"``);
+    packed matrices that can take it are stored in its interleaved order
+    (:func:`phijax.quant.interleaved`), with a k-quant's scales in its two levels
+    (``QuantArray.units``) and Q6_K's codes as 6 bits, one tensor at a time: with int8
+    activations every k-quant (a stack's layers of differing types share one-level scales and
+    8-bit codes), with f32 ones the types in :data:`~phijax.gguf.relayout.F32_INTERLEAVED`.
+    ``two_level`` otherwise: k-quants keep their two levels in row order (the kernel's f32
     path reads them so: 0.59 instead of 0.75 bytes per Q4_K weight).
     """
     c = module.config
     stacked = module.layout == "stacked"
-    two_level = two_level or interleave  # with interleave: undone for any matrix not interleaved
+    two_level = two_level or interleave is not None  # int8: undone for any matrix not interleaved
     total = sum(t.nbytes for t in f.tensors.values())
     bar = byte_bar("loading weights", total, progress)
 
     def load(name, shape, dtype=module.dtype, may_pack=True, whole=True):
         # whole: the tensor is the whole matrix, so it can take the kernel's order at once
         packed = quantized and may_pack and f.tensors[name].ggml_type in relayout.QUANTIZED_TYPES
-        value = _load(f, name, shape, dtype, packed, two_level, interleave and whole)
+        order = whole and relayout.interleaves([f.tensors[name].ggml_type], interleave)
+        value = _load(f, name, shape, dtype, packed, two_level, order)
         bar.update(f.tensors[name].nbytes)
         return value
 
@@ -237,10 +240,12 @@ def load_weights(
         return place(value, weight_axes(name, stacked), mesh, c)
 
     def arranged(value, qtypes):  # a whole matrix in the kernel's order (qtypes: its sources')
-        if not (interleave and isinstance(value, QuantArray)) or value.interleave:
+        if not isinstance(value, QuantArray) or value.interleave or interleave is None:
             return value
-        if not can_interleave(value):
-            return value.one_level()
+        # f32 activations read the order of two-level 4-bit codes only (Q4_K, Q5_K)
+        takes = interleave == "int8" or (value.units is not None and value.nibbles == 64)
+        if not (relayout.interleaves(qtypes, interleave) and can_interleave(value) and takes):
+            return value.one_level() if interleave == "int8" else value
         return interleaved(value, code_bits=relayout.code_bits(qtypes))
 
     for spec in GLOBAL_WEIGHTS:

@@ -224,9 +224,10 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     groups = w.scales.shape[-1]
     if w.values.ndim != 2 or w.scales.ndim != 2 or cols % 32 or not groups or cols % groups:
         return False
-    if w.interleave:  # the int8 path's own order (phijax.quant.interleaved)
+    if w.interleave:  # the int8 path's order (phijax.quant.interleaved); f32: Q4/5_K's (below)
         interleaved_ok = w.block == w.interleave and cols % (16 * w.block) == 0
-        if activations != "int8" or w.activation_block != 256 or not interleaved_ok:
+        f32_ok = activations == "int8" or w.units is not None
+        if not f32_ok or w.activation_block != 256 or not interleaved_ok:
             return False
     if w.mins is not None and w.mins.shape != w.scales.shape:
         return False
@@ -253,11 +254,13 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
 def _two_level_fits(w: QuantArray, activations: str) -> bool:
     """Integer scales with per-super-block units (``QuantArray.units``): Q4_K/Q5_K (nibbles in
     groups of 64, uint8 scales and mins, d and dmin) or Q6_K (int8 codes, or interleaved 6-bit
-    ones, int8 scales, d); interleaved with int8 activations, in row order with f32 ones."""
+    ones, int8 scales, d); interleaved with int8 activations, in row order (or Q4_K's and
+    Q5_K's interleaved) with f32 ones."""
     rows, cols = w.shape
     k = 1 if w.mins is None else 2
     q4 = w.nibbles and w.planes < 2  # Q4_K or Q5_K
-    order_ok = bool(w.interleave) == (activations == "int8") and (not q4 or w.nibbles == 64)
+    f32_ok = not w.interleave or (w.nibbles == 64 and w.planes < 2)  # Q4_K, Q5_K interleaved
+    order_ok = (w.interleave if activations == "int8" else f32_ok) and (not q4 or w.nibbles == 64)
     units_ok = w.units.shape == (rows, cols // 256, k) and w.units.dtype == jnp.float16
     if not order_ok or w.block != (32 if q4 else 16) or not units_ok or cols > 65536:
         return False  # 65536 columns at most: the kernel holds a row's units as f32
@@ -315,10 +318,10 @@ def matmul(
             f"layer={layer!r} and a weight of shape {tuple(w.shape)}."
         )
     one = w if layer is None else layer_view(w)
-    if isinstance(w, QuantArray) and w.interleave and activations != "int8":
+    if isinstance(w, QuantArray) and w.interleave and not fits(one, activations):
         raise UnsupportedError(
-            "an interleaved weight (QuantArray.interleave, the int8 path's order) takes "
-            "activations='int8'; QuantArray.unpacked() gives the row order back."
+            "an interleaved weight (QuantArray.interleave) takes activations='int8', or 'f32' "
+            "for Q4_K's and Q5_K's two-level scales; QuantArray.unpacked() gives the row order."
         )
     if activations == "int8" and not fits(one, activations):
         raise UnsupportedError(
@@ -426,16 +429,10 @@ def _ffi(
                 w = values
                 if values.dtype != jnp.bfloat16:
                     w = QuantArray(
-                        values,
-                        scales,
-                        mins if mins.ndim >= 2 else None,
-                        nibbles,
-                        activation_block,
-                        high if high.ndim >= 2 else None,
-                        interleave,
-                        units if units.ndim == 3 + stacked else None,
-                        zero,
-                    )
+                        values, scales, mins if mins.ndim >= 2 else None, nibbles, activation_block,
+                        high if high.ndim >= 2 else None, interleave,
+                        units if units.ndim == 3 + stacked else None, zero,
+                    )  # fmt: skip
                 activations = "f32" if act == 0 else "int8"
                 w = at_layer(w, layer) if stacked else w
                 return _pure(folded, w, activations).reshape(size, rows, -1), True

@@ -64,7 +64,8 @@ def pack(codes: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray | None]:
 def self_check(build: str, call: Callable[..., jax.Array]) -> str:
     """``build`` (multiplying through ``call(build, max_rows, activations, x, w)``) against
     numpy on every code layout: int8 codes in blocks of 16 and 32, 4- and 5-bit codes in
-    groups of 32 and 64, each with and without mins, two-level scales, and bf16. With f32
+    groups of 32 and 64, each with and without mins, two-level scales (with f32 activations
+    4- and 5-bit codes interleaved too), and bf16. With f32
     activations and, for packed layouts, int8 ones (:mod:`phijax.int8`'s rounding in blocks
     of 256 and 32; in blocks of 256 also with the codes interleaved, 6-bit codes as nibbles
     and two planes, and with two-level scales); 9 rows of x (tiles of 4 and a remainder) and
@@ -107,7 +108,7 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
             if can_interleave(q):
                 cases[f"{name}, interleaved, int8 activations"] = (q, ("int8", bits), w, size)
     # two-level scales, as Q4_K/Q5_K and Q6_K keep them (Q6_K's codes also as 6 bits)
-    for nibbles, block, bits in ((64, 32, 4), (0, 16, 8), (0, 16, 6)):
+    for nibbles, block, bits in ((64, 32, 4), (64, 32, 5), (0, 16, 8), (0, 16, 6)):
         k, per = (2, 8) if nibbles else (1, 16)  # units per super-block; sub-blocks per super-block
         units = (rng.integers(1, 8, (out, cols // 256, k)) / 8).astype(np.float16)
         sc = (
@@ -119,19 +120,21 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
         scales = np.repeat(units[..., 0], per, 1) * sc.astype(np.float32)
         mins = None if mn is None else np.repeat(units[..., 1], per, 1) * mn.astype(np.float32)
         codes = (
-            rng.integers(0, 16, (out, cols))
+            rng.integers(0, 1 << bits, (out, cols))
             if nibbles
             else rng.integers(-(1 << bits - 1), 1 << bits - 1, (out, cols))
         )
+        values, high = pack(codes, 64) if nibbles else (codes.astype(np.int8), None)
         q = QuantArray(
-            pack(codes, 64)[0] if nibbles else codes.astype(np.int8),
+            values,
             sc.astype(np.uint8 if nibbles else np.int8),
             None if mn is None else mn.astype(np.uint8),
             nibbles,
             256,
+            high=high,
             units=units,
         )
-        name = "4-bit groups of 64, with mins" if nibbles else f"{bits}-bit codes, no mins"
+        name = f"{bits}-bit groups of 64, with mins" if nibbles else f"{bits}-bit codes, no mins"
         cases[f"{name}, two-level scales, interleaved, int8 activations"] = (
             q,
             ("int8", bits),
@@ -141,6 +144,12 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
             cases[f"{name}, two-level scales"] = (
                 q,
                 ("f32", None),
+                *_weight(codes, scales, mins, block),
+            )
+        if nibbles:  # and 4- and 5-bit codes interleaved (f32_interleaved.h)
+            cases[f"{name}, two-level scales, interleaved"] = (
+                q,
+                ("f32", bits),
                 *_weight(codes, scales, mins, block),
             )
     w16 = rng.standard_normal((out, cols)).astype(jnp.bfloat16)

@@ -37,6 +37,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <new>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -112,6 +113,18 @@ struct Simd {
     return _mm512_mask_add_ps(low, m, low, _mm512_set1_ps(16.0f));
   }
   static constexpr bool kBytes5 = false;  // the masked add of nibbles5 is one operation
+  template <int kShift>  // the nibble at bit kShift of each of the 16 dwords at p (interleaved codes)
+  static V lane_nibbles(const uint8_t* p) {
+    __m512i b = _mm512_loadu_si512(p);
+    if (kShift) b = _mm512_srli_epi32(b, kShift);
+    return _mm512_permutexvar_ps(b, _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  }
+  template <int kShift, int kBit>  // with 16 added where bit kBit of the dword at ``plane`` is set
+  static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
+    const V low = lane_nibbles<kShift>(p);
+    const __mmask16 set = _mm512_test_epi32_mask(_mm512_loadu_si512(plane), _mm512_set1_epi32(1 << kBit));
+    return _mm512_mask_add_ps(low, set, low, _mm512_set1_ps(16.0f));
+  }
 };
 #elif defined(PHIJAX_AVX2)
 constexpr const char* kIsa = "avx2";
@@ -183,6 +196,19 @@ struct Simd {
     __m128i q = kQuarter < 2 ? _mm256_castsi256_si128(bytes) : _mm256_extracti128_si256(bytes, 1);
     if (kQuarter % 2) q = _mm_srli_si128(q, 8);
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+  }  template <int kShift>  // the nibble at bit kShift of each of the 8 dwords at p (interleaved codes)
+  static V lane_nibbles(const uint8_t* p) {
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(b, kShift), _mm256_set1_epi32(15)));
+  }
+  template <int kShift, int kBit>  // with bit kBit of the dword at ``plane`` as a fifth bit
+  static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
+    const __m256i b = _mm256_and_si256(_mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), kShift),
+                                       _mm256_set1_epi32(15));
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plane));
+    const __m256i at4 = kBit >= 4 ? _mm256_srli_epi32(bits, kBit - 4) : _mm256_slli_epi32(bits, 4 - kBit);
+    const __m256i fifth = _mm256_and_si256(at4, _mm256_set1_epi32(16));
+    return _mm256_cvtepi32_ps(_mm256_or_si256(b, fifth));
   }
 };
 #else
@@ -234,12 +260,42 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   static V nibbles5(const uint8_t* p, const uint8_t* bits) {
     return map([&](int i) { return static_cast<float>(((p[i] >> kShift) & 15) | (((*bits >> i) & 1) << 4)); });
   }
-  static constexpr bool kBytes5 = false;
+  static constexpr bool kBytes5 = false;  template <int kShift>  // the nibble at bit kShift of each of the 8 little-endian dwords at p
+  static V lane_nibbles(const uint8_t* p) {
+    return map([&](int i) { return static_cast<float>((p[4 * i + kShift / 8] >> (kShift % 8)) & 15); });
+  }
+  template <int kShift, int kBit>  // with bit kBit of the dword at ``plane`` as a fifth bit
+  static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
+    return map([&](int i) {
+      const int low = (p[4 * i + kShift / 8] >> (kShift % 8)) & 15, high = (plane[4 * i + kBit / 8] >> (kBit % 8)) & 1;
+      return static_cast<float>(low | high << 4);
+    });
+  }
 };
 #endif
 
 using V = Simd::V;
 constexpr int kLanes = Simd::kLanes;
+
+// Allocates on 64-byte boundaries, as XLA's buffers are: the kernel's own copies of x (int8
+// rows, f32 rows in an interleaved order) are read by whole-vector loads, and a load that
+// straddles two cache lines costs more (f32 products of 32 rows by interleaved Q4_K 20-30%).
+template <typename T>
+struct CacheAligned {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  CacheAligned() = default;
+  template <typename U>
+  CacheAligned(const CacheAligned<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, kAlign); }
+  template <typename U>
+  bool operator==(const CacheAligned<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CacheAligned<U>&) const { return false; }
+};
+template <typename T>
+using AlignedVector = std::vector<T, CacheAligned<T>>;
 
 // How a row's codes are stored: one int8 per code, or two codes per byte in groups of
 // 32 or 64 (byte j of a group holds code j in its low half and code j + group/2 in its high),
@@ -698,6 +754,8 @@ RowsFn pick(bool bf16, int64_t nibbles, bool fifth, int64_t block, bool with_min
   return block == 16 ? pick<Codes::kInt8, 16>(with_mins) : pick<Codes::kInt8, 32>(with_mins);
 }
 
+#include "f32_interleaved.h"
+
 // Output columns [n0, n1) of one product.
 using Columns = std::function<void(int64_t, int64_t)>;
 
@@ -856,13 +914,17 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   }
   auto job = std::make_shared<Job>();
   const int64_t block = w->groups ? cols / w->groups : 0;
-  if (w->interleave != 0 && act != static_cast<int64_t>(Act::kQ8K)) {
-    return ffi::Error::InvalidArgument("cpu_matmul: interleaved codes take int8 activations in blocks of 256");
+  const bool f32 = act == static_cast<int64_t>(Act::kF32);
+  const bool q4k = nibbles == 64 && w->planes < 2 && w->units != nullptr && w->min_codes != nullptr;  // or Q5_K
+  if (w->interleave != 0 && act != static_cast<int64_t>(Act::kQ8K) && !(f32 && q4k)) {
+    return ffi::Error::InvalidArgument(
+        "cpu_matmul: interleaved codes take int8 activations in blocks of 256, or f32 ones for Q4_K's "
+        "and Q5_K's (two-level scales)");
   }
-  if (w->interleave == 0 && w->units != nullptr && act != static_cast<int64_t>(Act::kF32)) {
+  if (w->interleave == 0 && w->units != nullptr && !f32) {
     return ffi::Error::InvalidArgument("cpu_matmul: two-level scales in row order take f32 activations");
   }
-  if (act != static_cast<int64_t>(Act::kF32)) {
+  if (!f32) {
     if ((act != static_cast<int64_t>(Act::kQ8K) && act != static_cast<int64_t>(Act::kQ8_0)) || block == 0 ||
         cols % (act == static_cast<int64_t>(Act::kQ8K) ? 256 : 64) != 0 ||
         (nibbles != 0 && block != (w->planes == 2 ? 16 : 32))) {
@@ -883,12 +945,14 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
     auto xsums = std::make_shared<std::vector<float>>();
     const bool with_mins = w->mins != nullptr || w->min_codes != nullptr;
     if (with_mins) *xsums = block_sums(x.typed_data(), m, cols, block);
-    const Problem problem{*w, x.typed_data(), y->typed_data(), m, xsums->data()};
-    job->columns = [problem, xsums, fn = pick(codes.element_type() == ffi::DataType::BF16, nibbles,
-                                              w->high != nullptr, block, with_mins, w->units != nullptr)](
-                       int64_t n0, int64_t n1) {
-      fn(problem, n0, n1);
-    };
+    // interleaved (Q4_K): x in the codes' order, beside the sums in row order
+    auto xp = std::make_shared<AlignedVector<float>>();
+    if (w->interleave != 0) *xp = interleaved_x(x.typed_data(), m, cols);
+    const Problem problem{*w, w->interleave != 0 ? xp->data() : x.typed_data(), y->typed_data(), m, xsums->data()};
+    const RowsFn fn = w->interleave != 0 ? (w->planes ? &columns_interleaved<true> : &columns_interleaved<false>)
+                                         : pick(codes.element_type() == ffi::DataType::BF16, nibbles,
+                                                w->high != nullptr, block, with_mins, w->units != nullptr);
+    job->columns = [problem, xsums, xp, fn](int64_t n0, int64_t n1) { fn(problem, n0, n1); };
   }
   job->rows = w->rows;
   // Chunks of ~256 K multiply-adds, at most 256 rows: long runs of each weight stream, and

@@ -103,7 +103,7 @@ inline float block_amax(const float* x, int64_t n, float* max) {
 // (interleaved: of the block each sub-block belongs to, ``[m, cols / sub]``); ``sums
 // [m, cols / sub]``, d * sum(q) over each weight sub-block of ``sub`` codes.
 struct QuantX {
-  std::vector<int8_t> q;
+  AlignedVector<int8_t> q;  // read by whole-vector loads
   std::vector<float> lane, sums;
 };
 

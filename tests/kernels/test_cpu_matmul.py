@@ -28,7 +28,7 @@ from phijax import backend, kernels
 from phijax.errors import ConfigError, UnsupportedError
 from phijax.gguf import relayout
 from phijax.model.layers import linear as model_linear
-from phijax.quant import QuantArray
+from phijax.quant import QuantArray, interleaved
 
 from blocks import random_blocks
 
@@ -38,23 +38,34 @@ OUT = 37  # weight rows: pairs of rows per tile and a remainder; chunks end mid-
 
 
 def file_weight(
-    qtype: QT, rows: int = OUT, seed: int = 0, cols: int | None = None, two_level: bool = False
+    qtype: QT,
+    rows: int = OUT,
+    seed: int = 0,
+    cols: int | None = None,
+    two_level: bool = False,
+    interleave: bool = False,
 ) -> tuple[QuantArray, np.ndarray]:
     """Random blocks of ``qtype`` (every bit field hit) as the QuantArray ``quantized=True``
     loads (``two_level``: a k-quant's scales as the file's integer codes and units, as the
-    default CPU load keeps them), and as ``gguf.quants.dequantize`` decodes them ``[rows,
-    cols]`` (default: 3 blocks per row for types of 32 elements, one for k-quants of 256)."""
+    default CPU load keeps them; ``interleave``: in the kernel's interleaved order, as the
+    AVX-512 builds' default load keeps Q4_K), and as ``gguf.quants.dequantize`` decodes them
+    ``[rows, cols]`` (default: 3 blocks per row for types of 32 elements, one for k-quants of
+    256)."""
     elems, _ = GGML_QUANT_SIZES[qtype]
     cols = cols or (3 * elems if elems == 32 else elems)
     raw = random_blocks(qtype, rows * cols // elems, seed=seed + int(qtype))
     want = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
-    return relayout.relayout(raw, qtype, (rows, cols), two_level=two_level), want
+    q = relayout.relayout(raw, qtype, (rows, cols), two_level=two_level, interleave=interleave)
+    return q, want
 
 
 def numpy_terms(w: QuantArray) -> tuple[np.ndarray, np.ndarray | None]:
     """``scales · codes`` and the mins, ``[rows, cols]`` in f32 by numpy, unpacking 4-bit
     codes itself (byte j of a group of g holds code j low, code j + g/2 high; a fifth bit from
-    bit i of byte b of ``high`` for code 8b + i): independent of QuantArray's decoding."""
+    bit i of byte b of ``high`` for code 8b + i): independent of QuantArray's decoding, but
+    for an interleaved order, which ``QuantArray.unpacked`` undoes (the comparison with the
+    file's weights checks it)."""
+    w = w.unpacked() if w.interleave else w
     values = np.asarray(w.values)
     if w.nibbles:
         groups = values.reshape(values.shape[0], -1, w.nibbles // 2)
@@ -95,6 +106,11 @@ def bf16() -> tuple[jax.Array, np.ndarray]:
     return w, np.asarray(w.astype(jnp.float32))
 
 
+def interleaved_weight(qtype: QT) -> tuple[QuantArray, np.ndarray]:
+    """Two groups of 16 sub-blocks per row in the interleaved order, two-level scales."""
+    return file_weight(qtype, cols=1024, two_level=True, interleave=True)
+
+
 QUANTIZED = sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name)
 TWO_LEVEL = (QT.Q4_K, QT.Q5_K, QT.Q6_K)
 """The types whose two-level scales the kernel's f32 path reads (``QuantArray.units``)."""
@@ -107,10 +123,13 @@ LAYOUTS = (
         "bf16": bf16,
     }
     | {f"{t.name}-two-level": lambda t=t: file_weight(t, two_level=True) for t in TWO_LEVEL}
+    | {f"{t.name}-interleaved": lambda t=t: interleaved_weight(t) for t in (QT.Q4_K, QT.Q5_K)}
 )
 """Every code layout: int8 codes in blocks of 16 (Q2_K with mins, Q3_K, Q6_K) and 32 (Q8_0,
 Q5_K with mins, ...), 4-bit codes in groups of 32 (Q4_1) and 64 (Q4_K), with and without
-mins, mixed parts, bf16, and the k-quants' two-level scales that the default load keeps."""
+mins, mixed parts, bf16, the k-quants' two-level scales that the default load keeps, and
+Q4_K's and Q5_K's interleaved order (``f32_interleaved.h``: two groups of 16 sub-blocks per
+row)."""
 
 
 def assert_rounding_close(got, x, w: np.ndarray | QuantArray) -> None:
@@ -199,7 +218,10 @@ def test_two_level_scales_give_the_same_products(build: str, qtype: QT):
     assert not kernels.fits(file_weight(qtype, rows=1, seed=0, cols=256 * 257, two_level=True)[0])
 
 
-@pytest.mark.parametrize("layout", ["Q4_K", "Q6_K", "bf16", "Q4_K-two-level", "Q6_K-two-level"])
+BATCH_LAYOUTS = ("Q4_K", "Q6_K", "bf16", "Q4_K-two-level", "Q6_K-two-level", "Q4_K-interleaved")
+
+
+@pytest.mark.parametrize("layout", [*BATCH_LAYOUTS, "Q5_K-interleaved"])
 def test_rows_do_not_depend_on_the_batch(build: str, layout: str):
     """Each output row is summed the same way in a batch of 1, 3 or 17 rows (tiles of 4
     and a remainder, whose shapes differ by code layout: 4-bit codes, int8 codes, bf16), so a
@@ -260,6 +282,22 @@ def int8_order(qtype: QT, seed: int) -> QuantArray:
     return relayout.relayout(raw, qtype, (16, 512), two_level=True, interleave=True)
 
 
+def test_f32_activations_take_only_q4_k_and_q5_k_interleaved(default_kernel):
+    """The f32 path reads the interleaved order of Q4_K's and Q5_K's codes with two-level
+    scales (``f32_interleaved.h``), not the int8 path's other interleaved layouts (Q6_K's
+    6-bit codes, a mixed stack's 8-bit codes with one-level scales): ``fits`` says so, and
+    ``matmul`` refuses them by name."""
+    for qtype in (QT.Q4_K, QT.Q5_K):
+        w = int8_order(qtype, 0)
+        assert kernels.fits(w) and kernels.fits(w, "int8")
+    eight_bit = interleaved(file_weight(QT.Q4_K, rows=16, cols=512)[0].unpacked())
+    x = np.ones((1, 512), np.float32)
+    for w in (int8_order(QT.Q6_K, 0), int8_order(QT.Q4_K, 0).one_level(), eight_bit):
+        assert not kernels.fits(w)
+        with pytest.raises(UnsupportedError, match="Q5_K's two-level scales"):
+            kernels.matmul(x, w)
+
+
 STACK_KINDS = {
     "Q4_K": lambda seed: file_weight(QT.Q4_K, 16, seed=seed)[0],
     "Q5_K two-level": lambda seed: file_weight(QT.Q5_K, 16, seed=seed, two_level=True)[0],
@@ -275,7 +313,7 @@ STACK_KINDS = {
 @pytest.mark.parametrize(
     ("kind", "activations"),
     [
-        *[(kind, "f32") for kind in ("Q4_K", "Q5_K two-level", "Q8_0", "bf16")],
+        *[(kind, "f32") for kind in ("Q4_K", "Q5_K two-level", "Q8_0", "bf16", "Q4_K interleaved")],
         *[(kind, "int8") for kind in ("Q4_K", "Q8_0", "Q4_K interleaved", "Q6_K interleaved")],
     ],
 )

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from gguf import GGMLQuantizationType as QT
 
 import phijax
-from phijax import Sampler, kernels
-from phijax.gguf.synthetic import write_phi3
+from phijax import Sampler, backend, kernels
+from phijax.gguf.synthetic import PHI3_MINI_TINY, write_phi3
 from phijax.quant import QuantArray
 
 from numerics import assert_logits_close, f32_atol
@@ -147,6 +148,45 @@ def test_weights_of_any_width(tiny_config, tmp_path, mode: str):
     with step_calls("decode") as compiled:
         model.generate(ids, max_new_tokens=3, sampler=GREEDY)
         assert kernel_calls(compiled("decode")) == (_unrolled(model.params) if kernel_on() else 0)
+
+
+@pytest.mark.parametrize("layout", ["layers", "stacked"])
+def test_q4_k_takes_the_interleaved_order_where_the_policy_says(tmp_path, layout, monkeypatch):
+    """The default packed load keeps Q4_K and Q5_K matrices in the kernel's interleaved order
+    where ``Backend.interleaves`` says ``"f32"`` (the AVX-512 builds: ``f32_interleaved.h``),
+    and every other matrix as before: Q6_K and Q8_0 in row order, in both layouts. Its logits are
+    the row order's but for the order of f32 sums: both are the same weights' products, so
+    both lie as near the dense f32 load's (XLA's sums; within twice the row order's distance,
+    a margin for the random walk of rounding errors; measured 0.6x at 2, 4 and 32 layers)."""
+    config = PHI3_MINI_TINY.replace(
+        hidden_size=512, intermediate_size=1024, num_heads=8, num_kv_heads=8, vocab_size=300,
+        num_layers=2,
+    )  # fmt: skip
+    path = tmp_path / "q4_k.gguf"  # 512 wide: whole groups of 16 sub-blocks of 32
+    qtypes = {"attn_qkv": QT.Q5_K, "ffn_down": QT.Q6_K, "token_embd": QT.Q8_0}
+    write_phi3(path, config, qtype=QT.Q4_K, qtypes=qtypes)
+    ids = list(range(3, 40))
+    dense = np.asarray(phijax.load(path, progress=False, quantized=False).logits(ids))
+    model = phijax.load(path, progress=False, quantized=True, layout=layout)
+    expected = model.backend.interleaves == "f32"
+    packed = _packed(model)
+    four_bit = [bool(q.interleave) for q in packed if q.nibbles == 64 and q.planes < 2]
+    per_layer = 3  # qkv (Q5_K), o_proj, gate|up; and the head
+    assert len(four_bit) == (per_layer if layout == "stacked" else per_layer * 2) + 1
+    assert four_bit == [expected] * len(four_bit)
+    assert sum(bool(q.interleave) for q in packed) == sum(four_bit)  # the others: row order
+    monkeypatch.setattr(backend.Backend, "interleaves", property(lambda self: None))
+    row_order = phijax.load(path, progress=False, quantized=True, layout=layout)
+    assert not any(q.interleave for q in _packed(row_order))
+    got, want = np.asarray(model.logits(ids)), np.asarray(row_order.logits(ids))
+    assert np.abs(got - dense).max() <= 2 * np.abs(want - dense).max()
+
+
+def _packed(model) -> list[QuantArray]:
+    def is_quant(x) -> bool:
+        return isinstance(x, QuantArray)
+
+    return [q for q in jax.tree.leaves(nnx.state(model.params), is_leaf=is_quant) if is_quant(q)]
 
 
 def _unrolled(params) -> int:

@@ -1,0 +1,150 @@
+// The f32 path of cpu_matmul.cc (included there) on Q4_K and Q5_K codes in int8_dot.h's
+// interleaved order (QuantArray.interleave = 32), which the AVX-512 builds' default load keeps
+// for them as the int8 mode does: in each group of 16 sub-blocks of 32 codes, 64-byte step u
+// holds in dword l the codes 8u ... 8u + 7 of sub-block l (byte j: code 8u + j low, 8u + 4 + j
+// high); Q5_K's fifth bits are one plane of 64 bytes per group, bit t of byte 4l + j that of
+// code 4t + j of sub-block l (quant._interleaved_planes).
+//
+// Why: in row order a vector of 16 codes is widened from bytes, its nibbles looked up, and each
+// block of 32 needs its own multiply by its scale. Here one load serves 8 vectors of codes
+// (a shift and a lookup each), every lane sums a whole sub-block, and 16 sub-blocks take their
+// scales and mins in one multiply: Q4_K's one-row tile in L2, one thread, Intel Xeon (AVX-512),
+// 0.415 -> 0.319 ns per 8 weights (docs/benchmarks.md).
+//
+// Numerics are the row-order path's: the same terms (scale * sum(code * x), then the mins'
+// sum(min * xsum) apart), summed in another fixed order. Each lane's four partial sums, and
+// then the lanes, are added in the same order whatever the tile, so results do not depend on
+// the batch; with one non-zero x the sum is scale * code - min rounded once.
+
+// x's rows [m, cols] in the order of interleaved codes: in each group of 512 columns, vector
+// v = 2j + h of step u holds, in lane l, column 32 l + 8u + 4h + j.
+inline AlignedVector<float> interleaved_x(const float* x, int64_t m, int64_t cols) {
+  AlignedVector<float> out(m * cols);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t g = 0; g < cols; g += 512) {
+      const float* src = x + r * cols + g;
+      float* dst = out.data() + r * cols + g;
+      for (int u = 0; u < 4; ++u) {
+        for (int v = 0; v < 8; ++v) {
+          for (int l = 0; l < 16; ++l) dst[(u * 8 + v) * 16 + l] = src[32 * l + 8 * u + 4 * (v % 2) + v / 2];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// y[r * ldy + c] = dot(x[r], w[n + c]) for r < kRows, c < kCols, where ``xp`` holds x's rows
+// interleaved (interleaved_x, rows ldx apart) and ``xsums`` their sub-block sums in row order
+// (block_sums): each vector of codes serves kRows rows of x, and each x vector kCols weight rows.
+//
+// Each lane sums its sub-block's products in two partial sums (even and odd vectors), then the
+// group's scales apply, group after group; the mins' terms follow in one pass. Two sums per
+// lane were as fast as four at one row (each group's sums start afresh, so the out-of-order
+// core overlaps consecutive groups), and leave registers for 4 x 2 tiles.
+template <bool kFifth, int kRows, int kCols>
+void dot_tile_interleaved(const Weight& w, int64_t n, const float* xp, const float* xsums, int64_t ldx, float* y,
+                          int64_t ldy) {
+  using Scales = BlockScales<Codes::kNibbles64, 32, true, true>;
+  constexpr int kHalves = 16 / kLanes;  // vectors of lanes per 16 sub-blocks
+  const int64_t groups = w.cols / 512;
+  const uint8_t* row[kCols];
+  const uint8_t* plane[kCols];  // Q5_K's fifth bits
+  float units[kCols][kMaxSupers * 2];  // d, dmin per super-block of 8 sub-blocks
+  for (int c = 0; c < kCols; ++c) {
+    row[c] = w.codes + (n + c) * w.row_bytes;
+    plane[c] = kFifth ? w.high + (n + c) * (w.cols / 8) : nullptr;
+    halves_to_floats(w.units_of<32>(n + c, 0), w.cols / 256 * 2, units[c]);
+    Scales::prefetch_row(w, n + c + kRowsAhead * kCols);
+  }
+  // lane l of half h of group g is sub-block b + l (b = 16 g + h kLanes), of super-block (b + l) / 8
+  const auto unit_lanes = [&](int c, int64_t g, int h, int j) {
+    const float* unit = units[c] + (2 * g + h) * 2 + j;
+    return kLanes == 16 ? Simd::halves(unit[0], unit[2]) : Simd::set1(unit[0]);
+  };
+  V acc[kRows][kCols];
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols; ++c) acc[r][c] = Simd::zero();
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    if constexpr (kRows == 1) {
+      for (int line = 0; line < 256; line += 64) prefetch(row[0] + g * 256 + kAhead * 2 + line);
+      if constexpr (kFifth) prefetch(plane[0] + g * 64 + kAhead / 2);
+    }
+    for (int h = 0; h < kHalves; ++h) {
+      V part[kRows][kCols][2];
+      unrolled(std::make_integer_sequence<int, 32>{}, [&](auto i) {
+        constexpr int u = decltype(i)::value / 8, v = decltype(i)::value % 8;
+        V q[kCols];
+        for (int c = 0; c < kCols; ++c) {
+          const uint8_t* codes = row[c] + g * 256 + u * 64 + h * kLanes * 4;
+          if constexpr (kFifth) {  // code 8u + 4 (v % 2) + v / 2: step 2u + v % 2, byte v / 2
+            q[c] = Simd::lane_nibbles5<4 * v, 8 * (v / 2) + 2 * u + v % 2>(codes, plane[c] + g * 64 + h * kLanes * 4);
+          } else {
+            q[c] = Simd::lane_nibbles<4 * v>(codes);
+          }
+        }
+        for (int r = 0; r < kRows; ++r) {
+          const V xv = Simd::load(xp + r * ldx + g * 512 + (u * 8 + v) * 16 + h * kLanes);
+          for (int c = 0; c < kCols; ++c) {
+            V& sum = part[r][c][v % 2];
+            sum = u == 0 && v < 2 ? Simd::mul(q[c], xv) : Simd::fmadd(q[c], xv, sum);
+          }
+        }
+      });
+      const int64_t b = 16 * g + h * kLanes;
+      for (int c = 0; c < kCols; ++c) {
+        const V scales = Simd::mul(Simd::uint8s(w.scale_codes + (n + c) * w.groups + b), unit_lanes(c, g, h, 0));
+        for (int r = 0; r < kRows; ++r) {
+          acc[r][c] = Simd::fmadd(Simd::add(part[r][c][0], part[r][c][1]), scales, acc[r][c]);
+        }
+      }
+    }
+  }
+  for (int c = 0; c < kCols; ++c) {
+    V macc[kRows];
+    for (int r = 0; r < kRows; ++r) macc[r] = Simd::zero();
+    for (int64_t b = 0; b < w.groups; b += kLanes) {
+      const V mins = Simd::mul(Simd::uint8s(w.min_codes + (n + c) * w.groups + b), unit_lanes(c, b / 16, b % 16 / kLanes, 1));
+      for (int r = 0; r < kRows; ++r) macc[r] = Simd::fmadd(mins, Simd::load(xsums + r * w.groups + b), macc[r]);
+    }
+    for (int r = 0; r < kRows; ++r) y[r * ldy + c] = Simd::sum(acc[r][c]) - Simd::sum(macc[r]);
+  }
+}
+
+// Tiles of up to 4 rows of x by kInterleavedCols weight rows beyond one row of x (one by one
+// at one: a batch-1 decode streams each weight row once). The shape changes only the speed:
+// every output is summed the same way. Two sums per lane fill AVX-512's 32 registers at 4 x 2
+// and AVX2's 16 at 4 x 1 (ns per 8 weights per row of x in L2, one thread, Intel Xeon, tiles
+// 1 x 1 / 2 x 1 / 4 x 1 / 4 x 2: 0.278 / 0.182 / 0.154 / 0.157; two-level scales in row order
+// 0.354 / 0.253 / 0.190 / 0.190).
+constexpr int kInterleavedRows = 4, kInterleavedCols = kLanes == 16 ? 2 : 1;
+
+template <bool kFifth, int kRows>
+void interleaved_rows(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
+  constexpr int kCols = kRows == 1 ? 1 : kInterleavedCols;
+  const int64_t cols = p.w.cols;
+  const float* x = p.x + m0 * cols;
+  const float* xsums = p.xsums + m0 * p.w.groups;
+  float* y = p.y + m0 * p.w.rows;
+  int64_t n = n0;
+  for (; n + kCols <= n1; n += kCols) {
+    dot_tile_interleaved<kFifth, kRows, kCols>(p.w, n, x, xsums, cols, y + n, p.w.rows);
+  }
+  for (; n < n1; ++n) dot_tile_interleaved<kFifth, kRows, 1>(p.w, n, x, xsums, cols, y + n, p.w.rows);
+}
+
+template <bool kFifth, int... R>
+constexpr std::array<Tile, sizeof...(R)> interleaved_table(std::integer_sequence<int, R...>) {
+  return {&interleaved_rows<kFifth, R + 1>...};
+}
+
+// Output columns [n0, n1) for every row of x (Problem::x interleaved), in tiles of up to
+// kInterleavedRows rows; kFifth: Q5_K's codes.
+template <bool kFifth>
+void columns_interleaved(const Problem& p, int64_t n0, int64_t n1) {
+  static constexpr auto tiles = interleaved_table<kFifth>(std::make_integer_sequence<int, kInterleavedRows>{});
+  for (int64_t m0 = 0; m0 < p.m; m0 += kInterleavedRows) {
+    tiles[std::min<int64_t>(kInterleavedRows, p.m - m0) - 1](p, m0, n0, n1);
+  }
+}
