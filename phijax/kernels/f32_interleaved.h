@@ -8,11 +8,11 @@
 // Why: in row order a vector of 16 codes is widened from bytes, its nibbles looked up, and each
 // block of 32 needs its own multiply by its scale. Here one load serves 8 vectors of codes
 // (a shift and a lookup each), every lane sums a whole sub-block, and 16 sub-blocks take their
-// scales and mins in one multiply: Q4_K's one-row tile in L2, one thread, Intel Xeon (AVX-512),
-// 0.415 -> 0.319 ns per 8 weights (docs/benchmarks.md).
+// scales and mins in one multiply: one-row tiles in L2, one thread, Intel Xeon (AVX-512),
+// Q4_K 0.413 -> 0.326 and Q5_K 0.563 -> 0.477 ns per 8 weights (docs/benchmarks.md).
 //
 // Numerics are the row-order path's: the same terms (scale * sum(code * x), then the mins'
-// sum(min * xsum) apart), summed in another fixed order. Each lane's four partial sums, and
+// sum(min * xsum) apart), summed in another fixed order. Each lane's two partial sums, and
 // then the lanes, are added in the same order whatever the tile, so results do not depend on
 // the batch; with one non-zero x the sum is scale * code - min rounded once.
 
