@@ -141,8 +141,8 @@ class Backend:
         kernel's interleaved order (:func:`phijax.quant.interleaved`), or ``None`` (row order):
         int8 activations take every k-quant so; f32 ones Q4_K's and Q5_K's
         (:data:`~phijax.gguf.relayout.F32_INTERLEAVED`) on the AVX-512 builds, where their
-        products measured 15-25% faster (``f32_interleaved.h``). AVX2's were level at one row
-        and slower at more."""
+        products measured 15-25% faster (``f32_interleaved.h``). The AVX2 build keeps row
+        order: its one-row tiles were level (on an AVX-512 CPU; no AVX2-only CPU measured)."""
         if self.kernel is None:
             return None
         if self.activations == "int8":
