@@ -226,8 +226,8 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
         return False
     if w.interleave:  # the int8 path's order (phijax.quant.interleaved); f32: Q4/5_K's (below)
         interleaved_ok = w.block == w.interleave and cols % (16 * w.block) == 0
-        f32_ok = activations == "int8" or w.units is not None
-        if not f32_ok or w.activation_block != 256 or not interleaved_ok:
+        read = activations == "int8" or w.units is not None  # f32: two-level ones only
+        if not read or w.activation_block != 256 or not interleaved_ok:
             return False
     if w.mins is not None and w.mins.shape != w.scales.shape:
         return False

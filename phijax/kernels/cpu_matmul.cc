@@ -96,11 +96,14 @@ struct Simd {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
-  template <int kShift>  // a permute of 0..15 by each lane's low 4 bits: a mask and a convert in one
-  static V nibbles(const uint8_t* p) {
-    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  template <int kShift>  // each lane's 4 bits from bit kShift as a float: a permute of 0..15 by
+  static V low_nibble(__m512i b) {  // the lane's low 4 bits is a mask and a convert in one
     if (kShift) b = _mm512_srli_epi32(b, kShift);
     return _mm512_permutexvar_ps(b, _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  }
+  template <int kShift>
+  static V nibbles(const uint8_t* p) {
+    return low_nibble<kShift>(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
   // With a fifth bit per lane from the 16 bits at ``bits``: 16 added where it is set, one masked
   // add after nibbles (Q5_K's one-row tile in L2 took 0.53 -> 0.47 ns per 8 weights on Zen 4,
@@ -109,21 +112,17 @@ struct Simd {
   static V nibbles5(const uint8_t* p, const uint8_t* bits) {
     uint16_t m;
     std::memcpy(&m, bits, sizeof m);
-    const V low = nibbles<kShift>(p);
-    return _mm512_mask_add_ps(low, m, low, _mm512_set1_ps(16.0f));
+    return plus16(nibbles<kShift>(p), m);
   }
+  static V plus16(V v, __mmask16 where) { return _mm512_mask_add_ps(v, where, v, _mm512_set1_ps(16.0f)); }
   static constexpr bool kBytes5 = false;  // the masked add of nibbles5 is one operation
   template <int kShift>  // the nibble at bit kShift of each of the 16 dwords at p (interleaved codes)
   static V lane_nibbles(const uint8_t* p) {
-    __m512i b = _mm512_loadu_si512(p);
-    if (kShift) b = _mm512_srli_epi32(b, kShift);
-    return _mm512_permutexvar_ps(b, _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    return low_nibble<kShift>(_mm512_loadu_si512(p));
   }
   template <int kShift, int kBit>  // with 16 added where bit kBit of the dword at ``plane`` is set
   static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
-    const V low = lane_nibbles<kShift>(p);
-    const __mmask16 set = _mm512_test_epi32_mask(_mm512_loadu_si512(plane), _mm512_set1_epi32(1 << kBit));
-    return _mm512_mask_add_ps(low, set, low, _mm512_set1_ps(16.0f));
+    return plus16(lane_nibbles<kShift>(p), _mm512_test_epi32_mask(_mm512_loadu_si512(plane), _mm512_set1_epi32(1 << kBit)));
   }
 };
 #elif defined(PHIJAX_AVX2)
@@ -196,15 +195,19 @@ struct Simd {
     __m128i q = kQuarter < 2 ? _mm256_castsi256_si128(bytes) : _mm256_extracti128_si256(bytes, 1);
     if (kQuarter % 2) q = _mm_srli_si128(q, 8);
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
-  }  template <int kShift>  // the nibble at bit kShift of each of the 8 dwords at p (interleaved codes)
-  static V lane_nibbles(const uint8_t* p) {
+  }
+  template <int kShift>  // the nibble at bit kShift of each of the 8 dwords at p, as integers
+  static __m256i lane_codes(const uint8_t* p) {
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(b, kShift), _mm256_set1_epi32(15)));
+    return _mm256_and_si256(_mm256_srli_epi32(b, kShift), _mm256_set1_epi32(15));
+  }
+  template <int kShift>  // the same as floats (interleaved codes)
+  static V lane_nibbles(const uint8_t* p) {
+    return _mm256_cvtepi32_ps(lane_codes<kShift>(p));
   }
   template <int kShift, int kBit>  // with bit kBit of the dword at ``plane`` as a fifth bit
   static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
-    const __m256i b = _mm256_and_si256(_mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), kShift),
-                                       _mm256_set1_epi32(15));
+    const __m256i b = lane_codes<kShift>(p);
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plane));
     const __m256i at4 = kBit >= 4 ? _mm256_srli_epi32(bits, kBit - 4) : _mm256_slli_epi32(bits, 4 - kBit);
     const __m256i fifth = _mm256_and_si256(at4, _mm256_set1_epi32(16));
@@ -260,16 +263,15 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   static V nibbles5(const uint8_t* p, const uint8_t* bits) {
     return map([&](int i) { return static_cast<float>(((p[i] >> kShift) & 15) | (((*bits >> i) & 1) << 4)); });
   }
-  static constexpr bool kBytes5 = false;  template <int kShift>  // the nibble at bit kShift of each of the 8 little-endian dwords at p
+  static constexpr bool kBytes5 = false;
+  template <int kShift>  // the nibble at bit kShift of each of the 8 little-endian dwords at p
   static V lane_nibbles(const uint8_t* p) {
     return map([&](int i) { return static_cast<float>((p[4 * i + kShift / 8] >> (kShift % 8)) & 15); });
   }
   template <int kShift, int kBit>  // with bit kBit of the dword at ``plane`` as a fifth bit
   static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
-    return map([&](int i) {
-      const int low = (p[4 * i + kShift / 8] >> (kShift % 8)) & 15, high = (plane[4 * i + kBit / 8] >> (kBit % 8)) & 1;
-      return static_cast<float>(low | high << 4);
-    });
+    const V low = lane_nibbles<kShift>(p);
+    return map([&](int i) { return low.v[i] + static_cast<float>(((plane[4 * i + kBit / 8] >> (kBit % 8)) & 1) * 16); });
   }
 };
 #endif
@@ -560,14 +562,16 @@ struct BlockScales {
     if constexpr (kPerSuper >= kLanes) return Simd::set1(unit(g, j));
     return Simd::halves(unit(g, j), unit(g + kPerSuper, j));
   }
+  // Two levels: the scales of blocks g ... g + kLanes - 1 (g a multiple of kLanes).
+  V scale_lanes(int64_t g) const {
+    const V codes = kCodes == Codes::kInt8 ? Simd::int8s(scale_codes + g) : Simd::uint8s(scale_codes + g);
+    return Simd::mul(codes, unit_lanes(g, 0));
+  }
   // Two levels: the scales of blocks [g0, g1) (whole super-blocks, at most kSegment codes).
   void form(int64_t g0, int64_t g1) {
     first = g0;
     int64_t g = g0;
-    for (; g + kLanes <= g1; g += kLanes) {
-      const V codes = kCodes == Codes::kInt8 ? Simd::int8s(scale_codes + g) : Simd::uint8s(scale_codes + g);
-      Simd::store(formed + (g - g0), Simd::mul(codes, unit_lanes(g, 0)));
-    }
+    for (; g + kLanes <= g1; g += kLanes) Simd::store(formed + (g - g0), scale_lanes(g));
     for (; g < g1; ++g) formed[g - g0] = unit(g, 0) * code(scale_codes[g]);
   }
   float scale(int64_t g) const {
@@ -915,8 +919,8 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   auto job = std::make_shared<Job>();
   const int64_t block = w->groups ? cols / w->groups : 0;
   const bool f32 = act == static_cast<int64_t>(Act::kF32);
-  const bool q4k = nibbles == 64 && w->planes < 2 && w->units != nullptr && w->min_codes != nullptr;  // or Q5_K
-  if (w->interleave != 0 && act != static_cast<int64_t>(Act::kQ8K) && !(f32 && q4k)) {
+  const bool four_bit_two_level = nibbles == 64 && w->planes < 2 && w->units != nullptr && w->min_codes != nullptr;
+  if (w->interleave != 0 && act != static_cast<int64_t>(Act::kQ8K) && !(f32 && four_bit_two_level)) {
     return ffi::Error::InvalidArgument(
         "cpu_matmul: interleaved codes take int8 activations in blocks of 256, or f32 ones for Q4_K's "
         "and Q5_K's (two-level scales)");
@@ -945,7 +949,7 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
     auto xsums = std::make_shared<std::vector<float>>();
     const bool with_mins = w->mins != nullptr || w->min_codes != nullptr;
     if (with_mins) *xsums = block_sums(x.typed_data(), m, cols, block);
-    // interleaved (Q4_K): x in the codes' order, beside the sums in row order
+    // interleaved (Q4_K, Q5_K): x in the codes' order, beside the sums in row order
     auto xp = std::make_shared<AlignedVector<float>>();
     if (w->interleave != 0) *xp = interleaved_x(x.typed_data(), m, cols);
     const Problem problem{*w, w->interleave != 0 ? xp->data() : x.typed_data(), y->typed_data(), m, xsums->data()};

@@ -45,23 +45,18 @@ inline AlignedVector<float> interleaved_x(const float* x, int64_t m, int64_t col
 template <bool kFifth, int kRows, int kCols>
 void dot_tile_interleaved(const Weight& w, int64_t n, const float* xp, const float* xsums, int64_t ldx, float* y,
                           int64_t ldy) {
-  using Scales = BlockScales<Codes::kNibbles64, 32, true, true>;
+  using Scales = BlockScales<Codes::kNibbles64, 32, true, true>;  // the two levels, row n + c's
   constexpr int kHalves = 16 / kLanes;  // vectors of lanes per 16 sub-blocks
   const int64_t groups = w.cols / 512;
   const uint8_t* row[kCols];
   const uint8_t* plane[kCols];  // Q5_K's fifth bits
-  float units[kCols][kMaxSupers * 2];  // d, dmin per super-block of 8 sub-blocks
+  Scales scales[kCols];
   for (int c = 0; c < kCols; ++c) {
     row[c] = w.codes + (n + c) * w.row_bytes;
     plane[c] = kFifth ? w.high + (n + c) * (w.cols / 8) : nullptr;
-    halves_to_floats(w.units_of<32>(n + c, 0), w.cols / 256 * 2, units[c]);
+    scales[c].init(w, n + c);
     Scales::prefetch_row(w, n + c + kRowsAhead * kCols);
   }
-  // lane l of half h of group g is sub-block b + l (b = 16 g + h kLanes), of super-block (b + l) / 8
-  const auto unit_lanes = [&](int c, int64_t g, int h, int j) {
-    const float* unit = units[c] + (2 * g + h) * 2 + j;
-    return kLanes == 16 ? Simd::halves(unit[0], unit[2]) : Simd::set1(unit[0]);
-  };
   V acc[kRows][kCols];
   for (int r = 0; r < kRows; ++r) {
     for (int c = 0; c < kCols; ++c) acc[r][c] = Simd::zero();
@@ -92,12 +87,10 @@ void dot_tile_interleaved(const Weight& w, int64_t n, const float* xp, const flo
           }
         }
       });
-      const int64_t b = 16 * g + h * kLanes;
+      const int64_t b = 16 * g + h * kLanes;  // lane l holds sub-block b + l
       for (int c = 0; c < kCols; ++c) {
-        const V scales = Simd::mul(Simd::uint8s(w.scale_codes + (n + c) * w.groups + b), unit_lanes(c, g, h, 0));
-        for (int r = 0; r < kRows; ++r) {
-          acc[r][c] = Simd::fmadd(Simd::add(part[r][c][0], part[r][c][1]), scales, acc[r][c]);
-        }
+        const V s = scales[c].scale_lanes(b);
+        for (int r = 0; r < kRows; ++r) acc[r][c] = Simd::fmadd(Simd::add(part[r][c][0], part[r][c][1]), s, acc[r][c]);
       }
     }
   }
@@ -105,7 +98,7 @@ void dot_tile_interleaved(const Weight& w, int64_t n, const float* xp, const flo
     V macc[kRows];
     for (int r = 0; r < kRows; ++r) macc[r] = Simd::zero();
     for (int64_t b = 0; b < w.groups; b += kLanes) {
-      const V mins = Simd::mul(Simd::uint8s(w.min_codes + (n + c) * w.groups + b), unit_lanes(c, b / 16, b % 16 / kLanes, 1));
+      const V mins = scales[c].mins(b);
       for (int r = 0; r < kRows; ++r) macc[r] = Simd::fmadd(mins, Simd::load(xsums + r * w.groups + b), macc[r]);
     }
     for (int r = 0; r < kRows; ++r) y[r * ldy + c] = Simd::sum(acc[r][c]) - Simd::sum(macc[r]);
