@@ -1,8 +1,8 @@
-"""The CPU kernel's tiles alone: ``dot_tile`` (``phijax/kernels/cpu_matmul.cc``) on a weight
-held in L2, on one thread, in nanoseconds (and cycles, given the clock) per 8 weights per
-row of x, for each code layout and tile shape. No memory, threads or XLA in the way: what
-each loop costs, to compare tile shapes and summation orders (``docs/benchmarks.md``,
-fifteenth step).
+"""The CPU kernel's tiles alone: ``dot_tile`` (``phijax/kernels/cpu_matmul.cc``) and the
+int8 path's interleaved ``int8_group_tile`` (``int8_dot.h``) on a weight held in L2, on one
+thread, in nanoseconds (and cycles, given the clock) per 8 weights per row of x, for each
+code layout and tile shape. No memory, threads or XLA in the way: what each loop costs, to
+compare tile shapes and summation orders (``docs/benchmarks.md``, fifteenth step).
 
 It compiles ``benchmarks/tiles.cc`` (which includes the kernel's source) with the flags
 ``setup.py`` gives one kernel build into a temporary shared library and calls it through
@@ -61,6 +61,13 @@ LAYOUTS = {
     "Q5_K, two-level, interleaved": 8,
 }
 TILES = [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2)]
+INT8_LAYOUTS = {
+    "Q4_K": 0,
+    "Q5_K (fifth bits)": 1,
+    "Q6_K (6-bit codes)": 2,
+    "int8 codes, blocks of 16": 3,
+}
+INT8_TILES = [(1, 1), (4, 1), (4, 2), (8, 1), (8, 2)]
 
 
 def build(isa: str, out: Path) -> ctypes.CDLL:
@@ -75,16 +82,15 @@ def build(isa: str, out: Path) -> ctypes.CDLL:
                str(ROOT / "benchmarks" / "tiles.cc"), "-o", str(out)]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)
     lib = ctypes.CDLL(str(out))
-    lib.phijax_time_tile.restype = ctypes.c_double
-    lib.phijax_time_tile.argtypes = [ctypes.c_int] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    for fn in (lib.phijax_time_tile, lib.phijax_time_int8_tile):
+        fn.restype = ctypes.c_double
+        fn.argtypes = [ctypes.c_int] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     return lib
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = {"avx512vnni": "avx512"}.get(
-        kernels.chosen() or "generic", kernels.chosen() or "generic"
-    )
+    default = kernels.chosen() or "generic"
     parser.add_argument("--isa", choices=list(FLAGS), default=default, help="kernel build's flags")
     parser.add_argument("--ghz", type=float, help="the core's clock, to print cycles")
     parser.add_argument("--cpu", type=int, help="pin to this CPU (os.sched_setaffinity)")
@@ -97,18 +103,24 @@ def main() -> None:
         os.sched_setaffinity(0, {args.cpu})
     with tempfile.TemporaryDirectory() as tmp:
         lib = build(args.isa, Path(tmp) / "tiles.so")
-        rows = []
-        for name, layout in LAYOUTS.items():
-            cells = [name]
-            for r, c in TILES:
-                ns = lib.phijax_time_tile(layout, r, c, args.rows, args.cols, args.reps) / r
-                cells.append(f"{ns * args.ghz:.2f}" if args.ghz else f"{ns:.3f}")
-            rows.append(cells)
-    unit = f"cycles at {args.ghz} GHz" if args.ghz else "ns"
-    print(f"# {cpu_name()}; build flags: {args.isa}; weight [{args.rows}, {args.cols}] in L2; "
-          f"{unit} per 8 weights per row of x, best of {args.reps}")  # fmt: skip
-    header = ["layout", *(f"{r} x {c}" for r, c in TILES)]
-    print_table(header, rows, markdown=args.markdown)
+
+        def table(timer, layouts: dict[str, int], tiles: list[tuple[int, int]]) -> None:
+            rows = []
+            for name, layout in layouts.items():
+                cells = [name]
+                for r, c in tiles:
+                    ns = timer(layout, r, c, args.rows, args.cols, args.reps) / r
+                    cells.append(f"{ns * args.ghz:.2f}" if args.ghz else f"{ns:.3f}")
+                rows.append(cells)
+            print_table(["layout", *(f"{r} x {c}" for r, c in tiles)], rows, markdown=args.markdown)
+
+        unit = f"cycles at {args.ghz} GHz" if args.ghz else "ns"
+        print(f"# {cpu_name()}; build flags: {args.isa}; weight [{args.rows}, {args.cols}] in L2; "
+              f"{unit} per 8 weights per row of x, best of {args.reps}")  # fmt: skip
+        print("\n## f32 activations (dot_tile)")
+        table(lib.phijax_time_tile, LAYOUTS, TILES)
+        print("\n## int8 activations, interleaved codes (int8_group_tile)")
+        table(lib.phijax_time_int8_tile, INT8_LAYOUTS, INT8_TILES)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-// One tile of phijax's CPU kernel (``dot_tile`` in phijax/kernels/cpu_matmul.cc) timed on
-// weights held in L2, on the calling thread: what a loop costs without memory or threads
-// in the way. Built and called by bench_tiles.py (a shared library, loaded with ctypes).
+// One tile of phijax's CPU kernel (``dot_tile`` in phijax/kernels/cpu_matmul.cc, and the
+// int8 path's ``int8_group_tile`` in int8_dot.h) timed on weights held in L2, on the calling
+// thread: what a loop costs without memory or threads in the way. Built and called by
+// bench_tiles.py (a shared library, loaded with ctypes).
 
 #include "cpu_matmul.cc"
 
@@ -70,6 +71,53 @@ double by_shape(int tile_rows, int tile_cols, int64_t rows, int64_t cols, int re
   }
 }
 
+// The int8 path's tile for interleaved k-quant codes (QuantArray.interleave == kSub, two-level
+// scales, x rounded in blocks of 256), kRows rows of x by kCols weight rows.
+template <Codes kCodes, int kSub, int kRows, int kCols>
+double time_int8_tile(int64_t rows, int64_t cols, int reps) {
+  std::mt19937 g(0);
+  const int64_t groups = cols / kSub;
+  AlignedVector<uint8_t> codes(rows * cols), high(rows * cols / 4);
+  for (auto& c : codes) c = g();  // any bytes are valid codes and plane bits
+  for (auto& c : high) c = g();
+  std::vector<uint8_t> scale_codes(rows * groups), min_codes(rows * groups);
+  std::vector<uint16_t> units(rows * cols / 256 * 2);
+  for (auto& c : scale_codes) c = g() & 0x3f;
+  for (auto& c : min_codes) c = g() & 0x3f;
+  for (auto& u : units) u = static_cast<uint16_t>(0x1000 + g() % 64);
+  std::vector<float> x(kRows * cols), y(kRows * rows);
+  for (auto& v : x) v = (g() % 1000) / 1000.0f - 0.5f;
+  Weight w{codes.data(), nullptr, nullptr, rows, cols, kCodes == Codes::kInt8 ? cols : cols / 2, groups,
+           high_planes(kCodes) ? high.data() : nullptr, kSub};
+  w.scale_codes = scale_codes.data();
+  w.min_codes = kQ6Scales<kCodes> ? nullptr : min_codes.data();
+  w.units = units.data();
+  w.planes = high_planes(kCodes);
+  QuantX xq;
+  quantize_rows(x.data(), kRows, cols, Act::kQ8K, kSub, xq, kSub);
+  // called through a pointer, as int8_columns calls it: inlined here, its registers differ
+  const Int8Tile volatile tile = &int8_group_tile<kCodes, kSub, kRows, kCols>;
+  double best = 1e30;
+  for (int rep = 0; rep < reps; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t n = 0; n + kCols <= rows; n += kCols) tile(w, n, xq, 0, y.data() + n, rows);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return best * 1e9 / (static_cast<double>(rows) * cols / 8);  // ns per 8 weights
+}
+
+template <Codes kCodes, int kSub>
+double int8_by_shape(int tile_rows, int tile_cols, int64_t rows, int64_t cols, int reps) {
+  switch (tile_rows * 10 + tile_cols) {
+    case 11: return time_int8_tile<kCodes, kSub, 1, 1>(rows, cols, reps);
+    case 41: return time_int8_tile<kCodes, kSub, 4, 1>(rows, cols, reps);
+    case 42: return time_int8_tile<kCodes, kSub, 4, 2>(rows, cols, reps);
+    case 81: return time_int8_tile<kCodes, kSub, 8, 1>(rows, cols, reps);
+    case 82: return time_int8_tile<kCodes, kSub, 8, 2>(rows, cols, reps);
+    default: return -1;
+  }
+}
+
 }  // namespace
 
 // ns per 8 weights of one tile of ``tile_rows`` rows of x by ``tile_cols`` weight rows, over
@@ -87,6 +135,19 @@ extern "C" __attribute__((visibility("default"))) double phijax_time_tile(int la
     case 6: return by_shape<Codes::kInt8, 16, false, true>(tile_rows, tile_cols, rows, cols, reps);
     case 7: return by_shape<Codes::kNibbles64, 32, true, true, true>(tile_rows, tile_cols, rows, cols, reps);
     case 8: return by_shape<Codes::kNibbles64H, 32, true, true, true>(tile_rows, tile_cols, rows, cols, reps);
+    default: return -1;
+  }
+}
+
+// The same for the int8 path's interleaved tiles (int8_dot.h), layout 0 Q4_K's 4-bit codes,
+// 1 Q5_K's (a plane of fifth bits), 2 Q6_K's 6-bit codes (two planes), 3 int8 codes in blocks
+// of 16; tile_rows 1, 4 or 8, tile_cols 1 or 2.
+extern "C" __attribute__((visibility("default"))) double phijax_time_int8_tile(int layout, int tile_rows, int tile_cols, int64_t rows, int64_t cols, int reps) {
+  switch (layout) {
+    case 0: return int8_by_shape<Codes::kNibbles64, 32>(tile_rows, tile_cols, rows, cols, reps);
+    case 1: return int8_by_shape<Codes::kNibbles64H, 32>(tile_rows, tile_cols, rows, cols, reps);
+    case 2: return int8_by_shape<Codes::kNibbles64H2, 16>(tile_rows, tile_cols, rows, cols, reps);
+    case 3: return int8_by_shape<Codes::kInt8, 16>(tile_rows, tile_cols, rows, cols, reps);
     default: return -1;
   }
 }

@@ -27,10 +27,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from phijax.config import Phi3Config
-from phijax.errors import GGUFFormatError
+from phijax.errors import ConfigError, GGUFFormatError
 from phijax.gguf import relayout
 from phijax.gguf.dequant import dequantize
 from phijax.gguf.reader import GGUFFile
+from phijax.kernels import ACTIVATIONS
 from phijax.model.phi3 import Phi3
 from phijax.quant import QuantArray, can_interleave, interleaved
 from phijax.sharding import place, weight_axes, zeros
@@ -219,6 +220,11 @@ def load_weights(
     ``two_level`` otherwise: k-quants keep their two levels in row order (the kernel's f32
     path reads them so: 0.59 instead of 0.75 bytes per Q4_K weight).
     """
+    if interleave is not None and interleave not in ACTIVATIONS:  # True once meant "int8"
+        raise ConfigError(
+            f"load_weights(interleave={interleave!r}): give the activations the CPU kernel "
+            f"multiplies, one of {ACTIVATIONS}, or None for row order."
+        )
     c = module.config
     stacked = module.layout == "stacked"
     two_level = two_level or interleave is not None  # int8: undone for any matrix not interleaved

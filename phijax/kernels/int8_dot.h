@@ -175,6 +175,19 @@ inline void unsigned_codes(const uint8_t* row, const uint8_t* high, int64_t k, u
 
 constexpr int kInt8Rows = 4;  // rows of x per tile: each weight group is unpacked once for them
 
+// Rows of x per interleaved tile where VNNI multiplies: each unpacked code vector serves 8 rows
+// (the 8 x 2 tile's 16 integer sums stay in registers; its f32 sums, touched once per group,
+// do not). bench_tiles.py on Intel Xeon (Emerald Rapids), ns per 8 weights per row of x, 4 x 2
+// -> 8 x 2: Q4_K 0.045 -> 0.038, Q5_K 0.051 -> 0.042, Q6_K's 6-bit codes 0.072 -> 0.058, int8
+// codes 0.058 -> 0.057; 12 x 1, 12 x 2 and 16 x 1 slower. The maddubs tiles stay at 4 rows
+// (16 registers): there 8 rows gained only on Q4_K (0.092 -> 0.083), were level on Q5_K and
+// Q6_K and slower on int8 codes (0.152 -> 0.159).
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr int kGroupRows = 8;
+#else
+constexpr int kGroupRows = kInt8Rows;
+#endif
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 template <Codes kCodes>
 inline __m512i unsigned_codes_512(const uint8_t* row, const uint8_t* high, int64_t k) {
@@ -794,11 +807,12 @@ constexpr bool kInt8Pairs = kInterleaved && !(kSignedInt8 && high_planes(kCodes)
 // Output columns [n0, n1) for every row of x.
 template <Codes kCodes, int kSub, bool kInterleaved = false>
 void int8_columns(const Int8Problem& p, int64_t n0, int64_t n1) {
-  using Rows = std::make_integer_sequence<int, kInt8Rows>;
+  constexpr int kRows = kInterleaved ? kGroupRows : kInt8Rows;
+  using Rows = std::make_integer_sequence<int, kRows>;
   static constexpr auto singles = int8_tiles<kCodes, kSub, kInterleaved, 1>(Rows{});
   static constexpr auto pairs = int8_tiles<kCodes, kSub, kInterleaved, 2>(Rows{});
-  for (int64_t m0 = 0; m0 < p.m; m0 += kInt8Rows) {
-    const int64_t rows = std::min<int64_t>(kInt8Rows, p.m - m0);
+  for (int64_t m0 = 0; m0 < p.m; m0 += kRows) {
+    const int64_t rows = std::min<int64_t>(kRows, p.m - m0);
     float* y = p.y + m0 * p.w.rows;
     int64_t n = n0;
     if constexpr (kInt8Pairs<kCodes, kInterleaved>) {

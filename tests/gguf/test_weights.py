@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from tqdm.auto import tqdm
 
+from phijax.errors import ConfigError
 from phijax.gguf import GGUFFile, weights
 from phijax.gguf.weights import _read
 
@@ -46,3 +47,11 @@ def test_long_reads_go_in_pieces_on_threads(tmp_path, monkeypatch):
     np.testing.assert_array_equal(got, data[7:])
     with pytest.raises(EOFError, match="fewer than"):
         weights.read_aligned(path, 7, data.size, None)
+
+
+@pytest.mark.parametrize("interleave", [True, "bf16"])
+def test_an_unknown_order_is_refused_by_name(interleave):
+    """``interleave`` names the kernel's activations; a bool (its type before the f32 order
+    existed) or another string is refused, not read as some order."""
+    with pytest.raises(ConfigError, match=r"interleave=.*one of \('f32', 'int8'\)"):
+        weights.load_weights(GGUFFile(FIXTURE), None, interleave=interleave)

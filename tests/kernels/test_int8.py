@@ -31,7 +31,7 @@ from phijax.quant import can_interleave, interleaved
 from blocks import random_blocks
 
 F32_EPS = float(np.finfo(np.float32).eps)
-ROWS = (1, 2, 3, 4, 5, 9, 255, 256, 257)
+ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 255, 256, 257)  # every tile height of 4 and of 8 rows
 OUT = 19  # weight rows: chunks end mid-way
 
 
@@ -97,7 +97,7 @@ QUANTIZED = sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name)
 
 @pytest.mark.parametrize("qtype", QUANTIZED)
 def test_every_type_against_gguf(build: str, qtype: QT):
-    """Rows across the tile edges (tiles of 4 rows): the exact product of the rounded
+    """Rows across the tile edges (4 rows; 8 for interleaved weights under VNNI): the exact product of the rounded
     activations with the file's weights, up to f32 rounding; each row as alone."""
     elems = GGML_QUANT_SIZES[qtype][0]
     w, want = file_weight(qtype, 256 if elems == 256 else 192)  # 192: 3 groups of 64
