@@ -176,12 +176,12 @@ inline void unsigned_codes(const uint8_t* row, const uint8_t* high, int64_t k, u
 constexpr int kInt8Rows = 4;  // rows of x per tile: each weight group is unpacked once for them
 
 // Rows of x per interleaved tile where VNNI multiplies: each unpacked code vector serves 8 rows
-// (the 8 x 2 tile's 16 integer sums stay in registers; its f32 sums, touched once per group,
-// do not). bench_tiles.py on Intel Xeon (Emerald Rapids), ns per 8 weights per row of x, 4 x 2
-// -> 8 x 2: Q4_K 0.045 -> 0.038, Q5_K 0.051 -> 0.042, Q6_K's 6-bit codes 0.072 -> 0.058, int8
-// codes 0.058 -> 0.057; 12 x 1, 12 x 2 and 16 x 1 slower. The maddubs tiles stay at 4 rows
-// (16 registers): there 8 rows gained only on Q4_K (0.092 -> 0.083), were level on Q5_K and
-// Q6_K and slower on int8 codes (0.152 -> 0.159).
+// (the 8 x 2 tile's 32 sums and its codes need more than 32 registers, and a few sums go to
+// the stack; still the fastest shape). bench_tiles.py on Intel Xeon (Emerald Rapids), ns per 8
+// weights per row of x, 4 x 2 -> 8 x 2: Q4_K 0.045 -> 0.038, Q5_K 0.051 -> 0.042, Q6_K's 6-bit
+// codes 0.072 -> 0.058, int8 codes 0.058 -> 0.057; 12 x 1, 12 x 2 and 16 x 1 slower. The
+// maddubs tiles stay at 4 rows (16 registers): there 8 rows gained only on Q4_K (0.092 ->
+// 0.083), were level on Q5_K and Q6_K and slower on int8 codes (0.152 -> 0.159).
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 constexpr int kGroupRows = 8;
 #else
