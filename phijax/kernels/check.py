@@ -68,9 +68,10 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
     4- and 5-bit codes interleaved too), and bf16. With f32
     activations and, for packed layouts, int8 ones (:mod:`phijax.int8`'s rounding in blocks
     of 256 and 32; in blocks of 256 also with the codes interleaved, 6-bit codes as nibbles
-    and two planes, and with two-level scales); 9 rows of x (tiles of 4 or 8 and a remainder) and
-    7 weight rows (pairs and a remainder). '' when every product is within f32 rounding of
-    the exact one (of the rounded activations, for int8), else which layout is wrong."""
+    and two planes, and with two-level scales); 9 rows of x (tiles of 4 or 8 and a
+    remainder) and 7 weight rows (pairs and a remainder). '' when every product is within
+    f32 rounding of the exact one (of the rounded activations, for int8), else which layout
+    is wrong."""
     rng = np.random.default_rng(0)
     out, cols = 7, 512  # one group of 16 sub-blocks of 32 for the interleaved order
     x = rng.standard_normal((9, cols)).astype(np.float32)

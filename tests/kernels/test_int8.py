@@ -97,8 +97,9 @@ QUANTIZED = sorted(relayout.QUANTIZED_TYPES, key=lambda t: t.name)
 
 @pytest.mark.parametrize("qtype", QUANTIZED)
 def test_every_type_against_gguf(build: str, qtype: QT):
-    """Rows across the tile edges (4 rows; 8 for interleaved weights under VNNI): the exact product of the rounded
-    activations with the file's weights, up to f32 rounding; each row as alone."""
+    """Rows across the tile edges (4 rows; 8 for interleaved weights under VNNI): the exact
+    product of the rounded activations with the file's weights, up to f32 rounding; each row
+    as alone."""
     elems = GGML_QUANT_SIZES[qtype][0]
     w, want = file_weight(qtype, 256 if elems == 256 else 192)  # 192: 3 groups of 64
     assert w.activation_block == (256 if elems == 256 else 32)
