@@ -145,9 +145,14 @@ def test_weights_of_any_width(tiny_config, tmp_path, mode: str):
     else:
         assert isinstance(model.params.layer(0)["down"], QuantArray)
         assert_logits_close(model.logits(ids), want, config)
+    # bf16 pads a small decode batch as this machine measured fastest (phijax.decode_padding):
+    # on a model this small the timings are near-ties, and a plan of 8 rows for one sequence
+    # passes bf16's kernel limit (4), so XLA multiplies every matrix of that step
+    rows = model.decode_batch(1)
+    on = kernel_on() and rows <= kernels.row_limit(model.params.layer(0)["down"])
     with step_calls("decode") as compiled:
         model.generate(ids, max_new_tokens=3, sampler=GREEDY)
-        assert kernel_calls(compiled("decode")) == (_unrolled(model.params) if kernel_on() else 0)
+        assert kernel_calls(compiled("decode")) == (_unrolled(model.params) if on else 0), rows
 
 
 @pytest.mark.parametrize("layout", ["layers", "stacked"])
