@@ -10,39 +10,47 @@
 
 namespace {
 
+// Random two-level scales of a weight [rows, cols] in ``groups`` blocks a row, as the file keeps
+// them: 6-bit scale and min codes per block, small positive f16 units (d, dmin) per 256.
+struct TwoLevel {
+  std::vector<uint8_t> scale_codes, min_codes;
+  std::vector<uint16_t> units;
+  TwoLevel(std::mt19937& g, int64_t rows, int64_t cols, int64_t groups)
+      : scale_codes(rows * groups), min_codes(rows * groups), units(rows * cols / 256 * 2) {
+    for (auto& c : scale_codes) c = g() & 0x3f;
+    for (auto& c : min_codes) c = g() & 0x3f;
+    for (auto& u : units) u = static_cast<uint16_t>(0x1000 + g() % 64);
+  }
+  void attach(Weight& w, bool mins) const {
+    w.scale_codes = scale_codes.data();
+    w.min_codes = mins ? min_codes.data() : nullptr;
+    w.units = units.data();
+  }
+};
+
 template <Codes kCodes, int kBlock, bool kMins, bool kUnits, int kRows, int kCols, bool kInterleaved = false>
 double time_tile(int64_t rows, int64_t cols, int reps) {
   std::mt19937 g(0);
   const int64_t groups = cols / kBlock;
-  std::vector<uint8_t> storage(rows * cols * 2 + 64), high(rows * cols / 8);
-  // codes 64-byte aligned, as XLA's buffers are: a vector load across two cache lines costs more
-  const auto misaligned = reinterpret_cast<uintptr_t>(storage.data()) % 64;
-  uint8_t* codes = storage.data() + (misaligned ? 64 - misaligned : 0);
-  std::vector<float> scales(rows * groups), mins(rows * groups), x_storage(kRows * cols + 16), y(kRows * rows);
-  const auto x_misaligned = reinterpret_cast<uintptr_t>(x_storage.data()) % 64 / sizeof(float);
-  float* x = x_storage.data() + (x_misaligned ? 16 - x_misaligned : 0);  // aligned too
-  std::vector<uint8_t> scale_codes(rows * groups), min_codes(rows * groups);
-  std::vector<uint16_t> units(rows * cols / 256 * 2);  // f16 bits, as the file stores d and dmin
-  for (auto& c : scale_codes) c = g() & 0x3f;
-  for (auto& c : min_codes) c = g() & 0x3f;
-  for (auto& u : units) u = static_cast<uint16_t>(0x1000 + g() % 64);  // small positive halves
-  for (int64_t i = 0; i < rows * cols * 2; ++i) codes[i] = g() & 0x3f;  // bf16: small finite values; int8: 6-bit codes
+  // codes and x 64-byte aligned, as XLA's buffers are: a vector load across two cache lines costs more
+  AlignedVector<uint8_t> codes(rows * cols * 2);
+  AlignedVector<float> x(kRows * cols);
+  std::vector<uint8_t> high(rows * cols / 8);
+  std::vector<float> scales(rows * groups), mins(rows * groups), y(kRows * rows);
+  const TwoLevel two_level(g, rows, cols, groups);
+  for (auto& c : codes) c = g() & 0x3f;  // bf16: small finite values; int8: 6-bit codes
   for (auto& c : high) c = g();
   for (auto& s : scales) s = (g() % 64) / 64.0f;
   for (auto& s : mins) s = (g() % 64) / 64.0f;
-  for (int64_t i = 0; i < kRows * cols; ++i) x[i] = (g() % 1000) / 1000.0f;
+  for (auto& v : x) v = (g() % 1000) / 1000.0f;
   const bool bf16 = kCodes == Codes::kBf16, nibbles = is_nibbles(kCodes);
-  Weight w{codes, bf16 || kUnits ? nullptr : scales.data(), kMins && !kUnits ? mins.data() : nullptr,
+  Weight w{codes.data(), bf16 || kUnits ? nullptr : scales.data(), kMins && !kUnits ? mins.data() : nullptr,
            rows, cols, bf16 ? 2 * cols : nibbles ? cols / 2 : cols, bf16 ? 0 : groups,
            has_fifth(kCodes) ? high.data() : nullptr, 0};
-  if (kUnits) {  // the file's two levels: integer codes per block, d (and dmin) per 256
-    w.scale_codes = scale_codes.data();
-    w.min_codes = kMins ? min_codes.data() : nullptr;
-    w.units = units.data();
-  }
-  const std::vector<float> xsums = block_sums(x, kRows, cols, kBlock);
+  if (kUnits) two_level.attach(w, kMins);  // the file's two levels
+  const std::vector<float> xsums = block_sums(x.data(), kRows, cols, kBlock);
   // interleaved (Q4_K): the same codes read in f32_interleaved.h's order, x permuted to match
-  const AlignedVector<float> xp = kInterleaved ? interleaved_x(x, kRows, cols) : AlignedVector<float>();
+  const AlignedVector<float> xp = kInterleaved ? interleaved_x(x.data(), kRows, cols) : AlignedVector<float>();
   if (kInterleaved) w.interleave = 32;
   double best = 1e30;
   for (int rep = 0; rep < reps; ++rep) {
@@ -51,7 +59,7 @@ double time_tile(int64_t rows, int64_t cols, int reps) {
       if constexpr (kInterleaved) {
         dot_tile_interleaved<has_fifth(kCodes), kRows, kCols>(w, n, xp.data(), xsums.data(), cols, y.data() + n, rows);
       } else {
-        dot_tile<kCodes, kBlock, kMins, kUnits, kRows, kCols>(w, n, x, xsums.data(), cols, y.data() + n, rows);
+        dot_tile<kCodes, kBlock, kMins, kUnits, kRows, kCols>(w, n, x.data(), xsums.data(), cols, y.data() + n, rows);
       }
     }
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -80,18 +88,12 @@ double time_int8_tile(int64_t rows, int64_t cols, int reps) {
   AlignedVector<uint8_t> codes(rows * cols), high(rows * cols / 4);
   for (auto& c : codes) c = g();  // any bytes are valid codes and plane bits
   for (auto& c : high) c = g();
-  std::vector<uint8_t> scale_codes(rows * groups), min_codes(rows * groups);
-  std::vector<uint16_t> units(rows * cols / 256 * 2);
-  for (auto& c : scale_codes) c = g() & 0x3f;
-  for (auto& c : min_codes) c = g() & 0x3f;
-  for (auto& u : units) u = static_cast<uint16_t>(0x1000 + g() % 64);
+  const TwoLevel two_level(g, rows, cols, groups);
   std::vector<float> x(kRows * cols), y(kRows * rows);
   for (auto& v : x) v = (g() % 1000) / 1000.0f - 0.5f;
   Weight w{codes.data(), nullptr, nullptr, rows, cols, kCodes == Codes::kInt8 ? cols : cols / 2, groups,
            high_planes(kCodes) ? high.data() : nullptr, kSub};
-  w.scale_codes = scale_codes.data();
-  w.min_codes = kQ6Scales<kCodes> ? nullptr : min_codes.data();
-  w.units = units.data();
+  two_level.attach(w, !kQ6Scales<kCodes>);
   w.planes = high_planes(kCodes);
   QuantX xq;
   quantize_rows(x.data(), kRows, cols, Act::kQ8K, kSub, xq, kSub);
