@@ -5,7 +5,8 @@ Measured, in this order, and printed as one table:
 * the machine: CPU, cores, RAM, JAX backend, versions, whether JAX's persistent
   compilation cache is on (``PHIJAX_NO_CACHE=1`` turns it off; cold timings
   depend on it).
-* the weight-streaming limit: a jitted f32 matrix-vector product on the
+* the weight-streaming limit, in a process of its own (so that its arrays are in no
+  peak below): a jitted f32 matrix-vector product on the
   device (``[8192, 8192] @ [8192]`` and the ``[49152, 576]`` shape of
   SmolLM2's output head), ``block_until_ready``, median of ``--reps`` runs,
   in GB/s of matrix read. The faster of the two is the bound below.
@@ -375,31 +376,34 @@ def llama_load(llama_cpp, path: Path, n_ctx: int):
     return llm, lpeak, time.perf_counter() - start, lpeak.peak() - lpeak.before
 
 
-LLAMA_PHI3 = """
+FRESH_PROCESS = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import bench_model
-print(json.dumps(bench_model.llama_phi3(*json.loads(sys.argv[2]))))
+print(json.dumps(getattr(bench_model, sys.argv[2])(*json.loads(sys.argv[3]))))
 """
-"""llama.cpp's part of ``--phi3`` in a process of its own, as each phijax mode runs: nothing
-the benchmark's process did before (the SmolLM2 runs) bears on its numbers."""
 
 
-LOAD_TIMER = """
-import json, sys, time
-sys.path.insert(0, sys.argv[1])
-engine, path, n_ctx = json.loads(sys.argv[2])
-if engine == "phijax":
-    import jax, phijax
+def in_fresh_process(name: str, *args):
+    """``name(*args)`` of this module in a process of its own, its JSON result returned: nothing
+    this process did before bears on its numbers, and its memory is not in this one's peak."""
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(Path(__file__).parent), name, json.dumps(args)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load_seconds(engine: str, path: str, n_ctx: int) -> float:
+    """One load by ``engine`` (``phijax`` or ``llama``), imports untimed: what a user waits for."""
+    if engine == "llama":
+        import llama_cpp
+
+        return llama_load(llama_cpp, Path(path), n_ctx)[2]
     jax.devices()
     start = time.perf_counter()
     phijax.load(path, progress=False)
-    print(time.perf_counter() - start)
-else:
-    import bench_model, llama_cpp
-    print(bench_model.llama_load(llama_cpp, bench_model.Path(path), n_ctx)[2])
-"""
-"""One load in a fresh process, imports untimed: the seconds a user waits in ``load``."""
+    return time.perf_counter() - start
 
 
 def fresh_loads(path: Path, n_ctx: int, rounds: int, engines=("phijax", "llama")) -> dict:
@@ -409,12 +413,7 @@ def fresh_loads(path: Path, n_ctx: int, rounds: int, engines=("phijax", "llama")
     times: dict[str, list[float]] = {engine: [] for engine in engines}
     for _ in range(rounds):
         for engine in engines:
-            spec = json.dumps([engine, str(path), n_ctx])
-            out = subprocess.run(
-                [sys.executable, "-c", LOAD_TIMER, str(Path(__file__).parent), spec],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            times[engine].append(float(out.stdout.strip().splitlines()[-1]))
+            times[engine].append(in_fresh_process("load_seconds", engine, str(path), n_ctx))
     return times
 
 
@@ -498,8 +497,8 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
     loaded_from = load_from(model.load_summary)
     after_load = rss()
 
-    for rows, cols in sizes.matvec:
-        med, best = matvec_gbps(rows, cols, sizes.matvec_reps)
+    for rows, cols in sizes.matvec:  # apart, so that its arrays are not in the peaks below
+        med, best = in_fresh_process("matvec_gbps", rows, cols, sizes.matvec_reps)
         gbps_rows.append((rows, cols, med, best))
     bound_gbps = max(med for _, _, med, _ in gbps_rows)
     table.section("weight streaming (jitted f32 matrix-vector product, matrix bytes / time)")
@@ -557,6 +556,7 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
         decode_rows.append((b, run))
         if b == 1:
             batch1 = run
+            batch1_peak = peak.peak() - peak.before
     bound_tok_s = bound_gbps * 1e9 / weight_bytes
 
     # Cache size: the same 20-token prompt, cache_small vs cache_large slots, the first calls only.
@@ -668,6 +668,14 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
         gb(llama["load_peak"]) if llama else None,
         ratio(phijax_peak_delta, llama.get("load_peak")),
     )
+    if batch1 is not None:
+        table.add(
+            "peak RSS delta, load + prefill + batch 1 (llama.cpp's runs)",
+            gb(batch1_peak),
+            gb(llama["whole_peak"]) if llama else None,
+            ratio(batch1_peak, llama.get("whole_peak")),
+            "each engine's own cache: llama.cpp's n_ctx, phijax's sized to the request",
+        )
     table.add(
         "peak RSS delta, load + all runs",
         gb(phijax_whole_peak),
@@ -688,12 +696,7 @@ def bench_phi3(
     theirs: dict[str, float] = {}
     if llama_cpp is not None:  # a fresh process, as each phijax mode gets
         warm_page_cache(path)
-        spec = json.dumps([str(path), sizes.phi3_prompt, sizes.phi3_new, reps])
-        out = subprocess.run(
-            [sys.executable, "-c", LLAMA_PHI3, str(Path(__file__).parent), spec],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        theirs = json.loads(out.stdout.strip().splitlines()[-1])
+        theirs = in_fresh_process("llama_phi3", str(path), sizes.phi3_prompt, sizes.phi3_new, reps)
     results = {}
     # No prepared weights from earlier runs: each mode's first load writes its own, and only
     # that entry is read into the page cache before its timed load (reading every entry
