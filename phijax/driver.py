@@ -4,7 +4,8 @@ Shapes are static so compiled steps are reused: prompts pad to bucket lengths (p
 two up to the prefill chunk, :data:`PREFILL_CHUNK`; longer prompts prefill in chunks of it),
 batches pad to powers of two, the cache is a power-of-two bucket of what the request needs
 (at least :func:`min_cache`),
-and attention reads only a bucket of the filled cache (:func:`attend_len`), so decode cost
+and attention reads only a bucket of the filled cache (:func:`attend_len`; on the CPU kernel,
+which stops at the last filled slot itself, the whole cache in one program), so decode cost
 follows the tokens present. Decode runs up to :data:`DECODE_STEPS` steps per call in a
 ``lax.while_loop`` that ends once every row is done.
 
@@ -29,6 +30,7 @@ from phijax import sampling, steps
 from phijax.batching import bucket
 from phijax.cache import KVCache
 from phijax.generation import RowOutput
+from phijax.kernels import attention as cache_attention
 from phijax.model.hooks import EditFns
 from phijax.model.phi3 import Phi3
 from phijax.request import Request
@@ -85,10 +87,25 @@ class RowStatus(NamedTuple):
         )
 
 
-def attend_len(filled: int, cache_len: int) -> int:
+def attend_len(filled: int, cache_len: int, whole: bool = False) -> int:
     """The cache positions a decode call attends to: a bucket of what the next
-    :data:`DECODE_STEPS` steps can fill, so decode cost follows the tokens present."""
-    return min(bucket(filled + DECODE_STEPS, 128), cache_len)
+    :data:`DECODE_STEPS` steps can fill, so decode cost follows the tokens present; or, where
+    the attention itself stops at the last filled slot (``whole``: :func:`attends_whole_cache`),
+    the whole cache, so that one compiled decode program serves a generation of any length
+    instead of one per bucket (each ~40 MB resident for SmolLM2, and compiled on the spot
+    when a generation crosses into the next bucket)."""
+    return cache_len if whole else min(bucket(filled + DECODE_STEPS, 128), cache_len)
+
+
+def attends_whole_cache(params: Phi3, request: Request) -> bool:
+    """Whether ``request``'s decode attention runs on the CPU kernel, reading the cache in place
+    and only up to its last filled slot (:mod:`phijax.kernels.attention`): not where an edit
+    needs the attention weights, which only the pure path computes."""
+    backend, c = params.backend, params.config
+    weights = any(name.endswith(".attn_weights") for name, _ in request.edit_fns)
+    weights |= any(name.endswith(".attn_weights") for name in request.edit_arrays or {})
+    in_place = backend.reads_cache_in_place and cache_attention.fits(c.head_dim, backend.kv_dtype)
+    return in_place and not weights
 
 
 def prefill(
@@ -212,10 +229,11 @@ def decode_chunks(
         "top_n": request.top_logprobs,
         "edit_fns": request.edit_fns,
     }
+    whole = attends_whole_cache(params, request)
     compiled: Future | None = None
     if mesh is None:  # on a mesh the arrays' shardings are part of the type: compile at the call
         types = _decode_types(config, b, request.cache_len, params.backend.kv_dtype, sstate)
-        first_attend = attend_len(int(prompt_len.max()), request.cache_len)
+        first_attend = attend_len(int(prompt_len.max()), request.cache_len, whole)
         compiled = steps.compile_later(
             steps.decode, params, types, jax.ShapeDtypeStruct((), jnp.int32),
             jax.ShapeDtypeStruct((b,), jnp.int32), stop_dev, base, sparams,
@@ -256,7 +274,7 @@ def decode_chunks(
         out, state = steps.decode(
             params, state._replace(done=jnp.asarray(done)), jnp.int32(count),
             jnp.asarray(budget), stop_dev, base, sparams, request.edit_arrays,
-            attend_len=attend_len(filled, request.cache_len), **static,
+            attend_len=attend_len(filled, request.cache_len, whole), **static,
         )  # fmt: skip
         chunk = jax.tree.map(np.asarray, out)  # the same fields, on the host
         if count == 1:

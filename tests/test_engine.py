@@ -112,8 +112,8 @@ def test_no_recompilation_after_warm_up(smollm2_model):
     assert traces == []
 
 
-def test_decode_attends_to_a_bucket_of_the_filled_cache(sliding, monkeypatch):
-    """Decode reads attention over a power-of-two bucket of the filled cache, not the whole cache."""
+def _attended(model, monkeypatch, **generate):
+    """``model.generate(**generate)`` and each decode call's (attended slots, cache slots)."""
     seen = []
     decode = steps.decode
 
@@ -122,9 +122,36 @@ def test_decode_attends_to_a_bucket_of_the_filled_cache(sliding, monkeypatch):
         return decode(params, state, *args, **kwargs)
 
     monkeypatch.setattr(steps, "decode", spy)
-    sliding.generate([7] * 10, max_new_tokens=200)
+    out = model.generate(**generate)
+    monkeypatch.setattr(steps, "decode", decode)
+    return out, seen
+
+
+def test_decode_attends_to_a_bucket_of_the_filled_cache(monkeypatch):
+    """Where XLA computes decode attention (no CPU kernel, as on GPU and TPU), decode reads a
+    power-of-two bucket of the filled cache, not the whole cache."""
+    monkeypatch.setenv("PHIJAX_CPU_KERNEL", "off")
+    model = phijax.load(MODEL_FIXTURES / "sliding_window.gguf", progress=False)
+    assert not model.params.backend.reads_cache_in_place
+    _, seen = _attended(model, monkeypatch, prompts=[7] * 10, max_new_tokens=200)
     assert seen[0] == (128, 256)  # at most 10 + 16 tokens present: attends to 128 of 256 slots
+    assert seen[-1] == (256, 256)
     assert all(attend <= cache for attend, cache in seen)
+
+
+def test_decode_on_the_cpu_kernel_attends_over_the_whole_cache(sliding, monkeypatch):
+    """On the CPU kernel, whose attention stops after the last filled slot, every decode call
+    of a generation attends over the whole cache (one compiled program, not one per bucket),
+    with the bucketed calls' tokens and log-probabilities bit for bit."""
+    assert sliding.params.backend.reads_cache_in_place  # the kernel runs wherever it is built
+    request = dict(prompts=[[7] * 10, [5] * 3], max_new_tokens=200, top_logprobs=3)
+    whole, seen = _attended(sliding, monkeypatch, **request)
+    assert {attend for attend, _ in seen} == {256} and {cache for _, cache in seen} == {256}
+    monkeypatch.setattr(driver, "attends_whole_cache", lambda params, request: False)
+    buckets, seen = _attended(sliding, monkeypatch, **request)
+    assert {attend for attend, _ in seen} == {128, 256}
+    assert whole.tokens == buckets.tokens
+    assert whole.top_logprobs == buckets.top_logprobs
 
 
 def test_generate_streams_text_and_reports_finish(smollm2_model):

@@ -8,15 +8,18 @@
 // The pure path's numerics (phijax.model.attention), in its order: the score is q . k in f32,
 // times head_dim ** -0.5; a slot the mask hides scores the lowest float; the softmax is
 // exp(score - max) / sum; the output sums probability x value. Hidden slots then weigh
-// exactly 0 wherever one slot is seen, so their keys and values are not read (the cost
-// follows the filled slots, not the bucket); a row that sees none weighs every slot equally,
-// as the pure path does. Only the order of the sums differs from XLA's products.
+// exactly 0 wherever one slot is seen, so their keys and values are not read, and the loops
+// stop after the last seen slot: the cost follows the filled slots, not the mask's width, so
+// a CPU decode attends over the whole cache in one compiled program (phijax.driver.attend_len).
+// A row that sees none weighs every slot equally, as the pure path does. Only the order of
+// the sums differs from XLA's products.
 
 struct AttentionProblem {
   const float* q;     // [batch, q_heads, head_dim]
   const float* k;     // the layer's [batch, kv_heads, max_seq, head_dim]
   const float* v;
   const bool* mask;   // [batch, attend]
+  const int64_t* ends;  // [batch]: one past each row's last seen slot (seen_end), 0 if none
   float* out;         // [batch, q_heads, head_dim]
   int64_t kv_heads, groups, max_seq, head_dim, attend;
   float scale;
@@ -28,13 +31,26 @@ inline float dot_lanes(const float* a, const float* b, int64_t n) {
   return Simd::sum(acc);
 }
 
+// One past the last slot of ``seen [n]`` that is set, or 0: the slots after it weigh exactly 0.
+inline int64_t seen_end(const bool* seen, int64_t n) {
+  int64_t end = n;
+  for (; end >= 8; end -= 8) {  // 8 flags a load: a 4096-slot mask in 512 steps
+    uint64_t flags;
+    std::memcpy(&flags, seen + end - 8, 8);
+    if (flags) break;
+  }
+  while (end > 0 && !seen[end - 1]) --end;
+  return end;
+}
+
 // The query heads of kv head ``task`` (row * kv_heads + head); ``probs``: room for ``attend``.
 void attend_head(const AttentionProblem& p, int64_t task, float* probs) {
-  const int64_t row = task / p.kv_heads, d = p.head_dim, n = p.attend;
+  const int64_t row = task / p.kv_heads, d = p.head_dim;
   const float* keys = p.k + task * p.max_seq * d;
   const float* values = p.v + task * p.max_seq * d;
-  const bool* seen = p.mask + row * n;
-  const bool any = std::find(seen, seen + n, true) != seen + n;
+  const bool* seen = p.mask + row * p.attend;
+  const bool any = p.ends[row] > 0;
+  const int64_t n = any ? p.ends[row] : p.attend;
   constexpr float kHidden = std::numeric_limits<float>::lowest();
   for (int64_t g = 0; g < p.groups; ++g) {
     const int64_t head = task * p.groups + g;  // row * q_heads + kv head * groups + g
@@ -85,12 +101,14 @@ ffi::Error CpuAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
   const int64_t at = layer.typed_data()[0];
   if (at < 0 || at >= layers) return ffi::Error::InvalidArgument("cpu_attention: the layer is out of range");
   const int64_t per_layer = batch * kv_heads * max_seq * d;
+  auto ends = std::make_shared<std::vector<int64_t>>(batch);
+  for (int64_t row = 0; row < batch; ++row) (*ends)[row] = seen_end(mask.typed_data() + row * md[1], md[1]);
   auto p = std::make_shared<AttentionProblem>(AttentionProblem{
       q.typed_data(), k.typed_data() + at * per_layer, v.typed_data() + at * per_layer, mask.typed_data(),
-      out->typed_data(), kv_heads, qd[1] / kv_heads, max_seq, d, md[1],
+      ends->data(), out->typed_data(), kv_heads, qd[1] / kv_heads, max_seq, d, md[1],
       static_cast<float>(std::pow(static_cast<double>(d), -0.5))});
   auto job = std::make_shared<Job>();
-  job->columns = [p](int64_t t0, int64_t t1) {
+  job->columns = [p, ends](int64_t t0, int64_t t1) {
     std::vector<float> probs(p->attend);
     for (int64_t t = t0; t < t1; ++t) attend_head(*p, t, probs.data());
   };

@@ -83,6 +83,19 @@ def test_hidden_and_unattended_slots_are_not_read(build):
     np.testing.assert_array_equal(poisoned, clean)
 
 
+def test_a_wider_mask_of_hidden_slots_changes_nothing(build):
+    """A mask as wide as the cache, its slots past the attended ones hidden, gives the narrow
+    mask's outputs bit for bit for every row that sees a slot: the loops stop after the last
+    seen slot, so a CPU decode can attend over the whole cache in one compiled program."""
+    q, k, v, mask = _inputs("Phi-3 (no grouping)")
+    wide = np.zeros((mask.shape[0], k.shape[-2]), bool)
+    wide[:, : mask.shape[1]] = mask
+    call = jax.jit(cache_attention.decode_attention, static_argnums=0)
+    narrow = np.asarray(call(build, q, k, v, LAYER, mask))
+    widened = np.asarray(call(build, q, k, v, LAYER, wide))
+    np.testing.assert_array_equal(widened[:3], narrow[:3])  # row 3 sees none: all slots weigh
+
+
 def test_a_row_is_computed_alone(build):
     """Each row's output is the same whatever the other rows are: a batch of one gives the
     batch's first row bit for bit (the batch invariance of sampling relies on it)."""
