@@ -35,7 +35,8 @@ Measured, in this order, and printed as one table:
   (``Llama.eval``), batch-1 decode tok/s for 100 tokens (``Llama.generate``
   with ``top_k=1``, timed from its first token to its 101st, so per-token
   Python overhead of the binding is included), how many leading greedy tokens
-  agree with phijax's, and ratios phijax ÷ llama.cpp. Skipped, with a note,
+  agree with phijax's, and ratios phijax ÷ llama.cpp; phijax's peak RSS after the same runs
+  (load, prefill, batch 1: llama.cpp's whole workload) against llama.cpp's. Skipped, with a note,
   when ``llama_cpp`` is not importable (use the reference environment).
 * ``--modes`` (default ``f32 quantized bf16``): each weight mode of ``--model`` in its
   own process (``bench_modes.py``): load time, the load's peak RSS, weights, first token,
