@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import phijax
-from phijax import Sampler, batching, driver, loading, steps
+from phijax import Sampler, batching, driver, kernels, loading, steps
 from phijax.errors import ConfigError, ContextLengthError, ResourceError
 
 from numerics import assert_logits_close, f32_atol
@@ -139,11 +139,13 @@ def test_decode_attends_to_a_bucket_of_the_filled_cache(monkeypatch):
     assert all(attend <= cache for attend, cache in seen)
 
 
+@pytest.mark.skipif(kernels.chosen() is None, reason="the CPU kernel's attention: needs a build")
 def test_decode_on_the_cpu_kernel_attends_over_the_whole_cache(sliding, monkeypatch):
     """On the CPU kernel, whose attention stops after the last filled slot, every decode call
     of a generation attends over the whole cache (one compiled program, not one per bucket),
-    with the bucketed calls' tokens and log-probabilities bit for bit."""
-    assert sliding.params.backend.reads_cache_in_place  # the kernel runs wherever it is built
+    with the bucketed calls' tokens and log-probabilities bit for bit. (tests/kernels fails
+    where a compiler could have built the kernel and none runs.)"""
+    assert sliding.params.backend.reads_cache_in_place
     request = dict(prompts=[[7] * 10, [5] * 3], max_new_tokens=200, top_logprobs=3)
     whole, seen = _attended(sliding, monkeypatch, **request)
     assert {attend for attend, _ in seen} == {256} and {cache for _, cache in seen} == {256}
