@@ -581,9 +581,7 @@ def bench_engine(source: str, sizes: Sizes, reps: int, llama_cpp, table: Table) 
     # llama.cpp on the same file.
     llama = {}
     if llama_cpp is not None:
-        llm, lpeak, llama["load_s"], llama["load_peak"] = llama_load(
-            llama_cpp, path, sizes.llama_ctx
-        )
+        llm, lpeak, _, llama["load_peak"] = llama_load(llama_cpp, path, sizes.llama_ctx)
         llama_prefill(llm, prompt)
         llama["prefill"] = sizes.prefill_len / statistics.median(
             llama_prefill(llm, prompt) for _ in range(max(reps, 3))

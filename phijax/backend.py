@@ -135,6 +135,12 @@ class Backend:
         attended slice out of the cache first."""
         return self.kernel is not None
 
+    def attends_in_place(self, head_dim: int, dtype: Any) -> bool:
+        """Whether a decode step's attention over a cache of ``dtype``, heads of ``head_dim``,
+        runs on the CPU kernel: :attr:`reads_cache_in_place`, for a head size and cache type
+        the kernel takes (:func:`phijax.kernels.attention.fits`)."""
+        return self.reads_cache_in_place and kernels.attention.fits(head_dim, dtype)
+
     @property
     def interleaves(self) -> str | None:
         """The activations for whose products the load stores packed matrices in the CPU

@@ -30,7 +30,6 @@ from phijax import sampling, steps
 from phijax.batching import bucket
 from phijax.cache import KVCache
 from phijax.generation import RowOutput
-from phijax.kernels import attention as cache_attention
 from phijax.model.hooks import EditFns
 from phijax.model.phi3 import Phi3
 from phijax.request import Request
@@ -101,11 +100,10 @@ def attends_whole_cache(params: Phi3, request: Request) -> bool:
     """Whether ``request``'s decode attention runs on the CPU kernel, reading the cache in place
     and only up to its last filled slot (:mod:`phijax.kernels.attention`): not where an edit
     needs the attention weights, which only the pure path computes."""
-    backend, c = params.backend, params.config
-    weights = any(name.endswith(".attn_weights") for name, _ in request.edit_fns)
-    weights |= any(name.endswith(".attn_weights") for name in request.edit_arrays or {})
-    in_place = backend.reads_cache_in_place and cache_attention.fits(c.head_dim, backend.kv_dtype)
-    return in_place and not weights
+    backend = params.backend
+    edited = [name for name, _ in request.edit_fns] + list(request.edit_arrays or {})
+    weights = any(name.endswith(".attn_weights") for name in edited)
+    return backend.attends_in_place(params.config.head_dim, backend.kv_dtype) and not weights
 
 
 def prefill(

@@ -43,7 +43,7 @@ inline int64_t seen_end(const bool* seen, int64_t n) {
   return end;
 }
 
-// The query heads of kv head ``task`` (row * kv_heads + head); ``probs``: room for ``attend``.
+// The query heads of kv head ``task`` (row * kv_heads + head); ``probs``: room for the row's loops.
 void attend_head(const AttentionProblem& p, int64_t task, float* probs) {
   const int64_t row = task / p.kv_heads, d = p.head_dim;
   const float* keys = p.k + task * p.max_seq * d;
@@ -102,14 +102,18 @@ ffi::Error CpuAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
   if (at < 0 || at >= layers) return ffi::Error::InvalidArgument("cpu_attention: the layer is out of range");
   const int64_t per_layer = batch * kv_heads * max_seq * d;
   auto ends = std::make_shared<std::vector<int64_t>>(batch);
-  for (int64_t row = 0; row < batch; ++row) (*ends)[row] = seen_end(mask.typed_data() + row * md[1], md[1]);
+  int64_t longest = 0;  // the most slots a row's loops run over: the room its probabilities need
+  for (int64_t row = 0; row < batch; ++row) {
+    (*ends)[row] = seen_end(mask.typed_data() + row * md[1], md[1]);
+    longest = std::max(longest, (*ends)[row] > 0 ? (*ends)[row] : md[1]);
+  }
   auto p = std::make_shared<AttentionProblem>(AttentionProblem{
       q.typed_data(), k.typed_data() + at * per_layer, v.typed_data() + at * per_layer, mask.typed_data(),
       ends->data(), out->typed_data(), kv_heads, qd[1] / kv_heads, max_seq, d, md[1],
       static_cast<float>(std::pow(static_cast<double>(d), -0.5))});
   auto job = std::make_shared<Job>();
-  job->columns = [p, ends](int64_t t0, int64_t t1) {
-    std::vector<float> probs(p->attend);
+  job->columns = [p, ends, longest](int64_t t0, int64_t t1) {
+    std::vector<float> probs(longest);
     for (int64_t t = t0; t < t1; ++t) attend_head(*p, t, probs.data());
   };
   job->rows = batch * kv_heads;

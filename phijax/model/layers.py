@@ -185,8 +185,7 @@ def _attends_in_place(ctx: Context, cache: LayerCache | None, s: int, return_wei
         cache is not None
         and s == 1
         and not return_weights
-        and ctx.backend.reads_cache_in_place
-        and cache_attention.fits(ctx.config.head_dim, cache.k.dtype)
+        and ctx.backend.attends_in_place(ctx.config.head_dim, cache.k.dtype)
     )
 
 
