@@ -223,7 +223,7 @@ def decode_chunks(
     stop_dev = jnp.asarray(sorted(request.stop_ids) or [-1], jnp.int32)
     static = {
         "steps": DECODE_STEPS,
-        "order": row_samplers[0].order,
+        "chain": sampling.compiled_chain(sparams, row_samplers[0].order),
         "top_n": request.top_logprobs,
         "edit_fns": request.edit_fns,
     }

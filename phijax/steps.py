@@ -1,7 +1,7 @@
 """The compiled steps: module-level jitted functions of the weights, cache, keys and tokens.
 
 Nothing static here owns an array: the static arguments are small hashable
-specs (bucket sizes, the sampler's stage order, edit functions), and the
+specs (bucket sizes, the sampler chain's stages, edit functions), and the
 weights are a pytree whose structure carries the config by value. So a second
 load of the same file reuses the compiled steps, and ``del model`` frees it.
 """
@@ -66,9 +66,11 @@ def prefill(
     )
 
 
-def _sample(logits, base_keys, step, sstate, sparams, *, order, top_n):
+def _sample(logits, base_keys, step, sstate, sparams, *, chain, top_n):
     keys = sampling.step_keys(base_keys, step)
-    tokens, logprobs, sstate = sampling.sample(keys, logits, sstate, sparams, order)
+    tokens, logprobs, sstate = sampling.sample(
+        keys, logits, sstate, sparams, chain.order, mirostat=chain.mirostat
+    )
     if top_n:
         alt_lp, alt_ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), top_n)
     else:
@@ -119,7 +121,7 @@ def start_decode(
 
 @partial(
     jax.jit,
-    static_argnames=("attend_len", "steps", "order", "top_n", "edit_fns"),
+    static_argnames=("attend_len", "steps", "chain", "top_n", "edit_fns"),
     donate_argnames=("state",),
 )
 def decode(
@@ -134,7 +136,7 @@ def decode(
     *,
     attend_len: int,
     steps: int,
-    order: tuple[str, ...],
+    chain: sampling.Chain,
     top_n: int,
     edit_fns: hk.EditFns = (),
 ) -> tuple[DecodeOut, DecodeState]:
@@ -164,7 +166,7 @@ def decode(
     def sampled(t, s: DecodeState, out: DecodeOut, logits: jax.Array):
         live = ~s.done
         nxt, lp, alt_ids, alt_lp, new_sampler = _sample(
-            logits, base_keys, s.step, s.sampler, sparams, order=order, top_n=top_n
+            logits, base_keys, s.step, s.sampler, sparams, chain=chain, top_n=top_n
         )
         sampler = jax.tree.map(
             lambda new, old: jnp.where(live.reshape(-1, *[1] * (new.ndim - 1)), new, old),

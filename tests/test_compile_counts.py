@@ -18,7 +18,7 @@ import pytest
 import phijax
 from phijax import Sampler
 
-from tracing import count_traces
+from tracing import count_traces, step_calls
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model"
 LENGTHS = range(70, 90)  # within the 128 bucket of every entry point, also as score inputs (n - 1)
@@ -102,6 +102,24 @@ def test_a_first_generate_compiles_decode_once_and_no_separate_sampler(model, ca
         )  # fmt: skip
     assert sum("jit(decode)" in m for m in compiled) == 1, compiled
     assert not any("jit(_sample)" in m or "jit(sample)" in m for m in compiled), compiled
+
+
+def test_greedy_compiles_the_light_chain_and_a_filter_the_whole_one_once(model):
+    """A greedy request's decode program holds no top-k search (the light chain); the first
+    request with a filter compiles the whole chain, after which switching strategies or
+    values compiles nothing, greedy included."""
+    p = _prompts(model, [13])[0]
+    with step_calls("decode") as compiled:
+        model.generate(p, sampler=Sampler.greedy(), max_new_tokens=3)
+        assert 'custom_call_target="TopK"' not in compiled("decode").as_text()
+    with step_calls("decode") as compiled:
+        model.generate(p, sampler=Sampler(top_p=0.9), max_new_tokens=3)
+        assert 'custom_call_target="TopK"' in compiled("decode").as_text()
+    with count_traces() as traces:
+        for sampler in (Sampler(top_k=4, min_p=0.1), Sampler(mirostat_tau=3.0, dry_multiplier=0.5),
+                        Sampler(temperature=0.5, repetition_penalty=1.2), Sampler.greedy()):  # fmt: skip
+            model.generate(p, sampler=sampler, max_new_tokens=3)
+    assert traces == []
 
 
 def test_a_big_cache_is_allocated_after_its_steps_compiled(model, caplog, monkeypatch):

@@ -256,6 +256,19 @@ def test_a_samples_tokens_do_not_depend_on_the_batch(sliding):
     assert mixed.prompt_tokens[3] == a and len(mixed.tokens) == 9
 
 
+def test_a_light_sampler_gets_the_same_tokens_beside_a_filter(sliding):
+    """Alone, a row that needs only the light stages (temperature, penalties) runs in the
+    light chain; beside a filter, in the whole chain: the same tokens either way."""
+    light, a = Sampler(temperature=0.8, repetition_penalty=1.3), [11, 12, 13, 14]
+    alone = sliding.generate(a, sampler=light, seed=3, num_samples=2, max_new_tokens=24)
+    mixed = sliding.generate(
+        [a, [40, 41]], sampler=[light, Sampler(min_p=0.1)], seed=3, num_samples=2,
+        max_new_tokens=24,
+    )  # fmt: skip
+    assert mixed.tokens[:2] == alone.tokens and alone.tokens[0] != alone.tokens[1]
+    assert mixed.logprobs[:2] == alone.logprobs
+
+
 def test_same_seed_same_tokens_in_another_process(sliding):
     code = (
         "import json, phijax, sys; from phijax import Sampler;"

@@ -4,9 +4,10 @@
 pure function of a JAX key per row: rows never share randomness, so a row's
 tokens do not depend on what else is in the batch. Parameters are per row
 (:class:`SamplerParams`, arrays ``[batch]``), so different strategies run side by
-side in one batch, and every stage is always in the compiled chain (a stage no
-row uses is skipped at run time by ``lax.cond``): switching strategies or values
-never recompiles. Only ``order`` is static.
+side in one batch. A compiled chain holds either the light stages alone (greedy,
+temperature, penalties) or every stage, a stage no row uses skipped at run time by
+``lax.cond`` (:func:`compiled_chain`): values never recompile, and strategies at
+most once more. Only ``order`` is static.
 
 The chain works on logits ``[batch, vocab]``; a stage removes tokens by setting
 them to ``-inf`` and always keeps the most likely token. Stages (see
@@ -40,7 +41,7 @@ the chain carries between steps), :mod:`~phijax.sampling.penalties` and
 mirostat and the draw), :mod:`~phijax.sampling.keys` (the PRNG key rule).
 """
 
-from phijax.sampling.chain import filtered_logits, sample
+from phijax.sampling.chain import LIGHT_STAGES, Chain, compiled_chain, filtered_logits, sample
 from phijax.sampling.keys import base_keys, step_keys
 from phijax.sampling.params import SamplerParams, stack
 from phijax.sampling.penalties import DRY_MAX_MATCH, dry_match_lengths
@@ -52,13 +53,16 @@ __all__ = [
     "CANDIDATES",
     "CANDLE_ORDER",
     "DRY_MAX_MATCH",
+    "LIGHT_STAGES",
     "LLAMACPP_ORDER",
     "STAGES",
+    "Chain",
     "Sampler",
     "SamplerParams",
     "SamplerState",
     "accept",
     "base_keys",
+    "compiled_chain",
     "dry_match_lengths",
     "filtered_logits",
     "init_state",

@@ -1,7 +1,9 @@
 """The sampling chain: the stages in their order on the rows that use them, mirostat, then
-one categorical draw per row."""
+one categorical draw per row; and which of them a compiled chain holds."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,30 @@ from phijax.sampling.params import SamplerParams
 from phijax.sampling.sampler import LLAMACPP_ORDER
 from phijax.sampling.state import SamplerState, accept
 
+# Stages every compiled chain holds: greedy, temperature and the penalties (the haiku
+# program's sampler) compile about half the code of the whole chain.
+LIGHT_STAGES = ("penalties", "temperature")
+
+
+class Chain(NamedTuple):
+    """What a compiled chain holds (a static, hashable spec): its stages in order, and
+    whether mirostat follows them."""
+
+    order: tuple[str, ...]
+    mirostat: bool
+
+
+def compiled_chain(params: SamplerParams, order: tuple[str, ...]) -> Chain:
+    """The chain to compile for a batch of ``params`` sharing ``order``: the whole order and
+    mirostat where any row uses a stage beyond :data:`LIGHT_STAGES` or mirostat, so that
+    switching between such samplers never recompiles; else only the light stages, which
+    compile in half the time and hold half the memory (docs/sampling.md). A row's tokens
+    are the same in either chain: a stage no row uses changes nothing."""
+    active = _active(params, params.logit_bias.shape[-1])
+    if any(bool(jnp.any(rows)) for stage, rows in active.items() if stage not in LIGHT_STAGES):
+        return Chain(tuple(order), True)
+    return Chain(tuple(s for s in order if s in LIGHT_STAGES), False)
+
 
 def filtered_logits(
     logits: jax.Array,
@@ -18,23 +44,27 @@ def filtered_logits(
     params: SamplerParams,
     order: tuple[str, ...],
     coins: jax.Array,
+    *,
+    mirostat: bool = True,
 ) -> jax.Array:
-    """The chain up to the draw, mirostat included: ``logits [b, V]`` f32 with removed
-    tokens at ``-inf``. ``coins [b]`` are the uniform draws XTC compares with its probability."""
+    """The chain up to the draw, mirostat included unless ``mirostat=False``: ``logits [b, V]``
+    f32 with removed tokens at ``-inf``. ``coins [b]`` are the uniform draws XTC compares with
+    its probability."""
     p = params
     x = _when(
         jnp.any(p.logit_bias != 0, axis=-1), lambda x: x + p.logit_bias, logits.astype(jnp.float32)
     )
-    stages = _stages(state, p, coins, x.shape[-1])
+    active = _active(p, x.shape[-1])
+    stages = _stages(state, p, coins)
     for stage in order:
         if stage == "temperature":
             x = filters.temperature(x, p)
         else:
-            active, run, args = stages[stage]
-            x = _when(active, run, x, *args)
+            run, args = stages[stage]
+            x = _when(active[stage], run, x, *args)
     if "temperature" not in order:
         x = filters.temperature(x, p)
-    return _when(p.mirostat_tau > 0, filters.mirostat, x, state.mu)
+    return _when(active["mirostat"], filters.mirostat, x, state.mu) if mirostat else x
 
 
 def sample(
@@ -43,8 +73,11 @@ def sample(
     state: SamplerState,
     params: SamplerParams,
     order: tuple[str, ...] = LLAMACPP_ORDER,
+    *,
+    mirostat: bool = True,
 ) -> tuple[jax.Array, jax.Array, SamplerState]:
-    """One token per row. ``keys [b]`` (one PRNG key per row), ``logits [b, V]``.
+    """One token per row. ``keys [b]`` (one PRNG key per row), ``logits [b, V]``. ``order`` and
+    ``mirostat`` are what the chain holds (:func:`compiled_chain`).
 
     Returns tokens int32 ``[b]``, their log-probabilities under the model (the raw
     logits' softmax, whatever the chain did) ``[b]``, and the state with the tokens
@@ -53,34 +86,54 @@ def sample(
     sub = jax.vmap(lambda k: jax.random.split(k, 2))(keys)
     coins = jax.vmap(jax.random.uniform)(sub[:, 0])
     draws = jax.vmap(jax.random.uniform)(sub[:, 1])
-    x = filtered_logits(logits, state, params, order, coins)
-    miro = params.mirostat_tau > 0
+    x = filtered_logits(logits, state, params, order, coins, mirostat=mirostat)
     probs = filters.probabilities(x)
     # A greedy row has only its top token left (exact ties aside): the draw returns it.
     tokens = _inverse_cdf(probs, draws).astype(jnp.int32)
-    picked = _at(probs, tokens)
-    mu = jnp.where(
-        miro, state.mu - params.mirostat_eta * (-jnp.log2(picked) - params.mirostat_tau), state.mu
-    )
+    if mirostat:
+        surprise = -jnp.log2(_at(probs, tokens))
+        mu = jnp.where(
+            params.mirostat_tau > 0,
+            state.mu - params.mirostat_eta * (surprise - params.mirostat_tau),
+            state.mu,
+        )
+        state = state._replace(mu=mu)
     logprobs = _at(jax.nn.log_softmax(logits.astype(jnp.float32), -1), tokens)
-    return tokens, logprobs, accept(state._replace(mu=mu), tokens)
+    return tokens, logprobs, accept(state, tokens)
 
 
-def _stages(state: SamplerState, p: SamplerParams, coins: jax.Array, vocab: int) -> dict:
-    """Each stage but temperature (which every row runs): the rows that use it ``[b]``, the
-    stage, and its arguments after the logits."""
+def _active(p: SamplerParams, vocab: int) -> dict[str, jax.Array]:
+    """The rows ``[b]`` that use each stage but temperature (which every row runs), and
+    mirostat."""
     penalized = (p.repetition_penalty != 1) | (p.presence_penalty != 0) | (p.frequency_penalty != 0)
     return {
-        "penalties": (penalized & (p.repeat_last_n != 0), penalties.repetition, (state, p)),
-        "dry": (p.dry_multiplier > 0, penalties.dry, (state, p)),
-        "top_n_sigma": (p.top_n_sigma > 0, filters.top_n_sigma, (p,)),
-        "top_k": ((p.top_k > 0) & (p.top_k < vocab), filters.top_k, (p,)),
-        "typical_p": (p.typical_p < 1, filters.typical_p, (p,)),
-        "top_p": (p.top_p < 1, filters.top_p, (p,)),
-        "min_p": (p.min_p > 0, filters.min_p, (p,)),
-        "xtc": (p.xtc_probability > 0, filters.xtc, (p, coins)),
-        "epsilon": (p.epsilon_cutoff > 0, filters.epsilon, (p,)),
-        "eta": (p.eta_cutoff > 0, filters.eta, (p,)),
+        "penalties": penalized & (p.repeat_last_n != 0),
+        "dry": p.dry_multiplier > 0,
+        "top_n_sigma": p.top_n_sigma > 0,
+        "top_k": (p.top_k > 0) & (p.top_k < vocab),
+        "typical_p": p.typical_p < 1,
+        "top_p": p.top_p < 1,
+        "min_p": p.min_p > 0,
+        "xtc": p.xtc_probability > 0,
+        "epsilon": p.epsilon_cutoff > 0,
+        "eta": p.eta_cutoff > 0,
+        "mirostat": p.mirostat_tau > 0,
+    }
+
+
+def _stages(state: SamplerState, p: SamplerParams, coins: jax.Array) -> dict:
+    """Each stage but temperature: the stage, and its arguments after the logits."""
+    return {
+        "penalties": (penalties.repetition, (state, p)),
+        "dry": (penalties.dry, (state, p)),
+        "top_n_sigma": (filters.top_n_sigma, (p,)),
+        "top_k": (filters.top_k, (p,)),
+        "typical_p": (filters.typical_p, (p,)),
+        "top_p": (filters.top_p, (p,)),
+        "min_p": (filters.min_p, (p,)),
+        "xtc": (filters.xtc, (p, coins)),
+        "epsilon": (filters.epsilon, (p,)),
+        "eta": (filters.eta, (p,)),
     }
 
 

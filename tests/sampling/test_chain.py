@@ -271,3 +271,49 @@ def test_logprobs_are_the_models_whatever_the_sampler():
     # both f32 log-softmax over 20 logits, possibly fused differently: a few eps relative
     np.testing.assert_allclose(lp, want, rtol=1e-6)
     assert int(tok[1]) == int(jnp.argmax(logits[1]))
+
+
+LIGHT = [
+    Sampler.greedy(),
+    Sampler(temperature=0.7),
+    Sampler(temperature=0.9, repetition_penalty=1.3, presence_penalty=0.4),
+    Sampler(temperature=0.8, frequency_penalty=0.5, logit_bias=((3, 2.0), (7, -1.0))),
+    Sampler(top_k=V, top_p=1.0),  # a top-k that keeps the whole vocabulary removes nothing
+]
+
+
+def test_a_compiled_chain_holds_the_light_stages_unless_a_row_needs_more():
+    light = sampling.Chain(("penalties", "temperature"), False)
+    for s in LIGHT:
+        assert sampling.compiled_chain(_params([s]), s.order) == light, s
+    assert sampling.compiled_chain(_params(LIGHT), sampling.LLAMACPP_ORDER) == light
+    whole = sampling.Chain(sampling.LLAMACPP_ORDER, True)
+    for heavy in (Sampler(top_p=0.9), Sampler(mirostat_tau=3.0), Sampler(dry_multiplier=0.5),
+                  Sampler(top_k=V - 1), Sampler(xtc_probability=0.5)):  # fmt: skip
+        assert sampling.compiled_chain(_params([*LIGHT, heavy]), sampling.LLAMACPP_ORDER) == whole
+    haiku = sampling.compiled_chain(_params([Sampler.candle()]), sampling.CANDLE_ORDER)
+    assert haiku == light
+    nucleus = sampling.compiled_chain(_params([Sampler.candle(top_p=0.9)]), sampling.CANDLE_ORDER)
+    assert nucleus == sampling.Chain(sampling.CANDLE_ORDER, True)
+
+
+def test_the_light_chain_samples_as_the_whole_chain():
+    """Rows that use only light stages: the same tokens, log-probabilities and state, bit for
+    bit, from the light chain and the whole chain, each compiled on its own."""
+    rng = np.random.default_rng(4)
+    b = len(LIGHT)
+    logits = jnp.asarray(rng.standard_normal((b, V)).astype(np.float32) * 3)
+    history = jnp.asarray(np.stack([_history(rng, 12, 40) for _ in range(b)]))
+    params = _params(LIGHT)
+    state = sampling.init_state(history, jnp.full(b, 12, jnp.int32), params)
+    state = state._replace(length=jnp.full(b, 30, jnp.int32))
+    chain = sampling.compiled_chain(params, sampling.LLAMACPP_ORDER)
+    sample = jax.jit(sampling.sample, static_argnames=("order", "mirostat"))
+    for step in range(20):
+        keys = sampling.step_keys(sampling.base_keys(9, list(range(b))), step)
+        light = sample(keys, logits, state, params, order=chain.order, mirostat=False)
+        whole = sample(keys, logits, state, params, order=sampling.LLAMACPP_ORDER, mirostat=True)
+        jax.tree.map(np.testing.assert_array_equal, light, whole)
+        state = light[2]
+    drawn = np.asarray(state.history[:, 30:50])
+    assert len({tuple(row) for row in drawn[1:5]}) == 4  # the sampled rows drew, and differ
