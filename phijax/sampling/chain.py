@@ -13,8 +13,8 @@ from phijax.sampling.params import SamplerParams
 from phijax.sampling.sampler import LLAMACPP_ORDER
 from phijax.sampling.state import SamplerState, accept
 
-# Stages every compiled chain holds: greedy, temperature and the penalties (the haiku
-# program's sampler) compile about half the code of the whole chain.
+# The stages of the light chain, which every compiled chain holds: greedy and temperature
+# sampling with the penalties (the haiku program's sampler) need no other.
 LIGHT_STAGES = ("penalties", "temperature")
 
 
@@ -29,9 +29,9 @@ class Chain(NamedTuple):
 def compiled_chain(params: SamplerParams, order: tuple[str, ...]) -> Chain:
     """The chain to compile for a batch of ``params`` sharing ``order``: the whole order and
     mirostat where any row uses a stage beyond :data:`LIGHT_STAGES` or mirostat, so that
-    switching between such samplers never recompiles; else only the light stages, which
-    compile in half the time and hold half the memory (docs/sampling.md). A row's tokens
-    are the same in either chain: a stage no row uses changes nothing."""
+    switching between such samplers never recompiles; else only the light stages, whose
+    decode program compiles in about half the time (docs/sampling.md). A row's tokens are
+    the same in either chain: a stage no row uses changes nothing."""
     active = _active(params, params.logit_bias.shape[-1])
     if any(bool(jnp.any(rows)) for stage, rows in active.items() if stage not in LIGHT_STAGES):
         return Chain(tuple(order), True)
