@@ -1,8 +1,8 @@
 """What the sampling chain costs per decode step, at batch 32 (and 1), on a real model.
 
 For each strategy: the median time of one compiled decode call (16 steps) divided
-by 16, against the same with greedy sampling (the chain's stages all skipped at
-run time), and the jitted ``sampling.sample`` alone on logits of the model's
+by 16, against the same with greedy sampling (the light chain, which
+``generate`` compiles for it: docs/sampling.md), and the jitted ``sampling.sample`` alone on logits of the model's
 vocabulary, also as a share of the step (what the chain adds to a step). Prompts
 are 64 tokens of English text by default; ``--random-prompts`` gives random token
 ids, whose flat next-token distributions are the worst case for top-p and
@@ -80,13 +80,14 @@ def measure(
     base = sampling.base_keys(0, range(b))
     keys = sampling.step_keys(base, jnp.int32(3))
     stop = jnp.asarray([-1], jnp.int32)
-    alone = jax.jit(sampling.sample, static_argnums=4)
+    alone = jax.jit(sampling.sample, static_argnames=("order", "mirostat"))
     rows, greedy_step = [], None
     for name, s in STRATEGIES.items():
         params = sampling.stack([s] * b, vocab, model._breaker_mask)
         state = sampling.init_state(history, jnp.full((b,), 64, jnp.int32), params)
+        chain = sampling.compiled_chain(params, s.order)  # the chain generate() compiles
 
-        def decode(params=params, state=state, order=s.order):
+        def decode(params=params, state=state, chain=chain):
             start = steps.DecodeState(
                 jax.tree.map(jnp.copy, prefill_cache), jnp.zeros((b,), jnp.int32),
                 jnp.copy(logits), jnp.bool_(False), jax.tree.map(jnp.copy, state),
@@ -95,18 +96,18 @@ def measure(
             return steps.decode(
                 model.params, start, jnp.int32(DECODE_STEPS), jnp.full((b,), 10**6, jnp.int32),
                 stop, base, params, {},
-                attend_len=128, steps=DECODE_STEPS, order=order, top_n=0,
+                attend_len=128, steps=DECODE_STEPS, chain=chain, top_n=0,
             )  # fmt: skip
 
         step = _median_time(decode, reps) / DECODE_STEPS
         greedy_step = greedy_step or step
-        chain = _median_time(
-            lambda params=params, state=state, order=s.order: alone(
-                keys, logits, state, params, order
+        alone_s = _median_time(
+            lambda params=params, state=state, chain=chain: alone(
+                keys, logits, state, params, order=chain.order, mirostat=chain.mirostat
             ),
             reps * 4,
         )
-        rows.append((b, name, step, step / greedy_step - 1, chain))
+        rows.append((b, name, step, step / greedy_step - 1, alone_s))
     return rows
 
 
