@@ -30,7 +30,7 @@ from phijax import sampling, steps
 from phijax.batching import bucket
 from phijax.cache import KVCache
 from phijax.generation import RowOutput
-from phijax.model.hooks import EditFns
+from phijax.model.hooks import EditFns, Hooks
 from phijax.model.phi3 import Phi3
 from phijax.request import Request
 from phijax.sharding import create_cache, put_batch, put_cache
@@ -101,9 +101,9 @@ def attends_whole_cache(params: Phi3, request: Request) -> bool:
     and only up to its last filled slot (:mod:`phijax.kernels.attention`): not where an edit
     needs the attention weights, which only the pure path computes."""
     backend = params.backend
-    edited = [name for name, _ in request.edit_fns] + list(request.edit_arrays or {})
-    weights = any(name.endswith(".attn_weights") for name in edited)
-    return backend.attends_in_place(params.config.head_dim, backend.kv_dtype) and not weights
+    edits = Hooks(request.edit_arrays, request.edit_fns)
+    in_place = backend.attends_in_place(params.config.head_dim, backend.kv_dtype)
+    return in_place and not edits.reads_attention_weights
 
 
 def prefill(

@@ -150,6 +150,12 @@ class Hooks:
     def wants(self, name: str) -> bool:
         return name in self.names
 
+    @property
+    def reads_attention_weights(self) -> bool:
+        """Whether any layer's ``attn_weights`` is edited or read (only the pure attention
+        path computes them)."""
+        return any(n.endswith(".attn_weights") for n in self.names)
+
     def __call__(self, name: str, x: jax.Array, positions: jax.Array) -> jax.Array:
         """``x [batch, seq, ...]`` at point ``name``, edited, and recorded if asked for."""
         if name in self.arrays:

@@ -33,7 +33,8 @@ def compiled_chain(params: SamplerParams, order: tuple[str, ...]) -> Chain:
     decode program compiles in about half the time (docs/sampling.md). A row's tokens are
     the same in either chain: a stage no row uses changes nothing."""
     active = _active(params, params.logit_bias.shape[-1])
-    if any(bool(jnp.any(rows)) for stage, rows in active.items() if stage not in LIGHT_STAGES):
+    heavy = [rows for stage, rows in active.items() if stage not in LIGHT_STAGES]
+    if bool(jnp.any(jnp.stack(heavy))):  # one read back to the host, not one per stage
         return Chain(tuple(order), True)
     return Chain(tuple(s for s in order if s in LIGHT_STAGES), False)
 
