@@ -91,6 +91,7 @@ def key_for(path: str | os.PathLike, backend: Backend, choices: dict[str, Any]) 
         "mtime_ns": mtime_ns,
         "inode": inode,
         "backend": {k: v for k, v in dataclasses.asdict(backend).items() if k != "why"},
+        "interleaves": backend.interleaves,  # decided from the fields by backend.py's code
         "choices": choices,
         "code": _code_hash(),
     }

@@ -91,6 +91,16 @@ def test_a_changed_file_or_policy_is_not_read(cache, gguf, monkeypatch):
     assert len(list(cache.iterdir())) == 2 and not first.exists()  # it went to make room
 
 
+def test_another_kernel_order_is_another_entry(cache, gguf, monkeypatch):
+    """The matrices' order (``Backend.interleaves``) follows the build by backend.py's code,
+    not by a field of the policy: a release that changes it must not map the old order."""
+    first = phijax.load(gguf, progress=False).backend.interleaves
+    other = None if first else "f32"
+    monkeypatch.setattr(phijax.backend.Backend, "interleaves", property(lambda self: other))
+    assert "saved to" in phijax.load(gguf, progress=False).load_summary
+    assert len(list(cache.iterdir())) == 2
+
+
 @pytest.mark.parametrize("damage", ["truncated", "manifest", "foreign"])
 def test_a_damaged_entry_is_rebuilt(cache, gguf, damage):
     first = phijax.load(gguf, progress=False)

@@ -1,6 +1,6 @@
 // The f32 path of cpu_matmul.cc (included there) on Q4_K and Q5_K codes in int8_dot.h's
-// interleaved order (QuantArray.interleave = 32), which the AVX-512 builds' default load keeps
-// for them as the int8 mode does: in each group of 16 sub-blocks of 32 codes, 64-byte step u
+// interleaved order (QuantArray.interleave = 32), which the AVX-512 and AVX2 builds' default load
+// keeps for them as the int8 mode does: in each group of 16 sub-blocks of 32 codes, 64-byte step u
 // holds in dword l the codes 8u ... 8u + 7 of sub-block l (byte j: code 8u + j low, 8u + 4 + j
 // high); Q5_K's fifth bits are one plane of 64 bytes per group, bit t of byte 4l + j that of
 // code 4t + j of sub-block l (quant._interleaved_planes).
@@ -41,12 +41,15 @@ inline AlignedVector<float> interleaved_x(const float* x, int64_t m, int64_t col
 // Each lane sums its sub-block's products in two partial sums (even and odd vectors), then the
 // group's scales apply, group after group; the mins' terms follow in one pass. Two sums per
 // lane were as fast as four at one row (each group's sums start afresh, so the out-of-order
-// core overlaps consecutive groups), and leave registers for 4 x 2 tiles.
+// core overlaps consecutive groups), and leave registers for 4 x 2 tiles. With 8 lanes a group
+// is two halves of 8 sub-blocks; the one-row tile sums both side by side, four chains in flight
+// instead of two (in L2, one thread, AMD Zen 3: Q4_K 0.56 -> 0.45 ns per 8 weights).
 template <bool kFifth, int kRows, int kCols>
 void dot_tile_interleaved(const Weight& w, int64_t n, const float* xp, const float* xsums, int64_t ldx, float* y,
                           int64_t ldy) {
   using Scales = BlockScales<Codes::kNibbles64, 32, true, true>;  // the two levels, row n + c's
   constexpr int kHalves = 16 / kLanes;  // vectors of lanes per 16 sub-blocks
+  constexpr int kTogether = kRows == 1 ? kHalves : 1;  // halves summed side by side
   const int64_t groups = w.cols / 512;
   const uint8_t* row[kCols];
   const uint8_t* plane[kCols];  // Q5_K's fifth bits
@@ -66,31 +69,38 @@ void dot_tile_interleaved(const Weight& w, int64_t n, const float* xp, const flo
       for (int line = 0; line < 256; line += 64) prefetch(row[0] + g * 256 + kAhead * 2 + line);
       if constexpr (kFifth) prefetch(plane[0] + g * 64 + kAhead / 2);
     }
-    for (int h = 0; h < kHalves; ++h) {
-      V part[kRows][kCols][2];
+    for (int h0 = 0; h0 < kHalves; h0 += kTogether) {
+      V part[kTogether][kRows][kCols][2];
       unrolled(std::make_integer_sequence<int, 32>{}, [&](auto i) {
         constexpr int u = decltype(i)::value / 8, v = decltype(i)::value % 8;
-        V q[kCols];
-        for (int c = 0; c < kCols; ++c) {
-          const uint8_t* codes = row[c] + g * 256 + u * 64 + h * kLanes * 4;
-          if constexpr (kFifth) {  // code 8u + 4 (v % 2) + v / 2: step 2u + v % 2, byte v / 2
-            q[c] = Simd::lane_nibbles5<4 * v, 8 * (v / 2) + 2 * u + v % 2>(codes, plane[c] + g * 64 + h * kLanes * 4);
-          } else {
-            q[c] = Simd::lane_nibbles<4 * v>(codes);
-          }
-        }
-        for (int r = 0; r < kRows; ++r) {
-          const V xv = Simd::load(xp + r * ldx + g * 512 + (u * 8 + v) * 16 + h * kLanes);
+        for (int t = 0; t < kTogether; ++t) {
+          const int h = h0 + t;
+          V q[kCols];
           for (int c = 0; c < kCols; ++c) {
-            V& sum = part[r][c][v % 2];
-            sum = u == 0 && v < 2 ? Simd::mul(q[c], xv) : Simd::fmadd(q[c], xv, sum);
+            const uint8_t* codes = row[c] + g * 256 + u * 64 + h * kLanes * 4;
+            if constexpr (kFifth) {  // code 8u + 4 (v % 2) + v / 2: step 2u + v % 2, byte v / 2
+              q[c] = Simd::lane_nibbles5<4 * v, 8 * (v / 2) + 2 * u + v % 2>(codes, plane[c] + g * 64 + h * kLanes * 4);
+            } else {
+              q[c] = Simd::lane_nibbles<4 * v>(codes);
+            }
+          }
+          for (int r = 0; r < kRows; ++r) {
+            const V xv = Simd::load(xp + r * ldx + g * 512 + (u * 8 + v) * 16 + h * kLanes);
+            for (int c = 0; c < kCols; ++c) {
+              V& sum = part[t][r][c][v % 2];
+              sum = u == 0 && v < 2 ? Simd::mul(q[c], xv) : Simd::fmadd(q[c], xv, sum);
+            }
           }
         }
       });
-      const int64_t b = 16 * g + h * kLanes;  // lane l holds sub-block b + l
-      for (int c = 0; c < kCols; ++c) {
-        const V s = scales[c].scale_lanes(b);
-        for (int r = 0; r < kRows; ++r) acc[r][c] = Simd::fmadd(Simd::add(part[r][c][0], part[r][c][1]), s, acc[r][c]);
+      for (int t = 0; t < kTogether; ++t) {
+        const int64_t b = 16 * g + (h0 + t) * kLanes;  // lane l holds sub-block b + l
+        for (int c = 0; c < kCols; ++c) {
+          const V s = scales[c].scale_lanes(b);
+          for (int r = 0; r < kRows; ++r) {
+            acc[r][c] = Simd::fmadd(Simd::add(part[t][r][c][0], part[t][r][c][1]), s, acc[r][c]);
+          }
+        }
       }
     }
   }
@@ -105,13 +115,17 @@ void dot_tile_interleaved(const Weight& w, int64_t n, const float* xp, const flo
   }
 }
 
-// Tiles of up to 4 rows of x by kInterleavedCols weight rows beyond one row of x (one by one
-// at one: a batch-1 decode streams each weight row once). The shape changes only the speed:
-// every output is summed the same way. Two sums per lane fill AVX-512's 32 registers at 4 x 2
-// and AVX2's 16 at 4 x 1 (ns per 8 weights per row of x in L2, one thread, Intel Xeon, tiles
-// 1 x 1 / 2 x 1 / 4 x 1 / 4 x 2: 0.278 / 0.182 / 0.154 / 0.157; two-level scales in row order
-// 0.354 / 0.253 / 0.190 / 0.190).
-constexpr int kInterleavedRows = 4, kInterleavedCols = kLanes == 16 ? 2 : 1;
+// Tiles of up to kInterleavedRows<kFifth> rows of x by two weight rows beyond one row of x (one
+// by one at one: a batch-1 decode streams each weight row once). The shape changes only the
+// speed: every output is summed the same way. AVX-512's 32 registers hold 4 x 2 (ns per 8
+// weights per row of x in L2, one thread, Intel Xeon, tiles 1 x 1 / 2 x 1 / 4 x 1 / 4 x 2:
+// 0.278 / 0.182 / 0.154 / 0.157; two-level scales in row order 0.354 / 0.253 / 0.190 / 0.190).
+// AVX2's 16 registers hold Q4_K's 2 x 2 and spill less at Q5_K's 4 x 2 than at 4 x 1, whose x
+// loads each serve one weight row (AMD Zen 3, 32 rows of x, [16384, 3072] Q4_K from memory:
+// 4 x 1 49-51 ms, 2 x 2 39 ms; Q5_K's 4 x 2 level with its row order, 4 x 1 12-19% slower).
+template <bool kFifth>
+constexpr int kInterleavedRows = kLanes == 8 && !kFifth ? 2 : 4;
+constexpr int kInterleavedCols = 2;
 
 template <bool kFifth, int kRows>
 void interleaved_rows(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
@@ -136,8 +150,9 @@ constexpr std::array<Tile, sizeof...(R)> interleaved_table(std::integer_sequence
 // kInterleavedRows rows; kFifth: Q5_K's codes.
 template <bool kFifth>
 void columns_interleaved(const Problem& p, int64_t n0, int64_t n1) {
-  static constexpr auto tiles = interleaved_table<kFifth>(std::make_integer_sequence<int, kInterleavedRows>{});
-  for (int64_t m0 = 0; m0 < p.m; m0 += kInterleavedRows) {
-    tiles[std::min<int64_t>(kInterleavedRows, p.m - m0) - 1](p, m0, n0, n1);
+  constexpr int kMost = kInterleavedRows<kFifth>;
+  static constexpr auto tiles = interleaved_table<kFifth>(std::make_integer_sequence<int, kMost>{});
+  for (int64_t m0 = 0; m0 < p.m; m0 += kMost) {
+    tiles[std::min<int64_t>(kMost, p.m - m0) - 1](p, m0, n0, n1);
   }
 }

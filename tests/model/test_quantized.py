@@ -158,7 +158,7 @@ def test_weights_of_any_width(tiny_config, tmp_path, mode: str):
 @pytest.mark.parametrize("layout", ["layers", "stacked"])
 def test_q4_k_takes_the_interleaved_order_where_the_policy_says(tmp_path, layout, monkeypatch):
     """The default packed load keeps Q4_K and Q5_K matrices in the kernel's interleaved order
-    where ``Backend.interleaves`` says ``"f32"`` (the AVX-512 builds: ``f32_interleaved.h``),
+    where ``Backend.interleaves`` says ``"f32"`` (the AVX-512 and AVX2 builds: ``f32_interleaved.h``),
     and every other matrix as before: Q6_K and Q8_0 in row order, in both layouts. Its logits are
     the row order's but for the order of f32 sums: both are the same weights' products, so
     both lie about as near the dense f32 load's (XLA's sums): within twice the row order's
