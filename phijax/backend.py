@@ -148,7 +148,7 @@ class Backend:
         int8 activations take every k-quant so; f32 ones Q4_K's and Q5_K's
         (:data:`~phijax.gguf.relayout.F32_INTERLEAVED`) on the AVX-512 and AVX2 builds, where
         their products measured faster (``f32_interleaved.h``: 15-25% on an Intel Xeon; at one
-        row 7-28% on an AMD Zen 3, whose batch-1 decode gained 15-25%). The portable build
+        row 7-28% on an AMD Zen 3, whose batch-1 decode gained about 13%). The portable build
         keeps row order (its loops are the compiler's, unmeasured on that order)."""
         if self.kernel is None:
             return None
