@@ -116,6 +116,7 @@ struct Simd {
   }
   static V plus16(V v, __mmask16 where) { return _mm512_mask_add_ps(v, where, v, _mm512_set1_ps(16.0f)); }
   static constexpr bool kBytes5 = false;  // the masked add of nibbles5 is one operation
+  static constexpr int nibble_exponent(int) { return 0; }  // the permute converts the code itself
   template <int kShift>  // the nibble at bit kShift of each of the 16 dwords at p (interleaved codes)
   static V lane_nibbles(const uint8_t* p) {
     return low_nibble<kShift>(_mm512_loadu_si512(p));
@@ -196,22 +197,28 @@ struct Simd {
     if (kQuarter % 2) q = _mm_srli_si128(q, 8);
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
   }
-  template <int kShift>  // the nibble at bit kShift of each of the 8 dwords at p, as integers
+  // Interleaved codes: lane_nibbles<kShift> returns each lane's nibble at bit kShift times
+  // 2^nibble_exponent(kShift). A nibble masked where it lies is the code times a power of two,
+  // exact as a float, which saves the shift on all but the top nibble (whose mask would make
+  // the dword negative); f32_interleaved.h scales x's copy to match.
+  static constexpr int nibble_exponent(int shift) { return shift < 28 ? shift : 0; }
+  template <int kShift>  // as integers
   static __m256i lane_codes(const uint8_t* p) {
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm256_and_si256(_mm256_srli_epi32(b, kShift), _mm256_set1_epi32(15));
+    if constexpr (kShift == 28) return _mm256_srli_epi32(b, 28);
+    return _mm256_and_si256(b, _mm256_set1_epi32(15 << kShift));
   }
-  template <int kShift>  // the same as floats (interleaved codes)
+  template <int kShift>
   static V lane_nibbles(const uint8_t* p) {
     return _mm256_cvtepi32_ps(lane_codes<kShift>(p));
   }
   template <int kShift, int kBit>  // with bit kBit of the dword at ``plane`` as a fifth bit
   static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
-    const __m256i b = lane_codes<kShift>(p);
+    constexpr int kAt = nibble_exponent(kShift) + 4;  // where the fifth bit goes
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plane));
-    const __m256i at4 = kBit >= 4 ? _mm256_srli_epi32(bits, kBit - 4) : _mm256_slli_epi32(bits, 4 - kBit);
-    const __m256i fifth = _mm256_and_si256(at4, _mm256_set1_epi32(16));
-    return _mm256_cvtepi32_ps(_mm256_or_si256(b, fifth));
+    const __m256i moved = kBit >= kAt ? _mm256_srli_epi32(bits, kBit - kAt) : _mm256_slli_epi32(bits, kAt - kBit);
+    const __m256i fifth = _mm256_and_si256(moved, _mm256_set1_epi32(1 << kAt));
+    return _mm256_cvtepi32_ps(_mm256_or_si256(lane_codes<kShift>(p), fifth));
   }
 };
 #else
@@ -264,6 +271,7 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
     return map([&](int i) { return static_cast<float>(((p[i] >> kShift) & 15) | (((*bits >> i) & 1) << 4)); });
   }
   static constexpr bool kBytes5 = false;
+  static constexpr int nibble_exponent(int) { return 0; }
   template <int kShift>  // the nibble at bit kShift of each of the 8 little-endian dwords at p
   static V lane_nibbles(const uint8_t* p) {
     return map([&](int i) { return static_cast<float>((p[4 * i + kShift / 8] >> (kShift % 8)) & 15); });

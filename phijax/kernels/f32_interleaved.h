@@ -16,9 +16,22 @@
 // then the lanes, are added in the same order whatever the tile, so results do not depend on
 // the batch; with one non-zero x the sum is scale * code - min rounded once.
 
+// Simd::lane_nibbles<4v> returns codes times 2^nibble_exponent(4v) (AVX2: the nibble masked
+// where it lies); x's copy is scaled by 2^(kXExponent - that), so every product is code * x *
+// 2^kXExponent exactly, and the tile scales its sums back at the end. Powers of two change no
+// rounding while values stay normal (|x| < 2^103), so the sums are bit for bit the unscaled ones.
+constexpr int kXExponent = [] {
+  int most = 0;
+  for (int v = 0; v < 8; ++v) most = std::max(most, Simd::nibble_exponent(4 * v));
+  return most;
+}();
+
 // x's rows [m, cols] in the order of interleaved codes: in each group of 512 columns, vector
-// v = 2j + h of step u holds, in lane l, column 32 l + 8u + 4h + j.
+// v = 2j + h of step u holds, in lane l, column 32 l + 8u + 4h + j (times 2^(kXExponent -
+// nibble_exponent(4v))).
 inline AlignedVector<float> interleaved_x(const float* x, int64_t m, int64_t cols) {
+  float scale[8];
+  for (int v = 0; v < 8; ++v) scale[v] = std::ldexp(1.0f, kXExponent - Simd::nibble_exponent(4 * v));
   AlignedVector<float> out(m * cols);
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t g = 0; g < cols; g += 512) {
@@ -26,7 +39,9 @@ inline AlignedVector<float> interleaved_x(const float* x, int64_t m, int64_t col
       float* dst = out.data() + r * cols + g;
       for (int u = 0; u < 4; ++u) {
         for (int v = 0; v < 8; ++v) {
-          for (int l = 0; l < 16; ++l) dst[(u * 8 + v) * 16 + l] = src[32 * l + 8 * u + 4 * (v % 2) + v / 2];
+          for (int l = 0; l < 16; ++l) {
+            dst[(u * 8 + v) * 16 + l] = src[32 * l + 8 * u + 4 * (v % 2) + v / 2] * scale[v];
+          }
         }
       }
     }
@@ -111,7 +126,8 @@ void dot_tile_interleaved(const Weight& w, int64_t n, const float* xp, const flo
       const V mins = scales[c].mins(b);
       for (int r = 0; r < kRows; ++r) macc[r] = Simd::fmadd(mins, Simd::load(xsums + r * w.groups + b), macc[r]);
     }
-    for (int r = 0; r < kRows; ++r) y[r * ldy + c] = Simd::sum(acc[r][c]) - Simd::sum(macc[r]);
+    const float unscale = std::ldexp(1.0f, -kXExponent);
+    for (int r = 0; r < kRows; ++r) y[r * ldy + c] = Simd::sum(acc[r][c]) * unscale - Simd::sum(macc[r]);
   }
 }
 
