@@ -212,13 +212,24 @@ struct Simd {
   static V lane_nibbles(const uint8_t* p) {
     return _mm256_cvtepi32_ps(lane_codes<kShift>(p));
   }
-  template <int kShift, int kBit>  // with bit kBit of the dword at ``plane`` as a fifth bit
+  // With bit kBit of the dword at ``plane`` as a fifth bit, at bit kShift + 4 (the top nibble:
+  // at 4). Within a 64-byte step one shift of the plane puts every even nibble's fifth bit just
+  // above it, and another every odd one's, so each parity's codes and fifth bits are merged once
+  // into a word (the compiler computes it once per step), and a vector is a mask of that word.
+  template <int kShift, int kBit>
   static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
     constexpr int kAt = nibble_exponent(kShift) + 4;  // where the fifth bit goes
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plane));
     const __m256i moved = kBit >= kAt ? _mm256_srli_epi32(bits, kBit - kAt) : _mm256_slli_epi32(bits, kAt - kBit);
-    const __m256i fifth = _mm256_and_si256(moved, _mm256_set1_epi32(1 << kAt));
-    return _mm256_cvtepi32_ps(_mm256_or_si256(lane_codes<kShift>(p), fifth));
+    if constexpr (kShift == 28) {
+      return _mm256_cvtepi32_ps(_mm256_or_si256(lane_codes<28>(p), _mm256_and_si256(moved, _mm256_set1_epi32(16))));
+    }
+    constexpr bool kOdd = kShift / 4 % 2;
+    constexpr uint32_t kCodes = kOdd ? 0xF0F0F0F0u : 0x0F0F0F0Fu, kFifths = kOdd ? 0x01010100u : 0x10101010u;
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i word = _mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(static_cast<int>(kCodes))),
+                                         _mm256_and_si256(moved, _mm256_set1_epi32(static_cast<int>(kFifths))));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(word, _mm256_set1_epi32(31 << kShift)));
   }
 };
 #else
