@@ -19,7 +19,9 @@
 // Simd::lane_nibbles<4v> returns codes times 2^nibble_exponent(4v) (AVX2: the nibble masked
 // where it lies); x's copy is scaled by 2^(kXExponent - that), so every product is code * x *
 // 2^kXExponent exactly, and the tile scales its sums back at the end. Powers of two change no
-// rounding while values stay normal (|x| < 2^103), so the sums are bit for bit the unscaled ones.
+// rounding while every value stays normal and finite (AVX2: |x| below about 2^94, where a group's
+// sum of 32 codes of up to 31 times x * 2^24 stays under 2^128), so the sums are bit for bit the
+// unscaled ones.
 constexpr int kXExponent = [] {
   int most = 0;
   for (int v = 0; v < 8; ++v) most = std::max(most, Simd::nibble_exponent(4 * v));
