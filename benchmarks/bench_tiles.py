@@ -59,6 +59,7 @@ LAYOUTS = {
     "Q6_K, two-level scales": 6,
     "Q4_K, two-level, interleaved": 7,
     "Q5_K, two-level, interleaved": 8,
+    "Q6_K, two-level, interleaved": 9,
 }
 TILES = [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2)]
 INT8_LAYOUTS = {

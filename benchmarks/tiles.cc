@@ -35,7 +35,7 @@ double time_tile(int64_t rows, int64_t cols, int reps) {
   // codes and x 64-byte aligned, as XLA's buffers are: a vector load across two cache lines costs more
   AlignedVector<uint8_t> codes(rows * cols * 2);
   AlignedVector<float> x(kRows * cols);
-  std::vector<uint8_t> high(rows * cols / 8);
+  std::vector<uint8_t> high(rows * cols / 4);  // up to two planes
   std::vector<float> scales(rows * groups), mins(rows * groups), y(kRows * rows);
   const TwoLevel two_level(g, rows, cols, groups);
   for (auto& c : codes) c = g() & 0x3f;  // bf16: small finite values; int8: 6-bit codes
@@ -46,18 +46,19 @@ double time_tile(int64_t rows, int64_t cols, int reps) {
   const bool bf16 = kCodes == Codes::kBf16, nibbles = is_nibbles(kCodes);
   Weight w{codes.data(), bf16 || kUnits ? nullptr : scales.data(), kMins && !kUnits ? mins.data() : nullptr,
            rows, cols, bf16 ? 2 * cols : nibbles ? cols / 2 : cols, bf16 ? 0 : groups,
-           has_fifth(kCodes) ? high.data() : nullptr, 0};
+           high_planes(kCodes) ? high.data() : nullptr, 0};
+  w.planes = high_planes(kCodes);
   if (kUnits) two_level.attach(w, kMins);  // the file's two levels
   const std::vector<float> xsums = block_sums(x.data(), kRows, cols, kBlock);
-  // interleaved (Q4_K): the same codes read in f32_interleaved.h's order, x permuted to match
-  const AlignedVector<float> xp = kInterleaved ? interleaved_x(x.data(), kRows, cols) : AlignedVector<float>();
-  if (kInterleaved) w.interleave = 32;
+  // interleaved: the same codes read in f32_interleaved.h's order, x permuted to match
+  const AlignedVector<float> xp = kInterleaved ? interleaved_x(x.data(), kRows, cols, kBlock) : AlignedVector<float>();
+  if (kInterleaved) w.interleave = kBlock;
   double best = 1e30;
   for (int rep = 0; rep < reps; ++rep) {
     const auto start = std::chrono::steady_clock::now();
     for (int64_t n = 0; n + kCols <= rows; n += kCols) {
       if constexpr (kInterleaved) {
-        dot_tile_interleaved<has_fifth(kCodes), kRows, kCols>(w, n, xp.data(), xsums.data(), cols, y.data() + n, rows);
+        dot_tile_interleaved<high_planes(kCodes), kRows, kCols>(w, n, xp.data(), xsums.data(), cols, y.data() + n, rows);
       } else {
         dot_tile<kCodes, kBlock, kMins, kUnits, kRows, kCols>(w, n, x.data(), xsums.data(), cols, y.data() + n, rows);
       }
@@ -125,7 +126,8 @@ double int8_by_shape(int tile_rows, int tile_cols, int64_t rows, int64_t cols, i
 // ns per 8 weights of one tile of ``tile_rows`` rows of x by ``tile_cols`` weight rows, over
 // a weight [rows, cols] of ``layout`` (0 Q4_K's 4-bit codes with mins, 1 Q5_K's with fifth
 // bits, 2 int8 codes in blocks of 16 (Q6_K), 3 bf16; 4-6: 0-2 with the file's two-level
-// scales; 7, 8: 4, 5 interleaved, f32_interleaved.h); the best of ``reps``. -1: no such tile.
+// scales; 7, 8: 4, 5 interleaved, f32_interleaved.h; 9: Q6_K's 6-bit codes interleaved there, two
+// planes, two-level scales); the best of ``reps``. -1: no such tile.
 extern "C" __attribute__((visibility("default"))) double phijax_time_tile(int layout, int tile_rows, int tile_cols, int64_t rows, int64_t cols, int reps) {
   switch (layout) {
     case 0: return by_shape<Codes::kNibbles64, 32, true>(tile_rows, tile_cols, rows, cols, reps);
@@ -137,6 +139,7 @@ extern "C" __attribute__((visibility("default"))) double phijax_time_tile(int la
     case 6: return by_shape<Codes::kInt8, 16, false, true>(tile_rows, tile_cols, rows, cols, reps);
     case 7: return by_shape<Codes::kNibbles64, 32, true, true, true>(tile_rows, tile_cols, rows, cols, reps);
     case 8: return by_shape<Codes::kNibbles64H, 32, true, true, true>(tile_rows, tile_cols, rows, cols, reps);
+    case 9: return by_shape<Codes::kNibbles64H2, 16, false, true, true>(tile_rows, tile_cols, rows, cols, reps);
     default: return -1;
   }
 }

@@ -22,9 +22,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from gguf import GGMLQuantizationType as QT
 
 from phijax import kernels
 from phijax.errors import ConfigError
+from phijax.gguf import relayout
 from phijax.quant import QuantArray
 
 LAYOUTS = ("layers", "stacked")
@@ -146,7 +148,7 @@ class Backend:
         """The activations for whose products the load stores packed matrices in the CPU
         kernel's interleaved order (:func:`phijax.quant.interleaved`), or ``None`` (row order):
         int8 activations take every k-quant so; f32 ones Q4_K's and Q5_K's
-        (:data:`~phijax.gguf.relayout.F32_INTERLEAVED`) on the AVX-512 and AVX2 builds, where
+        (:attr:`f32_interleaved`) on the AVX-512 and AVX2 builds, where
         their products measured faster (``f32_interleaved.h``: 15-25% on an Intel Xeon; at one
         row 7-28% on an AMD Zen 3, whose batch-1 decode gained about 13%). The portable build
         keeps row order (its loops are the compiler's, unmeasured on that order)."""
@@ -155,6 +157,19 @@ class Backend:
         if self.activations == "int8":
             return "int8"
         return None if self.kernel == "generic" else "f32"
+
+    @property
+    def f32_interleaved(self) -> frozenset[QT]:
+        """The types whose matrices the load interleaves for f32 activations (where
+        :attr:`interleaves` is ``"f32"``): Q4_K and Q5_K, and on the AVX2 build Q6_K too, its
+        codes as 6 bits (0.77 instead of 1.07 bytes per weight with the scales). There its
+        one-row products from memory measured level with the int8 codes' in row order (AMD
+        Zen 3: 2.13 against 2.16 ms per ``[3072, 8192]``), more arithmetic for fewer bytes;
+        AVX-512's tests and masked adds per plane are unmeasured, so it keeps row order."""
+        if self.interleaves != "f32":
+            return frozenset()
+        six_bit = {QT.Q6_K} if self.kernel == "avx2" else set()
+        return relayout.F32_INTERLEAVED | six_bit
 
     def activations_for(self, w: jax.Array | QuantArray) -> str:
         """How ``linear`` treats its input for ``w``: int8 activations apply to packed weights."""

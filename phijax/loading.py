@@ -179,7 +179,7 @@ def _load(source: str | os.PathLike | None, progress: bool, opts: options.LoadOp
     if folder is None:
         factors = load_weights(
             f, params, progress=progress, quantized=policy.packed, mesh=mesh,
-            interleave=policy.interleaves,
+            interleave=policy.interleaves, f32_types=policy.f32_interleaved,
             two_level=policy.kernel is not None,
         )  # fmt: skip
         if longrope:

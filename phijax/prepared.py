@@ -92,6 +92,7 @@ def key_for(path: str | os.PathLike, backend: Backend, choices: dict[str, Any]) 
         "inode": inode,
         "backend": {k: v for k, v in dataclasses.asdict(backend).items() if k != "why"},
         "interleaves": backend.interleaves,  # decided from the fields by backend.py's code
+        "f32_interleaved": sorted(int(t) for t in backend.f32_interleaved),
         "choices": choices,
         "code": _code_hash(),
     }

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as QT
 
 import phijax
 from phijax import backend, kernels
@@ -81,11 +82,13 @@ def test_summary_names_the_kernel_where_it_multiplies_and_attends():
 def test_the_interleaved_order_follows_the_build(build, activations, want, monkeypatch):
     """Packed matrices take the kernel's interleaved order for int8 activations on every
     build, and for f32 ones (Q4_K's and Q5_K's) on the AVX-512 and AVX2 builds, whose loops
-    measured faster on it (``f32_interleaved.h``); the portable build keeps row order. No
-    kernel: row order."""
+    measured faster on it (``f32_interleaved.h``), and Q6_K's as 6-bit codes on AVX2, where
+    they measured no slower; the portable build keeps row order. No kernel: row order."""
     monkeypatch.setattr(kernels, "chosen", lambda: build)
     policy = backend.choose(platform_name="cpu", quantized=True, activations=activations)
     assert policy.interleaves == want
+    f32_types = {QT.Q4_K, QT.Q5_K} | ({QT.Q6_K} if build == "avx2" else set())
+    assert policy.f32_interleaved == (f32_types if want == "f32" else set())
 
 
 def test_cpu_policy_without_the_kernel(monkeypatch):

@@ -47,15 +47,20 @@ UNPACKED: Packing = (0, 0)
 
 F32_INTERLEAVED = frozenset({QT.Q4_K, QT.Q5_K})
 """The types whose interleaved order (:func:`~phijax.quant.interleaved`) the CPU kernel's f32
-path reads too, faster than their row order (``f32_interleaved.h``)."""
+path reads faster than their row order on every build that interleaves (``f32_interleaved.h``;
+it reads Q6_K's 6-bit codes too, which :attr:`phijax.backend.Backend.f32_interleaved` adds
+where measured)."""
 
 
-def interleaves(qtypes: Iterable[QT], activations: str | None) -> bool:
+def interleaves(
+    qtypes: Iterable[QT], activations: str | None, f32_types: frozenset[QT] = F32_INTERLEAVED
+) -> bool:
     """Whether a matrix of parts of ``qtypes`` takes the CPU kernel's interleaved order when it
-    multiplies ``activations`` (``None``: the kernel does not run; every order is row order)."""
+    multiplies ``activations`` (``None``: the kernel does not run; every order is row order):
+    with int8 ones every k-quant, with f32 ones the types in ``f32_types``."""
     if activations is None:
         return False
-    return activations == "int8" or all(QT(t) in F32_INTERLEAVED for t in qtypes)
+    return activations == "int8" or all(QT(t) in f32_types for t in qtypes)
 
 
 def code_bits(qtypes: Iterable[QT]) -> int:

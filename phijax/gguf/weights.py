@@ -205,6 +205,7 @@ def load_weights(
     mesh=None,
     interleave: str | None = None,
     two_level: bool = False,
+    f32_types: frozenset = relayout.F32_INTERLEAVED,
 ) -> dict[str, np.ndarray]:
     """Fill ``module``'s parameters from ``f``; returns LongRoPE factor arrays if the file has them.
 
@@ -216,7 +217,8 @@ def load_weights(
     (:func:`phijax.quant.interleaved`), with a k-quant's scales in its two levels
     (``QuantArray.units``) and Q6_K's codes as 6 bits, one tensor at a time: with int8
     activations every k-quant (a stack's layers of differing types share one-level scales and
-    8-bit codes), with f32 ones the types in :data:`~phijax.gguf.relayout.F32_INTERLEAVED`.
+    8-bit codes), with f32 ones the types in ``f32_types`` (the backend's
+    :attr:`~phijax.backend.Backend.f32_interleaved`; Q6_K's codes as 6 bits).
     ``two_level`` otherwise: k-quants keep their two levels in row order (the kernel's f32
     path reads them so: 0.59 instead of 0.75 bytes per Q4_K weight).
     """
@@ -234,7 +236,7 @@ def load_weights(
     def load(name, shape, dtype=module.dtype, may_pack=True, whole=True):
         # whole: the tensor is the whole matrix, so it can take the kernel's order at once
         packed = quantized and may_pack and f.tensors[name].ggml_type in relayout.QUANTIZED_TYPES
-        order = whole and relayout.interleaves([f.tensors[name].ggml_type], interleave)
+        order = whole and relayout.interleaves([f.tensors[name].ggml_type], interleave, f32_types)
         value = _load(f, name, shape, dtype, packed, two_level, order)
         bar.update(f.tensors[name].nbytes)
         return value
@@ -248,11 +250,16 @@ def load_weights(
     def arranged(value, qtypes):  # a whole matrix in the kernel's order (qtypes: its sources')
         if not isinstance(value, QuantArray) or value.interleave or interleave is None:
             return value
-        # f32 activations read the order of two-level 4-bit codes only (Q4_K, Q5_K)
-        takes = interleave == "int8" or (value.units is not None and value.nibbles == 64)
-        if not (relayout.interleaves(qtypes, interleave) and can_interleave(value) and takes):
+        # f32 activations read the order of two-level packed codes only (Q4_K, Q5_K; Q6_K's 6 bits)
+        bits = relayout.code_bits(qtypes)
+        takes = interleave == "int8" or (
+            value.units is not None and (value.nibbles or bits) in (64, 6)
+        )
+        if not (
+            relayout.interleaves(qtypes, interleave, f32_types) and can_interleave(value) and takes
+        ):
             return value.one_level() if interleave == "int8" else value
-        return interleaved(value, code_bits=relayout.code_bits(qtypes))
+        return interleaved(value, code_bits=bits)
 
     for spec in GLOBAL_WEIGHTS:
         target = getattr(module, spec.name)

@@ -224,7 +224,7 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
     groups = w.scales.shape[-1]
     if w.values.ndim != 2 or w.scales.ndim != 2 or cols % 32 or not groups or cols % groups:
         return False
-    if w.interleave:  # the int8 path's order (phijax.quant.interleaved); f32: Q4/5_K's (below)
+    if w.interleave:  # the int8 path's order (phijax.quant.interleaved); f32: Q4/5/6_K's (below)
         interleaved_ok = w.block == w.interleave and cols % (16 * w.block) == 0
         read = activations == "int8" or w.units is not None  # f32: two-level ones only
         if not read or w.activation_block != 256 or not interleaved_ok:
@@ -254,12 +254,12 @@ def fits(w: jax.Array | QuantArray, activations: str = "f32") -> bool:
 def _two_level_fits(w: QuantArray, activations: str) -> bool:
     """Integer scales with per-super-block units (``QuantArray.units``): Q4_K/Q5_K (nibbles in
     groups of 64, uint8 scales and mins, d and dmin) or Q6_K (int8 codes, or interleaved 6-bit
-    ones, int8 scales, d); interleaved with int8 activations, in row order (or Q4_K's and
-    Q5_K's interleaved) with f32 ones."""
+    ones, int8 scales, d); interleaved with int8 activations, in row order (or codes packed
+    as nibbles, Q4_K's, Q5_K's and Q6_K's, interleaved) with f32 ones."""
     rows, cols = w.shape
     k = 1 if w.mins is None else 2
     q4 = w.nibbles and w.planes < 2  # Q4_K or Q5_K
-    f32_ok = not w.interleave or (w.nibbles == 64 and w.planes < 2)  # Q4_K, Q5_K interleaved
+    f32_ok = not w.interleave or w.nibbles == 64  # Q4_K, Q5_K, Q6_K's 6-bit codes interleaved
     order_ok = (w.interleave if activations == "int8" else f32_ok) and (not q4 or w.nibbles == 64)
     units_ok = w.units.shape == (rows, cols // 256, k) and w.units.dtype == jnp.float16
     if not order_ok or w.block != (32 if q4 else 16) or not units_ok or cols > 65536:
@@ -321,7 +321,8 @@ def matmul(
     if isinstance(w, QuantArray) and w.interleave and not fits(one, activations):
         raise UnsupportedError(
             "an interleaved weight (QuantArray.interleave) takes activations='int8', or 'f32' "
-            "for Q4_K's and Q5_K's two-level scales; QuantArray.unpacked() gives the row order."
+            "for Q4_K's, Q5_K's and Q6_K's two-level scales; QuantArray.unpacked() gives the row "
+            "order."
         )
     if activations == "int8" and not fits(one, activations):
         raise UnsupportedError(

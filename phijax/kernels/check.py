@@ -65,7 +65,7 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
     """``build`` (multiplying through ``call(build, max_rows, activations, x, w)``) against
     numpy on every code layout: int8 codes in blocks of 16 and 32, 4- and 5-bit codes in
     groups of 32 and 64, each with and without mins, two-level scales (with f32 activations
-    4- and 5-bit codes interleaved too), and bf16. With f32
+    4-, 5- and 6-bit codes interleaved too), and bf16. With f32
     activations and, for packed layouts, int8 ones (:mod:`phijax.int8`'s rounding in blocks
     of 256 and 32; in blocks of 256 also with the codes interleaved, 6-bit codes as nibbles
     and two planes, and with two-level scales); 9 rows of x (tiles of 4 or 8 and a
@@ -147,7 +147,7 @@ def self_check(build: str, call: Callable[..., jax.Array]) -> str:
                 ("f32", None),
                 *_weight(codes, scales, mins, block),
             )
-        if nibbles:  # and 4- and 5-bit codes interleaved (f32_interleaved.h)
+        if nibbles or bits == 6:  # and packed codes interleaved (f32_interleaved.h)
             cases[f"{name}, two-level scales, interleaved"] = (
                 q,
                 ("f32", bits),

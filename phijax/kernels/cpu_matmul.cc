@@ -121,9 +121,16 @@ struct Simd {
   static V lane_nibbles(const uint8_t* p) {
     return low_nibble<kShift>(_mm512_loadu_si512(p));
   }
-  template <int kShift, int kBit>  // with 16 added where bit kBit of the dword at ``plane`` is set
-  static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
-    return plus16(lane_nibbles<kShift>(p), _mm512_test_epi32_mask(_mm512_loadu_si512(plane), _mm512_set1_epi32(1 << kBit)));
+  // With kPlanes high bits: 16 << q added where bit kBit + q of the dword at ``plane`` is set.
+  template <int kShift, int kBit, int kPlanes>
+  static V lane_high_codes(const uint8_t* p, const uint8_t* plane) {
+    const __m512i bits = _mm512_loadu_si512(plane);
+    V v = lane_nibbles<kShift>(p);
+    for (int q = 0; q < kPlanes; ++q) {
+      const __mmask16 set = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(1 << (kBit + q)));
+      v = _mm512_mask_add_ps(v, set, v, _mm512_set1_ps(static_cast<float>(16 << q)));
+    }
+    return v;
   }
 };
 #elif defined(PHIJAX_AVX2)
@@ -212,24 +219,29 @@ struct Simd {
   static V lane_nibbles(const uint8_t* p) {
     return _mm256_cvtepi32_ps(lane_codes<kShift>(p));
   }
-  // With bit kBit of the dword at ``plane`` as a fifth bit, at bit kShift + 4 (the top nibble:
-  // at 4). Within a 64-byte step one shift of the plane puts every even nibble's fifth bit just
-  // above it, and another every odd one's, so each parity's codes and fifth bits are merged once
-  // into a word (the compiler computes it once per step), and a vector is a mask of that word.
-  template <int kShift, int kBit>
-  static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
-    constexpr int kAt = nibble_exponent(kShift) + 4;  // where the fifth bit goes
+  // With kPlanes high bits (Q5_K's fifth bit; Q6_K's bits 4 and 5), bits kBit ... of the dword
+  // at ``plane``, just above the nibble (the top nibble's: at 4). Within a 64-byte step one shift
+  // of the planes puts every even nibble's high bits above it, and another every odd one's (in
+  // the next byte, which the odd word leaves free), so each parity's codes and high bits are
+  // merged once into a word (the compiler computes it once per step), and a vector is a mask of
+  // that word: at most 6 bits below bit 30, exact and positive as floats.
+  template <int kShift, int kBit, int kPlanes>
+  static V lane_high_codes(const uint8_t* p, const uint8_t* plane) {
+    constexpr int kAt = nibble_exponent(kShift) + 4;  // where the high bits go
+    constexpr uint32_t kHigh = (1u << kPlanes) - 1;
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plane));
     const __m256i moved = kBit >= kAt ? _mm256_srli_epi32(bits, kBit - kAt) : _mm256_slli_epi32(bits, kAt - kBit);
     if constexpr (kShift == 28) {
-      return _mm256_cvtepi32_ps(_mm256_or_si256(lane_codes<28>(p), _mm256_and_si256(moved, _mm256_set1_epi32(16))));
+      const __m256i high = _mm256_and_si256(moved, _mm256_set1_epi32(static_cast<int>(kHigh << 4)));
+      return _mm256_cvtepi32_ps(_mm256_or_si256(lane_codes<28>(p), high));
     }
     constexpr bool kOdd = kShift / 4 % 2;
-    constexpr uint32_t kCodes = kOdd ? 0xF0F0F0F0u : 0x0F0F0F0Fu, kFifths = kOdd ? 0x01010100u : 0x10101010u;
+    constexpr uint32_t kCodes = kOdd ? 0xF0F0F0F0u : 0x0F0F0F0Fu;
+    constexpr uint32_t kHighs = (kOdd ? 0x01010100u : 0x10101010u) * kHigh;
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     const __m256i word = _mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(static_cast<int>(kCodes))),
-                                         _mm256_and_si256(moved, _mm256_set1_epi32(static_cast<int>(kFifths))));
-    return _mm256_cvtepi32_ps(_mm256_and_si256(word, _mm256_set1_epi32(31 << kShift)));
+                                         _mm256_and_si256(moved, _mm256_set1_epi32(static_cast<int>(kHighs))));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(word, _mm256_set1_epi32(static_cast<int>(((16u << kPlanes) - 1) << kShift))));
   }
 };
 #else
@@ -287,10 +299,16 @@ struct Simd {  // plain loops over 8 lanes: the compiler's own vectorizer, any C
   static V lane_nibbles(const uint8_t* p) {
     return map([&](int i) { return static_cast<float>((p[4 * i + kShift / 8] >> (kShift % 8)) & 15); });
   }
-  template <int kShift, int kBit>  // with bit kBit of the dword at ``plane`` as a fifth bit
-  static V lane_nibbles5(const uint8_t* p, const uint8_t* plane) {
+  template <int kShift, int kBit, int kPlanes>  // bits kBit + q of the dword at ``plane`` as bit 4 + q
+  static V lane_high_codes(const uint8_t* p, const uint8_t* plane) {
     const V low = lane_nibbles<kShift>(p);
-    return map([&](int i) { return low.v[i] + static_cast<float>(((plane[4 * i + kBit / 8] >> (kBit % 8)) & 1) * 16); });
+    return map([&](int i) {
+      float v = low.v[i];
+      for (int q = 0; q < kPlanes; ++q) {
+        v += static_cast<float>(((plane[4 * i + (kBit + q) / 8] >> ((kBit + q) % 8)) & 1) * (16 << q));
+      }
+      return v;
+    });
   }
 };
 #endif
@@ -938,11 +956,13 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   auto job = std::make_shared<Job>();
   const int64_t block = w->groups ? cols / w->groups : 0;
   const bool f32 = act == static_cast<int64_t>(Act::kF32);
-  const bool four_bit_two_level = nibbles == 64 && w->planes < 2 && w->units != nullptr && w->min_codes != nullptr;
-  if (w->interleave != 0 && act != static_cast<int64_t>(Act::kQ8K) && !(f32 && four_bit_two_level)) {
+  // two-level k-quant codes as nibbles: Q4_K's and Q5_K's (with mins), Q6_K's (two planes, none)
+  const bool k_quant_nibbles =
+      nibbles == 64 && w->units != nullptr && (w->min_codes != nullptr) == (w->planes < 2);
+  if (w->interleave != 0 && act != static_cast<int64_t>(Act::kQ8K) && !(f32 && k_quant_nibbles)) {
     return ffi::Error::InvalidArgument(
-        "cpu_matmul: interleaved codes take int8 activations in blocks of 256, or f32 ones for Q4_K's "
-        "and Q5_K's (two-level scales)");
+        "cpu_matmul: interleaved codes take int8 activations in blocks of 256, or f32 ones for Q4_K's, "
+        "Q5_K's and Q6_K's 6-bit codes (two-level scales)");
   }
   if (w->interleave == 0 && w->units != nullptr && !f32) {
     return ffi::Error::InvalidArgument("cpu_matmul: two-level scales in row order take f32 activations");
@@ -967,12 +987,15 @@ ffi::Error CpuMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   } else {
     auto xsums = std::make_shared<std::vector<float>>();
     const bool with_mins = w->mins != nullptr || w->min_codes != nullptr;
-    if (with_mins) *xsums = block_sums(x.typed_data(), m, cols, block);
-    // interleaved (Q4_K, Q5_K): x in the codes' order, beside the sums in row order
+    // Q6_K's 6-bit codes take their zero point as a min (f32_interleaved.h)
+    if (with_mins || w->planes == 2) *xsums = block_sums(x.typed_data(), m, cols, block);
+    // interleaved (Q4_K, Q5_K, Q6_K): x in the codes' order, beside the sums in row order
     auto xp = std::make_shared<AlignedVector<float>>();
-    if (w->interleave != 0) *xp = interleaved_x(x.typed_data(), m, cols);
+    if (w->interleave != 0) *xp = interleaved_x(x.typed_data(), m, cols, w->interleave);
     const Problem problem{*w, w->interleave != 0 ? xp->data() : x.typed_data(), y->typed_data(), m, xsums->data()};
-    const RowsFn fn = w->interleave != 0 ? (w->planes ? &columns_interleaved<true> : &columns_interleaved<false>)
+    static constexpr RowsFn kInterleaved[] = {&columns_interleaved<0>, &columns_interleaved<1>,
+                                              &columns_interleaved<2>};
+    const RowsFn fn = w->interleave != 0 ? kInterleaved[w->planes]
                                          : pick(codes.element_type() == ffi::DataType::BF16, nibbles,
                                                 w->high != nullptr, block, with_mins, w->units != nullptr);
     job->columns = [problem, xsums, xp, fn](int64_t n0, int64_t n1) { fn(problem, n0, n1); };

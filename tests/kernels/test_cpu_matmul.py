@@ -64,7 +64,10 @@ def numpy_terms(w: QuantArray) -> tuple[np.ndarray, np.ndarray | None]:
     codes itself (byte j of a group of g holds code j low, code j + g/2 high; a fifth bit from
     bit i of byte b of ``high`` for code 8b + i): independent of QuantArray's decoding, but
     for an interleaved order, which ``QuantArray.unpacked`` undoes (the comparison with the
-    file's weights checks it)."""
+    file's weights checks it). Codes stored with a zero point (Q6_K's 6-bit codes, plus 32)
+    are summed as the kernel sums them: the stored codes, and the zero point times the scale
+    as a min."""
+    zero = w.zero
     w = w.unpacked() if w.interleave else w
     values = np.asarray(w.values)
     if w.nibbles:
@@ -79,6 +82,8 @@ def numpy_terms(w: QuantArray) -> tuple[np.ndarray, np.ndarray | None]:
         units = np.repeat(np.asarray(w.units), 256 // block, 1)
         scales = units[..., 0] * scales.astype(np.float32)
         mins = None if mins is None else units[..., 1] * mins.astype(np.float32)
+    if zero:
+        values, mins = values.astype(np.int32) + zero, np.float32(zero) * scales
     scaled = np.repeat(scales, block, 1) * values.astype(np.float32)
     return scaled, None if mins is None else np.repeat(mins, block, 1)
 
@@ -123,13 +128,13 @@ LAYOUTS = (
         "bf16": bf16,
     }
     | {f"{t.name}-two-level": lambda t=t: file_weight(t, two_level=True) for t in TWO_LEVEL}
-    | {f"{t.name}-interleaved": lambda t=t: interleaved_weight(t) for t in (QT.Q4_K, QT.Q5_K)}
+    | {f"{t.name}-interleaved": lambda t=t: interleaved_weight(t) for t in TWO_LEVEL}
 )
 """Every code layout: int8 codes in blocks of 16 (Q2_K with mins, Q3_K, Q6_K) and 32 (Q8_0,
 Q5_K with mins, ...), 4-bit codes in groups of 32 (Q4_1) and 64 (Q4_K), with and without
 mins, mixed parts, bf16, the k-quants' two-level scales that the default load keeps, and
-Q4_K's and Q5_K's interleaved order (``f32_interleaved.h``: two groups of 16 sub-blocks per
-row)."""
+Q4_K's, Q5_K's and Q6_K's interleaved order (``f32_interleaved.h``: two groups of 16 sub-blocks
+per row; four for Q6_K, whose codes are 6 bits with a zero point)."""
 
 
 def assert_rounding_close(got, x, w: np.ndarray | QuantArray) -> None:
@@ -221,7 +226,7 @@ def test_two_level_scales_give_the_same_products(build: str, qtype: QT):
 BATCH_LAYOUTS = ("Q4_K", "Q6_K", "bf16", "Q4_K-two-level", "Q6_K-two-level", "Q4_K-interleaved")
 
 
-@pytest.mark.parametrize("layout", [*BATCH_LAYOUTS, "Q5_K-interleaved"])
+@pytest.mark.parametrize("layout", [*BATCH_LAYOUTS, "Q5_K-interleaved", "Q6_K-interleaved"])
 def test_rows_do_not_depend_on_the_batch(build: str, layout: str):
     """Each output row is summed the same way in a batch of 1, 3 or 17 rows (tiles of 4
     and a remainder, whose shapes differ by code layout: 4-bit codes, int8 codes, bf16), so a
@@ -282,19 +287,19 @@ def int8_order(qtype: QT, seed: int) -> QuantArray:
     return relayout.relayout(raw, qtype, (16, 512), two_level=True, interleave=True)
 
 
-def test_f32_activations_take_only_q4_k_and_q5_k_interleaved(default_kernel):
-    """The f32 path reads the interleaved order of Q4_K's and Q5_K's codes with two-level
-    scales (``f32_interleaved.h``), not the int8 path's other interleaved layouts (Q6_K's
-    6-bit codes, a mixed stack's 8-bit codes with one-level scales): ``fits`` says so, and
-    ``matmul`` refuses them by name."""
-    for qtype in (QT.Q4_K, QT.Q5_K):
+def test_f32_activations_take_only_k_quant_nibbles_interleaved(default_kernel):
+    """The f32 path reads the interleaved order of Q4_K's, Q5_K's and Q6_K's packed codes with
+    two-level scales (``f32_interleaved.h``), not the int8 path's other interleaved layouts (a
+    mixed stack's 8-bit codes with one-level scales): ``fits`` says so, and ``matmul`` refuses
+    them by name."""
+    for qtype in TWO_LEVEL:
         w = int8_order(qtype, 0)
-        assert kernels.fits(w) and kernels.fits(w, "int8")
+        assert w.nibbles == 64 and kernels.fits(w) and kernels.fits(w, "int8")
     eight_bit = interleaved(file_weight(QT.Q4_K, rows=16, cols=512)[0].unpacked())
     x = np.ones((1, 512), np.float32)
-    for w in (int8_order(QT.Q6_K, 0), int8_order(QT.Q4_K, 0).one_level(), eight_bit):
+    for w in (int8_order(QT.Q6_K, 0).one_level(), int8_order(QT.Q4_K, 0).one_level(), eight_bit):
         assert not kernels.fits(w)
-        with pytest.raises(UnsupportedError, match="Q5_K's two-level scales"):
+        with pytest.raises(UnsupportedError, match="Q6_K's two-level scales"):
             kernels.matmul(x, w)
 
 
@@ -313,7 +318,17 @@ STACK_KINDS = {
 @pytest.mark.parametrize(
     ("kind", "activations"),
     [
-        *[(kind, "f32") for kind in ("Q4_K", "Q5_K two-level", "Q8_0", "bf16", "Q4_K interleaved")],
+        *[
+            (kind, "f32")
+            for kind in (
+                "Q4_K",
+                "Q5_K two-level",
+                "Q8_0",
+                "bf16",
+                "Q4_K interleaved",
+                "Q6_K interleaved",
+            )
+        ],
         *[(kind, "int8") for kind in ("Q4_K", "Q8_0", "Q4_K interleaved", "Q6_K interleaved")],
     ],
 )

@@ -137,8 +137,9 @@ def test_two_level_scales_give_the_same_products(build: str, qtype: QT):
     two, want = file_weight(qtype, 512, two_level=True)
     assert two.units is not None and not kernels.fits(two, "int8")  # row order: refused
     two = interleaved(two)
-    # interleaved, the f32 path reads Q4_K's and Q5_K's too (f32_interleaved.h), not Q6_K's
-    assert kernels.fits(two, "int8") and kernels.fits(two) == (qtype in relayout.F32_INTERLEAVED)
+    # the f32 path reads packed codes interleaved too (f32_interleaved.h), not 8-bit ones (Q6_K's
+    # as 6 bits: interleaved(code_bits=6))
+    assert kernels.fits(two, "int8") and kernels.fits(two) == (two.nibbles == 64)
     assert two.nbytes < one.nbytes
     x = np.random.default_rng(8).standard_normal((max(ROWS), 512)).astype(np.float32)
 
@@ -154,14 +155,15 @@ def test_two_level_scales_give_the_same_products(build: str, qtype: QT):
 def test_q6_k_codes_as_six_bits(build: str, two_level: bool):
     """Q6_K's codes (-32..31) interleaved as nibbles and two high-bit planes, zero point 32
     (``interleaved(w, code_bits=6)``): 0.75 bytes a code instead of 1, the same weight bit
-    for bit, products within the int8 path's bound on every build."""
+    for bit, products within the int8 path's bound on every build (with two-level scales the
+    f32 path reads them too: test_cpu_matmul's ``Q6_K-interleaved`` layout)."""
     w, want = file_weight(QT.Q6_K, 512, two_level=two_level)
     eight, six = interleaved(w), interleaved(w, code_bits=6)
     assert (six.planes, six.zero, six.nibbles) == (2, 32, 64)
     assert six.values.nbytes + six.high.nbytes == eight.values.nbytes * 3 // 4
     np.testing.assert_array_equal(np.asarray(six.codes()), np.asarray(w.codes()))
     np.testing.assert_array_equal(np.asarray(six.dequantize()), want)
-    assert kernels.fits(six, "int8") and not kernels.fits(six, "f32")
+    assert kernels.fits(six, "int8") and kernels.fits(six, "f32") == two_level
     assert not kernels.fits(dataclasses.replace(six, zero=0), "int8")
     back = six.unpacked()  # row order, one int8 code per byte: the loaded weight again
     assert back.zero == 0 and back.high is None

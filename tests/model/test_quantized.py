@@ -159,7 +159,8 @@ def test_weights_of_any_width(tiny_config, tmp_path, mode: str):
 def test_q4_k_takes_the_interleaved_order_where_the_policy_says(tmp_path, layout, monkeypatch):
     """The default packed load keeps Q4_K and Q5_K matrices in the kernel's interleaved order
     where ``Backend.interleaves`` says ``"f32"`` (the AVX-512 and AVX2 builds: ``f32_interleaved.h``),
-    and every other matrix as before: Q6_K and Q8_0 in row order, in both layouts. Its logits are
+    Q6_K's too where ``Backend.f32_interleaved`` names it (AVX2: 6-bit codes), and every other
+    matrix as before: Q8_0 in row order, in both layouts. Its logits are
     the row order's but for the order of f32 sums: both are the same weights' products, so
     both lie about as near the dense f32 load's (XLA's sums): within twice the row order's
     distance, a margin for the random walk of rounding errors (measured 1.27x on the AVX-512
@@ -181,7 +182,13 @@ def test_q4_k_takes_the_interleaved_order_where_the_policy_says(tmp_path, layout
     per_layer = 3  # qkv (Q5_K), o_proj, gate|up; and the head
     assert len(four_bit) == (per_layer if layout == "stacked" else per_layer * 2) + 1
     assert four_bit == [expected] * len(four_bit)
-    assert sum(bool(q.interleave) for q in packed) == sum(four_bit)  # the others: row order
+    six_bit = [q for q in packed if q.zero == 32]  # ffn_down: Q6_K's codes as 6 bits
+    assert len(six_bit) == (QT.Q6_K in model.backend.f32_interleaved) * (
+        1 if layout == "stacked" else 2
+    )
+    assert all(q.interleave == 16 and q.planes == 2 for q in six_bit)
+    interleaved = sum(bool(q.interleave) for q in packed)
+    assert interleaved == sum(four_bit) + len(six_bit)  # the others: row order
     monkeypatch.setattr(backend.Backend, "interleaves", property(lambda self: None))
     row_order = phijax.load(path, progress=False, quantized=True, layout=layout)
     assert not any(q.interleave for q in _packed(row_order))
