@@ -26,8 +26,7 @@ from gguf import GGMLQuantizationType as QT
 
 from phijax import kernels
 from phijax.errors import ConfigError
-from phijax.gguf import relayout
-from phijax.quant import QuantArray
+from phijax.quant import F32_INTERLEAVED, QuantArray
 
 LAYOUTS = ("layers", "stacked")
 
@@ -169,7 +168,7 @@ class Backend:
         if self.interleaves != "f32":
             return frozenset()
         six_bit = {QT.Q6_K} if self.kernel == "avx2" else set()
-        return relayout.F32_INTERLEAVED | six_bit
+        return F32_INTERLEAVED | six_bit
 
     def activations_for(self, w: jax.Array | QuantArray) -> str:
         """How ``linear`` treats its input for ``w``: int8 activations apply to packed weights."""

@@ -34,6 +34,12 @@ from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
+from gguf import GGMLQuantizationType as QT
+
+F32_INTERLEAVED = frozenset({QT.Q4_K, QT.Q5_K})
+"""The types whose :func:`interleaved` order the CPU kernel's f32 path reads faster than their
+row order on every build that interleaves (``f32_interleaved.h``; it reads Q6_K's 6-bit codes
+too, which :attr:`phijax.backend.Backend.f32_interleaved` adds where measured)."""
 
 
 @jax.tree_util.register_dataclass

@@ -30,7 +30,7 @@ from gguf import GGMLQuantizationType as QT
 
 from phijax.errors import GGUFFormatError
 from phijax.gguf.blocks import BLOCK_TYPES
-from phijax.quant import QuantArray, can_interleave, interleaved
+from phijax.quant import F32_INTERLEAVED, QuantArray, can_interleave, interleaved
 
 QUANTIZED_TYPES: frozenset[QT] = frozenset(BLOCK_TYPES)
 """The ggml types kept packed by ``quantized=True`` (float types load as arrays)."""
@@ -43,13 +43,6 @@ Packing = tuple[int, int]
 """How codes are stored (``QuantArray.packing``): the nibble group (0: int8 codes) and
 how many high-bit planes are present (a file's types have at most one: the fifth bits)."""
 UNPACKED: Packing = (0, 0)
-
-
-F32_INTERLEAVED = frozenset({QT.Q4_K, QT.Q5_K})
-"""The types whose interleaved order (:func:`~phijax.quant.interleaved`) the CPU kernel's f32
-path reads faster than their row order on every build that interleaves (``f32_interleaved.h``;
-it reads Q6_K's 6-bit codes too, which :attr:`phijax.backend.Backend.f32_interleaved` adds
-where measured)."""
 
 
 def interleaves(

@@ -33,7 +33,7 @@ from phijax.gguf.dequant import dequantize
 from phijax.gguf.reader import GGUFFile
 from phijax.kernels import ACTIVATIONS
 from phijax.model.phi3 import Phi3
-from phijax.quant import QuantArray, can_interleave, interleaved
+from phijax.quant import F32_INTERLEAVED, QuantArray, can_interleave, interleaved
 from phijax.sharding import place, weight_axes, zeros
 from phijax.weight_schema import BY_NAME, GLOBAL_WEIGHTS, LAYER_WEIGHTS, Source, shape_matches
 
@@ -205,7 +205,7 @@ def load_weights(
     mesh=None,
     interleave: str | None = None,
     two_level: bool = False,
-    f32_types: frozenset = relayout.F32_INTERLEAVED,
+    f32_types: frozenset = F32_INTERLEAVED,
 ) -> dict[str, np.ndarray]:
     """Fill ``module``'s parameters from ``f``; returns LongRoPE factor arrays if the file has them.
 
