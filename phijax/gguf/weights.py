@@ -253,7 +253,7 @@ def load_weights(
         # f32 activations read the order of two-level packed codes only (Q4_K, Q5_K; Q6_K's 6 bits)
         bits = relayout.code_bits(qtypes)
         takes = interleave == "int8" or (
-            value.units is not None and (value.nibbles or bits) in (64, 6)
+            value.units is not None and (value.nibbles == 64 or bits == 6)
         )
         if not (
             relayout.interleaves(qtypes, interleave, f32_types) and can_interleave(value) and takes
