@@ -195,7 +195,11 @@ constexpr int kGroupRows = kInt8Rows;
 // cycle; not measured there). bench_tiles.py on the Xeon, alternating builds, 8 x 2: Q4_K
 // 0.0458 -> 0.0406 ns, Q5_K 0.0494 -> 0.0466, Q6_K's 6-bit codes 0.0657 -> 0.0623, int8 codes
 // 0.0637 -> 0.0539.
+#if defined(SIMDE_VERSION)  // emulated (scripts/check_avx512_emulated.sh): a struct, no register
+inline void in_register(__m512i&) {}
+#else
 inline void in_register(__m512i& v) { __asm__("" : "+v"(v)); }
+#endif
 
 template <Codes kCodes>
 inline __m512i unsigned_codes_512(const uint8_t* row, const uint8_t* high, int64_t k) {
