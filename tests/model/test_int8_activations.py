@@ -249,8 +249,10 @@ def test_int8_mode_generates_and_reads_activations(reference, logits, layout, re
 
 def test_int8_is_closer_to_llamacpp_than_f32_on_smollm2_first_positions(smollm2_model):
     """Measured medians: int8 0.071-0.089 (kernel builds, the pure path), f32 0.134; int8 the
-    closer on 15-20 of 24 tokens. The bound 0.8 leaves room for another CPU's flips (module
-    docstring); the f32 mode's floor shows the rounding is there to reproduce."""
+    closer on 15-20 of 24 tokens. The bounds (0.8 of the f32 mode's median, and 0.12 on its
+    own: llama.cpp's logits to within a third more than the worst build measured) leave room
+    for another CPU's flips (module docstring); the f32 mode's floor shows the rounding is
+    there to reproduce."""
     ref = _smollm2_llamacpp()
     int8_model = phijax.load("pypi:smollm2", progress=False, activations="int8")
     rms = {"int8": [], "f32": []}
@@ -261,6 +263,7 @@ def test_int8_is_closer_to_llamacpp_than_f32_on_smollm2_first_positions(smollm2_
     int8, f32 = np.median(rms["int8"]), np.median(rms["f32"])
     assert f32 > 0.08, rms["f32"]
     assert int8 < 0.8 * f32, (int8, f32)
+    assert int8 < 0.12, rms["int8"]
 
 
 @pytest.mark.parametrize("activations", ["int8", "f32"])
