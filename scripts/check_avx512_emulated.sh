@@ -23,9 +23,9 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/phijax-avx512.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# A copy of the working tree (tracked and untracked files, not ignored ones), as check_floors.sh.
-git -C "$root" ls-files -z --cached --others --exclude-standard \
-    | tar -C "$root" --null -T - --ignore-failed-read -cf - | tar -C "$work" -xf -
+# A copy of the working tree: the builds land there, never over the checkout's own.
+source "$root/scripts/working_tree.sh"
+copy_working_tree "$root" "$work"
 cd "$work"
 
 read -r python_include jaxlib_include suffix < <("$python" -c '
@@ -51,9 +51,6 @@ for job in $(jobs -p); do wait "$job"; done
 
 export PYTHONPATH=$work/scripts/emulated_avx512
 pytest=("$python" -m pytest -q -p no:cacheprovider -p emulated_avx512)
-"$python" -c "import phijax.kernels as k; import emulated_avx512 as e
-k._cpu = e.with_emulated(k._cpu)
-print(*(f'{b}: {k.status(b)}' for b in e.EMULATED), sep='\n')"
 if [ $# -eq 0 ]; then
     "${pytest[@]}" tests/kernels -k avx512
     set -- tests/model/test_quantized.py tests/model/test_int8_activations.py

@@ -44,8 +44,8 @@ tests=("$@")
 # A copy of the working tree (tracked and untracked files, not ignored ones): the kernel is
 # built in place there, never over the checkout's own build.
 mkdir "$work/src"
-git -C "$root" ls-files -z --cached --others --exclude-standard \
-    | tar -C "$root" --null -T - --ignore-failed-read -cf - | tar -C "$work/src" -xf -
+source "$root/scripts/working_tree.sh"
+copy_working_tree "$root" "$work/src"
 
 "$python" -m venv "$work/venv"
 py="$work/venv/bin/python"
